@@ -1,0 +1,47 @@
+"""The one exception hierarchy of nova_pipeline.
+
+Every message names the file or object involved and says what to do next, so a user who reads only the
+last line of a failed run knows where to look.
+"""
+
+from __future__ import annotations
+
+
+class NovaError(Exception):
+    """Base class for every error raised by ``nova_pipeline.core``."""
+
+
+class SettingsError(NovaError):
+    """A setting (environment variable or config field) is missing or invalid."""
+
+
+class ScanError(NovaError):
+    """The source tree cannot be scanned at all (a single bad file is a logged skip, not this)."""
+
+
+class StoreError(NovaError):
+    """The compressed content-addressed store cannot be written or read."""
+
+
+class StoreCorruptError(StoreError):
+    """A stored object does not decompress, or its content does not match its blake3 key."""
+
+
+class MemoryLimitError(NovaError):
+    """A stage would exceed its configured memory limit."""
+
+
+class DictionaryError(NovaError):
+    """A zstd dictionary cannot be trained, loaded or verified."""
+
+
+class IndexNotBuiltError(NovaError):
+    """Search or a check ran before the vector index was built."""
+
+
+class VectorStoreError(NovaError):
+    """The vector store (Chroma) is unreachable or returned something inconsistent."""
+
+
+class EmbeddingError(NovaError):
+    """The embedding model cannot be loaded or failed on a batch."""

@@ -1,0 +1,535 @@
+"""Incremental, content-addressed scan of a source tree into a manifest.
+
+The manifest is a DataFrame with one row per file, columns :data:`MANIFEST_COLUMNS`:
+
+=========  ======  ==================================================================
+path       str     POSIX path relative to the scanned root
+size       int64   bytes
+mtime_ns   int64   modification time, nanoseconds since the epoch
+blake3     str     64 hex characters, blake3 of the file's bytes
+language   str     from the file name (see :data:`LANGUAGES`), ``text`` otherwise
+status     str     ``added``, ``changed``, ``unchanged`` or ``deleted`` against the
+                   previous manifest
+=========  ======  ==================================================================
+
+A file is re-hashed only when its size or mtime differs from the previous manifest, which is the rule git
+uses for its index ("racy git" aside, see ``Documentation/technical/racy-git.txt`` in git).
+Binary detection follows git's ``buffer_is_binary``: a NUL byte in the first 8,000 bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import stat as stat_mod
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+import pandas as pd
+import pathspec
+
+from nova_pipeline.core.errors import ScanError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["path", "size", "mtime_ns", "blake3", "language", "status"]
+ADDED, CHANGED, UNCHANGED, DELETED = "added", "changed", "unchanged", "deleted"
+STATUSES = (ADDED, CHANGED, UNCHANGED, DELETED)
+
+DEFAULT_MAX_FILE_SIZE = 2 * 1024 * 1024
+BINARY_SNIFF_BYTES = 8000  # git's FIRST_FEW_BYTES in xdiff-interface.c
+STREAM_THRESHOLD = 8 * 1024 * 1024  # files above this are hashed in blocks with blake3's own threads
+STREAM_BLOCK = 1024 * 1024
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, starting worker processes costs more than it saves (bench_scan)
+HASH_BATCH_FILES = 64
+
+# Directory names that are never part of the source: VCS data, our own state, virtualenvs, caches and
+# build outputs. Matched by name at any depth. A directory holding ``pyvenv.cfg`` is a virtualenv too.
+BUILTIN_IGNORED_DIRS = frozenset(
+    {
+        ".git", ".hg", ".svn", ".nova", ".dagster", ".venv", "venv", "node_modules", "__pycache__",
+        ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints",
+        "build", "dist", ".eggs", "site-packages",
+    }
+)
+BUILTIN_IGNORED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp")
+BUILTIN_IGNORED_FILES = frozenset({".DS_Store", "Thumbs.db"})
+
+LANGUAGES: dict[str, str] = {
+    ".py": "python", ".pyi": "python", ".pyw": "python", ".pyx": "cython", ".pxd": "cython",
+    ".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
+    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp",
+    ".rs": "rust", ".go": "go", ".java": "java", ".kt": "kotlin", ".scala": "scala",
+    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
+    ".ts": "typescript", ".tsx": "typescript", ".rb": "ruby", ".php": "php", ".cs": "csharp",
+    ".swift": "swift", ".m": "objective-c", ".lua": "lua", ".pl": "perl", ".pm": "perl",
+    ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".ps1": "powershell", ".bat": "batch",
+    ".sql": "sql", ".html": "html", ".htm": "html", ".xml": "xml", ".css": "css", ".scss": "css",
+    ".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".ini": "ini", ".cfg": "ini",
+    ".tex": "tex", ".r": "r", ".jl": "julia", ".hs": "haskell", ".ml": "ocaml", ".ex": "elixir",
+    ".erl": "erlang", ".clj": "clojure", ".dart": "dart", ".vim": "vim", ".el": "elisp",
+    ".proto": "protobuf", ".cmake": "cmake", ".mk": "make", ".ipynb": "jupyter",
+}
+LANGUAGE_BY_NAME = {"Makefile": "make", "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake"}
+
+
+def language_of(path: str) -> str:
+    """Language of a file from its name: ``python``, ``markdown``… or ``text`` when unknown."""
+    name = path.rsplit("/", 1)[-1]
+    if name in LANGUAGE_BY_NAME:
+        return LANGUAGE_BY_NAME[name]
+    dot = name.rfind(".")
+    if dot <= 0:
+        return "text"
+    return LANGUAGES.get(name[dot:].lower(), "text")
+
+
+@dataclass
+class ScanOptions:
+    """What to scan and what to leave out.
+
+    Attributes:
+        root: the tree to scan.
+        max_file_size: files larger than this many bytes are skipped (reason ``too_large``).
+        extra_ignore: gitignore-syntax patterns applied on top of the built-in list, at the root.
+        exclude_dirs: absolute directories never entered (e.g. ``NOVA_HOME`` when it lies in the tree).
+    """
+
+    root: Path
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    extra_ignore: Sequence[str] = ()
+    exclude_dirs: Sequence[Path] = ()
+
+
+@dataclass
+class ScanStats:
+    """Counts and timings of one scan. Bytes are bytes; seconds are wall-clock seconds."""
+
+    files: int = 0
+    bytes: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    ignored: int = 0
+    files_hashed: int = 0
+    bytes_hashed: int = 0
+    hash_seconds: float = 0.0
+    duration_seconds: float = 0.0
+
+    @property
+    def hash_mb_per_s(self) -> float:
+        """Hashing throughput in MB/s (10^6 bytes), over the time spent reading and hashing only."""
+        return self.bytes_hashed / 1e6 / self.hash_seconds if self.hash_seconds > 0 else 0.0
+
+
+@dataclass
+class ScanResult:
+    """A manifest (see module docstring), the stats of the scan, and the binary files it found.
+
+    ``binaries`` has columns ``path, size, mtime_ns``; passed back to the next :func:`scan`, it spares
+    re-reading binary files whose size and mtime did not change.
+    """
+
+    manifest: pd.DataFrame
+    stats: ScanStats
+    binaries: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "size", "mtime_ns"]))
+
+    def language_table(self) -> pd.DataFrame:
+        """Files and bytes by language over present (non-deleted) files, largest first."""
+        present = self.manifest[self.manifest["status"] != DELETED]
+        table = present.groupby("language").agg(files=("path", "size"), bytes=("size", "sum"))
+        return table.sort_values("bytes", ascending=False).reset_index()
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class IgnoreRules:
+    """Built-in ignores, ``extra_ignore`` patterns and nested ``.gitignore`` files, with git's precedence.
+
+    Rules from a deeper ``.gitignore`` win over shallower ones; within one file the last matching pattern
+    wins, so ``!pattern`` re-includes. As in git, a file inside an ignored directory cannot be re-included,
+    because the directory is never entered. Pattern matching is pathspec's ``GitIgnoreSpec``.
+    """
+
+    def __init__(self, extra: Iterable[str] = ()):
+        extra = [p for p in extra if p.strip()]
+        self._root_spec = pathspec.GitIgnoreSpec.from_lines(extra) if extra else None
+
+    @staticmethod
+    def builtin_ignored(name: str, is_dir: bool) -> bool:
+        """True if ``name`` is on the built-in list (see :data:`BUILTIN_IGNORED_DIRS`)."""
+        if is_dir:
+            return name in BUILTIN_IGNORED_DIRS or name.endswith(".egg-info")
+        return name in BUILTIN_IGNORED_FILES or name.endswith(BUILTIN_IGNORED_SUFFIXES)
+
+    def specs_for(
+        self, parent: list[tuple[str, pathspec.GitIgnoreSpec]], dir_abs: str, dir_rel: str, has_gitignore: bool
+    ) -> list[tuple[str, pathspec.GitIgnoreSpec]]:
+        """The spec chain for a directory: its parent's plus its own ``.gitignore``, if it has one."""
+        chain = parent
+        if not parent and self._root_spec is not None and dir_rel == "":
+            chain = [("", self._root_spec)]
+        if not has_gitignore:
+            return chain
+        gitignore = os.path.join(dir_abs, ".gitignore")
+        try:
+            with open(gitignore, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            return chain
+        except OSError as exc:
+            log.warning("skipping unreadable %s: %s", gitignore, exc)
+            return chain
+        return [*chain, (dir_rel, pathspec.GitIgnoreSpec.from_lines(lines))]
+
+    @staticmethod
+    def ignored(rel: str, is_dir: bool, chain: list[tuple[str, pathspec.GitIgnoreSpec]]) -> bool:
+        """Whether ``rel`` (root-relative, POSIX) is ignored by the spec chain."""
+        verdict = False
+        for base, spec in chain:
+            sub = rel[len(base):]
+            if is_dir:
+                sub += "/"
+            result = spec.check_file(sub)
+            if result.include is not None:
+                verdict = result.include
+        return verdict
+
+
+def _read_and_hash(path: str, size: int, max_size: int) -> tuple[str, int]:
+    """blake3 hex digest and byte count of a file, refusing binary and oversized content.
+
+    ``size`` is the size from the walk's stat: a file up to 8,000 bytes is read with one ``os.read`` of
+    ``size + 1`` bytes (the extra byte detects growth); a larger one gets a sniff of its first 8,000 bytes
+    first, so a binary file is never read whole; above :data:`STREAM_THRESHOLD` it is hashed in blocks
+    with blake3's own threads.
+
+    Raises:
+        _Skip: ``binary`` or ``too_large``.
+        OSError: the file vanished or cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if size < BINARY_SNIFF_BYTES:
+            data = os.read(fd, size + 1)
+            if len(data) <= size:  # the common case: the whole file in one read
+                if b"\0" in data:
+                    raise _Skip("binary")
+                return blake3.blake3(data).hexdigest(), len(data)
+            head = data + os.read(fd, BINARY_SNIFF_BYTES - len(data))  # it grew since the stat
+        else:
+            head = os.read(fd, BINARY_SNIFF_BYTES)
+        if b"\0" in head[:BINARY_SNIFF_BYTES]:
+            raise _Skip("binary")
+        hasher = blake3.blake3(head, max_threads=blake3.blake3.AUTO if size > STREAM_THRESHOLD else 1)
+        total = len(head)
+        block_size = max(size - total + 1, 1) if size <= STREAM_THRESHOLD else STREAM_BLOCK
+        while block := os.read(fd, block_size):
+            hasher.update(block)
+            total += len(block)
+            if total > max_size:
+                raise _Skip("too_large")
+            block_size = STREAM_BLOCK
+        return hasher.hexdigest(), total
+    finally:
+        os.close(fd)
+
+
+def _hash_batch(items: list[tuple[str, int]], max_size: int) -> list[tuple[str, object, object]]:
+    """Hash a batch of ``(path, stat size)``; one ``(kind, a, b)`` outcome each, picklable for a worker process.
+
+    ``("ok", digest, size)``, ``("skip", reason, None)``, ``("vanished", None, None)`` or
+    ``("error", message, errno)``.
+    """
+    out: list[tuple[str, object, object]] = []
+    for path, stat_size in items:
+        try:
+            digest, size = _read_and_hash(path, stat_size, max_size)
+        except _Skip as skip:
+            out.append(("skip", skip.reason, None))
+        except FileNotFoundError:
+            out.append(("vanished", None, None))
+        except OSError as exc:
+            out.append(("error", str(exc), exc.errno))
+        else:
+            out.append(("ok", digest, size))
+    return out
+
+
+def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield ``(relpath, abspath, stat)`` for every regular, non-ignored file under the root.
+
+    Symlinks are followed only when their target stays inside the root; every directory (by device and
+    inode) is entered at most once, so symlink loops end. Problems are counted in ``stats.skipped`` and
+    logged, never raised.
+    """
+    root = os.path.realpath(options.root)
+    root_prefix = root.rstrip(os.sep) + os.sep
+    excluded = set()
+    for p in options.exclude_dirs:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        excluded.add((st.st_dev, st.st_ino))
+    rules = IgnoreRules(options.extra_ignore)
+    root_st = os.stat(root)
+    visited = {(root_st.st_dev, root_st.st_ino)}
+    stack: list[tuple[str, str, list]] = [(root, "", [])]
+
+    def skip(reason: str, rel: str, level: int = logging.WARNING, detail: str = "") -> None:
+        stats.skipped[reason] += 1
+        log.log(level, "skipped %s (%s)%s", rel or ".", reason, f": {detail}" if detail else "")
+
+    while stack:
+        dir_abs, dir_rel, parent_chain = stack.pop()
+        try:
+            with os.scandir(dir_abs) as it:
+                entries = list(it)
+        except FileNotFoundError:
+            skip("vanished", dir_rel)
+            continue
+        except OSError as exc:
+            skip("unreadable", dir_rel, detail=str(exc))
+            continue
+        names = {e.name for e in entries}
+        if dir_rel and "pyvenv.cfg" in names:
+            stats.ignored += 1  # a virtualenv
+            continue
+        chain = rules.specs_for(parent_chain, dir_abs, dir_rel, ".gitignore" in names)
+        subdirs = []
+        builtin_dirs, builtin_files, builtin_suffixes = (
+            BUILTIN_IGNORED_DIRS, BUILTIN_IGNORED_FILES, BUILTIN_IGNORED_SUFFIXES)
+        for entry in entries:
+            name = entry.name
+            if not name.isascii():
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    skip("undecodable_name", dir_rel + name.encode("utf-8", "backslashreplace").decode())
+                    continue
+            rel = dir_rel + name
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not (target + os.sep).startswith(root_prefix) and target != root:
+                        skip("symlink_escape", rel, detail=f"points to {target}")
+                        continue
+                    try:
+                        st = os.stat(entry.path)
+                    except OSError as exc:
+                        skip("broken_symlink", rel, detail=str(exc))
+                        continue
+                    is_dir = stat_mod.S_ISDIR(st.st_mode)
+                    is_file = stat_mod.S_ISREG(st.st_mode)
+                    key = (st.st_dev, st.st_ino)
+                else:
+                    # d_type and d_ino come with the directory listing: no system call until a stat is needed
+                    st = None
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    is_file = not is_dir and entry.is_file(follow_symlinks=False)
+                    key = (root_st.st_dev, entry.inode()) if is_dir else None
+                if is_dir:
+                    if name in builtin_dirs or name.endswith(".egg-info") or (
+                        chain and rules.ignored(rel, True, chain)
+                    ):
+                        stats.ignored += 1
+                        continue
+                    if key in excluded:
+                        stats.ignored += 1
+                        continue
+                    if key in visited:
+                        skip("symlink_loop", rel, logging.INFO)
+                        continue
+                    visited.add(key)
+                    subdirs.append((entry.path, rel + "/", chain))
+                    continue
+                if is_file:
+                    if name in builtin_files or name.endswith(builtin_suffixes) or (
+                        chain and rules.ignored(rel, False, chain)
+                    ):
+                        stats.ignored += 1
+                        continue
+                    yield rel, entry.path, st if st is not None else entry.stat(follow_symlinks=False)
+                    continue
+            except FileNotFoundError:
+                skip("vanished", rel)
+                continue
+            except OSError as exc:
+                skip("unreadable", rel, detail=str(exc))
+                continue
+            skip("special_file", rel, logging.INFO)
+        stack.extend(subdirs)
+
+
+def previous_index(previous: pd.DataFrame | None) -> dict[str, tuple[int, int, str, str]]:
+    """``path -> (size, mtime_ns, blake3, language)`` for the present files of a previous manifest."""
+    if previous is None or previous.empty:
+        return {}
+    live = previous[previous["status"] != DELETED]
+    return dict(
+        zip(
+            live["path"].tolist(),
+            zip(live["size"].tolist(), live["mtime_ns"].tolist(), live["blake3"].tolist(),
+                live["language"].tolist()),
+        )
+    )
+
+
+def scan(
+    options: ScanOptions,
+    previous: pd.DataFrame | None = None,
+    workers: int | None = None,
+    known_binaries: pd.DataFrame | None = None,
+) -> ScanResult:
+    """Scan ``options.root`` into a manifest, re-hashing only files whose size or mtime changed.
+
+    Hashing runs inline for small amounts of work; past :data:`PARALLEL_MIN_BYTES` it moves to ``workers``
+    processes (default: every core) fed in batches while the walk goes on, because blake3 holds the GIL
+    on small inputs and threads do not help.
+
+    Args:
+        options: root, size limit and ignore patterns.
+        previous: the manifest of the previous scan, or ``None`` for a cold scan.
+        workers: hashing processes; ``1`` hashes inline.
+        known_binaries: ``ScanResult.binaries`` of the previous scan; such files are skipped again without
+            being read when their size and mtime are unchanged.
+
+    Returns:
+        A :class:`ScanResult`; its manifest is sorted by path and includes ``deleted`` rows for files
+        of ``previous`` that are gone.
+
+    Raises:
+        ScanError: the root does not exist, is not a directory, or cannot be listed.
+    """
+    started = time.perf_counter()
+    root = Path(options.root)
+    if not root.is_dir():
+        raise ScanError(f"source directory {root} does not exist or is not a directory; set NOVA_SOURCE_DIR")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ScanError(f"source directory {root} is not readable; fix its permissions or NOVA_SOURCE_DIR")
+    workers = workers or os.cpu_count() or 1
+
+    prev = previous_index(previous)
+    binaries_before: dict[str, tuple[int, int]] = {}
+    if known_binaries is not None and len(known_binaries):
+        binaries_before = dict(zip(known_binaries["path"].tolist(),
+                                   zip(known_binaries["size"].tolist(), known_binaries["mtime_ns"].tolist())))
+    binaries: list[tuple[str, int, int]] = []
+    stats = ScanStats()
+    rows: list[tuple[str, int, int, str, str, str]] = []
+    pending: list[tuple[str, str, int, int, tuple | None]] = []  # (rel, abs, size, mtime_ns, previous)
+    pending_bytes = 0
+    batches: list[tuple[list, Future]] = []
+    pool: ProcessPoolExecutor | None = None
+    hash_started: float | None = None
+
+    def submit(batch: list) -> None:
+        batches.append((batch, pool.submit(_hash_batch, [(b[1], b[2]) for b in batch], options.max_file_size)))
+
+    try:
+        for rel, abs_path, st in _walk(options, stats):
+            old = prev.get(rel)
+            if old is not None and old[0] == st.st_size and old[1] == st.st_mtime_ns:
+                rows.append((rel, st.st_size, st.st_mtime_ns, old[2], old[3], UNCHANGED))
+                continue
+            if binaries_before.get(rel) == (st.st_size, st.st_mtime_ns):
+                stats.skipped["binary"] += 1
+                binaries.append((rel, st.st_size, st.st_mtime_ns))
+                continue
+            if st.st_size > options.max_file_size:
+                stats.skipped["too_large"] += 1
+                log.info("skipped %s (too_large): %d bytes > %d", rel, st.st_size, options.max_file_size)
+                continue
+            pending.append((rel, abs_path, st.st_size, st.st_mtime_ns, old))
+            pending_bytes += st.st_size
+            if pool is None and workers > 1 and pending_bytes >= PARALLEL_MIN_BYTES:
+                hash_started = time.perf_counter()
+                pool = ProcessPoolExecutor(workers)
+            if pool is not None and len(pending) >= HASH_BATCH_FILES:
+                submit(pending)
+                pending = []
+        if hash_started is None:
+            hash_started = time.perf_counter()
+        if pool is not None:
+            if pending:
+                submit(pending)
+            outcomes = [(batch, fut.result()) for batch, fut in batches]
+        else:
+            outcomes = [(pending, _hash_batch([(p[1], p[2]) for p in pending], options.max_file_size))]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    stats.hash_seconds = time.perf_counter() - hash_started
+
+    for batch, results in outcomes:
+        for (rel, _abs, stat_size, mtime, old), (kind, a, b) in zip(batch, results):
+            if kind == "ok":
+                digest, size = a, b
+                stats.files_hashed += 1
+                stats.bytes_hashed += size
+                status = ADDED if old is None else (UNCHANGED if old[2] == digest else CHANGED)
+                lang = old[3] if status == UNCHANGED else language_of(rel)
+                rows.append((rel, size, mtime, digest, lang, status))
+            elif kind == "skip":
+                stats.skipped[a] += 1
+                if a == "binary":
+                    binaries.append((rel, stat_size, mtime))
+                log.log(logging.DEBUG if a == "binary" else logging.INFO, "skipped %s (%s)", rel, a)
+            elif kind == "vanished":
+                stats.skipped["vanished"] += 1
+                log.warning("skipped %s (vanished): it disappeared during the scan", rel)
+            else:
+                stats.skipped["unreadable"] += 1
+                if old is None:
+                    log.warning("skipped %s (unreadable): %s", rel, a)
+                    continue
+                # Keep what we knew rather than reporting a transiently unreadable file as deleted.
+                log.warning("kept the previous entry of %s: it is unreadable now (%s)", rel, a)
+                rows.append((rel, old[0], old[1], old[2], old[3], UNCHANGED))
+
+    seen = {r[0] for r in rows}
+    for rel, (size, mtime, digest, lang) in prev.items():
+        if rel not in seen:
+            rows.append((rel, size, mtime, digest, lang, DELETED))
+    rows.sort()
+
+    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in MANIFEST_COLUMNS]
+    manifest = pd.DataFrame(
+        {
+            "path": pd.array(cols[0], dtype="str"),
+            "size": pd.array(cols[1], dtype="int64"),
+            "mtime_ns": pd.array(cols[2], dtype="int64"),
+            "blake3": pd.array(cols[3], dtype="str"),
+            "language": pd.array(cols[4], dtype="str"),
+            "status": pd.array(cols[5], dtype="str"),
+        }
+    )
+    present = manifest["status"] != DELETED
+    stats.files = int(present.sum())
+    stats.bytes = int(manifest.loc[present, "size"].sum())
+    counts = manifest["status"].value_counts()
+    stats.status_counts = {s: int(counts.get(s, 0)) for s in STATUSES}
+    stats.duration_seconds = time.perf_counter() - started
+    log.info(
+        "scanned %s: %d files, %d bytes, %s, %d bytes re-hashed, skipped %s",
+        root, stats.files, stats.bytes, stats.status_counts, stats.bytes_hashed, dict(stats.skipped),
+    )
+    return ScanResult(
+        manifest=manifest,
+        stats=stats,
+        binaries=pd.DataFrame(binaries, columns=["path", "size", "mtime_ns"]).astype(
+            {"size": "int64", "mtime_ns": "int64"}),
+    )
+
+
+def present_files(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a manifest whose file exists (status other than ``deleted``)."""
+    return manifest[manifest["status"] != DELETED]

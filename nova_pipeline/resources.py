@@ -1,0 +1,80 @@
+"""Dagster resources, all configured from the environment in one place.
+
+Every field is read through :class:`dagster.EnvVar` when its variable is set, and falls back to the
+default of :mod:`nova_pipeline.core.settings` otherwise, so the Dagster UI shows which variable a value
+came from.
+"""
+
+
+import os
+
+import dagster as dg
+import pandas as pd
+
+from nova_pipeline.core.settings import DEFAULT_HOME, Settings
+from nova_pipeline.core.tables import read_table, write_table
+
+
+def env_or(name: str, default: str) -> str:
+    """``EnvVar(name)`` when the variable is set, else ``default`` (EnvVar itself has no default)."""
+    return dg.EnvVar(name) if os.environ.get(name) else default  # type: ignore[return-value]
+
+
+class NovaSettings(dg.ConfigurableResource):
+    """Where the source tree and the state live. See :mod:`nova_pipeline.core.settings`."""
+
+    source_dir: str = ""
+    nova_home: str = DEFAULT_HOME
+    ignore: str = ""
+    chroma_url: str = ""
+
+    def settings(self, require_source: bool = True) -> Settings:
+        """Resolved, validated settings.
+
+        Raises:
+            nova_pipeline.core.errors.SettingsError: a path is missing or unusable; the message names it.
+        """
+        return Settings.build(
+            self.source_dir, self.nova_home, self.ignore, self.chroma_url, require_source=require_source
+        )
+
+
+class ParquetTableIOManager(dg.ConfigurableIOManager):
+    """Stores DataFrame asset values as ``NOVA_HOME/tables/<asset>.parquet``, atomically."""
+
+    nova_home: str = DEFAULT_HOME
+
+    def _home(self):
+        return Settings.build(None, self.nova_home, require_source=False).home
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj)}")
+        name = context.asset_key.to_python_identifier()
+        path = write_table(self._home(), name, obj)
+        context.add_output_metadata({"table_path": dg.MetadataValue.path(str(path)), "rows": len(obj)})
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        name = context.upstream_output.asset_key.to_python_identifier()
+        df = read_table(self._home(), name)
+        if df is None:
+            raise FileNotFoundError(
+                f"table {name} has not been materialized under {self._home()}; run the rebuild job first"
+            )
+        return df
+
+
+def default_resources() -> dict[str, object]:
+    """The resources every job of the code location uses, built from the current environment."""
+    home = env_or("NOVA_HOME", DEFAULT_HOME)
+    return {
+        "nova": NovaSettings(
+            source_dir=env_or("NOVA_SOURCE_DIR", ""),
+            nova_home=home,
+            ignore=env_or("NOVA_IGNORE", ""),
+            chroma_url=env_or("NOVA_CHROMA_URL", ""),
+        ),
+        "io_manager": ParquetTableIOManager(nova_home=home),
+    }
