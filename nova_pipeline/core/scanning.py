@@ -533,3 +533,41 @@ def scan(
 def present_files(manifest: pd.DataFrame) -> pd.DataFrame:
     """The rows of a manifest whose file exists (status other than ``deleted``)."""
     return manifest[manifest["status"] != DELETED]
+
+
+def read_verified(
+    items: Iterable[tuple[str, str]], budget: int | None = None
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Read ``(path, blake3)`` items, dropping files that vanished, became unreadable or changed since the scan.
+
+    Args:
+        items: absolute paths with the blake3 the manifest recorded.
+        budget: stop once this many bytes were read (None: read all).
+
+    Returns:
+        ``(pairs, skipped)``: ``(blake3, content)`` of the verified items in order, and how many were dropped.
+    """
+    out: list[tuple[str, bytes]] = []
+    skipped = total = 0
+    for path, digest in items:
+        if budget is not None and total >= budget:
+            break
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            skipped += 1
+            continue
+        if blake3.blake3(data).hexdigest() != digest:
+            skipped += 1
+            continue
+        out.append((digest, data))
+        total += len(data)
+    return out, skipped
+
+
+def unique_contents(root: Path, manifest: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(blake3, absolute path)`` of each unique content of the present files, in blake3 order."""
+    live = present_files(manifest).drop_duplicates("blake3").sort_values("blake3")
+    base = str(root)
+    return [(d, os.path.join(base, p)) for d, p in zip(live["blake3"].tolist(), live["path"].tolist())]

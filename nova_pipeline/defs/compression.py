@@ -1,0 +1,208 @@
+"""Assets and checks of the compression stages: frequent_patterns, compression_dictionary, compressed_store."""
+
+import dagster as dg
+import pandas as pd
+
+from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
+from nova_pipeline.core.patterns import PatternOptions, display_pattern, find_patterns, pattern_sources
+from nova_pipeline.core.scanning import unique_contents
+from nova_pipeline.core.store import ContentStore, update_store
+from nova_pipeline.core.tables import read_table
+from nova_pipeline.defs.metadata import md_table
+from nova_pipeline.resources import NovaSettings
+
+
+class PatternsConfig(dg.Config):
+    """Pattern analysis settings; lengths in bytes, memory in MB (2^20 bytes)."""
+
+    min_length: int = 8
+    max_length: int = 512
+    min_frequency: int = 2
+    top_k: int = 100
+    max_workers: int = 0
+    memory_limit_mb: int = 1024
+
+
+@dg.asset(kinds={"python", "parquet"}, group_name="compression")
+def frequent_patterns(
+    context: dg.AssetExecutionContext, config: PatternsConfig, nova: NovaSettings, source_files: pd.DataFrame
+):
+    """Top repeated byte substrings (maximal repeats) across the tree.
+
+    ``pattern`` (bytes), ``frequency`` (non-overlapping occurrences), ``file_count`` (unique contents holding
+    it), ``first_seen`` and ``last_updated`` (UTC). Shards are analysed in ``max_workers`` processes and
+    cached by blake3, so unchanged files are not analysed again.
+    """
+    settings = nova.settings()
+    options = PatternOptions(
+        min_length=config.min_length, max_length=config.max_length, min_frequency=config.min_frequency,
+        top_k=config.top_k, max_workers=config.max_workers, memory_limit_mb=config.memory_limit_mb,
+    )
+    previous = read_table(settings.home, "frequent_patterns")
+    df, stats = find_patterns(
+        settings.source_dir, source_files, options, settings.home / "cache" / "patterns", previous
+    )
+    top = df.head(20)
+    sources = pattern_sources(settings.source_dir, source_files, top["pattern"].tolist())
+    table = pd.DataFrame({
+        "pattern": [display_pattern(p) for p in top["pattern"]],
+        "bytes": [len(p) for p in top["pattern"]],
+        "frequency": top["frequency"],
+        "files": top["file_count"],
+        "e.g. in": [", ".join(f"`{s}`" for s in src) for src in sources],
+    })
+    context.log.info(
+        f"{len(df)} patterns from {stats.contents} contents; shards analysed {stats.shards_analysed}, "
+        f"cached {stats.shards_cached}"
+    )
+    return dg.MaterializeResult(
+        value=df,
+        metadata={
+            "patterns": len(df),
+            "contents": stats.contents,
+            "bytes": stats.bytes,
+            "shards": stats.shards,
+            "shards_analysed": stats.shards_analysed,
+            "shards_cached": stats.shards_cached,
+            "workers": stats.workers,
+            "peak_rss_mb": round(stats.peak_rss_mb, 1),
+            "duration_s": round(stats.duration_seconds, 3),
+            "skipped": dg.MetadataValue.json(stats.skipped),
+            "top_patterns": md_table(table),
+        },
+    )
+
+
+class DictionaryConfig(dg.Config):
+    """Dictionary settings: size in bytes; held-out share in percent; drift as a share (0.05 = 5%)."""
+
+    dict_size: int = 112_640
+    level: int = 3
+    heldout_percent: int = 20
+    drift_threshold: float = 0.05
+
+
+@dg.asset(
+    kinds={"zstd"}, group_name="compression", deps=[frequent_patterns],
+)
+def compression_dictionary(
+    context: dg.AssetExecutionContext, config: DictionaryConfig, nova: NovaSettings, source_files: pd.DataFrame
+):
+    """A zstd dictionary trained on the tree, named by its blake3 under ``NOVA_HOME/dictionaries``.
+
+    Retrained only when the held-out ratio falls by more than ``drift_threshold``; otherwise the current
+    dictionary is kept, because the store refers to it. Runs after ``frequent_patterns`` but does not seed
+    from them (see :mod:`nova_pipeline.core.dictionary`).
+    """
+    settings = nova.settings()
+    registry = DictionaryRegistry(settings.home)
+    options = DictionaryOptions(
+        dict_size=config.dict_size, level=config.level, heldout_percent=config.heldout_percent,
+        drift_threshold=config.drift_threshold,
+    )
+    info, action, skipped = build_for_tree(unique_contents(settings.source_dir, source_files), registry, options)
+    messages = {
+        "unchanged": "held-out set and dictionary unchanged: nothing trained, nothing measured",
+        "kept": "no drift: kept the current dictionary",
+        "trained": f"trained a new dictionary in {info.training_seconds:.2f} s",
+        "no_dictionary": f"no dictionary: {info.reason}",
+    }
+    context.log.info(messages[action])
+    return dg.MaterializeResult(
+        metadata={
+            "action": action,
+            "dictionary_blake3": info.blake3 or "(none)",
+            "path": dg.MetadataValue.path(str(registry.path(info.blake3))) if info.blake3 else "(none)",
+            "size_bytes": info.size,
+            "dict_id": info.dict_id,
+            "training_seconds": round(info.training_seconds, 3),
+            "samples": info.samples,
+            "sample_bytes": info.sample_bytes,
+            "heldout_files": info.heldout_files,
+            "heldout_ratio_with_dictionary": round(info.ratio_with, 4),
+            "heldout_ratio_without_dictionary": round(info.ratio_without, 4),
+            "heldout_gain": round(info.gain, 4),
+            "skipped_changed_since_scan": skipped,
+        },
+    )
+
+
+@dg.asset_check(asset=compression_dictionary, description="The dictionary beats no dictionary on held-out files.")
+def dictionary_beats_no_dictionary(nova: NovaSettings) -> dg.AssetCheckResult:
+    info = DictionaryRegistry(nova.settings(require_source=False).home).current()
+    if info is None:
+        return dg.AssetCheckResult(passed=False, description="no dictionary has been built")
+    passed = info.blake3 == "" or info.ratio_with >= info.ratio_without
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"ratio_with": round(info.ratio_with, 4), "ratio_without": round(info.ratio_without, 4)},
+        description=None if passed else (
+            f"held-out ratio {info.ratio_with:.3f} with the dictionary is below {info.ratio_without:.3f} "
+            "without it: retrain with a larger sample or a smaller dict_size"
+        ),
+    )
+
+
+class StoreConfig(dg.Config):
+    """Store settings: zstd level, and compression threads (-1: every core)."""
+
+    level: int = 3
+    threads: int = -1
+
+
+@dg.asset(kinds={"zstd"}, group_name="compression", deps=[compression_dictionary])
+def compressed_store(
+    context: dg.AssetExecutionContext, config: StoreConfig, nova: NovaSettings, source_files: pd.DataFrame
+):
+    """Every unique content as one zstd frame under ``NOVA_HOME/store``, keyed by blake3, verified by round trip."""
+    settings = nova.settings()
+    store = ContentStore(settings.home)
+    info = store.registry.current()
+    dict_digest = info.blake3 if info else ""
+    update = update_store(store, settings.source_dir, source_files, dict_digest, config.level, config.threads)
+    put = update.put
+    if put.written == 0:
+        context.log.info(f"nothing to compress: all {put.already_stored} contents already stored")
+    else:
+        context.log.info(f"stored {put.written} new objects, {put.bytes_in:,} -> {put.bytes_out:,} bytes")
+    return dg.MaterializeResult(
+        metadata={
+            "objects": update.objects,
+            "objects_written": put.written,
+            "objects_already_stored": put.already_stored,
+            "bytes_in": put.bytes_in,
+            "bytes_out": put.bytes_out,
+            "ratio_new": round(put.bytes_in / put.bytes_out, 4) if put.bytes_out else 0.0,
+            "ratio_store": round(update.ratio, 4),
+            "raw_bytes": update.raw_bytes,
+            "stored_bytes": update.stored_bytes,
+            "dedup_saved_bytes": update.dedup_saved_bytes,
+            "mb_per_s": round(put.mb_per_s, 1),
+            "objects_removed": update.removed_objects,
+            "bytes_freed": update.freed_bytes,
+            "skipped": dg.MetadataValue.json(put.skipped),
+            "dictionary_blake3": dict_digest or "(none)",
+            "index": dg.MetadataValue.path(str(store.index_path)),
+        },
+    )
+
+
+class RoundTripConfig(dg.Config):
+    """Verify every object up to ``sample_size`` objects; a random sample of that many above it (0: all)."""
+
+    sample_size: int = 5000
+
+
+@dg.asset_check(asset=compressed_store, blocking=True,
+                description="Stored objects decompress and match their blake3 keys.")
+def store_round_trip(config: RoundTripConfig, nova: NovaSettings) -> dg.AssetCheckResult:
+    store = ContentStore(nova.settings(require_source=False).home)
+    keys = store.sample_keys(config.sample_size)
+    failures = store.verify(keys)
+    return dg.AssetCheckResult(
+        passed=not failures,
+        metadata={"checked": len(keys), "objects": len(store.index()), "failures": len(failures),
+                  "first_failures": dg.MetadataValue.json(failures[:10])},
+        description="; ".join(failures[:3]) if failures else None,
+    )

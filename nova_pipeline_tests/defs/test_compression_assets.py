@@ -1,0 +1,61 @@
+import dagster as dg
+
+from nova_pipeline.core.store import ContentStore
+from nova_pipeline.defs import compression, scan
+from nova_pipeline.resources import NovaSettings, ParquetTableIOManager
+
+def materialize(src, home, instance):
+    resources = {
+        "nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
+        "io_manager": ParquetTableIOManager(nova_home=str(home)),
+    }
+    return dg.materialize(
+        [scan.source_files, compression.frequent_patterns, compression.compression_dictionary,
+         compression.compressed_store, compression.dictionary_beats_no_dictionary,
+         compression.store_round_trip],
+        resources=resources, instance=instance, raise_on_error=False,
+    )
+
+
+def md(result, asset):
+    return result.asset_materializations_for_node(asset)[-1].metadata
+
+
+def checks(result):
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_compression_stages_on_real_tree_then_a_no_op_rerun(stdlib_tree, tmp_path):
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        first = materialize(stdlib_tree, home, instance)
+        assert first.success
+        assert checks(first) == {"dictionary_beats_no_dictionary": True, "store_round_trip": True}
+        assert md(first, "compression_dictionary")["action"].value == "trained"
+        assert md(first, "compression_dictionary")["heldout_gain"].value > 1.0
+        assert md(first, "compressed_store")["objects_written"].value > 30
+        assert md(first, "frequent_patterns")["patterns"].value > 10
+        assert "Python Software Foundation" in md(first, "frequent_patterns")["top_patterns"].value
+
+        second = materialize(stdlib_tree, home, instance)
+        assert second.success
+        assert md(second, "frequent_patterns")["shards_analysed"].value == 0
+        assert md(second, "compression_dictionary")["action"].value == "unchanged"
+        assert md(second, "compressed_store")["objects_written"].value == 0
+        assert md(second, "compressed_store")["bytes_in"].value == 0
+
+
+def test_round_trip_check_fails_on_a_flipped_bit_naming_the_object(stdlib_tree, tmp_path):
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize(stdlib_tree, home, instance).success
+        store = ContentStore(home)
+        key = store.index()["key"].iloc[3]
+        path = store.object_path(key)
+        raw = bytearray(open(path, "rb").read())
+        raw[-2] ^= 0x10
+        open(path, "wb").write(raw)
+        again = materialize(stdlib_tree, home, instance)
+        evaluation = [e for e in again.get_asset_check_evaluations() if e.check_name == "store_round_trip"][0]
+        assert not evaluation.passed
+        assert key in evaluation.description and path in evaluation.description
