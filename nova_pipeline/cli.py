@@ -1,7 +1,8 @@
-"""The ``nova`` command: status now; search, health and backup commands arrive with their stages."""
+"""The ``nova`` command: status, search and resume; health and backup commands arrive with their stages."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -51,6 +52,64 @@ def status() -> None:
     console.print(table)
     if s.source_dir is not None:
         console.print(f"source: {s.source_dir}")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="what to look for, in words or code"),
+    k: int = typer.Option(5, "-k", "--top", help="number of hits"),
+    as_json: bool = typer.Option(False, "--json", help="print the hits as a JSON list"),
+) -> None:
+    """Semantic search over the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL)."""
+    from nova_pipeline.core.search import search as run_search
+
+    with console.status("searching…", spinner="dots") if not as_json else _nullcontext():
+        hits = run_search(query, k, settings=_settings())
+    if as_json:
+        print(json.dumps([
+            {"path": h.path, "start_line": h.start_line, "end_line": h.end_line, "symbol": h.symbol,
+             "language": h.language, "score": round(h.score, 4), "snippet": h.snippet(), "chunk_id": h.chunk_id}
+            for h in hits
+        ], indent=1))
+        return
+    for rank, h in enumerate(hits, 1):
+        symbol = f"  [bold]{h.symbol}[/bold]" if h.symbol else ""
+        console.print(f"{rank}. [cyan]{h.path}:{h.start_line}-{h.end_line}[/cyan]{symbol}  score {h.score:.3f}")
+        for line in h.snippet().splitlines():
+            console.print(f"     {line}", markup=False, highlight=False)
+
+
+@app.command()
+def resume(run_id: str = typer.Argument(..., help="id of the failed run")) -> None:
+    """Re-execute a failed run from failure, using the Dagster instance of DAGSTER_HOME."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            raise NovaError(f"no run {run_id} in the Dagster instance at {instance.root_directory}; "
+                            "check DAGSTER_HOME")
+        options = dg.ReexecutionOptions.from_failure(run_id, instance)
+        result = dg.execute_job(dg.reconstructable(_job_for_resume), instance=instance,
+                                reexecution_options=options, tags={"nova/resumed_from": run_id})
+        console.print(f"run {result.run_id} ({'success' if result.success else 'failed'}), "
+                      f"re-executing {run.job_name} from the failure of {run_id}")
+        if not result.success:
+            raise typer.Exit(1)
+
+
+def _job_for_resume():
+    from nova_pipeline.definitions import defs
+
+    return defs.get_job_def("rebuild")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from nova_pipeline.defs import compression, jobs, scan
+from nova_pipeline.defs import compression, embedding, jobs, scan
 from nova_pipeline.resources import default_resources
 
 defs = dg.Definitions(
@@ -11,8 +11,15 @@ defs = dg.Definitions(
         compression.frequent_patterns,
         compression.compression_dictionary,
         compression.compressed_store,
+        embedding.source_chunks,
+        embedding.vector_index,
     ],
-    asset_checks=[compression.dictionary_beats_no_dictionary, compression.store_round_trip],
+    asset_checks=[
+        compression.dictionary_beats_no_dictionary,
+        compression.store_round_trip,
+        embedding.vector_count_matches_chunks,
+        embedding.chunks_find_themselves,
+    ],
     jobs=[jobs.rebuild_job],
     schedules=[jobs.nightly_rebuild],
     resources=default_resources(),

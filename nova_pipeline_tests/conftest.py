@@ -92,3 +92,69 @@ def pg_query():
             conn.close()
 
     return run
+
+
+class FakeEmbedder:
+    """Deterministic hash-based unit vectors: for unit tests only, never the product's default."""
+
+    dimension = 384
+    max_seq_length = 256
+    fingerprint = "fake-embedder-v1"
+
+    def __init__(self):
+        self.calls = 0
+        self.texts = 0
+
+    def embed(self, texts):
+        import blake3
+        import numpy as np
+
+        self.calls += 1
+        self.texts += len(texts)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for i, t in enumerate(texts):
+            raw = blake3.blake3(t.encode()).digest(length=self.dimension * 4)
+            v = np.frombuffer(raw, dtype=np.uint32).astype(np.float32) / 2**32 - 0.5
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+@pytest.fixture
+def fake_embedder():
+    return FakeEmbedder()
+
+
+def fake_embedder_resource():
+    """An EmbedderResource whose model is FakeEmbedder (the tokenizer stays the real one)."""
+    from nova_pipeline.resources import EmbedderResource
+
+    class FakeEmbedderResource(EmbedderResource):
+        def get_embedder(self):
+            return _FAKE
+
+        def fingerprint(self) -> str:
+            return FakeEmbedder.fingerprint
+
+    return FakeEmbedderResource()
+
+
+_FAKE = FakeEmbedder()
+
+
+@pytest.fixture
+def json_tree(tmp_path: Path) -> Path:
+    """A copy of the standard library's json/ package: small enough to embed in seconds."""
+    root = tmp_path / "json_src"
+    shutil.copytree(STDLIB / "json", root / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run_dagster_cli(args, env_extra, cwd, timeout=900, **popen):
+    """Run ``python -m dagster ...`` with a clean NOVA_/DAGSTER_ environment plus ``env_extra``."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}
+    env.update({k: str(v) for k, v in env_extra.items()})
+    return subprocess.run([sys.executable, "-m", "dagster", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **popen)

@@ -1,0 +1,265 @@
+"""Code-aware chunking with a token budget counted by the embedding model's own tokenizer.
+
+* Python splits on top-level functions and classes (stdlib :mod:`ast`); the code between them (imports,
+  constants) forms its own units. Small neighbours are merged and large bodies split on line boundaries.
+* Markdown splits on headings.
+* Other text splits on blank lines, then on lines.
+
+Every chunk is embedded as ``header + body`` where the header is ``"<path> <symbol>\\n"``. The header names
+the file and symbol without line numbers, so inserting lines above a chunk changes its span (and its id)
+but not its text: its embedding is reused from the cache. The budget counts the header, the body and the
+two special tokens (``[CLS]``/``[SEP]``) against the model's max sequence length (256 word pieces for
+all-MiniLM-L6-v2). A single line longer than the budget cannot be split on a line boundary; such a chunk
+is kept whole, marked ``truncated`` (the model sees only its first 256 word pieces) and counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import blake3
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CHUNK_COLUMNS = [
+    "chunk_id", "path", "start_line", "end_line", "symbol", "language", "content_blake3", "n_tokens",
+    "truncated", "file_blake3", "text",
+]
+SPECIAL_TOKENS = 2  # [CLS] and [SEP]
+MIN_CHUNK_TOKENS = 48  # neighbours smaller than this are merged
+_HEADING = re.compile(r"^#{1,6}\s")
+
+TokenCounter = Callable[[Sequence[str]], list[int]]
+
+
+@dataclass
+class Unit:
+    """A span of lines (1-based, inclusive) with the symbol it belongs to."""
+
+    start: int
+    end: int
+    symbol: str
+
+
+def header(path: str, symbol: str) -> str:
+    """The text put before every chunk body: path and symbol, no line numbers."""
+    return f"{path} {symbol}\n" if symbol else f"{path}\n"
+
+
+def python_units(text: str, n_lines: int) -> list[Unit] | None:
+    """Top-level definitions and the code between them; None when the file does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    units: list[Unit] = []
+    cursor = 1
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        end = node.end_lineno or node.lineno
+        if start > cursor:
+            units.append(Unit(cursor, start - 1, ""))
+        kind = "class" if isinstance(node, ast.ClassDef) else "def"
+        units.append(Unit(start, end, f"{kind} {node.name}"))
+        cursor = end + 1
+    if cursor <= n_lines:
+        units.append(Unit(cursor, n_lines, ""))
+    return units
+
+
+def markdown_units(lines: Sequence[str]) -> list[Unit]:
+    """One unit per heading section; the symbol is the heading."""
+    units: list[Unit] = []
+    start, symbol = 1, ""
+    in_fence = False
+    for i, line in enumerate(lines, 1):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        if not in_fence and _HEADING.match(line) and i > start:
+            units.append(Unit(start, i - 1, symbol))
+            start = i
+        if not in_fence and _HEADING.match(line):
+            symbol = line.strip().lstrip("#").strip()[:80]
+    if start <= len(lines):
+        units.append(Unit(start, len(lines), symbol))
+    return units
+
+
+def paragraph_units(lines: Sequence[str]) -> list[Unit]:
+    """Units separated by blank lines."""
+    units: list[Unit] = []
+    start = None
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            if start is None:
+                start = i
+        elif start is not None:
+            units.append(Unit(start, i - 1, ""))
+            start = None
+    if start is not None:
+        units.append(Unit(start, len(lines), ""))
+    return units
+
+
+def _pack(units: list[Unit], line_tokens: list[int], budget: int, min_tokens: int) -> list[tuple[Unit, bool]]:
+    """Split units over budget on line boundaries, then merge small neighbours; ``(unit, oversize)``."""
+
+    def tokens(u: Unit) -> int:
+        return sum(line_tokens[u.start - 1 : u.end])
+
+    pieces: list[tuple[Unit, bool]] = []
+    for u in units:
+        if tokens(u) <= budget:
+            pieces.append((u, False))
+            continue
+        start, acc = u.start, 0
+        for ln in range(u.start, u.end + 1):
+            t = line_tokens[ln - 1]
+            if acc and acc + t > budget:
+                pieces.append((Unit(start, ln - 1, u.symbol), False))
+                start, acc = ln, 0
+            acc += t
+        pieces.append((Unit(start, u.end, u.symbol), acc > budget))
+    # a piece over budget here is a single line that cannot be split
+    pieces = [(p, tokens(p) > budget) for p, _ in pieces]
+
+    merged: list[tuple[Unit, bool]] = []
+    for piece, over in pieces:
+        if merged:
+            last, last_over = merged[-1]
+            small = tokens(last) < min_tokens or tokens(piece) < min_tokens
+            if small and not over and not last_over and tokens(last) + tokens(piece) <= budget:
+                symbol = last.symbol or piece.symbol
+                if last.symbol and piece.symbol and last.symbol != piece.symbol:
+                    symbol = f"{last.symbol}, {piece.symbol}"
+                merged[-1] = (Unit(last.start, piece.end, symbol[:200]), False)
+                continue
+        merged.append((piece, over))
+    return merged
+
+
+def chunk_file(
+    path: str, data: bytes, language: str, count_tokens: TokenCounter, max_tokens: int,
+    file_blake3: str = "",
+) -> list[dict]:
+    """Chunks of one file as records with :data:`CHUNK_COLUMNS`.
+
+    Args:
+        path: root-relative path (goes into the header and the chunk id).
+        data: the file's bytes; decoded as UTF-8 with replacement of invalid bytes.
+        language: from the manifest; ``python`` and ``markdown`` get syntax-aware units.
+        count_tokens: the model tokenizer's word-piece counts, without special tokens.
+        max_tokens: the model's max sequence length, special tokens included.
+        file_blake3: the file's blake3, kept so unchanged files are not chunked again.
+    """
+    text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if not lines or not text.strip():
+        return []
+    units = None
+    if language == "python":
+        units = python_units(text, len(lines))
+    elif language == "markdown":
+        units = markdown_units(lines)
+    if units is None:
+        units = paragraph_units(lines)
+    units = [u for u in units if any(line.strip() for line in lines[u.start - 1 : u.end])]
+    header_tokens = max(count_tokens([header(path, u.symbol) for u in units] or [path]), default=0)
+    budget = max(16, max_tokens - SPECIAL_TOKENS - header_tokens)
+    line_tokens = count_tokens(lines)
+    packed = _pack(units, line_tokens, budget, MIN_CHUNK_TOKENS)
+    bodies = ["".join(lines[u.start - 1 : u.end]) for u, _ in packed]
+    texts = [header(path, u.symbol) + body for (u, _), body in zip(packed, bodies)]
+    counts = count_tokens(texts)
+    out = []
+    for (u, _), body_text, n in zip(packed, texts, counts):
+        # trim blank lines at the edges so spans point at content
+        start, end = u.start, u.end
+        while start < end and not lines[start - 1].strip():
+            start += 1
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+        content = blake3.blake3(body_text.encode()).hexdigest()
+        chunk_id = blake3.blake3(f"{path}\0{start}\0{end}\0{content}".encode()).hexdigest()[:32]
+        out.append({
+            "chunk_id": chunk_id, "path": path, "start_line": start, "end_line": end, "symbol": u.symbol,
+            "language": language, "content_blake3": content, "n_tokens": n + SPECIAL_TOKENS,
+            "truncated": n + SPECIAL_TOKENS > max_tokens, "file_blake3": file_blake3, "text": body_text,
+        })
+    return out
+
+
+@dataclass
+class ChunkStats:
+    """Counts of one :func:`chunk_manifest` call."""
+
+    files_chunked: int = 0
+    files_reused: int = 0
+    chunks: int = 0
+    truncated: int = 0
+    skipped: int = 0
+
+
+def empty_chunks() -> pd.DataFrame:
+    """An empty chunks table with the right columns."""
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("start_line", "end_line", "n_tokens")
+                                      else "bool" if c == "truncated" else "str") for c in CHUNK_COLUMNS})
+
+
+def chunk_manifest(
+    root, manifest: pd.DataFrame, previous: pd.DataFrame | None, count_tokens: TokenCounter, max_tokens: int,
+) -> tuple[pd.DataFrame, ChunkStats]:
+    """Chunks of every present file; files whose blake3 is unchanged reuse their previous chunks.
+
+    A file that vanished or changed since the scan is skipped and logged; its chunks come back on the
+    next rebuild.
+    """
+    from pathlib import Path
+
+    stats = ChunkStats()
+    live = manifest[manifest["status"] != "deleted"]
+    reuse: dict[tuple[str, str], pd.DataFrame] = {}
+    if previous is not None and len(previous):
+        for (path, fb), group in previous.groupby(["path", "file_blake3"], sort=False):
+            reuse[(path, fb)] = group
+    frames: list[pd.DataFrame] = []
+    records: list[dict] = []
+    for path, digest, language, size in zip(live["path"].tolist(), live["blake3"].tolist(),
+                                            live["language"].tolist(), live["size"].tolist()):
+        if size == 0:
+            continue  # nothing to chunk
+        old = reuse.get((path, digest))
+        if old is not None:
+            frames.append(old)
+            stats.files_reused += 1
+            continue
+        try:
+            data = (Path(root) / path).read_bytes()
+        except OSError as exc:
+            stats.skipped += 1
+            log.warning("not chunked: %s is unreadable (%s)", path, exc)
+            continue
+        if blake3.blake3(data).hexdigest() != digest:
+            stats.skipped += 1
+            log.warning("not chunked: %s changed since the scan; the next rebuild will chunk it", path)
+            continue
+        records.extend(chunk_file(path, data, language, count_tokens, max_tokens, digest))
+        stats.files_chunked += 1
+    if records:
+        frames.append(pd.DataFrame.from_records(records, columns=CHUNK_COLUMNS))
+    df = pd.concat(frames, ignore_index=True) if frames else empty_chunks()
+    df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
+    df = df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})
+    stats.chunks = len(df)
+    stats.truncated = int(df["truncated"].sum())
+    if stats.truncated:
+        log.warning("%d chunks exceed the model's %d word pieces and will be truncated by it",
+                    stats.truncated, max_tokens)
+    return df, stats

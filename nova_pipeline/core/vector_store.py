@@ -1,0 +1,281 @@
+"""The Chroma vector index: clients, one collection per model fingerprint, reconciliation and search.
+
+Reconciliation compares what Chroma *actually* holds with the wanted chunks: wanted ids missing from Chroma
+are embedded (through the cache) and upserted in batches; then ids in Chroma that are not wanted are
+deleted. New data always lands before stale data goes, so a half-finished run or outside damage is repaired
+by the next run, and a killed run loses at most the batch in flight.
+
+One writer per collection: a ``flock`` on ``NOVA_HOME/vectors.lock`` (embedded mode, where concurrent
+writer processes corrupt the data dir, chroma #7040), plus a Dagster pool of 1 on the asset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from nova_pipeline.core.embedding import Embedder, EmbeddingCache, embed_with_cache
+from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+DEFAULT_BATCH = 256  # chunks per batch: small enough to redo, well under Chroma's max batch size
+PAGE = 5000
+
+
+def collection_name(fingerprint: str) -> str:
+    """The collection of a model fingerprint (3-512 characters of ``[a-zA-Z0-9._-]``)."""
+    return f"nova-{fingerprint}"
+
+
+def open_client(home: Path, chroma_url: str | None = None):
+    """A Chroma client: ``HttpClient`` at ``chroma_url``, else ``PersistentClient`` under ``home/vectors``.
+
+    Raises:
+        VectorStoreError: the server is unreachable or the data dir cannot be opened.
+    """
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    try:
+        if chroma_url:
+            u = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
+            return chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
+                                       ssl=u.scheme == "https", settings=settings)
+        path = Path(home) / "vectors"
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=settings)
+    except Exception as exc:  # noqa: BLE001 - chroma raises many types for "cannot connect"
+        where = chroma_url or str(Path(home) / "vectors")
+        raise VectorStoreError(f"cannot open the Chroma vector store at {where}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def writer_lock(home: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Exclusive writer lock on the vector store of ``home``.
+
+    Raises:
+        VectorStoreError: another writer held the lock for ``timeout`` seconds.
+    """
+    path = Path(home) / "vectors.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise VectorStoreError(f"another writer holds {path} since {timeout:.0f}s; is a rebuild running?")
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def get_collection(client, fingerprint: str, create: bool = True):
+    """The collection of ``fingerprint`` (cosine space, embeddings supplied by us).
+
+    Raises:
+        IndexNotBuiltError: ``create`` is False and the collection does not exist.
+    """
+    name = collection_name(fingerprint)
+    if create:
+        return client.get_or_create_collection(
+            name, metadata={"model_fingerprint": fingerprint, "created_by": "nova_pipeline"},
+            configuration={"hnsw": {"space": "cosine"}}, embedding_function=None,
+        )
+    try:
+        return client.get_collection(name, embedding_function=None)
+    except Exception as exc:  # noqa: BLE001 - NotFoundError differs between client types
+        raise IndexNotBuiltError(
+            f"no vector index {name!r} yet: run the rebuild job "
+            "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+        ) from exc
+
+
+def existing_ids(collection) -> set[str]:
+    """Every id the collection holds, paged."""
+    ids: set[str] = set()
+    offset = 0
+    while True:
+        got = collection.get(include=[], limit=PAGE, offset=offset)["ids"]
+        ids.update(got)
+        if len(got) < PAGE:
+            return ids
+        offset += len(got)
+
+
+def chunk_metadata(row) -> dict:
+    """Flat scalar metadata of a chunk row."""
+    return {
+        "path": row.path, "start_line": int(row.start_line), "end_line": int(row.end_line),
+        "symbol": row.symbol or "", "language": row.language, "content_blake3": row.content_blake3,
+    }
+
+
+@dataclass
+class IndexStats:
+    """Counts of :func:`reconcile`. ``embedded`` counts model calls (unique texts)."""
+
+    wanted: int = 0
+    present_before: int = 0
+    unchanged: int = 0
+    upserted: int = 0
+    embedded: int = 0
+    cache_hits: int = 0
+    deleted: int = 0
+    batches: int = 0
+    count_after: int = 0
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def reconcile(
+    collection,
+    chunks: pd.DataFrame,
+    embedder: Embedder,
+    cache: EmbeddingCache,
+    batch_size: int = DEFAULT_BATCH,
+    max_batch: int | None = None,
+    on_batch: Callable[[int, IndexStats], None] | None = None,
+) -> IndexStats:
+    """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
+
+    Args:
+        collection: the Chroma collection of ``embedder.fingerprint``.
+        chunks: the ``source_chunks`` table (needs ``chunk_id, text, content_blake3`` and the metadata).
+        embedder: the model; called only for texts the cache lacks.
+        cache: the embedding cache of the same fingerprint.
+        batch_size: chunks per batch (capped by Chroma's ``get_max_batch_size``).
+        on_batch: called after each committed batch with its number and the running stats.
+
+    Raises:
+        VectorStoreError: Chroma failed; everything committed so far stays.
+    """
+    started = time.perf_counter()
+    stats = IndexStats(wanted=len(chunks))
+    try:
+        have = existing_ids(collection)
+    except Exception as exc:  # noqa: BLE001
+        raise VectorStoreError(f"cannot list the collection {collection.name}: {exc}") from exc
+    stats.present_before = len(have)
+    wanted_ids = set(chunks["chunk_id"])
+    todo = chunks[~chunks["chunk_id"].isin(have)]
+    # Shortest texts first across all batches, so each forward pass pads little (as encode() does).
+    todo = todo.iloc[np.argsort(todo["text"].str.len().to_numpy(), kind="stable")]
+    stats.unchanged = len(chunks) - len(todo)
+    size = max(1, min(batch_size, max_batch or batch_size))
+    for b, start in enumerate(range(0, len(todo), size), 1):
+        part = todo.iloc[start : start + size]
+        vecs, es = embed_with_cache(part["text"].tolist(), part["content_blake3"].tolist(), embedder, cache)
+        stats.embedded += es.embedded
+        stats.cache_hits += es.cache_hits
+        stats.embed_seconds += es.seconds
+        try:
+            collection.upsert(
+                ids=part["chunk_id"].tolist(),
+                embeddings=vecs,
+                documents=part["text"].tolist(),
+                metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise VectorStoreError(f"upsert of batch {b} into {collection.name} failed: {exc}") from exc
+        stats.upserted += len(part)
+        stats.batches = b
+        if on_batch is not None:
+            on_batch(b, stats)
+    stale = sorted(have - wanted_ids)
+    for start in range(0, len(stale), size):
+        try:
+            collection.delete(ids=stale[start : start + size])
+        except Exception as exc:  # noqa: BLE001
+            raise VectorStoreError(f"deleting stale vectors from {collection.name} failed: {exc}") from exc
+    stats.deleted = len(stale)  # Chroma's own delete count cannot be trusted: count what we asked for
+    stats.count_after = collection.count()
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+@dataclass
+class Hit:
+    """A search result. Lines are 1-based and inclusive; ``score`` is cosine similarity (1 is identical)."""
+
+    path: str
+    start_line: int
+    end_line: int
+    symbol: str
+    language: str
+    score: float
+    text: str
+    chunk_id: str
+
+    def snippet(self, lines: int = 3) -> str:
+        """The first non-blank lines of the chunk body (its header line left out)."""
+        body = self.text.split("\n", 1)[1] if "\n" in self.text else self.text
+        return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
+
+
+def query(collection, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    """Top-``k`` hits for each query vector."""
+    res = collection.query(query_embeddings=np.asarray(vectors, dtype=np.float32), n_results=k,
+                           include=["metadatas", "documents", "distances"])
+    out = []
+    for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], res["documents"], res["distances"]):
+        out.append([
+            Hit(path=m["path"], start_line=int(m["start_line"]), end_line=int(m["end_line"]),
+                symbol=m.get("symbol", ""), language=m.get("language", ""), score=1.0 - float(d),
+                text=doc or "", chunk_id=i)
+            for i, m, doc, d in zip(ids, metas, docs, dists)
+        ])
+    return out
+
+
+def self_retrieval_failures(collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int,
+                            seed: int = 0) -> tuple[int, list[str]]:
+    """Query a sample of chunks with their own (cached) embeddings; each must come back first.
+
+    A chunk whose text is duplicated elsewhere passes when the top hit has the same content.
+
+    Returns:
+        ``(checked, failures)``, one message per chunk that did not find itself.
+    """
+    if len(chunks) == 0:
+        return 0, []
+    part = chunks.sample(n=min(sample, len(chunks)), random_state=seed)
+    vecs = cache.get_many(part["content_blake3"].tolist())
+    rows = [r for r in part.itertuples(index=False) if r.content_blake3 in vecs]
+    if not rows:
+        return 0, ["no cached embeddings for the sampled chunks"]
+    hits = query(collection, np.stack([vecs[r.content_blake3] for r in rows]), 1)
+    failures = []
+    for r, h in zip(rows, hits):
+        top = h[0] if h else None
+        if top is None or (top.chunk_id != r.chunk_id and top.text != r.text):
+            failures.append(f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) found "
+                            f"{top.chunk_id if top else 'nothing'} first")
+    return len(rows), failures
+
+
+def count_vectors(collection) -> int:
+    return int(collection.count())
+
+
+def top_ids(collection, vectors: Sequence[np.ndarray], k: int) -> list[list[str]]:
+    """Ids of the top ``k`` hits per query vector (for comparisons in tests and restores)."""
+    return [[h.chunk_id for h in hits] for hits in query(collection, np.stack(vectors), k)]

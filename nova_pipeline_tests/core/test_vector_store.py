@@ -1,0 +1,126 @@
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nova_pipeline.core.chunking import chunk_manifest
+from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
+from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
+from nova_pipeline.core.scanning import ScanOptions, scan
+from nova_pipeline.core.vector_store import (
+    existing_ids, get_collection, open_client, reconcile, self_retrieval_failures,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer()
+
+
+@pytest.fixture
+def chunks(stdlib_tree, tok):
+    df, _ = chunk_manifest(stdlib_tree / "json", scan(ScanOptions(stdlib_tree / "json")).manifest, None, tok.count,
+                           tok.max_seq_length)
+    return df
+
+
+def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fake_embedder):
+    client = open_client(tmp_path)
+    col = get_collection(client, fake_embedder.fingerprint)
+    cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
+    batches = []
+    s1 = reconcile(col, chunks, fake_embedder, cache, batch_size=16, on_batch=lambda n, s: batches.append(n))
+    unique = chunks["content_blake3"].nunique()
+    assert s1.embedded == unique and s1.upserted == len(chunks) == s1.count_after
+    assert batches == list(range(1, len(batches) + 1)) and len(batches) == -(-len(chunks) // 16)
+    got = col.get(ids=[chunks["chunk_id"].iloc[0]], include=["documents", "metadatas"])
+    assert got["documents"][0] == chunks["text"].iloc[0]
+    assert set(got["metadatas"][0]) == {"path", "start_line", "end_line", "symbol", "language", "content_blake3"}
+
+    s2 = reconcile(col, chunks, fake_embedder, cache)
+    assert (s2.embedded, s2.upserted, s2.deleted, s2.unchanged) == (0, 0, 0, len(chunks))
+
+    # outside damage: vectors deleted behind our back, and a foreign id added
+    lost = chunks["chunk_id"].iloc[:5].tolist()
+    col.delete(ids=lost)
+    col.upsert(ids=["intruder"], embeddings=fake_embedder.embed(["x"]), documents=["x"],
+               metadatas=[{"path": "x"}])
+    s3 = reconcile(col, chunks, fake_embedder, cache)
+    assert s3.upserted == 5 and s3.embedded == 0 and s3.cache_hits == 5 and s3.deleted == 1
+    assert existing_ids(col) == set(chunks["chunk_id"])
+
+
+def test_stale_chunks_go_in_the_same_run(tmp_path, chunks, fake_embedder):
+    col = get_collection(open_client(tmp_path), fake_embedder.fingerprint)
+    cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
+    reconcile(col, chunks, fake_embedder, cache)
+    fewer = chunks[chunks["path"] != chunks["path"].iloc[0]]
+    s = reconcile(col, fewer, fake_embedder, cache)
+    assert s.deleted == len(chunks) - len(fewer) and col.count() == len(fewer)
+
+
+def test_self_retrieval(tmp_path, chunks, fake_embedder):
+    col = get_collection(open_client(tmp_path), fake_embedder.fingerprint)
+    cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
+    reconcile(col, chunks, fake_embedder, cache)
+    checked, failures = self_retrieval_failures(col, chunks, cache, 10)
+    assert checked == 10 and failures == []
+
+
+def test_missing_collection_says_to_run_the_rebuild(tmp_path):
+    with pytest.raises(IndexNotBuiltError, match="rebuild"):
+        get_collection(open_client(tmp_path), "nothing-here", create=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    """A real `chroma run` server on a free loopback port, stopped afterwards."""
+    port = free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    log = open(tmp_path / "chroma.log", "w")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            open_client(tmp_path, url).heartbeat()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None:
+                raise RuntimeError((tmp_path / "chroma.log").read_text())
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("chroma run did not come up in 60 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.integration
+def test_server_mode_reconciles_like_embedded(tmp_path, chunks, fake_embedder, chroma_server):
+    col = get_collection(open_client(tmp_path, chroma_server), fake_embedder.fingerprint)
+    cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
+    s1 = reconcile(col, chunks, fake_embedder, cache, batch_size=50)
+    assert s1.count_after == len(chunks)
+    s2 = reconcile(col, chunks.iloc[10:], fake_embedder, cache)
+    assert s2.deleted == 10 and s2.embedded == 0 and col.count() == len(chunks) - 10
+
+
+def test_dead_server_is_a_clear_error(tmp_path, chunks, fake_embedder):
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(VectorStoreError, match=url.split("//")[1]):
+        get_collection(open_client(tmp_path, url), fake_embedder.fingerprint)
