@@ -86,11 +86,11 @@ def test_rebuild_job_on_real_tree_twice(stdlib_tree, nova_env, tmp_path):
 
 
 @pytest.mark.integration
-def test_rebuild_job_on_postgres_storage(stdlib_tree, tmp_path, pg_database, pg_query):
+def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_query):
     dagster_home = tmp_path / "dagster_pg_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text((REPO_ROOT / "dagster.postgres.yaml").read_text())
-    env = {"NOVA_SOURCE_DIR": str(stdlib_tree), "NOVA_HOME": str(tmp_path / "home"),
+    env = {"NOVA_SOURCE_DIR": str(json_tree), "NOVA_HOME": str(tmp_path / "home"),
            "DAGSTER_HOME": str(dagster_home), **pg_database}
     proc = run_cli_job(env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,6 +106,12 @@ def test_rebuild_job_on_postgres_storage(stdlib_tree, tmp_path, pg_database, pg_
     )
     assert {m[0] for m in mats} == {
         '["source_files"]', '["frequent_patterns"]', '["compression_dictionary"]', '["compressed_store"]',
+        '["source_chunks"]', '["vector_index"]',
     }
+    checks = pg_query(
+        db, "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
+        (run_id,),
+    )
+    assert checks[0][0] == 4
     # nothing of the run went to SQLite files
     assert not any(p.suffix == ".db" for p in dagster_home.rglob("*"))
