@@ -31,27 +31,53 @@ def _settings() -> Settings:
 @app.command()
 def status() -> None:
     """Summarise what the pipeline has built and where it lives."""
+    from nova_pipeline.core.dictionary import DictionaryRegistry
+    from nova_pipeline.core.store import ContentStore
+
     s = _settings()
-    table = Table(title=f"nova_pipeline state in {s.home}")
-    table.add_column("asset")
-    table.add_column("what")
-    table.add_column("where")
     manifest = read_table(s.home, "source_files")
     if manifest is None:
         console.print(f"[yellow]Nothing built yet under {s.home}: run the rebuild job "
                       "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild).")
         raise typer.Exit(1)
+    table = Table(title=f"nova_pipeline state in {s.home}")
+    for col in ("asset", "what", "where"):
+        table.add_column(col)
     live = manifest[manifest["status"] != DELETED]
     counts = manifest["status"].value_counts().to_dict()
-    table.add_row(
-        "source_files",
-        f"{len(live):,} files, {int(live['size'].sum()):,} bytes; "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-        str(table_path(s.home, "source_files")),
-    )
+    table.add_row("source_files", f"{len(live):,} files, {int(live['size'].sum()):,} bytes; "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), str(table_path(s.home, "source_files")))
+    patterns = read_table(s.home, "frequent_patterns")
+    if patterns is not None:
+        table.add_row("frequent_patterns", f"{len(patterns)} patterns", str(table_path(s.home, "frequent_patterns")))
+    info = DictionaryRegistry(s.home).current()
+    if info is not None:
+        what = (f"{info.size:,} B, held-out ratio {info.ratio_with:.2f}x vs {info.ratio_without:.2f}x without"
+                if info.blake3 else f"none ({info.reason})")
+        table.add_row("compression_dictionary", what, str(DictionaryRegistry(s.home).dir))
+    store = ContentStore(s.home)
+    if store.index_path.exists():
+        idx = store.index()
+        raw, stored = int(idx["size"].sum()), int(idx["stored_size"].sum())
+        table.add_row("compressed_store", f"{len(idx):,} objects, {raw:,} -> {stored:,} bytes "
+                      f"({raw / stored if stored else 0:.2f}x)", str(store.root))
+    chunks = read_table(s.home, "source_chunks")
+    if chunks is not None:
+        table.add_row("source_chunks", f"{len(chunks):,} chunks, {int(chunks['truncated'].sum())} truncated",
+                      str(table_path(s.home, "source_chunks")))
+        try:
+            from nova_pipeline.core.embedding import bundled_fingerprint
+            from nova_pipeline.core.vector_store import get_collection, open_client
+
+            col = get_collection(open_client(s.home, s.chroma_url), bundled_fingerprint(), create=False)
+            table.add_row("vector_index", f"{col.count():,} vectors in collection {col.name}",
+                          s.chroma_url or str(s.home / "vectors"))
+        except NovaError as exc:
+            table.add_row("vector_index", f"[red]{exc}", s.chroma_url or str(s.home / "vectors"))
     console.print(table)
     if s.source_dir is not None:
         console.print(f"source: {s.source_dir}")
+    console.print('search it: nova search "your question" -k 5')
 
 
 @app.command()
