@@ -45,3 +45,19 @@ class VectorStoreError(NovaError):
 
 class EmbeddingError(NovaError):
     """The embedding model cannot be loaded or failed on a batch."""
+
+
+class GoldenCopyError(NovaError):
+    """A golden copy cannot be made, verified or used."""
+
+
+class BackupError(NovaError):
+    """A backup cannot be created or restored."""
+
+
+class BackupVerifyError(BackupError):
+    """A backup failed verification; the message names the member."""
+
+
+class ConfirmationRequired(NovaError):
+    """A destructive operation ran without ``confirm: true``."""

@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
+from nova_pipeline.core.golden import referenced_store_keys
 from nova_pipeline.core.patterns import PatternOptions, display_pattern, find_patterns, pattern_sources
 from nova_pipeline.core.scanning import unique_contents
 from nova_pipeline.core.store import ContentStore, update_store
@@ -160,7 +161,9 @@ def compressed_store(
     store = ContentStore(settings.home)
     info = store.registry.current()
     dict_digest = info.blake3 if info else ""
-    update = update_store(store, settings.source_dir, source_files, dict_digest, config.level, config.threads)
+    keep = referenced_store_keys(settings.home)  # objects golden versions still refer to
+    update = update_store(store, settings.source_dir, source_files, dict_digest, config.level, config.threads,
+                          keep=keep)
     put = update.put
     if put.written == 0:
         context.log.info(f"nothing to compress: all {put.already_stored} contents already stored")

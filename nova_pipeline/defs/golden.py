@@ -1,0 +1,170 @@
+"""Golden copy, reset, backups, restore: assets, checks, ops and jobs."""
+
+import dagster as dg
+
+from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.defs.compression import compressed_store
+from nova_pipeline.defs.embedding import vector_index
+from nova_pipeline.resources import EmbedderResource, NovaSettings
+
+
+class GoldenConfig(dg.Config):
+    """``keep``: golden versions kept (CURRENT is never removed)."""
+
+    keep: int = golden.DEFAULT_KEEP
+
+
+@dg.asset(kinds={"chromadb"}, group_name="protect", deps=[vector_index, compressed_store])
+def golden_copy(context: dg.AssetExecutionContext, config: GoldenConfig, nova: NovaSettings,
+                embedder: EmbedderResource):
+    """A verified, read-only snapshot of the index, dictionaries and manifests under ``NOVA_HOME/golden``.
+
+    Runs only when the blocking checks of ``vector_index`` and ``compressed_store`` pass. Verified by opening
+    it in a subprocess before ``CURRENT`` switches to it.
+    """
+    settings = nova.settings(require_source=False)
+    version = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep)
+    context.log.info(f"golden version {version.name}: {version.count} vectors, {version.files} files")
+    return dg.MaterializeResult(metadata={
+        "version": version.name, "path": dg.MetadataValue.path(str(version.path)), "vectors": version.count,
+        "files": version.files, "bytes": version.bytes,
+        "versions_kept": len(golden.list_versions(settings.home)),
+    })
+
+
+@dg.asset_check(asset=golden_copy, blocking=True, description="The CURRENT golden version verifies against its manifest.")
+def golden_copy_verifies(nova: NovaSettings) -> dg.AssetCheckResult:
+    home = nova.settings(require_source=False).home
+    cur = golden.current_version(home)
+    if cur is None:
+        return dg.AssetCheckResult(passed=False, description="there is no golden copy")
+    failures = golden.verify_tree(cur.path)
+    return dg.AssetCheckResult(passed=not failures, metadata={"version": cur.name, "failures": len(failures)},
+                               description="; ".join(failures[:3]) if failures else None)
+
+
+class ConfirmConfig(dg.Config):
+    """Destructive operations need ``confirm: true``."""
+
+    confirm: bool = False
+
+
+def _who(context) -> str:
+    return audit.actor(context.run.tags.get("dagster/user") or context.run.tags.get("user"))
+
+
+@dg.op
+def reset_index_from_golden(context: dg.OpExecutionContext, config: ConfirmConfig, nova: NovaSettings):
+    """Rebuild the primary vector index from the CURRENT golden copy, without re-embedding. Audited."""
+    settings = nova.settings(require_source=False)
+    entry = golden.reset_index(settings.home, settings.chroma_url, config.confirm, _who(context))
+    context.log_event(dg.AssetObservation(asset_key="vector_index", metadata={
+        "reset_from_golden": entry["details"]["version"], "vectors": entry["details"]["count"],
+        "audit": dg.MetadataValue.json(entry)}))
+
+
+@dg.job(description="Rebuild the primary index from the golden copy (needs ops.reset_index_from_golden.config.confirm: true).")
+def reset_index():
+    reset_index_from_golden()
+
+
+class BackupConfig(dg.Config):
+    """``keep``: verified backups kept; ``level``/``threads``: zstd settings of the archive."""
+
+    keep: int = backup.DEFAULT_KEEP
+    level: int = 3
+    threads: int = -1
+
+
+def _pg_url(instance) -> str | None:
+    storage = getattr(instance, "run_storage", None)
+    storage = getattr(storage, "_storage", storage)
+    return getattr(storage, "postgres_url", None)
+
+
+@dg.asset(kinds={"zstd"}, group_name="protect", deps=[golden_copy])
+def backups(context: dg.AssetExecutionContext, config: BackupConfig, nova: NovaSettings):
+    """``backup_<UTC>.tar.zst`` of the CURRENT golden version, its store objects and dictionaries, and a
+    ``pg_dump -Fc`` of the Dagster database when the instance is on PostgreSQL; retention applied."""
+    home = nova.settings(require_source=False).home
+    result = backup.create_backup(home, _pg_url(context.instance), level=config.level, threads=config.threads,
+                                  keep=config.keep)
+    context.log.info(f"backup {result.info.id}: {result.members} members, {result.info.size:,} bytes")
+    return dg.MaterializeResult(metadata={
+        "backup_id": result.info.id, "path": dg.MetadataValue.path(str(result.info.path)),
+        "archive_bytes": result.info.size, "member_bytes": result.bytes, "members": result.members,
+        "golden_version": result.golden_version, "seconds": round(result.seconds, 2),
+        "removed_by_retention": dg.MetadataValue.json(result.removed),
+        "backups_kept": len(backup.list_backups(home)),
+    })
+
+
+def _newest(home):
+    found = backup.list_backups(home)
+    return found[0] if found else None
+
+
+@dg.asset_check(asset=backups, blocking=True, description="Level 1: manifest and checksum of the newest backup.")
+def backup_structure(nova: NovaSettings) -> dg.AssetCheckResult:
+    b = _newest(nova.settings(require_source=False).home)
+    if b is None:
+        return dg.AssetCheckResult(passed=False, description="no backup")
+    failures = backup.verify_structure(b)
+    return dg.AssetCheckResult(passed=not failures, metadata={"backup_id": b.id},
+                               description="; ".join(failures[:3]) if failures else None)
+
+
+@dg.asset_check(asset=backups, description="Level 2: every member of the newest backup matches its blake3.")
+def backup_full_read(nova: NovaSettings) -> dg.AssetCheckResult:
+    b = _newest(nova.settings(require_source=False).home)
+    if b is None:
+        return dg.AssetCheckResult(passed=False, description="no backup")
+    failures = backup.verify_full(b)
+    return dg.AssetCheckResult(passed=not failures, metadata={"backup_id": b.id},
+                               description="; ".join(failures[:3]) if failures else None)
+
+
+class DrillConfig(dg.Config):
+    """``backup_id``: empty for the newest backup."""
+
+    backup_id: str = ""
+
+
+@dg.op
+def restore_drill_op(context: dg.OpExecutionContext, config: DrillConfig, nova: NovaSettings):
+    """Level 3: restore a backup into a temp dir, open it, verify every object; fails on any problem."""
+    home = nova.settings(require_source=False).home
+    b = backup.find_backup(home, config.backup_id) if config.backup_id else _newest(home)
+    if b is None:
+        raise backup.BackupError(f"no backup under {backup.backups_dir(home)} to drill")
+    failures = backup.restore_drill(home, b, _pg_url(context.instance))
+    context.log_event(dg.AssetObservation(asset_key="backups", metadata={
+        "restore_drill": b.id, "passed": not failures, "failures": dg.MetadataValue.json(failures[:10])}))
+    if failures:
+        raise backup.BackupVerifyError(f"restore drill of {b.id} failed: {'; '.join(failures[:3])}")
+
+
+@dg.job(description="Restore the newest (or a given) backup into a temp dir and prove it works.")
+def restore_drill():
+    restore_drill_op()
+
+
+class RestoreConfig(dg.Config):
+    """``backup_id`` to restore, and ``confirm: true``."""
+
+    backup_id: str
+    confirm: bool = False
+
+
+@dg.op
+def restore_backup_op(context: dg.OpExecutionContext, config: RestoreConfig, nova: NovaSettings):
+    """Restore a backup to a new location, verify it, switch atomically, rebuild the index. Audited."""
+    settings = nova.settings(require_source=False)
+    entry = backup.restore(settings.home, config.backup_id, config.confirm, _who(context), settings.chroma_url)
+    context.log_event(dg.AssetObservation(asset_key="golden_copy", metadata={
+        "restored_from": config.backup_id, "audit": dg.MetadataValue.json(entry)}))
+
+
+@dg.job(description="Restore a backup (needs ops.restore_backup_op.config.backup_id and confirm: true).")
+def restore():
+    restore_backup_op()
