@@ -158,3 +158,28 @@ def run_dagster_cli(args, env_extra, cwd, timeout=900, **popen):
     env.update({k: str(v) for k, v in env_extra.items()})
     return subprocess.run([sys.executable, "-m", "dagster", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, **popen)
+
+
+def build_home(src: Path, home: Path, embedder=None):
+    """Scan, store and index ``src`` into ``home`` with the real store, tokenizer and Chroma, and the fake
+    embedder (fast): the state golden copies and backups are made from. Returns the chunks table."""
+    from nova_pipeline.core.chunking import chunk_manifest
+    from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
+    from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
+    from nova_pipeline.core.scanning import ScanOptions, scan, unique_contents
+    from nova_pipeline.core.store import ContentStore, update_store
+    from nova_pipeline.core.tables import write_table
+    from nova_pipeline.core.vector_store import get_collection, open_client, reconcile
+
+    embedder = embedder or _FAKE
+    manifest = scan(ScanOptions(src)).manifest
+    write_table(home, "source_files", manifest)
+    info, _, _ = build_for_tree(unique_contents(src, manifest), DictionaryRegistry(home),
+                                DictionaryOptions(dict_size=16_384))
+    update_store(ContentStore(home), src, manifest, info.blake3)
+    tok = Tokenizer()
+    chunks, _ = chunk_manifest(src, manifest, None, tok.count, tok.max_seq_length)
+    write_table(home, "source_chunks", chunks)
+    col = get_collection(open_client(home), embedder.fingerprint)
+    reconcile(col, chunks, embedder, EmbeddingCache(home, embedder.fingerprint))
+    return chunks

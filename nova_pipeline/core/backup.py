@@ -72,6 +72,31 @@ class BackupInfo:
     def checksum_path(self) -> Path:
         return self.path.with_name(self.path.name + ".blake3")
 
+    @property
+    def verified_path(self) -> Path:
+        """Sidecar written when the backup passes verification: ``{"level": n, "at": ...}``."""
+        return self.path.with_name(self.path.name + ".verified")
+
+    def verified_level(self) -> int:
+        """Highest verification level recorded for this backup (0: never verified)."""
+        try:
+            return int(json.loads(self.verified_path.read_text())["level"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
+
+def _mark_verified(b: BackupInfo, level: int, golden_version: str | None = None) -> None:
+    try:
+        record = json.loads(b.verified_path.read_text())
+    except (FileNotFoundError, ValueError):
+        record = {"level": 0}
+    if level > record.get("level", 0) or golden_version:
+        record["level"] = max(level, record.get("level", 0))
+        record["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if golden_version:
+            record["golden_version"] = golden_version
+        atomic_write_bytes(b.verified_path, json.dumps(record).encode())
+
 
 def list_backups(home: Path) -> list[BackupInfo]:
     """Published backups, newest first."""
@@ -111,6 +136,23 @@ class _HashingWriter(io.RawIOBase):
     def write(self, b) -> int:
         self.hash.update(b)
         return self.fh.write(b)
+
+
+class _Passthrough(io.RawIOBase):
+    """Raw adapter so io.BufferedWriter can batch tarfile's small writes into the zstd stream."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.fh.write(b)
+        return len(b)
+
+    def close(self) -> None:  # the zstd writer is closed by its own context manager
+        super().close()
 
 
 @dataclass
@@ -189,7 +231,8 @@ def create_backup(
                 hashing = _HashingWriter(raw)
                 cctx = zstd.ZstdCompressor(level=level, threads=threads)
                 with cctx.stream_writer(hashing, closefd=False) as zfh, \
-                        tarfile.open(fileobj=zfh, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                        io.BufferedWriter(_Passthrough(zfh), buffer_size=1 << 20) as buffered, \
+                        tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                     for name, path in members:
                         data = path.read_bytes()
                         manifest[name] = {"blake3": blake3.blake3(data).hexdigest(), "size": len(data)}
@@ -205,11 +248,14 @@ def create_backup(
             atomic_write_bytes(d / f"{final.name}.blake3", f"{digest}  {final.name}\n".encode())
             os.replace(tmp, final)
             fsync_dir(d)
+            # level 1 holds by construction: the checksum is of the bytes just written, the manifest is in
+            _mark_verified(BackupInfo(id=bid, path=final, size=0), 1, version)
         except BaseException as exc:
             if tmp.exists():
                 tmp.unlink()
             if not final.exists():
                 (d / f"{final.name}.blake3").unlink(missing_ok=True)
+                (d / f"{final.name}.verified").unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise BackupError(f"writing backup {final} failed: {exc}; nothing was published") from exc
             raise
@@ -228,14 +274,14 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def apply_retention(home: Path, keep: int = DEFAULT_KEEP) -> list[str]:
-    """Keep the newest ``keep`` backups that pass structure verification; delete older ones.
+    """Keep the newest ``keep`` verified backups (per their ``.verified`` record); delete older ones.
 
     Never deleted: the newest verified backup, the newest verified backup of each golden version still on
     disk, and backups newer than the newest verified one (they may be under inspection).
     Returns the ids removed.
     """
     backups = list_backups(home)  # newest first
-    verified = [b for b in backups if not verify_structure(b)]
+    verified = [b for b in backups if b.verified_level() >= 1]
     if not verified:
         return []
     keep_ids = {b.id for b in verified[: max(1, keep)]}
@@ -253,11 +299,16 @@ def apply_retention(home: Path, keep: int = DEFAULT_KEEP) -> list[str]:
             continue
         b.path.unlink()
         b.checksum_path.unlink(missing_ok=True)
+        b.verified_path.unlink(missing_ok=True)
         removed.append(b.id)
     return removed
 
 
 def _golden_version_of(b: BackupInfo) -> str | None:
+    try:
+        return json.loads(b.verified_path.read_text())["golden_version"]
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
     try:
         return _read_manifest(b)["golden_version"]
     except BackupVerifyError:
@@ -446,10 +497,16 @@ def verify(home: Path, backup_id: str, level: int = 2, pg_admin_url: str | None 
     """Verify a backup at ``level`` 1, 2 or 3 (see the module docstring); returns the failures."""
     b = find_backup(home, backup_id)
     if level <= 1:
-        return verify_structure(b)
-    if level == 2:
-        return verify_full(b)
-    return restore_drill(home, b, pg_admin_url)
+        failures = verify_structure(b)
+    elif level == 2:
+        failures = verify_full(b)
+    else:
+        failures = restore_drill(home, b, pg_admin_url)
+    if not failures:
+        _mark_verified(b, min(max(level, 1), 3))
+    elif b.verified_path.exists():
+        b.verified_path.unlink()  # it failed now: it no longer counts as verified
+    return failures
 
 
 def restore(home: Path, backup_id: str, confirm: bool, who: str, chroma_url: str | None = None) -> dict:

@@ -1,0 +1,69 @@
+import dagster as dg
+import pytest
+
+from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.defs import golden as golden_defs
+from nova_pipeline.defs.jobs import backup_job, rebuild_job
+from nova_pipeline.resources import NovaSettings
+from nova_pipeline_tests.conftest import build_home, fake_embedder_resource
+
+
+@pytest.fixture
+def home(json_tree, tmp_path):
+    h = tmp_path / "home"
+    build_home(json_tree, h)
+    return h
+
+
+def resources(h):
+    return {"nova": NovaSettings(nova_home=str(h)), "embedder": fake_embedder_resource()}
+
+
+def test_golden_copy_and_backup_assets_with_their_checks(home):
+    with dg.instance_for_test() as instance:
+        res = dg.materialize(
+            [golden_defs.golden_copy, golden_defs.backups, golden_defs.golden_copy_verifies,
+             golden_defs.backup_structure, golden_defs.backup_full_read],
+            resources=resources(home), instance=instance,
+        )
+        assert res.success
+        assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == {
+            "golden_copy_verifies": True, "backup_structure": True, "backup_full_read": True}
+        version = res.asset_materializations_for_node("golden_copy")[0].metadata["version"].value
+        assert golden.current_version(home).name == version
+        assert len(backup.list_backups(home)) == 1
+
+
+def test_reset_and_restore_jobs_need_confirm_and_are_audited(home):
+    golden.promote(home, "fake-embedder-v1")
+    b = backup.create_backup(home).info
+    with dg.instance_for_test() as instance:
+        refused = golden_defs.reset_index.execute_in_process(
+            resources=resources(home), instance=instance, raise_on_error=False)
+        assert not refused.success
+        ok = golden_defs.reset_index.execute_in_process(
+            resources=resources(home), instance=instance,
+            run_config={"ops": {"reset_index_from_golden": {"config": {"confirm": True}}}})
+        assert ok.success
+        restored = golden_defs.restore.execute_in_process(
+            resources=resources(home), instance=instance,
+            run_config={"ops": {"restore_backup_op": {"config": {"backup_id": b.id, "confirm": True}}}})
+        assert restored.success
+        drill = golden_defs.restore_drill.execute_in_process(resources=resources(home), instance=instance)
+        assert drill.success
+    outcomes = [(r["action"], r["outcome"]) for r in audit.read(home)]
+    assert outcomes[0] == ("reset_index", "refused: confirm is not true")
+    assert ("reset_index", "ok") in outcomes and ("restore", "ok") in outcomes
+
+
+def test_rebuild_ends_with_the_golden_copy_and_backup_is_its_own_job():
+    from nova_pipeline.definitions import defs
+
+    rebuild = defs.resolve_job_def(rebuild_job.name)
+    keys = {k.to_user_string() for k in rebuild.asset_layer.executable_asset_keys}
+    assert "golden_copy" in keys and "backups" not in keys
+    assert {k.to_user_string() for k in defs.resolve_job_def(backup_job.name).asset_layer.executable_asset_keys} == {
+        "backups"}
+    schedules = {s.name: s for s in defs.schedules}
+    assert set(schedules) == {"nightly_rebuild", "daily_backup", "weekly_restore_drill"}
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
