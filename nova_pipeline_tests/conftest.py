@@ -183,3 +183,22 @@ def build_home(src: Path, home: Path, embedder=None):
     col = get_collection(open_client(home), embedder.fingerprint)
     reconcile(col, chunks, embedder, EmbeddingCache(home, embedder.fingerprint))
     return chunks
+
+
+def inject_crash(monkeypatch, targets, fail_at):
+    """Make the ``fail_at``-th call among ``targets`` [(owner, attribute)] raise OSError (a simulated crash).
+
+    Returns the call counter, so a caller knows when ``fail_at`` was past the last step.
+    """
+    calls = {"n": 0}
+    for owner, attr in targets:
+        real = getattr(owner, attr)
+
+        def wrapper(*a, _real=real, _name=attr, **k):
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise OSError(5, f"injected crash at {_name}")
+            return _real(*a, **k)
+
+        monkeypatch.setattr(owner, attr, wrapper)
+    return calls

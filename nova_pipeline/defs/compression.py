@@ -35,10 +35,7 @@ def frequent_patterns(
     cached by blake3, so unchanged files are not analysed again.
     """
     settings = nova.settings()
-    options = PatternOptions(
-        min_length=config.min_length, max_length=config.max_length, min_frequency=config.min_frequency,
-        top_k=config.top_k, max_workers=config.max_workers, memory_limit_mb=config.memory_limit_mb,
-    )
+    options = PatternOptions(**config.model_dump())
     previous = read_table(settings.home, "frequent_patterns")
     df, stats = find_patterns(
         settings.source_dir, source_files, options, settings.home / "cache" / "patterns", previous
@@ -97,10 +94,7 @@ def compression_dictionary(
     """
     settings = nova.settings()
     registry = DictionaryRegistry(settings.home)
-    options = DictionaryOptions(
-        dict_size=config.dict_size, level=config.level, heldout_percent=config.heldout_percent,
-        drift_threshold=config.drift_threshold,
-    )
+    options = DictionaryOptions(**config.model_dump())
     info, action, skipped = build_for_tree(unique_contents(settings.source_dir, source_files), registry, options)
     messages = {
         "unchanged": "held-out set and dictionary unchanged: nothing trained, nothing measured",

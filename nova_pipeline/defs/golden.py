@@ -104,24 +104,23 @@ def _newest(home):
     return found[0] if found else None
 
 
-@dg.asset_check(asset=backups, blocking=True, description="Level 1: manifest and checksum of the newest backup.")
-def backup_structure(nova: NovaSettings) -> dg.AssetCheckResult:
+def _check_newest(nova: NovaSettings, verify) -> dg.AssetCheckResult:
     b = _newest(nova.settings(require_source=False).home)
     if b is None:
         return dg.AssetCheckResult(passed=False, description="no backup")
-    failures = backup.verify_structure(b)
-    return dg.AssetCheckResult(passed=not failures, metadata={"backup_id": b.id},
+    failures = verify(b)
+    return dg.AssetCheckResult(passed=not failures, metadata={"backup_id": b.id, "failures": len(failures)},
                                description="; ".join(failures[:3]) if failures else None)
+
+
+@dg.asset_check(asset=backups, blocking=True, description="Level 1: manifest and checksum of the newest backup.")
+def backup_structure(nova: NovaSettings) -> dg.AssetCheckResult:
+    return _check_newest(nova, backup.verify_structure)
 
 
 @dg.asset_check(asset=backups, description="Level 2: every member of the newest backup matches its blake3.")
 def backup_full_read(nova: NovaSettings) -> dg.AssetCheckResult:
-    b = _newest(nova.settings(require_source=False).home)
-    if b is None:
-        return dg.AssetCheckResult(passed=False, description="no backup")
-    failures = backup.verify_full(b)
-    return dg.AssetCheckResult(passed=not failures, metadata={"backup_id": b.id},
-                               description="; ".join(failures[:3]) if failures else None)
+    return _check_newest(nova, backup.verify_full)
 
 
 class DrillConfig(dg.Config):

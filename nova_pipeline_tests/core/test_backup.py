@@ -10,7 +10,7 @@ from nova_pipeline.core import audit, backup, golden
 from nova_pipeline.core.errors import BackupVerifyError, ConfirmationRequired
 from nova_pipeline.core.store import ContentStore
 from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client, top_ids
-from nova_pipeline_tests.conftest import FakeEmbedder, build_home
+from nova_pipeline_tests.conftest import FakeEmbedder, build_home, inject_crash
 
 FP = FakeEmbedder.fingerprint
 
@@ -127,21 +127,6 @@ def test_crafted_archive_with_dotdot_is_refused(home, tmp_path):
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
 
 
-def _inject(monkeypatch, targets, fail_at):
-    calls = {"n": 0}
-    for owner, attr in targets:
-        real = getattr(owner, attr)
-
-        def wrapper(*a, _real=real, _name=attr, **k):
-            calls["n"] += 1
-            if calls["n"] == fail_at:
-                raise OSError(5, f"injected crash at {_name}")
-            return _real(*a, **k)
-
-        monkeypatch.setattr(owner, attr, wrapper)
-    return calls
-
-
 def test_a_crash_at_any_step_of_a_backup_leaves_nothing_partial(home, monkeypatch):
     h, _ = home
     first = backup.create_backup(h).info
@@ -150,7 +135,7 @@ def test_a_crash_at_any_step_of_a_backup_leaves_nothing_partial(home, monkeypatc
     crashes = 0
     for fail_at in range(1, 400):
         with monkeypatch.context() as m:
-            calls = _inject(m, targets, fail_at)
+            calls = inject_crash(m, targets, fail_at)
             try:
                 backup.create_backup(h)
             except (OSError, backup.BackupError):

@@ -106,12 +106,12 @@ def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_qu
     )
     assert {m[0] for m in mats} == {
         '["source_files"]', '["frequent_patterns"]', '["compression_dictionary"]', '["compressed_store"]',
-        '["source_chunks"]', '["vector_index"]',
+        '["source_chunks"]', '["vector_index"]', '["golden_copy"]',
     }
     checks = pg_query(
         db, "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
         (run_id,),
     )
-    assert checks[0][0] == 4
+    assert checks[0][0] == 5
     # nothing of the run went to SQLite files
     assert not any(p.suffix == ".db" for p in dagster_home.rglob("*"))
