@@ -20,6 +20,7 @@ Binary detection follows git's ``buffer_is_binary``: a NUL byte in the first 8,0
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import stat as stat_mod
@@ -263,8 +264,8 @@ def _hash_batch(items: list[tuple[str, int]], max_size: int) -> list[tuple[str, 
     return out
 
 
-def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Yield ``(relpath, abspath, stat)`` for every regular, non-ignored file under the root.
+def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[list[tuple[str, str, os.stat_result]]]:
+    """Yield, per directory, ``[(relpath, abspath, stat)]`` of every regular, non-ignored file under the root.
 
     Symlinks are followed only when their target stays inside the root; every directory (by device and
     inode) is entered at most once, so symlink loops end. Problems are counted in ``stats.skipped`` and
@@ -307,6 +308,7 @@ def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[tuple[str, str, os
         subdirs = []
         builtin_dirs, builtin_files, builtin_suffixes = (
             BUILTIN_IGNORED_DIRS, BUILTIN_IGNORED_FILES, BUILTIN_IGNORED_SUFFIXES)
+        found: list[tuple[str, str, os.stat_result]] = []
         for entry in entries:
             name = entry.name
             if not name.isascii():
@@ -315,8 +317,20 @@ def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[tuple[str, str, os
                 except UnicodeEncodeError:
                     skip("undecodable_name", dir_rel + name.encode("utf-8", "backslashreplace").decode())
                     continue
-            rel = dir_rel + name
             try:
+                # The common case first: a regular file that is not a symlink. d_type comes with the
+                # listing, so the only system call is the stat of a file we keep.
+                if entry.is_file(follow_symlinks=False):
+                    if name in builtin_files or name.endswith(builtin_suffixes):
+                        stats.ignored += 1
+                        continue
+                    rel = dir_rel + name
+                    if chain and rules.ignored(rel, False, chain):
+                        stats.ignored += 1
+                        continue
+                    found.append((rel, entry.path, entry.stat(follow_symlinks=False)))
+                    continue
+                rel = dir_rel + name
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if not (target + os.sep).startswith(root_prefix) and target != root:
@@ -328,44 +342,38 @@ def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[tuple[str, str, os
                         skip("broken_symlink", rel, detail=str(exc))
                         continue
                     is_dir = stat_mod.S_ISDIR(st.st_mode)
-                    is_file = stat_mod.S_ISREG(st.st_mode)
                     key = (st.st_dev, st.st_ino)
+                    if stat_mod.S_ISREG(st.st_mode):
+                        if name in builtin_files or name.endswith(builtin_suffixes) or (
+                            chain and rules.ignored(rel, False, chain)
+                        ):
+                            stats.ignored += 1
+                        else:
+                            found.append((rel, entry.path, st))
+                        continue
                 else:
-                    # d_type and d_ino come with the directory listing: no system call until a stat is needed
-                    st = None
                     is_dir = entry.is_dir(follow_symlinks=False)
-                    is_file = not is_dir and entry.is_file(follow_symlinks=False)
-                    key = (root_st.st_dev, entry.inode()) if is_dir else None
-                if is_dir:
-                    if name in builtin_dirs or name.endswith(".egg-info") or (
-                        chain and rules.ignored(rel, True, chain)
-                    ):
-                        stats.ignored += 1
-                        continue
-                    if key in excluded:
-                        stats.ignored += 1
-                        continue
-                    if key in visited:
-                        skip("symlink_loop", rel, logging.INFO)
-                        continue
-                    visited.add(key)
-                    subdirs.append((entry.path, rel + "/", chain))
+                    key = (root_st.st_dev, entry.inode())
+                if not is_dir:
+                    skip("special_file", rel, logging.INFO)
                     continue
-                if is_file:
-                    if name in builtin_files or name.endswith(builtin_suffixes) or (
-                        chain and rules.ignored(rel, False, chain)
-                    ):
-                        stats.ignored += 1
-                        continue
-                    yield rel, entry.path, st if st is not None else entry.stat(follow_symlinks=False)
+                if name in builtin_dirs or name.endswith(".egg-info") or (chain and rules.ignored(rel, True, chain)):
+                    stats.ignored += 1
                     continue
+                if key in excluded:
+                    stats.ignored += 1
+                    continue
+                if key in visited:
+                    skip("symlink_loop", rel, logging.INFO)
+                    continue
+                visited.add(key)
+                subdirs.append((entry.path, rel + "/", chain))
             except FileNotFoundError:
-                skip("vanished", rel)
-                continue
+                skip("vanished", dir_rel + name)
             except OSError as exc:
-                skip("unreadable", rel, detail=str(exc))
-                continue
-            skip("special_file", rel, logging.INFO)
+                skip("unreadable", dir_rel + name, detail=str(exc))
+        if found:
+            yield found
         stack.extend(subdirs)
 
 
@@ -435,7 +443,7 @@ def scan(
         batches.append((batch, pool.submit(_hash_batch, [(b[1], b[2]) for b in batch], options.max_file_size)))
 
     try:
-        for rel, abs_path, st in _walk(options, stats):
+        for rel, abs_path, st in itertools.chain.from_iterable(_walk(options, stats)):
             old = prev.get(rel)
             if old is not None and old[0] == st.st_size and old[1] == st.st_mtime_ns:
                 rows.append((rel, st.st_size, st.st_mtime_ns, old[2], old[3], UNCHANGED))
@@ -495,23 +503,29 @@ def scan(
                 log.warning("kept the previous entry of %s: it is unreadable now (%s)", rel, a)
                 rows.append((rel, old[0], old[1], old[2], old[3], UNCHANGED))
 
-    seen = {r[0] for r in rows}
-    for rel, (size, mtime, digest, lang) in prev.items():
-        if rel not in seen:
-            rows.append((rel, size, mtime, digest, lang, DELETED))
-    rows.sort()
-
-    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in MANIFEST_COLUMNS]
-    manifest = pd.DataFrame(
-        {
-            "path": pd.array(cols[0], dtype="str"),
-            "size": pd.array(cols[1], dtype="int64"),
-            "mtime_ns": pd.array(cols[2], dtype="int64"),
-            "blake3": pd.array(cols[3], dtype="str"),
-            "language": pd.array(cols[4], dtype="str"),
-            "status": pd.array(cols[5], dtype="str"),
-        }
-    )
+    if previous is not None and stats.files_hashed == 0 and len(rows) == len(prev) and all(
+        r[5] == UNCHANGED for r in rows
+    ):
+        # Nothing changed (every present file matched the previous manifest, none is gone): reuse its columns.
+        manifest = previous[previous["status"] != DELETED].reset_index(drop=True)
+        manifest = manifest.assign(status=pd.array([UNCHANGED] * len(manifest), dtype="str"))[MANIFEST_COLUMNS]
+    else:
+        seen = {r[0] for r in rows}
+        for rel, (size, mtime, digest, lang) in prev.items():
+            if rel not in seen:
+                rows.append((rel, size, mtime, digest, lang, DELETED))
+        rows.sort()
+        cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in MANIFEST_COLUMNS]
+        manifest = pd.DataFrame(
+            {
+                "path": pd.array(cols[0], dtype="str"),
+                "size": pd.array(cols[1], dtype="int64"),
+                "mtime_ns": pd.array(cols[2], dtype="int64"),
+                "blake3": pd.array(cols[3], dtype="str"),
+                "language": pd.array(cols[4], dtype="str"),
+                "status": pd.array(cols[5], dtype="str"),
+            }
+        )
     present = manifest["status"] != DELETED
     stats.files = int(present.sum())
     stats.bytes = int(manifest.loc[present, "size"].sum())

@@ -198,6 +198,9 @@ def test_touched_but_identical_file_is_unchanged(tmp_path):
     second = scan(ScanOptions(tmp_path), first.manifest)
     assert second.manifest["status"].tolist() == ["unchanged"]
     assert second.stats.files_hashed == 1
+    assert second.manifest["mtime_ns"].tolist() == [10**18]  # the new mtime is recorded: no re-hash next time
+    third = scan(ScanOptions(tmp_path), second.manifest)
+    assert third.stats.files_hashed == 0 and third.manifest.equals(second.manifest)
 
 
 def test_missing_root_is_a_clear_error(tmp_path):
