@@ -74,6 +74,16 @@ def status() -> None:
                           s.chroma_url or str(s.home / "vectors"))
         except NovaError as exc:
             table.add_row("vector_index", f"[red]{exc}", s.chroma_url or str(s.home / "vectors"))
+    from nova_pipeline.core import backup, golden
+
+    cur = golden.current_version(s.home)
+    if cur is not None:
+        table.add_row("golden_copy", f"CURRENT {cur.name}: {cur.count:,} vectors, {cur.files} files, "
+                      f"{len(golden.list_versions(s.home))} versions kept", str(cur.path))
+    found = backup.list_backups(s.home)
+    if found:
+        table.add_row("backups", f"{len(found)} backups, newest {found[0].id} ({found[0].size:,} bytes)",
+                      str(backup.backups_dir(s.home)))
     console.print(table)
     if s.source_dir is not None:
         console.print(f"source: {s.source_dir}")

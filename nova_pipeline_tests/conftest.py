@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import sysconfig
+import time
 import uuid
 from pathlib import Path
 
@@ -202,3 +206,40 @@ def inject_crash(monkeypatch, targets, fail_at):
 
         monkeypatch.setattr(owner, attr, wrapper)
     return calls
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    """A real `chroma run` server on a free loopback port, stopped afterwards."""
+    port = free_port()
+    from nova_pipeline.core.vector_store import open_client
+
+    chroma = Path(sys.executable).with_name("chroma")
+    log = open(tmp_path / "chroma.log", "w")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            open_client(tmp_path, url).heartbeat()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None:
+                raise RuntimeError((tmp_path / "chroma.log").read_text())
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("chroma run did not come up in 60 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -107,3 +107,25 @@ def test_runtime_copy_is_writable_and_golden_is_untouched(home):
     assert rt == h / "runtime" / "vectors" and os.access(rt, os.W_OK)
     (rt / "scratch").write_text("x")
     assert golden.verify_tree(v.path) == []
+
+
+@pytest.mark.integration
+def test_server_mode_exports_and_refills_an_empty_server(json_tree, tmp_path, chroma_server, fake_embedder):
+    from nova_pipeline.core.chunking import chunk_manifest
+    from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
+    from nova_pipeline.core.scanning import ScanOptions, scan
+    from nova_pipeline.core.vector_store import reconcile
+
+    h = tmp_path / "home"
+    tok = Tokenizer()
+    chunks, _ = chunk_manifest(json_tree, scan(ScanOptions(json_tree)).manifest, None, tok.count, tok.max_seq_length)
+    col = get_collection(open_client(h, chroma_server), FP)
+    reconcile(col, chunks, fake_embedder, EmbeddingCache(h, FP))
+    v = golden.promote(h, FP, chroma_url=chroma_server)
+    assert not (v.path / "vectors").exists() and (v.path / "export" / "vectors.parquet").exists()
+    assert v.count == len(chunks) and golden.verify_tree(v.path) == []
+    # the server comes back empty
+    open_client(h, chroma_server).delete_collection(col.name)
+    entry = golden.reset_index(h, chroma_server, True, "dave")
+    assert entry["details"]["upserted"] == len(chunks)
+    assert existing_ids(get_collection(open_client(h, chroma_server), FP, create=False)) == set(chunks["chunk_id"])

@@ -1,9 +1,3 @@
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
 from nova_pipeline.core.chunking import chunk_manifest
@@ -11,8 +5,13 @@ from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
 from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
 from nova_pipeline.core.scanning import ScanOptions, scan
 from nova_pipeline.core.vector_store import (
-    existing_ids, get_collection, open_client, reconcile, self_retrieval_failures,
+    existing_ids,
+    get_collection,
+    open_client,
+    reconcile,
+    self_retrieval_failures,
 )
+from nova_pipeline_tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -73,41 +72,6 @@ def test_self_retrieval(tmp_path, chunks, fake_embedder):
 def test_missing_collection_says_to_run_the_rebuild(tmp_path):
     with pytest.raises(IndexNotBuiltError, match="rebuild"):
         get_collection(open_client(tmp_path), "nothing-here", create=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def chroma_server(tmp_path):
-    """A real `chroma run` server on a free loopback port, stopped afterwards."""
-    port = free_port()
-    chroma = Path(sys.executable).with_name("chroma")
-    log = open(tmp_path / "chroma.log", "w")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            open_client(tmp_path, url).heartbeat()
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            if proc.poll() is not None:
-                raise RuntimeError((tmp_path / "chroma.log").read_text())
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("chroma run did not come up in 60 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.mark.integration
