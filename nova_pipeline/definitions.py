@@ -24,6 +24,7 @@ defs = dg.Definitions(
         golden.golden_copy_verifies,
         golden.backup_structure,
         golden.backup_full_read,
+        golden.backup_restore_drill,
     ],
     jobs=[jobs.rebuild_job, jobs.backup_job, golden.reset_index, golden.restore, golden.restore_drill],
     schedules=[jobs.nightly_rebuild, jobs.daily_backup, jobs.weekly_restore_drill],

@@ -25,10 +25,12 @@ def golden_copy(context: dg.AssetExecutionContext, config: GoldenConfig, nova: N
     settings = nova.settings(require_source=False)
     version = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep)
     context.log.info(f"golden version {version.name}: {version.count} vectors, {version.files} files")
+    runtime = None if settings.chroma_url else golden.make_runtime_copy(settings.home)
     return dg.MaterializeResult(metadata={
         "version": version.name, "path": dg.MetadataValue.path(str(version.path)), "vectors": version.count,
         "files": version.files, "bytes": version.bytes,
         "versions_kept": len(golden.list_versions(settings.home)),
+        "runtime_copy": str(runtime) if runtime else "(server mode: none)",
     })
 
 
@@ -121,6 +123,12 @@ def backup_structure(nova: NovaSettings) -> dg.AssetCheckResult:
 @dg.asset_check(asset=backups, description="Level 2: every member of the newest backup matches its blake3.")
 def backup_full_read(nova: NovaSettings) -> dg.AssetCheckResult:
     return _check_newest(nova, backup.verify_full)
+
+
+@dg.asset_check(asset=backups, description="Level 3: the newest backup restores into a temp dir and works.")
+def backup_restore_drill(context: dg.AssetCheckExecutionContext, nova: NovaSettings) -> dg.AssetCheckResult:
+    home = nova.settings(require_source=False).home
+    return _check_newest(nova, lambda b: backup.restore_drill(home, b, _pg_url(context.instance)))
 
 
 class DrillConfig(dg.Config):

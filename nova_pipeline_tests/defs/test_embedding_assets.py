@@ -10,6 +10,8 @@ import time
 import dagster as dg
 import pytest
 
+import nova_pipeline
+
 from nova_pipeline.core.embedding import bundled_fingerprint
 from nova_pipeline.core.errors import IndexNotBuiltError
 from nova_pipeline.core.search import search
@@ -81,6 +83,13 @@ def test_incremental_edit_delete_add_then_search(json_tree, tmp_path):
                                                                                            require_source=False))
     assert hits[0].path == "json/extra.py" and hits[0].symbol == "def dumps_sorted"
     assert hits[0].score > 0.5
+    # the package-level API reads the same settings from the environment
+    os.environ["NOVA_HOME"] = str(home)
+    try:
+        api_hits = nova_pipeline.search("serialize an object with its keys sorted", 2)
+    finally:
+        del os.environ["NOVA_HOME"]
+    assert [h.chunk_id for h in api_hits] == [h.chunk_id for h in hits[:2]]
 
 
 def test_search_before_the_first_build_says_to_run_rebuild(tmp_path):

@@ -23,12 +23,14 @@ def test_golden_copy_and_backup_assets_with_their_checks(home):
     with dg.instance_for_test() as instance:
         res = dg.materialize(
             [golden_defs.golden_copy, golden_defs.backups, golden_defs.golden_copy_verifies,
-             golden_defs.backup_structure, golden_defs.backup_full_read],
+             golden_defs.backup_structure, golden_defs.backup_full_read, golden_defs.backup_restore_drill],
             resources=resources(home), instance=instance,
         )
         assert res.success
         assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == {
-            "golden_copy_verifies": True, "backup_structure": True, "backup_full_read": True}
+            "golden_copy_verifies": True, "backup_structure": True, "backup_full_read": True,
+            "backup_restore_drill": True}
+        assert (home / "runtime" / "vectors").is_dir()
         version = res.asset_materializations_for_node("golden_copy")[0].metadata["version"].value
         assert golden.current_version(home).name == version
         assert len(backup.list_backups(home)) == 1
@@ -67,3 +69,26 @@ def test_rebuild_ends_with_the_golden_copy_and_backup_is_its_own_job():
     schedules = {s.name: s for s in defs.schedules}
     assert set(schedules) == {"nightly_rebuild", "daily_backup", "weekly_restore_drill"}
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
+
+
+def test_golden_copy_does_not_run_when_a_blocking_check_fails(home, json_tree):
+    from nova_pipeline.core.store import ContentStore
+    from nova_pipeline.defs import compression, scan
+    from nova_pipeline.resources import ParquetTableIOManager
+
+    store = ContentStore(home)
+    path = store.object_path(store.index()["key"].iloc[0])
+    raw = bytearray(open(path, "rb").read())
+    raw[-1] ^= 0x20
+    open(path, "wb").write(raw)
+    with dg.instance_for_test() as instance:
+        res = dg.materialize(
+            [scan.source_files, compression.compressed_store, compression.store_round_trip,
+             golden_defs.golden_copy],
+            resources={**resources(home), "nova": NovaSettings(source_dir=str(json_tree), nova_home=str(home)),
+                       "io_manager": ParquetTableIOManager(nova_home=str(home))},
+            instance=instance, raise_on_error=False, selection=["compressed_store", "golden_copy"],
+        )
+        assert [e.passed for e in res.get_asset_check_evaluations()] == [False]
+        assert res.asset_materializations_for_node("golden_copy") == []
+    assert golden.current_version(home) is None
