@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import blake3
 import pandas as pd
@@ -221,8 +222,6 @@ def chunk_manifest(
     A file that vanished or changed since the scan is skipped and logged; its chunks come back on the
     next rebuild.
     """
-    from pathlib import Path
-
     stats = ChunkStats()
     live = manifest[manifest["status"] != "deleted"]
     reuse: dict[tuple[str, str], pd.DataFrame] = {}
