@@ -43,7 +43,7 @@ from nova_pipeline.core import audit
 from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import BackupError, BackupVerifyError, ConfirmationRequired
 from nova_pipeline.core.golden import (
-    CURRENT, GOLDEN, MANIFEST, current_version, golden_root, make_writable, open_check_in_subprocess, remove_tree,
+    CURRENT, GOLDEN, MANIFEST, current_version, golden_root, open_check_in_subprocess, remove_tree,
     reset_index, verify_tree,
 )
 
@@ -566,10 +566,3 @@ def restore(home: Path, backup_id: str, confirm: bool, who: str, chroma_url: str
     result = reset_index(home, chroma_url, True, who)
     return audit.record(home, "restore", "ok", who, backup=b.id, golden_version=version,
                         vectors=result["details"].get("count"))
-
-
-__all__ = [
-    "BackupInfo", "BackupResult", "apply_retention", "create_backup", "extract", "find_backup", "list_backups",
-    "restore", "restore_drill", "unsafe_member", "verify", "verify_full", "verify_structure",
-    "make_writable",
-]
