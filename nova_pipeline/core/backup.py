@@ -341,8 +341,8 @@ def _read_manifest(b: BackupInfo) -> dict:
     return manifest
 
 
-def verify_structure(b: BackupInfo) -> list[str]:
-    """Level 1: the checksum file matches the archive and the archive has its manifest."""
+def verify_structure(b: BackupInfo, read_manifest: bool = True) -> list[str]:
+    """Level 1: the checksum file matches the archive and (unless ``read_manifest`` is False) it has its manifest."""
     failures = []
     try:
         want = b.checksum_path.read_text().split()[0]
@@ -354,40 +354,41 @@ def verify_structure(b: BackupInfo) -> list[str]:
             h.update(block)
     if h.hexdigest() != want:
         failures.append(f"archive {b.path.name} does not match its checksum file (corrupt or truncated)")
-    try:
-        _read_manifest(b)
-    except BackupVerifyError as exc:
-        failures.append(str(exc))
+    if read_manifest:
+        try:
+            _read_manifest(b)
+        except BackupVerifyError as exc:
+            failures.append(str(exc))
     return failures
 
 
 def verify_full(b: BackupInfo) -> list[str]:
-    """Level 2: every member is read and checked against the manifest."""
-    failures = verify_structure(b)
-    try:
-        manifest = _read_manifest(b)["members"]
-    except BackupVerifyError as exc:
-        return failures + [str(exc)] if str(exc) not in failures else failures
-    seen = set()
+    """Level 2: the checksum, then every member read once and checked against the manifest (the last member)."""
+    failures = verify_structure(b, read_manifest=False)
+    hashes: dict[str, str] = {}
+    manifest = None
     try:
         with _open_tar(b.path) as tar:
             for ti in tar:
                 if ti.name == BACKUP_MANIFEST:
+                    manifest = json.loads(tar.extractfile(ti).read())["members"]
                     continue
                 problem = unsafe_member(ti)
                 if problem:
                     failures.append(problem)
                     continue
-                data = tar.extractfile(ti).read() if ti.isfile() else b""
-                want = manifest.get(ti.name)
-                if want is None:
-                    failures.append(f"member {ti.name} is not in the manifest")
-                elif blake3.blake3(data).hexdigest() != want["blake3"]:
-                    failures.append(f"member {ti.name} does not match its blake3 in the manifest")
-                seen.add(ti.name)
-    except (tarfile.TarError, zstd.ZstdError, OSError, EOFError) as exc:
+                hashes[ti.name] = blake3.blake3(tar.extractfile(ti).read() if ti.isfile() else b"").hexdigest()
+    except (tarfile.TarError, zstd.ZstdError, OSError, EOFError, ValueError) as exc:
         failures.append(f"archive {b.path.name} is unreadable: {exc}")
-    for name in sorted(set(manifest) - seen):
+    if manifest is None:
+        return failures + [f"backup {b.path.name} has no {BACKUP_MANIFEST}: it is incomplete"]
+    for name, digest in hashes.items():
+        want = manifest.get(name)
+        if want is None:
+            failures.append(f"member {name} is not in the manifest")
+        elif digest != want["blake3"]:
+            failures.append(f"member {name} does not match its blake3 in the manifest")
+    for name in sorted(set(manifest) - set(hashes)):
         failures.append(f"member {name} is missing from the archive")
     return failures
 
