@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -99,7 +100,7 @@ def search(
     """Semantic search over the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL)."""
     from nova_pipeline.core.search import search as run_search
 
-    with console.status("searching…", spinner="dots") if not as_json else _nullcontext():
+    with console.status("searching…", spinner="dots") if not as_json else contextlib.nullcontext():
         hits = run_search(query, k, settings=_settings())
     if as_json:
         print(json.dumps([
@@ -140,6 +141,15 @@ app.add_typer(golden_app, name="golden")
 app.add_typer(backup_app, name="backup")
 
 
+def _report(what: str, failures: list[str]) -> None:
+    """Print verification failures and the verdict; exit 1 when anything failed."""
+    for f in failures:
+        console.print(f"[red]{f}", highlight=False)
+    console.print(f"{what}: " + ("[green]verified" if not failures else f"[red]{len(failures)} problems"))
+    if failures:
+        raise typer.Exit(1)
+
+
 @golden_app.command("list")
 def golden_list() -> None:
     """Committed golden versions, oldest first; * marks CURRENT."""
@@ -162,11 +172,7 @@ def golden_verify() -> None:
     if cur is None:
         raise NovaError(f"no golden copy under {golden.golden_root(s.home)}: run the rebuild job")
     failures = golden.verify_tree(cur.path)
-    for f in failures:
-        console.print(f"[red]{f}", highlight=False)
-    console.print(f"golden version {cur.name}: " + ("[green]verified" if not failures else f"[red]{len(failures)} problems"))
-    if failures:
-        raise typer.Exit(1)
+    _report(f"golden version {cur.name}", failures)
 
 
 @golden_app.command("reset")
@@ -215,11 +221,7 @@ def backup_verify(
     bid = backup_id or found[0].id
     with console.status(f"verifying {bid} at level {level}…"):
         failures = backup.verify(s.home, bid, level)
-    for f in failures:
-        console.print(f"[red]{f}", highlight=False)
-    console.print(f"backup {bid} level {level}: " + ("[green]verified" if not failures else f"[red]{len(failures)} problems"))
-    if failures:
-        raise typer.Exit(1)
+    _report(f"backup {bid} level {level}", failures)
 
 
 @backup_app.command("restore")
@@ -241,14 +243,6 @@ def _job_for_resume():
     from nova_pipeline.definitions import defs
 
     return defs.get_job_def("rebuild")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main() -> None:

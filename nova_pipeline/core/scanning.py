@@ -163,13 +163,6 @@ class IgnoreRules:
         extra = [p for p in extra if p.strip()]
         self._root_spec = pathspec.GitIgnoreSpec.from_lines(extra) if extra else None
 
-    @staticmethod
-    def builtin_ignored(name: str, is_dir: bool) -> bool:
-        """True if ``name`` is on the built-in list (see :data:`BUILTIN_IGNORED_DIRS`)."""
-        if is_dir:
-            return name in BUILTIN_IGNORED_DIRS or name.endswith(".egg-info")
-        return name in BUILTIN_IGNORED_FILES or name.endswith(BUILTIN_IGNORED_SUFFIXES)
-
     def specs_for(
         self, parent: list[tuple[str, pathspec.GitIgnoreSpec]], dir_abs: str, dir_rel: str, has_gitignore: bool
     ) -> list[tuple[str, pathspec.GitIgnoreSpec]]:

@@ -272,10 +272,6 @@ def self_retrieval_failures(collection, chunks: pd.DataFrame, cache: EmbeddingCa
     return len(rows), failures
 
 
-def count_vectors(collection) -> int:
-    return int(collection.count())
-
-
 def top_ids(collection, vectors: Sequence[np.ndarray], k: int) -> list[list[str]]:
     """Ids of the top ``k`` hits per query vector (for comparisons in tests and restores)."""
     return [[h.chunk_id for h in hits] for hits in query(collection, np.stack(vectors), k)]
