@@ -32,7 +32,7 @@ import zstandard as zstd
 
 from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_with
 from nova_pipeline.core.dictionary import NO_DICTIONARY, DictionaryRegistry, compressor
-from nova_pipeline.core.errors import StoreCorruptError, StoreError
+from nova_pipeline.core.errors import DictionaryError, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,8 @@ class ContentStore:
             data = self._decompressor_for(params.dict_id).decompress(frame)
         except zstd.ZstdError as exc:
             raise StoreCorruptError(f"object {key} ({path}) does not decompress: {exc}") from exc
+        except (StoreCorruptError, DictionaryError) as exc:
+            raise StoreCorruptError(f"object {key} ({path}) cannot be read: {exc}") from exc
         if blake3.blake3(data).hexdigest() != key:
             raise StoreCorruptError(f"object {key} ({path}) does not match its key: its content is corrupt")
         return data
