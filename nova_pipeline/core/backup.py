@@ -364,6 +364,11 @@ def verify_structure(b: BackupInfo, read_manifest: bool = True) -> list[str]:
 
 def verify_full(b: BackupInfo) -> list[str]:
     """Level 2: the checksum, then every member read once and checked against the manifest (the last member)."""
+    return _full_read(b)[1]
+
+
+def _full_read(b: BackupInfo) -> tuple[dict | None, list[str]]:
+    """One pass over the archive: ``(manifest, failures)``, the manifest being None when it is missing."""
     failures = verify_structure(b, read_manifest=False)
     hashes: dict[str, str] = {}
     manifest = None
@@ -371,7 +376,7 @@ def verify_full(b: BackupInfo) -> list[str]:
         with _open_tar(b.path) as tar:
             for ti in tar:
                 if ti.name == BACKUP_MANIFEST:
-                    manifest = json.loads(tar.extractfile(ti).read())["members"]
+                    manifest = json.loads(tar.extractfile(ti).read())
                     continue
                 problem = unsafe_member(ti)
                 if problem:
@@ -381,16 +386,17 @@ def verify_full(b: BackupInfo) -> list[str]:
     except (tarfile.TarError, zstd.ZstdError, OSError, EOFError, ValueError) as exc:
         failures.append(f"archive {b.path.name} is unreadable: {exc}")
     if manifest is None:
-        return failures + [f"backup {b.path.name} has no {BACKUP_MANIFEST}: it is incomplete"]
+        return None, failures + [f"backup {b.path.name} has no {BACKUP_MANIFEST}: it is incomplete"]
+    members = manifest["members"]
     for name, digest in hashes.items():
-        want = manifest.get(name)
+        want = members.get(name)
         if want is None:
             failures.append(f"member {name} is not in the manifest")
         elif digest != want["blake3"]:
             failures.append(f"member {name} does not match its blake3 in the manifest")
-    for name in sorted(set(manifest) - set(hashes)):
+    for name in sorted(set(members) - set(hashes)):
         failures.append(f"member {name} is missing from the archive")
-    return failures
+    return manifest, failures
 
 
 def unsafe_member(ti: tarfile.TarInfo) -> str | None:
@@ -415,10 +421,9 @@ def extract(b: BackupInfo, dest: Path) -> dict:
     Raises:
         BackupVerifyError: the archive fails verification or holds an unsafe member (named).
     """
-    failures = verify_full(b)
+    manifest, failures = _full_read(b)
     if failures:
         raise BackupVerifyError(f"backup {b.id} failed verification: {'; '.join(failures[:3])}")
-    manifest = _read_manifest(b)
     dest.mkdir(parents=True, exist_ok=True)
     with _open_tar(b.path) as tar:
         for ti in tar:

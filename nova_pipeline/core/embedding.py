@@ -13,6 +13,7 @@ batch it finished, and a lost vector index rebuilds without re-embedding.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -55,12 +56,21 @@ def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, nam
 
     Valid as a Chroma collection name (3-512 characters of ``[a-zA-Z0-9._-]``).
     """
+    path = Path(model_dir) / "model.safetensors"
+    st = path.stat()
+    body = json.dumps([name, _weights_digest(str(path), st.st_size, st.st_mtime_ns), max_seq_length,
+                       normalize]).encode()
+    return f"minilm-l6-v2-{blake3.blake3(body).hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
+    """blake3 of a weights file (about 90 MB), once per process while its size and mtime stay the same."""
     weights = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with open(Path(model_dir) / "model.safetensors", "rb") as fh:
+    with open(path, "rb") as fh:
         while block := fh.read(4 * 2**20):
             weights.update(block)
-    body = json.dumps([name, weights.hexdigest(), max_seq_length, normalize]).encode()
-    return f"minilm-l6-v2-{blake3.blake3(body).hexdigest()[:16]}"
+    return weights.hexdigest()
 
 
 class Tokenizer:
