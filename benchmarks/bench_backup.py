@@ -47,7 +47,7 @@ def main() -> None:
             shutil.copytree(stdlib / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
         home = work / "home"
         build_home(src, home)
-        v = golden.promote(home, FakeEmbedder.fingerprint)
+        v = golden.promote(home, FakeEmbedder.fingerprint).version
         _, members = backup._members(home)
         nbytes = sum(p.stat().st_size for _, p in members)
         print(f"golden version {v.name}: {v.count:,} vectors; {len(members):,} files, {nbytes:,} bytes to archive")

@@ -108,7 +108,7 @@ def run(root: Path, work: Path) -> None:
     t0 = time.perf_counter()
     df, stats = find_patterns(root, manifest, PatternOptions(), work / "pattern-cache")
     t_pat = time.perf_counter() - t0
-    print(f"frequent_patterns: {t_pat:.1f} s wall   target <= 60 s;  peak RSS (this process + workers) "
+    print(f"frequent_patterns: {t_pat:.1f} s wall   target <= 60 s;  memory added (this process + workers) "
           f"{stats.peak_rss_mb:.0f} MiB   target <= 1024 MiB;  {stats.shards} shards, {stats.workers} workers, "
           f"{len(df)} patterns")
 

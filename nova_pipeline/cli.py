@@ -117,7 +117,47 @@ def search(
 
 
 @app.command()
-def resume(run_id: str = typer.Argument(..., help="id of the failed run")) -> None:
+def plan(
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete",
+                                           help="plan as a run with the mass-deletion override would"),
+) -> None:
+    """Dry run of the rebuild job: files added, changed and deleted; chunks to embed; vectors to delete;
+    whether a golden version would be promoted; whether the mass-deletion guard would refuse. Writes nothing."""
+    from dataclasses import asdict
+
+    from nova_pipeline.core.guard import DeletionGuard
+    from nova_pipeline.core.plan import make_plan, plan_table
+
+    s = Settings.from_env(require_source=False)
+    if s.source_dir is None:
+        raise NovaError("NOVA_SOURCE_DIR is not set: export NOVA_SOURCE_DIR=/path/to/the/tree/to/index")
+    with console.status("planning…") if not as_json else contextlib.nullcontext():
+        p = make_plan(s, DeletionGuard(allow=allow_mass_delete))
+    if as_json:
+        print(json.dumps(asdict(p), indent=1))
+    else:
+        table = Table(title=f"rebuild plan for {p.source_dir}")
+        for col in ("what", "count", "e.g."):
+            table.add_column(col)
+        for row in plan_table(p).itertuples(index=False):
+            table.add_row(str(row[0]), f"{row[1]:,}" if isinstance(row[1], int) else str(row[1]), str(row[2]))
+        console.print(table)
+        console.print(f"golden copy: {p.golden}")
+        for note in p.notes:
+            console.print(f"[dim]{note}", highlight=False)
+        for r in p.refusals:
+            console.print(f"[red]refused:[/red] {r}", highlight=False)
+    if p.refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    run_id: str = typer.Argument(..., help="id of the failed run"),
+    allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete",
+                                           help="let the re-executed run delete most of the index"),
+) -> None:
     """Re-execute a failed run from failure, using the Dagster instance of DAGSTER_HOME."""
     import dagster as dg
 
@@ -127,7 +167,11 @@ def resume(run_id: str = typer.Argument(..., help="id of the failed run")) -> No
             raise NovaError(f"no run {run_id} in the Dagster instance at {instance.root_directory}; "
                             "check DAGSTER_HOME")
         options = dg.ReexecutionOptions.from_failure(run_id, instance)
-        result = dg.execute_job(dg.reconstructable(_job_for_resume), instance=instance,
+        run_config = dict(run.run_config or {})
+        if allow_mass_delete:
+            run_config["resources"] = {**run_config.get("resources", {}),
+                                       "guard": {"config": {"allow_mass_delete": True}}}
+        result = dg.execute_job(dg.reconstructable(_job_for_resume), instance=instance, run_config=run_config,
                                 reexecution_options=options, tags={"nova/resumed_from": run_id})
         console.print(f"run {result.run_id} ({'success' if result.success else 'failed'}), "
                       f"re-executing {run.job_name} from the failure of {run_id}")

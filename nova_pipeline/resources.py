@@ -11,6 +11,7 @@ import os
 import dagster as dg
 import pandas as pd
 
+from nova_pipeline.core.guard import DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MIN_DELETIONS, DeletionGuard
 from nova_pipeline.core.settings import DEFAULT_HOME, Settings
 from nova_pipeline.core.tables import read_table, write_table
 
@@ -78,17 +79,18 @@ class EmbedderResource(dg.ConfigurableResource):
     batch_size: int = 32
 
     def get_embedder(self):
-        """The loaded model (loaded once per process).
+        """The model, one per process, loaded only when a text must be embedded (:class:`LazyEmbedder`).
 
         Raises:
-            nova_pipeline.core.errors.EmbeddingError: the model cannot be loaded.
+            nova_pipeline.core.errors.EmbeddingError: the model's files are missing (or, from ``embed``, it
+                cannot be loaded).
         """
-        from nova_pipeline.core.embedding import SentenceTransformerEmbedder
+        from nova_pipeline.core.embedding import LazyEmbedder
 
         key = (self.device, self.threads, self.batch_size)
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = SentenceTransformerEmbedder(device=self.device or None, threads=self.threads,
-                                                          batch_size=self.batch_size)
+            _EMBEDDERS[key] = LazyEmbedder(device=self.device or None, threads=self.threads,
+                                           batch_size=self.batch_size)
         return _EMBEDDERS[key]
 
     def fingerprint(self) -> str:
@@ -107,6 +109,23 @@ class EmbedderResource(dg.ConfigurableResource):
 _EMBEDDERS: dict[tuple, object] = {}
 
 
+class DeletionGuardResource(dg.ConfigurableResource):
+    """The guard against mass deletion (see :mod:`nova_pipeline.core.guard`), shared by ``source_files``,
+    ``vector_index`` and ``golden_copy``.
+
+    ``max_delete_fraction``: share (0-1) of indexed files or vectors one run may delete; ``min_deletions``:
+    fewer deletions never count (small trees stay usable; emptying a non-empty index always counts);
+    ``allow_mass_delete``: the override, per run: ``resources: {guard: {config: {allow_mass_delete: true}}}``.
+    """
+
+    max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
+    min_deletions: int = DEFAULT_MIN_DELETIONS
+    allow_mass_delete: bool = False
+
+    def guard(self) -> DeletionGuard:
+        return DeletionGuard(self.max_delete_fraction, self.min_deletions, self.allow_mass_delete)
+
+
 def default_resources() -> dict[str, object]:
     """The resources every job of the code location uses, built from the current environment."""
     home = env_or("NOVA_HOME", DEFAULT_HOME)
@@ -122,4 +141,5 @@ def default_resources() -> dict[str, object]:
             device=env_or("NOVA_EMBED_DEVICE", ""),
             threads=int(os.environ.get("NOVA_EMBED_THREADS", "0") or 0),
         ),
+        "guard": DeletionGuardResource(),
     }

@@ -243,3 +243,35 @@ def chroma_server(tmp_path):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def rebuild_graph():
+    """The assets and checks of the ``rebuild`` job, for ``dg.materialize`` with test resources."""
+    from nova_pipeline.definitions import defs
+
+    job = defs.resolve_job_def("rebuild")
+    keys = job.asset_layer.executable_asset_keys
+    assets = [a for a in defs.assets if set(a.keys) & keys]
+    checks = [c for c in defs.asset_checks if {k.asset_key for k in c.check_keys} <= keys]
+    return assets + checks
+
+
+def materialize_rebuild(src, home, instance, embedder=None, run_config=None, **kwargs):
+    """Materialize the whole ``rebuild`` selection on ``src`` into ``home`` (fake embedder by default)."""
+    import dagster as dg
+
+    from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
+
+    return dg.materialize(
+        rebuild_graph(),
+        resources={"nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
+                   "io_manager": ParquetTableIOManager(nova_home=str(home)),
+                   "embedder": embedder or fake_embedder_resource(), "guard": DeletionGuardResource()},
+        instance=instance, run_config=run_config or {}, **kwargs,
+    )
+
+
+def asset_metadata(result, asset: str) -> dict:
+    """The last materialization metadata of ``asset`` in a result, as plain values."""
+    mats = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}

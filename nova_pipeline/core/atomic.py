@@ -8,6 +8,7 @@ way acts as a commit marker.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,6 +16,29 @@ from pathlib import Path
 from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
+
+_libc = None
+
+
+def syncfs(path: Path) -> None:
+    """Flush the file system holding ``path`` (Linux ``syncfs(2)``; ``os.sync`` elsewhere)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syncfs  # noqa: B018
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -61,3 +61,7 @@ class BackupVerifyError(BackupError):
 
 class ConfirmationRequired(NovaError):
     """A destructive operation ran without ``confirm: true``."""
+
+
+class MassDeletionError(NovaError):
+    """A run would delete most of what is indexed (an unmounted volume looks like an empty tree); refused."""

@@ -2,44 +2,67 @@
 
 A version lives in ``NOVA_HOME/golden/<version>/``::
 
-    vectors/                 embedded mode: a copy of the Chroma data dir, taken under the writer lock
-    export/vectors.parquet   both modes: ids, embeddings, documents, metadata (portable; server mode's snapshot)
-    tables/*.parquet         the manifest, chunks and patterns tables
+    export/part-NN.parquet   the vectors, in EXPORT_SHARDS shards by blake3 of the chunk's path: id,
+                             embedding (float32), document, metadata (JSON); portable, the same in both modes
+    tables/*.parquet         the manifest and patterns tables
     store_index.parquet      the store's index (the objects themselves stay in the store, or go in backups)
     dictionaries/*.zdict     the dictionaries the store index refers to
-    model.json               model fingerprint, collection name, vector count, mode
+    model.json               model fingerprint, collection name, vector count, mode, per-shard digests,
+                             the content key
     MANIFEST.json            blake3 and size of every file above; written last: the commit marker
 
-It is built in ``golden/.partial-<version>/``, verified by opening it in a subprocess (so a crash in the
-vector library cannot take the run down), made read-only, renamed into place, and only then does the
-``CURRENT`` pointer switch (atomically). A version without a manifest is never listed. Nothing writes into a
-golden version again: resets copy *out* of it.
+**Only on change.** The content key is the blake3 of the model fingerprint, the chunk ids of every shard,
+the store's keys and the dictionaries in use. When it equals CURRENT's and CURRENT verifies, nothing is
+promoted: an unchanged nightly rebuild leaves the history (and its retention) alone.
+
+**Shared files.** Versions are read-only, so a file whose bytes equal the same file of CURRENT is a hard
+link to it (a copy across file systems). A shard whose chunk ids did not change is linked without even
+being read from Chroma; an edit of one file rewrites one shard. Deleting a version unlinks its names
+only: the files other versions share stay, with their read-only modes (:func:`remove_tree` never
+``chmod``\\ s a file, since the inode is shared).
+
+**Promotion** is built in ``golden/.partial-<version>/``, flushed (``syncfs``), verified (every shard
+readable, counts and ids consistent, and a sample of vectors finding themselves as exact nearest
+neighbours over all shards), made read-only, renamed into place, and only then does ``CURRENT`` switch
+(atomically). A version without a manifest is never listed. Nothing writes into a golden version again:
+resets and the runtime copy apply its export to a Chroma store as a diff (upsert what is missing, delete
+what is extra), so a reset after a small change costs little, and a lost store rebuilds without
+re-embedding.
+
+Earlier versions (one ``export/vectors.parquet`` and a ``vectors/`` data-dir copy) stay readable: every
+function here reads ``export/*.parquet``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import blake3
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from nova_pipeline.core import audit
-from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
+from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir, syncfs
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError
-from nova_pipeline.core.vector_store import collection_name, get_collection, open_client, writer_lock
+from nova_pipeline.core.guard import DeletionGuard
+from nova_pipeline.core.vector_store import (
+    collection_name, existing_ids, get_collection, open_client, open_client_at, writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +71,30 @@ CURRENT = "CURRENT"
 MANIFEST = "MANIFEST.json"
 PARTIAL_PREFIX = ".partial-"
 DEFAULT_KEEP = 3
-EXPORT_PAGE = 1000
-TABLES = ("source_files", "source_chunks", "frequent_patterns")
+FORMAT = 2
+EXPORT_DIR = "export"
+EXPORT_SHARDS = 64
+FETCH_PAGE = 1000
+TABLES = ("source_files", "frequent_patterns")
+RUNTIME_VERSION = "version.json"
 
 
 def golden_root(home: Path) -> Path:
     return Path(home) / GOLDEN
+
+
+def shard_of(path: str) -> int:
+    """The export shard of a chunk of file ``path``: its blake3 modulo :data:`EXPORT_SHARDS`."""
+    return int.from_bytes(blake3.blake3(path.encode()).digest(length=4), "big") % EXPORT_SHARDS
+
+
+def shard_name(shard: int) -> str:
+    return f"{EXPORT_DIR}/part-{shard:02d}.parquet"
+
+
+def export_files(version_dir: Path) -> list[Path]:
+    """The export's Parquet files of a version (both the sharded and the earlier one-file layout)."""
+    return sorted((Path(version_dir) / EXPORT_DIR).glob("*.parquet"))
 
 
 def file_digest(path: Path) -> str:
@@ -64,13 +105,16 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_manifest(root: Path) -> dict[str, dict]:
-    """``{relative path: {"blake3", "size"}}`` of every file under ``root`` except the manifest."""
-    files = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            files[p.relative_to(root).as_posix()] = {"blake3": file_digest(p), "size": p.stat().st_size}
-    return files
+def read_manifest(version_dir: Path) -> dict:
+    """The parsed ``MANIFEST.json`` of a version.
+
+    Raises:
+        GoldenCopyError: it is missing or unreadable.
+    """
+    try:
+        return json.loads((Path(version_dir) / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise GoldenCopyError(f"{Path(version_dir) / MANIFEST} is unreadable: {exc}") from exc
 
 
 def verify_tree(root: Path, manifest: dict[str, dict] | None = None) -> list[str]:
@@ -103,94 +147,208 @@ def set_read_only(root: Path) -> None:
     os.chmod(root, 0o555)
 
 
-def make_writable(root: Path) -> None:
-    for p in [root, *root.rglob("*")]:
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(p, (p.stat().st_mode | stat.S_IWUSR | stat.S_IRUSR | (stat.S_IXUSR if p.is_dir() else 0)))
-
-
 def remove_tree(root: Path) -> None:
-    """Delete a (possibly read-only) tree."""
-    if root.exists():
-        make_writable(root)
-        shutil.rmtree(root)
+    """Delete a (possibly read-only) tree. Only directories are made writable (unlinking a name needs a
+    writable directory, not a writable file), so files it shares with other versions keep their mode."""
+    root = Path(root)
+    if not root.exists():
+        return
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(d, 0o755)
+    shutil.rmtree(root)
 
 
-def export_collection(collection, dest: Path) -> int:
-    """Page through a collection into a Parquet file: ``id, embedding, document, metadata`` (JSON)."""
-    rows_id, rows_emb, rows_doc, rows_meta = [], [], [], []
-    offset = 0
-    while True:
-        got = collection.get(include=["embeddings", "documents", "metadatas"], limit=EXPORT_PAGE, offset=offset)
-        ids = got["ids"]
-        rows_id += ids
-        rows_emb += [np.asarray(e, dtype=np.float32).tolist() for e in got["embeddings"]]
-        rows_doc += got["documents"]
-        rows_meta += [json.dumps(m, sort_keys=True) for m in got["metadatas"]]
-        if len(ids) < EXPORT_PAGE:
-            break
-        offset += len(ids)
-    df = pd.DataFrame({"id": rows_id, "embedding": rows_emb, "document": rows_doc, "metadata": rows_meta})
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(dest, index=False)
-    return len(df)
+# ---- the export -------------------------------------------------------------------------------------------
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column of an export table as a float32 matrix ``(rows, dimension)``."""
+    col = table.column("embedding").combine_chunks()
+    flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(len(table), -1) if len(table) else np.zeros((0, 0), dtype=np.float32)
 
 
-def import_export(collection, export: Path, batch: int = 1000) -> tuple[int, int]:
-    """Make ``collection`` hold exactly the export's vectors (no re-embedding). Returns (upserted, deleted)."""
-    from nova_pipeline.core.vector_store import existing_ids
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One export file as an Arrow table."""
+    return pq.read_table(path, columns=columns)
 
-    df = pd.read_parquet(export)
+
+def fetch_rows(collection, ids: list[str]) -> pa.Table:
+    """``id, embedding, document, metadata`` of ``ids`` from ``collection``, sorted by id.
+
+    Raises:
+        GoldenCopyError: an id is not in the collection (the index does not match the chunks table).
+    """
+    got_ids, embs, docs, metas = [], [], [], []
+    for start in range(0, len(ids), FETCH_PAGE):
+        got = collection.get(ids=ids[start : start + FETCH_PAGE],
+                             include=["embeddings", "documents", "metadatas"])
+        got_ids += got["ids"]
+        embs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(len(got["ids"]), -1))
+        docs += got["documents"]
+        metas += [json.dumps(m, sort_keys=True) for m in got["metadatas"]]
+    missing = set(ids) - set(got_ids)
+    if missing:
+        raise GoldenCopyError(
+            f"{collection.name} lacks {len(missing)} chunks of the chunks table (e.g. {sorted(missing)[0]}): "
+            "run the rebuild job so that vector_index reconciles it"
+        )
+    order = np.argsort(np.asarray(got_ids, dtype=object), kind="stable")
+    mat = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+    dim = mat.shape[1] if mat.size else 0
+    return pa.table({
+        "id": pa.array([got_ids[i] for i in order], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mat[order].ravel(), pa.float32()), dim),
+        "document": pa.array([docs[i] for i in order], pa.string()),
+        "metadata": pa.array([metas[i] for i in order], pa.string()),
+    })
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """Deterministic Parquet bytes of ``table`` (same rows, same library: same bytes, so same blake3)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def import_export(collection, version_dir: Path, batch: int = 1000) -> tuple[int, int]:
+    """Make ``collection`` hold exactly a version's vectors, as a diff and without re-embedding.
+
+    Ids are derived from content, so an id present on both sides is the same vector: only missing ids are
+    upserted (shard by shard, each read only if it has any), then ids the export lacks are deleted.
+
+    Returns:
+        ``(upserted, deleted)``.
+    """
+    files = export_files(version_dir)
     have = existing_ids(collection)
-    todo = df[~df["id"].isin(have)]
-    for start in range(0, len(todo), batch):
-        part = todo.iloc[start : start + batch]
-        collection.upsert(ids=part["id"].tolist(), embeddings=np.stack(part["embedding"].to_numpy()).astype(np.float32),
-                          documents=part["document"].tolist(), metadatas=[json.loads(m) for m in part["metadata"]])
-    stale = sorted(have - set(df["id"]))
+    wanted: set[str] = set()
+    upserted = 0
+    for f in files:
+        ids = read_shard(f, ["id"]).column("id").to_pylist()
+        wanted.update(ids)
+        if all(i in have for i in ids):
+            continue
+        t = read_shard(f)
+        keep = np.flatnonzero([i not in have for i in t.column("id").to_pylist()])
+        t = t.take(pa.array(keep))
+        mat = embedding_matrix(t)
+        for start in range(0, len(t), batch):
+            part = t.slice(start, batch)
+            collection.upsert(ids=part.column("id").to_pylist(), embeddings=mat[start : start + len(part)],
+                              documents=part.column("document").to_pylist(),
+                              metadatas=[json.loads(m) for m in part.column("metadata").to_pylist()])
+        upserted += len(t)
+    stale = sorted(have - wanted)
     for start in range(0, len(stale), batch):
         collection.delete(ids=stale[start : start + batch])
-    return len(todo), len(stale)
+    return upserted, len(stale)
 
 
-def open_check(version_dir: Path, sample: int = 5) -> dict:
-    """Open a version's vectors and check count and self-retrieval. Meant to run in a subprocess.
+def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None) -> dict:
+    """Check a version's export without a vector database.
 
-    Embedded copies are opened from a temporary copy of ``vectors/`` (Chroma writes even when reading);
-    server-mode versions are loaded from the export into a throwaway local store.
+    Every shard must be readable, ids unique, vectors finite with one dimension, the row count equal to
+    ``model.json``'s count; ``sample`` vectors must each find themselves (or an identical vector: a
+    duplicated text) as the exact nearest neighbour by cosine over every shard (a brute-force scan, one
+    shard in memory at a time); and when ``cache`` (the :class:`EmbeddingCache` of the version's model) is
+    given, each sampled vector must equal the cached vector of its content (the cache is what the model
+    produced, so a vector damaged between the model and the export is caught).
 
     Returns:
         ``{"count": int, "expected": int, "failures": [str]}``.
     """
-    import chromadb
-    from chromadb.config import Settings as ChromaSettings
+    version_dir = Path(version_dir)
+    failures: list[str] = []
+    try:
+        model = json.loads((version_dir / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        return {"count": -1, "expected": -1, "failures": [f"{version_dir / 'model.json'} is unreadable: {exc}"]}
+    files = export_files(version_dir)
+    ids_per_file: list[list[str]] = []
+    for f in files:
+        try:
+            ids_per_file.append(read_shard(f, ["id"]).column("id").to_pylist())
+        except (OSError, pa.ArrowException) as exc:
+            failures.append(f"{f} is unreadable: {exc}")
+            ids_per_file.append([])
+    count = sum(len(i) for i in ids_per_file)
+    if count != model["count"]:
+        failures.append(f"the export holds {count} vectors, model.json says {model['count']}")
+    all_ids = [i for ids in ids_per_file for i in ids]
+    if len(set(all_ids)) != len(all_ids):
+        failures.append(f"the export repeats {len(all_ids) - len(set(all_ids))} ids")
+    if failures or count == 0:
+        return {"count": count, "expected": model["count"], "failures": failures}
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(count, size=min(sample, count), replace=False).tolist())
+    offsets = np.cumsum([0] + [len(i) for i in ids_per_file])
+    queries, query_ids, query_content = [], [], []
+    for fi, f in enumerate(files):
+        rows = [p - offsets[fi] for p in picks if offsets[fi] <= p < offsets[fi + 1]]
+        if rows:
+            t = read_shard(f, ["embedding", "metadata"])
+            queries.append(embedding_matrix(t)[rows])
+            query_ids += [ids_per_file[fi][r] for r in rows]
+            metas = t.column("metadata").to_pylist()
+            query_content += [json.loads(metas[r]).get("content_blake3", "") for r in rows]
+    q = np.concatenate(queries)
+    if cache is not None:
+        cached = cache.get_many([c for c in query_content if c])
+        for vec, cid, content in zip(q, query_ids, query_content):
+            if content in cached and not np.allclose(cached[content], vec, atol=1e-6):
+                failures.append(f"chunk {cid}: its vector differs from the embedding cache's vector of its content")
+    self_sim = np.einsum("ij,ij->i", q, q)
+    best = np.full(len(q), -np.inf)
+    best_id: list[str] = [""] * len(q)
+    dims: set[int] = set()
+    for fi, f in enumerate(files):
+        mat = embedding_matrix(read_shard(f, ["embedding"]))
+        if not len(mat):
+            continue
+        dims.add(mat.shape[1])
+        if mat.shape[1] != q.shape[1] or not np.isfinite(mat).all():
+            failures.append(f"{f} holds vectors of dimension {mat.shape[1]} or non-finite values")
+            continue
+        sims = mat @ q.T
+        top = sims.argmax(axis=0)
+        for j, (row, val) in enumerate(zip(top, sims[top, np.arange(len(q))])):
+            if val > best[j]:
+                best[j], best_id[j] = val, ids_per_file[fi][row]
+    for j, want in enumerate(query_ids):
+        if best_id[j] != want and best[j] > self_sim[j] + 1e-5:
+            failures.append(f"chunk {want} did not find itself first (found {best_id[j]})")
+    return {"count": count, "expected": model["count"], "failures": failures}
 
+
+def open_check(version_dir: Path, sample: int = 5) -> dict:
+    """Load a version's export into a throwaway Chroma store and check count and self-retrieval.
+
+    The proof that a restored copy works in the vector database itself; meant to run in a subprocess
+    (:func:`open_check_in_subprocess`) because a crash in the vector library must not take the caller down.
+
+    Returns:
+        ``{"count": int, "expected": int, "failures": [str]}``.
+    """
     version_dir = Path(version_dir)
     model = json.loads((version_dir / "model.json").read_text())
-    export = pd.read_parquet(version_dir / "export" / "vectors.parquet")
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nova-open-check-") as tmp:
-        client_dir = Path(tmp) / "vectors"
-        if (version_dir / "vectors").is_dir():
-            shutil.copytree(version_dir / "vectors", client_dir)
-            make_writable(client_dir)
-            client = chromadb.PersistentClient(str(client_dir), settings=ChromaSettings(anonymized_telemetry=False))
-            col = client.get_collection(model["collection"], embedding_function=None)
-        else:
-            client = chromadb.PersistentClient(str(client_dir), settings=ChromaSettings(anonymized_telemetry=False))
-            col = client.get_or_create_collection(model["collection"], configuration={"hnsw": {"space": "cosine"}},
-                                                  embedding_function=None)
-            import_export(col, version_dir / "export" / "vectors.parquet")
+        client = open_client_at(Path(tmp) / "vectors")
+        col = client.get_or_create_collection(model["collection"], configuration={"hnsw": {"space": "cosine"}},
+                                              embedding_function=None)
+        import_export(col, version_dir)
         count = col.count()
         if count != model["count"]:
             failures.append(f"{model['collection']} holds {count} vectors, model.json says {model['count']}")
-        if len(export):
-            part = export.sample(n=min(sample, len(export)), random_state=0)
-            res = col.query(query_embeddings=np.stack(part["embedding"].to_numpy()).astype(np.float32), n_results=1,
-                            include=["documents"])
-            for want, got, doc, gdoc in zip(part["id"], res["ids"], part["document"], res["documents"]):
-                if not got or (got[0] != want and gdoc[0] != doc):
-                    failures.append(f"chunk {want} did not retrieve itself (got {got[0] if got else 'nothing'})")
+        files = [f for f in export_files(version_dir) if read_shard(f, ["id"]).num_rows]
+        for f in files[:sample]:
+            t = read_shard(f).slice(0, 1)
+            res = col.query(query_embeddings=embedding_matrix(t), n_results=1, include=["documents"])
+            want, doc = t.column("id")[0].as_py(), t.column("document")[0].as_py()
+            got = res["ids"][0]
+            if not got or (got[0] != want and res["documents"][0][0] != doc):
+                failures.append(f"chunk {want} did not retrieve itself (got {got[0] if got else 'nothing'})")
     return {"count": count, "expected": model["count"], "failures": failures}
 
 
@@ -206,9 +364,11 @@ def open_check_in_subprocess(version_dir: Path, timeout: float = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ---- versions ---------------------------------------------------------------------------------------------
+
 @dataclass
 class GoldenVersion:
-    """A committed golden version."""
+    """A committed golden version. ``bytes`` counts every file, shared or not."""
 
     name: str
     path: Path
@@ -216,6 +376,7 @@ class GoldenVersion:
     count: int
     files: int
     bytes: int
+    content_key: str = ""
 
 
 def list_versions(home: Path) -> list[GoldenVersion]:
@@ -232,7 +393,8 @@ def list_versions(home: Path) -> list[GoldenVersion]:
         except ValueError:
             continue
         out.append(GoldenVersion(name=d.name, path=d, created_at=m["created_at"], count=m["count"],
-                                 files=len(m["files"]), bytes=sum(f["size"] for f in m["files"].values())))
+                                 files=len(m["files"]), bytes=sum(f["size"] for f in m["files"].values()),
+                                 content_key=m.get("content_key", "")))
     return out
 
 
@@ -267,57 +429,192 @@ def _new_version_name(root: Path) -> str:
     return name
 
 
+def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
+    """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
+    by_shard: dict[int, list[str]] = {}
+    for cid, path in zip(chunk_ids, paths):
+        by_shard.setdefault(shard_of(path), []).append(cid)
+    return {s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
+            for s, ids in sorted(by_shard.items())}
+
+
+def content_key(fingerprint: str, shards: dict[int, str], store_keys: Iterable[str], dictionaries: Iterable[str]) -> str:
+    """blake3 over what a golden version must capture: model, chunk ids per shard, store keys, dictionaries."""
+    body = json.dumps({"fingerprint": fingerprint, "shards": {str(k): v for k, v in sorted(shards.items())},
+                       "store": blake3.blake3("\n".join(sorted(store_keys)).encode()).hexdigest(),
+                       "dictionaries": sorted(dictionaries), "format": FORMAT}, sort_keys=True)
+    return blake3.blake3(body.encode()).hexdigest()
+
+
+@dataclass
+class Promotion:
+    """What :func:`promote` did. Bytes are bytes; ``seconds`` wall-clock.
+
+    ``promoted`` is False when the index still matched CURRENT (``version`` is then CURRENT). Linked files
+    are hard links to CURRENT's identical files: they cost a directory entry, not their bytes.
+    """
+
+    version: GoldenVersion
+    promoted: bool
+    reason: str
+    bytes_written: int = 0
+    bytes_linked: int = 0
+    files_written: int = 0
+    files_linked: int = 0
+    shards_written: int = 0
+    shards_linked: int = 0
+    seconds: float = 0.0
+    removed: list[str] = field(default_factory=list)
+
+
+class _Placer:
+    """Puts files into a staging version: a hard link to CURRENT's file when the bytes are the same."""
+
+    def __init__(self, stage: Path, previous: Path | None, previous_files: dict[str, dict]):
+        self.stage, self.previous, self.previous_files = stage, previous, previous_files
+        self.files: dict[str, dict] = {}
+        self.bytes_written = self.bytes_linked = self.files_written = self.files_linked = 0
+
+    def can_link(self, rel: str) -> bool:
+        return self.previous is not None and rel in self.previous_files
+
+    def link(self, rel: str) -> None:
+        """Link CURRENT's ``rel`` (recorded with CURRENT's digest); copy when a link is impossible."""
+        src, dest = self.previous / rel, self.stage / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        want = self.previous_files[rel]
+        try:
+            os.link(src, dest)
+            self.bytes_linked += want["size"]
+            self.files_linked += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            _write_file(dest, src.read_bytes())  # another file system, or links not allowed
+            self.bytes_written += want["size"]
+            self.files_written += 1
+        self.files[rel] = {"blake3": want["blake3"], "size": want["size"]}
+
+    def put(self, rel: str, data: bytes) -> None:
+        digest = blake3.blake3(data).hexdigest()
+        if self.can_link(rel) and self.previous_files[rel] == {"blake3": digest, "size": len(data)}:
+            self.link(rel)
+            return
+        dest = self.stage / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(dest, data)
+        self.files[rel] = {"blake3": digest, "size": len(data)}
+        self.bytes_written += len(data)
+        self.files_written += 1
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write a new staging file (flushed to disk later by one ``syncfs`` of the version)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 def promote(
     home: Path, fingerprint: str, chroma_url: str | None = None, keep: int = DEFAULT_KEEP,
-    checker: Callable[[Path], dict] = open_check_in_subprocess,
-) -> GoldenVersion:
-    """Snapshot the index into a new golden version, verify it, and make it CURRENT.
+    chunks: pd.DataFrame | None = None, guard: DeletionGuard | None = None,
+    checker: Callable[[Path], dict] | None = None,
+) -> Promotion:
+    """Snapshot the index into a new golden version, verify it and make it CURRENT, unless nothing changed.
+
+    Args:
+        home: ``NOVA_HOME``.
+        fingerprint: the model fingerprint (names the collection).
+        chroma_url: the Chroma server, or None for the embedded store.
+        keep: versions kept by retention (CURRENT is never removed).
+        chunks: the ``source_chunks`` table the index was reconciled with (default: read from ``home``);
+            it says which chunk ids each export shard holds.
+        guard: refuses replacing a non-empty CURRENT with an empty index (default: a guard without override).
+        checker: verifies the staged version before it is committed (default :func:`verify_export`, with
+            the embedding cache of ``fingerprint`` when there is one).
 
     Raises:
-        GoldenCopyError: the snapshot failed verification; nothing is listed and CURRENT is unchanged.
+        GoldenCopyError: the collection does not match the chunks, or the snapshot failed verification;
+            nothing is listed and CURRENT is unchanged.
+        MassDeletionError: the guard refused an empty index.
     """
     from nova_pipeline.core.dictionary import DictionaryRegistry
     from nova_pipeline.core.store import ContentStore
-    from nova_pipeline.core.tables import table_path
+    from nova_pipeline.core.tables import read_table, table_path
 
+    started = time.perf_counter()
     home = Path(home)
+    guard = guard or DeletionGuard()
     root = golden_root(home)
     root.mkdir(parents=True, exist_ok=True)
     _clean_partials(root)
+    if chunks is None:
+        chunks = read_table(home, "source_chunks")
+        chunks = chunks if chunks is not None else pd.DataFrame({"chunk_id": [], "path": []})
+    store = ContentStore(home)
+    store_index = store.index()
+    dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
+    digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
+    key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries)
+
+    cur = current_version(home)
+    cur_failures = verify_tree(cur.path) if cur is not None else []
+    if cur_failures:
+        log.warning("CURRENT %s does not verify (%s): promoting a new version without sharing its files",
+                    cur.name, cur_failures[0])
+    usable = cur if cur is not None and not cur_failures else None
+    if usable is not None and usable.content_key == key:
+        return Promotion(version=usable, promoted=False, reason=f"unchanged: CURRENT {usable.name} still matches",
+                         seconds=time.perf_counter() - started)
+    if cur is not None:
+        guard.check_golden(cur.count, len(chunks), cur.name)
+    prev_files = read_manifest(usable.path)["files"] if usable else {}
+    prev_shards = json.loads((usable.path / "model.json").read_text()).get("shards", {}) if usable else {}
+
     name = _new_version_name(root)
     stage = root / f"{PARTIAL_PREFIX}{name}"
     stage.mkdir()
+    placer = _Placer(stage, usable.path if usable else None, prev_files)
+    shards_written = shards_linked = 0
     try:
+        by_shard: dict[int, list[str]] = {}
+        for cid, path in zip(chunks["chunk_id"].tolist(), chunks["path"].tolist()):
+            by_shard.setdefault(shard_of(path), []).append(cid)
         with writer_lock(home):
-            client = open_client(home, chroma_url)
-            collection = get_collection(client, fingerprint, create=False)
+            collection = get_collection(open_client(home, chroma_url), fingerprint, create=False)
             count = collection.count()
-            if not chroma_url:  # embedded: the data dir, quiesced by the writer lock
-                shutil.copytree(home / "vectors", stage / "vectors")
-            exported = export_collection(collection, stage / "export" / "vectors.parquet")
-        if exported != count:
-            raise GoldenCopyError(f"exported {exported} vectors but the collection counts {count}")
-        (stage / "tables").mkdir()
+            if count != len(chunks):
+                raise GoldenCopyError(
+                    f"{collection.name} holds {count} vectors for {len(chunks)} chunks: run the rebuild job "
+                    "(its blocking check vector_count_matches_chunks keeps such an index from being promoted)"
+                )
+            for shard, ids in sorted(by_shard.items()):
+                rel = shard_name(shard)
+                if prev_shards.get(str(shard)) == digests[shard] and placer.can_link(rel):
+                    placer.link(rel)  # same chunk ids, same model: the same rows; not even read from Chroma
+                    shards_linked += 1
+                else:
+                    placer.put(rel, table_bytes(fetch_rows(collection, sorted(ids))))
+                    shards_written += 1
         for t in TABLES:
             if table_path(home, t).exists():
-                shutil.copy2(table_path(home, t), stage / "tables" / f"{t}.parquet")
-        store = ContentStore(home)
+                placer.put(f"tables/{t}.parquet", table_path(home, t).read_bytes())
         if store.index_path.exists():
-            shutil.copy2(store.index_path, stage / "store_index.parquet")
+            placer.put("store_index.parquet", store.index_path.read_bytes())
         registry = DictionaryRegistry(home)
-        (stage / "dictionaries").mkdir()
-        for digest in store.dictionaries_in_use() if store.index_path.exists() else set():
-            shutil.copy2(registry.path(digest), stage / "dictionaries" / registry.path(digest).name)
-        atomic_write_bytes(stage / "model.json", json.dumps({
+        for digest in dictionaries:
+            placer.put(f"dictionaries/{registry.path(digest).name}", registry.path(digest).read_bytes())
+        placer.put("model.json", json.dumps({
             "fingerprint": fingerprint, "collection": collection_name(fingerprint), "count": count,
-            "mode": "server" if chroma_url else "embedded",
+            "mode": "server" if chroma_url else "embedded", "format": FORMAT, "content_key": key,
+            "shards": {str(k): v for k, v in digests.items()},
         }, indent=1).encode())
-        result = checker(stage)
+        syncfs(stage)
+        result = checker(stage) if checker is not None else _verify_with_cache(stage, home, fingerprint)
         if result["failures"]:
             raise GoldenCopyError(f"golden copy {name} failed verification: {'; '.join(result['failures'][:3])}")
-        files = build_manifest(stage)
         manifest = {"version": name, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "count": count, "fingerprint": fingerprint, "files": files}
+                    "count": count, "fingerprint": fingerprint, "content_key": key, "format": FORMAT,
+                    "files": dict(sorted(placer.files.items()))}
         atomic_write_bytes(stage / MANIFEST, json.dumps(manifest, indent=1).encode())
         set_read_only(stage)
         os.rename(stage, root / name)
@@ -326,8 +623,27 @@ def promote(
         remove_tree(stage)
         raise
     atomic_write_bytes(root / CURRENT, (name + "\n").encode())
-    apply_retention(home, keep)
-    return next(v for v in list_versions(home) if v.name == name)
+    removed = apply_retention(home, keep)
+    version = next(v for v in list_versions(home) if v.name == name)
+    reason = "first golden version" if cur is None else f"changed since {cur.name}"
+    log.info("golden version %s: %s; wrote %d bytes, linked %d bytes", name, reason, placer.bytes_written,
+             placer.bytes_linked)
+    return Promotion(version=version, promoted=True, reason=reason, bytes_written=placer.bytes_written,
+                     bytes_linked=placer.bytes_linked, files_written=placer.files_written,
+                     files_linked=placer.files_linked, shards_written=shards_written, shards_linked=shards_linked,
+                     seconds=time.perf_counter() - started, removed=removed)
+
+
+def _verify_with_cache(stage: Path, home: Path, fingerprint: str) -> dict:
+    from nova_pipeline.core.embedding import EmbeddingCache
+
+    if not EmbeddingCache.path_for(home, fingerprint).exists():
+        return verify_export(stage)
+    cache = EmbeddingCache(home, fingerprint)
+    try:
+        return verify_export(stage, cache=cache)
+    finally:
+        cache.close()
 
 
 def _clean_partials(root: Path) -> None:
@@ -349,43 +665,103 @@ def apply_retention(home: Path, keep: int) -> list[str]:
     return removed
 
 
-def _copy_out(version: GoldenVersion, dest: Path) -> None:
-    """Copy a version's ``vectors/`` to ``dest`` (writable), replacing ``dest`` atomically by rename."""
-    new = dest.with_name(dest.name + ".new")
-    remove_tree(new)
-    shutil.copytree(version.path / "vectors", new)
-    make_writable(new)
-    old = dest.with_name(dest.name + ".old")
-    remove_tree(old)
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(new, dest)
-    fsync_dir(dest.parent)
-    remove_tree(old)
+# ---- runtime copy and reset -------------------------------------------------------------------------------
+
+@dataclass
+class Applied:
+    """A version applied to a Chroma store: where, which version, and the diff it took."""
+
+    path: str
+    version: str
+    count: int
+    upserted: int
+    deleted: int
+    rebuilt: bool
+    seconds: float
 
 
-def make_runtime_copy(home: Path) -> Path:
-    """``NOVA_HOME/runtime/vectors``: a writable copy of CURRENT's vectors (embedded versions only).
-
-    Raises:
-        GoldenCopyError: there is no golden copy, or CURRENT has no embedded data dir.
-    """
+def _require_current(home: Path) -> GoldenVersion:
     cur = current_version(home)
     if cur is None:
         raise GoldenCopyError("no golden copy yet: run the rebuild job, whose last step promotes one")
-    if not (cur.path / "vectors").is_dir():
-        raise GoldenCopyError(f"golden version {cur.name} was exported from a server: it has no data dir to copy")
-    dest = Path(home) / "runtime" / "vectors"
+    return cur
+
+
+def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
+    """Make the embedded store at ``dest`` hold exactly ``version``: a diff when it opens, else a fresh
+    store built beside it and swapped in by rename."""
+    started = time.perf_counter()
+    model = json.loads((version.path / "model.json").read_text())
+    rebuilt = False
+    try:
+        col = get_collection(open_client_at(dest), model["fingerprint"])
+        upserted, deleted = import_export(col, version.path)
+        count = col.count()
+    except Exception as exc:  # noqa: BLE001 - a damaged data dir raises anything; rebuild it from the export
+        log.warning("the Chroma store at %s cannot be updated (%s): rebuilding it from %s", dest, exc, version.name)
+        rebuilt = True
+        new = dest.with_name(dest.name + ".new")
+        _forget_cached_clients()
+        remove_tree(new)
+        col = get_collection(open_client_at(new), model["fingerprint"])
+        upserted, deleted = import_export(col, version.path)
+        count = col.count()
+        _forget_cached_clients()
+        old = dest.with_name(dest.name + ".old")
+        remove_tree(old)
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(new, dest)
+        fsync_dir(dest.parent)
+        remove_tree(old)
+        _forget_cached_clients()
+    if count != model["count"]:
+        raise GoldenCopyError(f"{dest} holds {count} vectors after applying {version.name}, which has {model['count']}")
+    return Applied(path=str(dest), version=version.name, count=count, upserted=upserted, deleted=deleted,
+                   rebuilt=rebuilt, seconds=time.perf_counter() - started)
+
+
+def runtime_dir(home: Path) -> Path:
+    return Path(home) / "runtime" / "vectors"
+
+
+def make_runtime_copy(home: Path, force: bool = False) -> Applied:
+    """Bring ``NOVA_HOME/runtime/vectors``, a writable embedded Chroma store, to the CURRENT version.
+
+    In both modes (it is the local stand-in for a dead server). After a small change it costs a small
+    diff; when ``runtime/version.json`` already names CURRENT it costs nothing, unless ``force`` (whoever
+    writes into the runtime copy, e.g. while failed over, removes that record first).
+
+    Raises:
+        GoldenCopyError: there is no golden copy, or the store does not hold the version's count after.
+    """
+    cur = _require_current(home)
+    dest = runtime_dir(home)
+    held = runtime_version(home)
+    if not force and held is not None and held.get("version") == cur.name and dest.is_dir():
+        return Applied(path=str(dest), version=cur.name, count=int(held.get("count", cur.count)), upserted=0,
+                       deleted=0, rebuilt=False, seconds=0.0)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _copy_out(cur, dest)
-    return dest
+    (dest.parent / RUNTIME_VERSION).unlink(missing_ok=True)
+    applied = _apply_to_data_dir(cur, dest)
+    atomic_write_bytes(dest.parent / RUNTIME_VERSION, json.dumps(
+        {"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode())
+    return applied
+
+
+def runtime_version(home: Path) -> dict | None:
+    """``{"version", "created_at", "count"}`` of the golden version the runtime copy holds, or None."""
+    try:
+        return json.loads((runtime_dir(home).parent / RUNTIME_VERSION).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> dict:
-    """Rebuild the primary index from CURRENT without re-embedding, and audit it.
+    """Bring the primary index back to CURRENT without re-embedding, and audit it.
 
-    Embedded mode replaces ``NOVA_HOME/vectors`` with a copy of the golden data dir; server mode upserts the
-    export into the server's collection and deletes anything else there.
+    The export is applied as a diff (server mode: into the server's collection; embedded mode: into
+    ``NOVA_HOME/vectors``, rebuilt beside and swapped in when the data dir cannot be opened).
 
     Raises:
         ConfirmationRequired: ``confirm`` is False.
@@ -405,20 +781,15 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
                      failures=failures[:5])
         raise GoldenCopyError(f"golden version {cur.name} does not verify: {'; '.join(failures[:3])}")
     model = json.loads((cur.path / "model.json").read_text())
-    _forget_cached_clients()
     with writer_lock(home):
         if chroma_url:
             col = get_collection(open_client(home, chroma_url), model["fingerprint"])
-            upserted, deleted = import_export(col, cur.path / "export" / "vectors.parquet")
+            upserted, deleted = import_export(col, cur.path)
             details = {"mode": "server", "upserted": upserted, "deleted": deleted}
-        elif (cur.path / "vectors").is_dir():
-            _copy_out(cur, Path(home) / "vectors")
-            details = {"mode": "embedded", "copied": str(cur.path / "vectors")}
         else:
-            col = get_collection(open_client(home), model["fingerprint"])
-            upserted, deleted = import_export(col, cur.path / "export" / "vectors.parquet")
-            details = {"mode": "embedded from export", "upserted": upserted, "deleted": deleted}
-    _forget_cached_clients()
+            applied = _apply_to_data_dir(cur, Path(home) / "vectors")
+            details = {"mode": "embedded (rebuilt)" if applied.rebuilt else "embedded",
+                       "upserted": applied.upserted, "deleted": applied.deleted}
     count = get_collection(open_client(home, chroma_url), model["fingerprint"], create=False).count()
     outcome = "ok" if count == model["count"] else f"count {count} != {model['count']}"
     return audit.record(home, "reset_index", outcome, who, version=cur.name, count=count, **details)

@@ -62,8 +62,10 @@ class PatternOptions:
         min_frequency: fewest occurrences for a pattern to count.
         top_k: patterns reported.
         max_workers: worker processes (default: every core).
-        memory_limit_mb: the analysis (this process and its workers, RSS) stays under this, or stops with
-            :class:`MemoryLimitError`.
+        memory_limit_mb: the memory the analysis adds (this process's RSS above what it was when the
+            analysis started, plus its worker processes) stays under this, or it stops with
+            :class:`MemoryLimitError`. Memory the process held before (other steps of an in-process run,
+            a loaded model) does not count.
         shard_mb: target shard size; lowered automatically to fit ``memory_limit_mb``.
     """
 
@@ -91,7 +93,7 @@ class PatternStats:
     shards_cached: int = 0
     candidates: int = 0
     workers: int = 0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # the most the analysis added: this process above its start, plus workers
     duration_seconds: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -263,16 +265,21 @@ def plan_shards(
 
 
 class _MemoryGuard:
-    """Polls the RSS of this process and its children; raises MemoryLimitError past the limit."""
+    """Polls the memory the analysis adds: this process's RSS above its RSS at the start, plus the RSS of
+    child processes that appeared since; raises MemoryLimitError past the limit."""
 
     def __init__(self, limit_mb: int):
         self.limit_mb = limit_mb
         self.proc = psutil.Process()
+        self.base_rss = self.proc.memory_info().rss
+        self.base_children = {c.pid for c in self.proc.children(recursive=True)}
         self.peak_mb = 0.0
 
     def check(self) -> None:
-        rss = self.proc.memory_info().rss
+        rss = max(0, self.proc.memory_info().rss - self.base_rss)
         for child in self.proc.children(recursive=True):
+            if child.pid in self.base_children:
+                continue
             try:
                 rss += child.memory_info().rss
             except psutil.Error:
@@ -380,9 +387,7 @@ def find_patterns(
 
     workers = options.max_workers or os.cpu_count() or 1
     guard = _MemoryGuard(options.memory_limit_mb)
-    guard.check()
-    base_mb = guard.peak_mb
-    budget_mb = options.memory_limit_mb - base_mb - 64 * workers
+    budget_mb = options.memory_limit_mb - 64 * workers  # about 64 MB per worker before it holds a shard
     budget_shard = int(budget_mb * 2**20 / max(1, workers) / BYTES_PER_SHARD_BYTE)
     largest = max(sizes, default=0)
     if budget_shard < max(largest, 64 * 1024):

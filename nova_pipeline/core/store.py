@@ -16,7 +16,6 @@ a new index is committed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -30,7 +29,7 @@ import blake3
 import pandas as pd
 import zstandard as zstd
 
-from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_with
+from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_with, syncfs
 from nova_pipeline.core.dictionary import NO_DICTIONARY, DictionaryRegistry, compressor
 from nova_pipeline.core.errors import DictionaryError, StoreCorruptError, StoreError
 
@@ -39,30 +38,6 @@ log = logging.getLogger(__name__)
 INDEX_COLUMNS = ["key", "dict_blake3", "dict_id", "size", "stored_size"]
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_FILES = 1000
-
-_libc = None
-
-
-def syncfs(path: Path) -> None:
-    """Flush the file system holding ``path`` (Linux ``syncfs(2)``; ``os.sync`` elsewhere)."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.syncfs  # noqa: B018
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
-
 
 @dataclass
 class PutStats:

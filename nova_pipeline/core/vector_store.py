@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import blake3
 import numpy as np
 import pandas as pd
 
 from nova_pipeline.core.embedding import Embedder, EmbeddingCache, embed_with_cache
 from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
+from nova_pipeline.core.guard import DeletionGuard
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +50,38 @@ def open_client(home: Path, chroma_url: str | None = None):
     Raises:
         VectorStoreError: the server is unreachable or the data dir cannot be opened.
     """
+    if not chroma_url:
+        return open_client_at(Path(home) / "vectors")
     import chromadb
+
+    try:
+        u = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
+        return chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
+                                   ssl=u.scheme == "https", settings=_chroma_settings())
+    except Exception as exc:  # noqa: BLE001 - chroma raises many types for "cannot connect"
+        raise VectorStoreError(f"cannot reach the Chroma server at {chroma_url}: {exc}") from exc
+
+
+def open_client_at(path: Path):
+    """A ``PersistentClient`` on the data dir ``path`` (created if missing).
+
+    Raises:
+        VectorStoreError: the data dir cannot be opened.
+    """
+    import chromadb
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+    except Exception as exc:  # noqa: BLE001
+        raise VectorStoreError(f"cannot open the Chroma data dir {path}: {exc}") from exc
+
+
+def _chroma_settings():
     from chromadb.config import Settings as ChromaSettings
 
-    settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
-    try:
-        if chroma_url:
-            u = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
-            return chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
-                                       ssl=u.scheme == "https", settings=settings)
-        path = Path(home) / "vectors"
-        path.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(path), settings=settings)
-    except Exception as exc:  # noqa: BLE001 - chroma raises many types for "cannot connect"
-        where = chroma_url or str(Path(home) / "vectors")
-        raise VectorStoreError(f"cannot open the Chroma vector store at {where}: {exc}") from exc
+    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
 @contextlib.contextmanager
@@ -109,6 +130,97 @@ def get_collection(client, fingerprint: str, create: bool = True):
         ) from exc
 
 
+def ids_digest(chunk_ids, fingerprint: str) -> str:
+    """blake3 of a model fingerprint and a set of chunk ids: what a collection should hold."""
+    return blake3.blake3("\n".join([fingerprint, *sorted(chunk_ids)]).encode()).hexdigest()
+
+
+def store_state(home: Path, fingerprint: str) -> str | None:
+    """A fingerprint of the embedded collection's state, read without importing Chroma; None if unknown.
+
+    It covers the collection's id, the ids and write sequence numbers of its segments (Chroma's own
+    ``max_seq_id``: every upsert and delete raises it, reads do not), and the size and mtime of the
+    segments' index files. Reads (count, get, query) leave it unchanged; any write changes it. It reads
+    Chroma's SQLite catalogue read-only; anything unexpected (server mode, no store, another schema)
+    gives None, which callers treat as "unknown: verify for real".
+    """
+    data_dir = Path(home) / "vectors"
+    db_path = data_dir / "chroma.sqlite3"
+    if not db_path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = db.execute(
+                "SELECT c.id, s.id, s.scope, m.seq_id FROM collections c JOIN segments s ON s.collection = c.id "
+                "LEFT JOIN max_seq_id m ON m.segment_id = s.id WHERE c.name = ? ORDER BY s.id",
+                (collection_name(fingerprint),)).fetchall()
+        finally:
+            db.close()
+        if not rows:
+            return None
+        files = []
+        for _, segment, _, _ in rows:
+            seg_dir = data_dir / segment
+            if seg_dir.is_dir():
+                files += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(seg_dir.iterdir())
+                          if f.is_file()]
+    except (sqlite3.Error, OSError):
+        return None
+    return blake3.blake3(json.dumps([rows, files]).encode()).hexdigest()
+
+
+class VerifiedRecord:
+    """``NOVA_HOME/vectors.verified.json``: which verifications of the embedded collection passed, at which
+    (chunk ids digest, :func:`store_state`), in which run.
+
+    ``vector_index`` and its checks skip Chroma entirely when all three records match the current digest
+    and state (nothing was written to the collection since it was fully verified, and the chunks are the
+    same), unless the records are older than ``max_age_hours``. This is the scan's rule (re-hash only what
+    changed) applied to verification; a failed check writes no record, so the next run verifies for real.
+    """
+
+    NAMES = ("reconcile", "vector_count_matches_chunks", "chunks_find_themselves")
+    MAX_AGE_HOURS = 168.0
+
+    def __init__(self, home: Path):
+        self.path = Path(home) / "vectors.verified.json"
+
+    def read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def matching(self, name: str, digest: str, state: str | None, max_age_hours: float | None = None) -> dict | None:
+        """The record of ``name`` if it was made at this digest and state and is fresh enough, else None."""
+        if state is None:
+            return None
+        rec = self.read().get(name)
+        max_age = self.MAX_AGE_HOURS if max_age_hours is None else max_age_hours
+        if not rec or rec.get("digest") != digest or rec.get("state") != state:
+            return None
+        if time.time() - float(rec.get("at", 0)) > max_age * 3600:
+            return None
+        return rec
+
+    def all_match(self, digest: str, state: str | None) -> bool:
+        return all(self.matching(n, digest, state) for n in self.NAMES)
+
+    def record(self, name: str, digest: str, state: str | None, run_id: str = "", **details) -> None:
+        """Record that ``name`` passed at (digest, state); a None state (unknown) records nothing."""
+        from nova_pipeline.core.atomic import atomic_write_bytes
+
+        if state is None:
+            return
+        records = self.read()
+        records[name] = {"digest": digest, "state": state, "run_id": run_id, "at": time.time(), **details}
+        atomic_write_bytes(self.path, json.dumps(records, indent=1).encode())
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def existing_ids(collection) -> set[str]:
     """Every id the collection holds, paged."""
     ids: set[str] = set()
@@ -154,6 +266,7 @@ def reconcile(
     batch_size: int = DEFAULT_BATCH,
     max_batch: int | None = None,
     on_batch: Callable[[int, IndexStats], None] | None = None,
+    guard: DeletionGuard | None = None,
 ) -> IndexStats:
     """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
 
@@ -164,9 +277,12 @@ def reconcile(
         cache: the embedding cache of the same fingerprint.
         batch_size: chunks per batch (capped by Chroma's ``get_max_batch_size``).
         on_batch: called after each committed batch with its number and the running stats.
+        guard: refuses, before anything is written, a run that would shrink the collection by a mass
+            deletion (see :mod:`nova_pipeline.core.guard`).
 
     Raises:
         VectorStoreError: Chroma failed; everything committed so far stays.
+        MassDeletionError: the guard refused the run; nothing was written.
     """
     started = time.perf_counter()
     stats = IndexStats(wanted=len(chunks))
@@ -176,6 +292,8 @@ def reconcile(
         raise VectorStoreError(f"cannot list the collection {collection.name}: {exc}") from exc
     stats.present_before = len(have)
     wanted_ids = set(chunks["chunk_id"])
+    if guard is not None:
+        guard.check_vectors(len(have), len(wanted_ids), collection.name)
     todo = chunks[~chunks["chunk_id"].isin(have)]
     # Shortest texts first across all batches, so each forward pass pads little (as encode() does).
     todo = todo.iloc[np.argsort(todo["text"].str.len().to_numpy(), kind="stable")]

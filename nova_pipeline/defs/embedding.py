@@ -1,5 +1,8 @@
 """Assets and checks of the semantic index: source_chunks and vector_index."""
 
+import sys
+import time
+
 import dagster as dg
 import pandas as pd
 
@@ -7,9 +10,10 @@ from nova_pipeline.core.chunking import chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
 from nova_pipeline.core.tables import read_table
 from nova_pipeline.core.vector_store import (
-    DEFAULT_BATCH, get_collection, open_client, reconcile, self_retrieval_failures, writer_lock,
+    DEFAULT_BATCH, VerifiedRecord, collection_name, get_collection, ids_digest, open_client, reconcile,
+    self_retrieval_failures, store_state, writer_lock,
 )
-from nova_pipeline.resources import EmbedderResource, NovaSettings
+from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
 
 
 @dg.asset(kinds={"python", "parquet"}, group_name="search")
@@ -49,18 +53,45 @@ class VectorIndexConfig(dg.Config):
     batch_size: int = DEFAULT_BATCH
 
 
+def _verification(settings, fingerprint: str, chunks: pd.DataFrame | None):
+    """``(record, digest, state)``: the verified-state record of the embedded collection, the chunk ids
+    digest and the store state now (None in server mode: always verify for real)."""
+    digest = ids_digest(chunks["chunk_id"] if chunks is not None else [], fingerprint)
+    state = None if settings.chroma_url else store_state(settings.home, fingerprint)
+    return VerifiedRecord(settings.home), digest, state
+
+
+def _unchanged_since(rec: dict) -> str:
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec["at"]))
+    return f"unchanged since verified in run {rec.get('run_id', '?')[:8]} at {at}: no write to the collection since"
+
+
 @dg.asset(kinds={"chromadb"}, group_name="search", pool="vector_index_writer")
 def vector_index(
     context: dg.AssetExecutionContext, config: VectorIndexConfig, nova: NovaSettings,
-    embedder: EmbedderResource, source_chunks: pd.DataFrame,
+    embedder: EmbedderResource, guard: DeletionGuardResource, source_chunks: pd.DataFrame,
 ):
     """A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.
 
-    Upserts wanted chunks missing from Chroma (embedding only what the cache lacks), then deletes ids that
-    are no longer wanted. Each batch is observed in the run's event log as it commits.
+    Upserts wanted chunks missing from Chroma (embedding only what the cache lacks; the model is loaded
+    only then), then deletes ids that are no longer wanted. Each batch is observed in the run's event log
+    as it commits. Refuses, before writing, a run that would shrink the collection by a mass deletion.
+    When the chunks are the same and nothing wrote to the (embedded) collection since this asset and both
+    its checks last passed, Chroma is not even opened (:class:`VerifiedRecord`).
     """
     settings = nova.settings(require_source=False)
     model = embedder.get_embedder()
+    verified, digest, state = _verification(settings, model.fingerprint, source_chunks)
+    if verified.all_match(digest, state):
+        rec = verified.matching("reconcile", digest, state)
+        context.log.info(f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}")
+        return dg.MaterializeResult(metadata={
+            "collection": collection_name(model.fingerprint), "model_fingerprint": model.fingerprint,
+            "mode": "embedded", "vectors": int(rec.get("count", len(source_chunks))), "chunks": len(source_chunks),
+            "unchanged": len(source_chunks), "upserted": 0, "embedded": 0, "cache_hits": 0, "deleted": 0,
+            "batches": 0, "verified": _unchanged_since(rec), "model_loaded": False, "model_load_s": 0.0,
+            "torch_imported": "torch" in sys.modules, "duration_s": 0.0,
+        })
     cache = EmbeddingCache(settings.home, model.fingerprint)
 
     def on_batch(n, stats):
@@ -70,12 +101,16 @@ def vector_index(
                       "cache_hits": stats.cache_hits},
         ))
 
+    loaded_before = getattr(model, "loaded", False)
     with writer_lock(settings.home):
         client = open_client(settings.home, settings.chroma_url)
         collection = get_collection(client, model.fingerprint)
         stats = reconcile(collection, source_chunks, model, cache, config.batch_size,
-                          client.get_max_batch_size(), on_batch)
+                          client.get_max_batch_size(), on_batch, guard=guard.guard())
     cache.close()
+    if not settings.chroma_url:
+        verified.record("reconcile", digest, store_state(settings.home, model.fingerprint), context.run_id,
+                        count=stats.count_after)
     if stats.embedded == 0:
         context.log.info(f"no new text to embed: {stats.unchanged} chunks already indexed, "
                          f"{stats.cache_hits} from the cache")
@@ -94,20 +129,33 @@ def vector_index(
             "deleted": stats.deleted,
             "batches": stats.batches,
             "embeddings_per_s": round(throughput, 1),
+            "verified": "reconciled against the collection's ids now",
+            # the model loads only when a text must be embedded; in a fresh process, torch stays unimported
+            "model_loaded": bool(getattr(model, "loaded", True)) and not loaded_before,
+            "model_load_s": 0.0 if loaded_before else round(float(getattr(model, "load_seconds", 0.0)), 2),
+            "torch_imported": "torch" in sys.modules,
             "duration_s": round(stats.seconds, 2),
         },
     )
 
 
 @dg.asset_check(asset=vector_index, blocking=True, description="The collection holds one vector per chunk.")
-def vector_count_matches_chunks(nova: NovaSettings, embedder: EmbedderResource) -> dg.AssetCheckResult:
+def vector_count_matches_chunks(context: dg.AssetCheckExecutionContext, nova: NovaSettings,
+                                embedder: EmbedderResource) -> dg.AssetCheckResult:
     settings = nova.settings(require_source=False)
     chunks = read_table(settings.home, "source_chunks")
-    collection = get_collection(open_client(settings.home, settings.chroma_url), embedder.fingerprint(),
-                                create=False)
+    fingerprint = embedder.fingerprint()
+    verified, digest, state = _verification(settings, fingerprint, chunks)
+    rec = verified.matching("vector_count_matches_chunks", digest, state)
+    if rec is not None:
+        return dg.AssetCheckResult(passed=True, metadata={"vectors": rec["count"], "chunks": rec["count"],
+                                                          "verified": _unchanged_since(rec)})
+    collection = get_collection(open_client(settings.home, settings.chroma_url), fingerprint, create=False)
     count, wanted = collection.count(), 0 if chunks is None else len(chunks)
+    if count == wanted:
+        verified.record("vector_count_matches_chunks", digest, state, context.run.run_id, count=count)
     return dg.AssetCheckResult(
-        passed=count == wanted, metadata={"vectors": count, "chunks": wanted},
+        passed=count == wanted, metadata={"vectors": count, "chunks": wanted, "verified": "counted now"},
         description=None if count == wanted else f"{collection.name} holds {count} vectors for {wanted} chunks",
     )
 
@@ -121,17 +169,25 @@ class SelfRetrievalConfig(dg.Config):
 @dg.asset_check(asset=vector_index, blocking=True,
                 description="A sample of chunks each find themselves as the top-1 result.")
 def chunks_find_themselves(
-    config: SelfRetrievalConfig, nova: NovaSettings, embedder: EmbedderResource
+    context: dg.AssetCheckExecutionContext, config: SelfRetrievalConfig, nova: NovaSettings,
+    embedder: EmbedderResource,
 ) -> dg.AssetCheckResult:
     settings = nova.settings(require_source=False)
     chunks = read_table(settings.home, "source_chunks")
     fingerprint = embedder.fingerprint()
+    verified, digest, state = _verification(settings, fingerprint, chunks)
+    rec = verified.matching("chunks_find_themselves", digest, state)
+    if rec is not None:
+        return dg.AssetCheckResult(passed=True, metadata={"checked": rec["checked"], "failures": 0,
+                                                          "verified": _unchanged_since(rec)})
     collection = get_collection(open_client(settings.home, settings.chroma_url), fingerprint, create=False)
     cache = EmbeddingCache(settings.home, fingerprint)
     checked, failures = self_retrieval_failures(collection, chunks if chunks is not None else pd.DataFrame(
         columns=["chunk_id"]), cache, config.sample_size)
     cache.close()
+    if not failures:
+        verified.record("chunks_find_themselves", digest, state, context.run.run_id, checked=checked)
     return dg.AssetCheckResult(
-        passed=not failures, metadata={"checked": checked, "failures": len(failures)},
+        passed=not failures, metadata={"checked": checked, "failures": len(failures), "verified": "queried now"},
         description="; ".join(failures[:3]) if failures else None,
     )

@@ -5,7 +5,7 @@ import dagster as dg
 from nova_pipeline.core import audit, backup, golden
 from nova_pipeline.defs.compression import compressed_store
 from nova_pipeline.defs.embedding import vector_index
-from nova_pipeline.resources import EmbedderResource, NovaSettings
+from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
 
 
 class GoldenConfig(dg.Config):
@@ -16,21 +16,35 @@ class GoldenConfig(dg.Config):
 
 @dg.asset(kinds={"chromadb"}, group_name="protect", deps=[vector_index, compressed_store])
 def golden_copy(context: dg.AssetExecutionContext, config: GoldenConfig, nova: NovaSettings,
-                embedder: EmbedderResource):
+                embedder: EmbedderResource, guard: DeletionGuardResource):
     """A verified, read-only snapshot of the index, dictionaries and manifests under ``NOVA_HOME/golden``.
 
-    Runs only when the blocking checks of ``vector_index`` and ``compressed_store`` pass. Verified by opening
-    it in a subprocess before ``CURRENT`` switches to it.
+    Promotes a new version only when the index, the store or the dictionaries changed (the metadata says
+    ``unchanged: CURRENT <version> still matches`` otherwise); files equal to CURRENT's are hard links.
+    Runs only when the blocking checks of ``vector_index`` and ``compressed_store`` pass, and never
+    replaces a non-empty CURRENT with an empty index without the guard's override. Then brings the
+    runtime copy (``NOVA_HOME/runtime/vectors``) to CURRENT.
     """
     settings = nova.settings(require_source=False)
-    version = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep)
-    context.log.info(f"golden version {version.name}: {version.count} vectors, {version.files} files")
-    runtime = None if settings.chroma_url else golden.make_runtime_copy(settings.home)
+    p = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep,
+                       guard=guard.guard())
+    v = p.version
+    context.log.info(p.reason if not p.promoted else
+                     f"golden version {v.name} ({p.reason}): {v.count} vectors; wrote {p.bytes_written:,} bytes "
+                     f"in {p.files_written} files, linked {p.bytes_linked:,} bytes in {p.files_linked} files")
+    runtime = golden.make_runtime_copy(settings.home)
     return dg.MaterializeResult(metadata={
-        "version": version.name, "path": dg.MetadataValue.path(str(version.path)), "vectors": version.count,
-        "files": version.files, "bytes": version.bytes,
+        "promoted": p.promoted, "reason": p.reason,
+        "version": v.name, "path": dg.MetadataValue.path(str(v.path)), "vectors": v.count,
+        "files": v.files, "bytes": v.bytes,
+        "bytes_written": p.bytes_written, "bytes_linked": p.bytes_linked,
+        "files_written": p.files_written, "files_linked": p.files_linked,
+        "shards_written": p.shards_written, "shards_linked": p.shards_linked,
         "versions_kept": len(golden.list_versions(settings.home)),
-        "runtime_copy": str(runtime) if runtime else "(server mode: none)",
+        "removed_by_retention": dg.MetadataValue.json(p.removed),
+        "runtime_copy": dg.MetadataValue.path(runtime.path),
+        "runtime_copy_upserted": runtime.upserted, "runtime_copy_deleted": runtime.deleted,
+        "duration_s": round(p.seconds + runtime.seconds, 3),
     })
 
 

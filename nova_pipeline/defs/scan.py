@@ -5,7 +5,8 @@ import dagster as dg
 from nova_pipeline.core.scanning import DEFAULT_MAX_FILE_SIZE, ScanOptions, ScanResult, scan
 from nova_pipeline.core.tables import read_table, write_table
 from nova_pipeline.defs.metadata import md_table
-from nova_pipeline.resources import NovaSettings
+from nova_pipeline.resources import DeletionGuardResource, NovaSettings
+
 
 class ScanConfig(dg.Config):
     """Scan options. ``max_file_size_bytes``: larger files are skipped and counted (default 2 MiB)."""
@@ -30,14 +31,18 @@ def scan_metadata(result: ScanResult) -> dict[str, object]:
     }
 
 @dg.asset(kinds={"python", "parquet"}, group_name="ingest")
-def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: NovaSettings):
+def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: NovaSettings,
+                 guard: DeletionGuardResource):
     """Manifest of the source tree: ``path, size, mtime_ns, blake3, language, status``.
 
     Follows nested ``.gitignore`` files, the built-in ignore list and ``NOVA_IGNORE``; skips binary and
     oversized files; re-hashes only files whose size or mtime changed since the last materialization.
+    Fails before writing anything when the scan would lose most indexed files (see ``guard``).
     """
+    deletion_guard = guard.guard()
+    previous = read_table(nova.settings(require_source=False).home, "source_files")
+    deletion_guard.check_source_dir(nova.source_dir, previous)
     settings = nova.settings()
-    previous = read_table(settings.home, "source_files")
     known_binaries = read_table(settings.home, "source_files_binaries")
     result = scan(
         ScanOptions(
@@ -49,10 +54,11 @@ def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: No
         previous,
         known_binaries=known_binaries,
     )
+    lost = deletion_guard.check_files(previous, result.manifest)
     write_table(settings.home, "source_files_binaries", result.binaries)
     st = result.stats
     context.log.info(
         f"{settings.source_dir}: {st.files} files, {st.bytes:,} bytes; {st.status_counts}; "
         f"re-hashed {st.bytes_hashed:,} bytes; skipped {dict(st.skipped)}"
     )
-    return dg.MaterializeResult(value=result.manifest, metadata=scan_metadata(result))
+    return dg.MaterializeResult(value=result.manifest, metadata={**scan_metadata(result), "files_lost": lost})

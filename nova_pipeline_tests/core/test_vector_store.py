@@ -88,3 +88,34 @@ def test_dead_server_is_a_clear_error(tmp_path, chunks, fake_embedder):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(VectorStoreError, match=url.split("//")[1]):
         get_collection(open_client(tmp_path, url), fake_embedder.fingerprint)
+
+
+def test_store_state_ignores_reads_and_changes_on_any_write(tmp_path, chunks, fake_embedder):
+    from nova_pipeline.core.vector_store import VerifiedRecord, store_state
+
+    fp = fake_embedder.fingerprint
+    assert store_state(tmp_path, fp) is None  # no store yet: unknown
+    col = get_collection(open_client(tmp_path), fp)
+    reconcile(col, chunks, fake_embedder, EmbeddingCache(tmp_path, fp))
+    before = store_state(tmp_path, fp)
+    assert before is not None
+    col.count()
+    col.get(limit=10, include=["embeddings"])
+    self_retrieval_failures(col, chunks, EmbeddingCache(tmp_path, fp), 5)
+    assert store_state(tmp_path, fp) == before
+    col.delete(ids=[chunks["chunk_id"].iloc[0]])
+    after_delete = store_state(tmp_path, fp)
+    assert after_delete != before
+    reconcile(col, chunks, fake_embedder, EmbeddingCache(tmp_path, fp))
+    assert store_state(tmp_path, fp) not in (before, after_delete)
+
+    rec = VerifiedRecord(tmp_path)
+    state = store_state(tmp_path, fp)
+    for name in VerifiedRecord.NAMES[:2]:
+        rec.record(name, "d", state, "run1")
+    assert not rec.all_match("d", state)  # one verification is missing
+    rec.record(VerifiedRecord.NAMES[2], "d", state, "run1")
+    assert rec.all_match("d", state) and not rec.all_match("other-chunks", state)
+    assert rec.matching("reconcile", "d", state, max_age_hours=0) is None  # too old
+    rec.record("reconcile", "d", None)  # unknown state records nothing
+    assert rec.all_match("d", state)

@@ -2,11 +2,12 @@ import dagster as dg
 
 from nova_pipeline.core.store import ContentStore
 from nova_pipeline.defs import compression, scan
-from nova_pipeline.resources import NovaSettings, ParquetTableIOManager
+from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
 
 def materialize(src, home, instance):
     resources = {
         "nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
+        "guard": DeletionGuardResource(),
         "io_manager": ParquetTableIOManager(nova_home=str(home)),
     }
     return dg.materialize(

@@ -19,7 +19,7 @@ from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
 from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client
 from nova_pipeline.defs import embedding, scan
-from nova_pipeline.resources import EmbedderResource, NovaSettings, ParquetTableIOManager
+from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings, ParquetTableIOManager
 from nova_pipeline_tests.conftest import run_dagster_cli
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ ASSETS = [scan.source_files, embedding.source_chunks, embedding.vector_index,
 def build(src, home, instance, batch_size=64):
     return dg.materialize(
         ASSETS,
-        resources={"nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
+        resources={"nova": NovaSettings(source_dir=str(src), nova_home=str(home)), "guard": DeletionGuardResource(),
                    "io_manager": ParquetTableIOManager(nova_home=str(home)),
                    "embedder": EmbedderResource()},
         instance=instance,

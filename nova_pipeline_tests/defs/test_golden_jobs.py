@@ -4,7 +4,7 @@ import pytest
 from nova_pipeline.core import audit, backup, golden
 from nova_pipeline.defs import golden as golden_defs
 from nova_pipeline.defs.jobs import backup_job, rebuild_job
-from nova_pipeline.resources import NovaSettings
+from nova_pipeline.resources import DeletionGuardResource, NovaSettings
 from nova_pipeline_tests.conftest import build_home, fake_embedder_resource
 
 
@@ -16,7 +16,7 @@ def home(json_tree, tmp_path):
 
 
 def resources(h):
-    return {"nova": NovaSettings(nova_home=str(h)), "embedder": fake_embedder_resource()}
+    return {"nova": NovaSettings(nova_home=str(h)), "embedder": fake_embedder_resource(), "guard": DeletionGuardResource()}
 
 
 def test_golden_copy_and_backup_assets_with_their_checks(home):

@@ -8,13 +8,14 @@ import pytest
 from nova_pipeline.core.errors import SettingsError
 from nova_pipeline.core.tables import read_table
 from nova_pipeline.defs.scan import source_files
-from nova_pipeline.resources import NovaSettings, ParquetTableIOManager
+from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
 from nova_pipeline_tests.conftest import REPO_ROOT
 
 
 def resources(src, home):
     return {
         "nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
+        "guard": DeletionGuardResource(),
         "io_manager": ParquetTableIOManager(nova_home=str(home)),
     }
 
@@ -82,6 +83,12 @@ def test_rebuild_job_on_real_tree_twice(stdlib_tree, nova_env, tmp_path):
         md = ev.asset_materialization.metadata
         assert md["bytes_rehashed"].value == 0
         assert md["status_unchanged"].value == files
+        # nothing to embed: the model is never loaded and torch never imported in the run's process
+        vmd = instance.get_latest_materialization_event(dg.AssetKey("vector_index")).asset_materialization.metadata
+        assert vmd["embedded"].value == 0 and vmd["model_loaded"].value is False
+        assert vmd["torch_imported"].value is False
+        gmd = instance.get_latest_materialization_event(dg.AssetKey("golden_copy")).asset_materialization.metadata
+        assert gmd["promoted"].value is False and gmd["reason"].value.startswith("unchanged: CURRENT")
     assert sorted(os.listdir(tmp_path)) == sorted(["src", "nova_home", "dagster_home"])  # nothing stray
 
 

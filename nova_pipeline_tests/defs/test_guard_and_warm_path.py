@@ -1,0 +1,131 @@
+"""The whole rebuild graph, twice and against an empty tree: the warm path and the mass-deletion guard."""
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from nova_pipeline.core import golden
+from nova_pipeline.core.errors import MassDeletionError
+from nova_pipeline.core.vector_store import get_collection, open_client
+from nova_pipeline_tests.conftest import FakeEmbedder, asset_metadata, materialize_rebuild
+
+ALLOW = {"resources": {"guard": {"config": {"allow_mass_delete": True}}}}
+
+
+def test_an_unchanged_rebuild_promotes_no_golden_version(json_tree, tmp_path):
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        first = golden.current_version(home)
+        again = materialize_rebuild(json_tree, home, instance)
+    assert again.success
+    md = asset_metadata(again, "golden_copy")
+    assert md["promoted"] is False and md["reason"] == f"unchanged: CURRENT {first.name} still matches"
+    assert md["bytes_written"] == 0 and md["version"] == first.name
+    assert [v.name for v in golden.list_versions(home)] == [first.name]
+    assert {e.check_name: e.passed for e in again.get_asset_check_evaluations()}["golden_copy_verifies"]
+
+
+def test_an_empty_source_dir_fails_at_the_guard_and_the_override_empties_on_purpose(json_tree, tmp_path):
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        collection = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
+        count, current = collection.count(), golden.current_version(home).name
+        assert count > 0
+        shutil.rmtree(json_tree / "json")  # the volume is "unmounted": an empty directory
+        refused = materialize_rebuild(json_tree, home, instance, raise_on_error=False)
+        assert not refused.success
+        failure = next(e for e in refused.all_node_events if e.is_step_failure)
+        assert failure.step_key == "source_files"
+        assert "MassDeletionError" in str(failure.event_specific_data.error) and "allow_mass_delete" in str(
+            failure.event_specific_data.error)
+        assert collection.count() == count and golden.current_version(home).name == current
+        # the same through the guard's own error, raised in-process
+        with pytest.raises(MassDeletionError, match=r"delete \d+ of \d+ \(100%"):
+            materialize_rebuild(json_tree, home, instance)
+
+        emptied = materialize_rebuild(json_tree, home, instance, run_config=ALLOW)
+    assert emptied.success, emptied
+    assert get_collection(open_client(home), FakeEmbedder.fingerprint, create=False).count() == 0
+    now = golden.current_version(home)
+    assert now.name != current and now.count == 0
+    assert asset_metadata(emptied, "source_files")["files_lost"] > 0
+
+
+def test_a_missing_source_dir_fails_at_the_guard(json_tree, tmp_path):
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        current = golden.current_version(home).name
+        shutil.rmtree(json_tree)
+        with pytest.raises(MassDeletionError, match="is missing"):
+            materialize_rebuild(json_tree, home, instance)
+    assert golden.current_version(home).name == current
+
+
+def snapshot(root):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_plan_predicts_the_next_build_and_writes_nothing(json_tree, tmp_path):
+    from nova_pipeline.core.plan import make_plan
+    from nova_pipeline.core.settings import Settings
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        settings = Settings.build(json_tree, home)
+        unchanged = make_plan(settings, fingerprint=FakeEmbedder.fingerprint)
+        assert unchanged.files == {"added": 0, "changed": 0, "unchanged": 5, "deleted": 0}
+        assert (unchanged.chunks_to_upsert, unchanged.texts_to_embed, unchanged.vectors_to_delete) == (0, 0, 0)
+        assert unchanged.golden.startswith("no new version") and not unchanged.refused
+
+        pkg = json_tree / "json"
+        (pkg / "decoder.py").write_text((pkg / "decoder.py").read_text() + "\n\ndef twice(s):\n    return s * 2\n")
+        (pkg / "tool.py").unlink()
+        (pkg / "extra.py").write_text("def extra():\n    return 42\n")
+        before = snapshot(home)
+        p = make_plan(settings, fingerprint=FakeEmbedder.fingerprint)
+        assert snapshot(home) == before  # a dry run writes nothing
+        assert (p.files["added"], p.files["changed"], p.files["deleted"]) == (1, 1, 1)
+        assert p.examples["deleted"] == ["json/tool.py"] and p.golden.startswith("a new golden version")
+
+        built = materialize_rebuild(json_tree, home, instance)
+    vmd = asset_metadata(built, "vector_index")
+    assert (p.chunks_to_upsert, p.texts_to_embed, p.vectors_to_delete, p.chunks) == (
+        vmd["upserted"], vmd["embedded"], vmd["deleted"], vmd["chunks"])
+    assert asset_metadata(built, "golden_copy")["promoted"] is True
+
+
+def test_plan_lists_the_guard_refusal_for_an_empty_tree(json_tree, tmp_path):
+    from nova_pipeline.core.plan import make_plan
+    from nova_pipeline.core.settings import Settings
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+    shutil.rmtree(json_tree / "json")
+    p = make_plan(Settings.build(json_tree, home), fingerprint=FakeEmbedder.fingerprint)
+    assert p.refused and "source_files" in p.refusals[0] and p.files["deleted"] > 0
+
+
+def test_an_unchanged_run_skips_chroma_until_something_writes_to_it(json_tree, tmp_path):
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        first = materialize_rebuild(json_tree, home, instance)
+        assert asset_metadata(first, "vector_index")["verified"].startswith("reconciled")
+        again = materialize_rebuild(json_tree, home, instance)
+        assert asset_metadata(again, "vector_index")["verified"].startswith("unchanged since verified in run")
+        checks = {e.check_name: e for e in again.get_asset_check_evaluations()}
+        assert all(checks[c].passed for c in ("vector_count_matches_chunks", "chunks_find_themselves"))
+        assert checks["chunks_find_themselves"].metadata["verified"].value.startswith("unchanged since")
+        # outside damage: a vector deleted behind the pipeline's back is a write; the next run repairs it
+        col = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
+        lost = col.get(limit=1)["ids"]
+        col.delete(ids=lost)
+        repaired = materialize_rebuild(json_tree, home, instance)
+    md = asset_metadata(repaired, "vector_index")
+    assert md["verified"].startswith("reconciled") and md["upserted"] == 1 and md["embedded"] == 0
+    assert get_collection(open_client(home), FakeEmbedder.fingerprint, create=False).get(ids=lost)["ids"] == lost
