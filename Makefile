@@ -20,7 +20,7 @@ export NOVA_HOME ?= $(CURDIR)/.nova
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install dagster-home rebuild status test ui bench clean
+.PHONY: install dagster-home rebuild status test lint ui bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,11 @@ rebuild: install dagster-home
 status: install
 	NOVA_SOURCE_DIR="$(SOURCE)" $(BIN)/nova status
 
-test: install
+test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check nova_pipeline nova_pipeline_tests benchmarks
 
 ui: install dagster-home
 	NOVA_SOURCE_DIR="$(SOURCE)" $(BIN)/dagster dev -m nova_pipeline.definitions

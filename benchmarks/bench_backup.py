@@ -37,7 +37,9 @@ def best_of(n, fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--packages", default="email,json,http,logging,asyncio,xml,urllib,unittest,concurrent,importlib")
+    ap.add_argument(
+        "--packages", default="email,json,http,logging,asyncio,xml,urllib,unittest,concurrent,importlib"
+    )
     args = ap.parse_args()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
@@ -50,26 +52,39 @@ def main() -> None:
         v = golden.promote(home, FakeEmbedder.fingerprint).version
         _, members = backup._members(home)
         nbytes = sum(p.stat().st_size for _, p in members)
-        print(f"golden version {v.name}: {v.count:,} vectors; {len(members):,} files, {nbytes:,} bytes to archive")
+        print(
+            f"golden version {v.name}: {v.count:,} vectors; {len(members):,} files, "
+            f"{nbytes:,} bytes to archive"
+        )
 
         listing = work / "files.txt"
         listing.write_text("\n".join(str(p) for _, p in members) + "\n")
         tar_out = work / "tar.tar.zst"
-        t_tar = best_of(3, lambda: subprocess.run(
-            ["tar", "-I", "zstd -3", "-cf", str(tar_out), "-P", "-T", str(listing)], check=True))
+        t_tar = best_of(
+            3,
+            lambda: subprocess.run(
+                ["tar", "-I", "zstd -3", "-cf", str(tar_out), "-P", "-T", str(listing)], check=True
+            ),
+        )
         results = []
         t_ours = best_of(3, lambda: results.append(backup.create_backup(home, keep=10)))
         b = results[-1].info
         print(f"tar -I 'zstd -3': {t_tar:.3f} s ({tar_out.stat().st_size:,} bytes)")
         print(f"nova backup:      {t_ours:.3f} s ({b.size:,} bytes, blake3 of every member, manifest, fsync)")
         print(f"  backup / tar: {t_ours / t_tar:.2f}x   target <= 1.25x")
-        t_tar_read = best_of(3, lambda: subprocess.run(f"zstd -dc {tar_out} | tar -t > /dev/null", shell=True,
-                                                       check=True))
+        t_tar_read = best_of(
+            3, lambda: subprocess.run(f"zstd -dc {tar_out} | tar -t > /dev/null", shell=True, check=True)
+        )
         t_verify = best_of(3, lambda: backup.verify_full(b))
-        print(f"full-read verify: {t_verify:.3f} s vs `zstd -dc | tar -t` {t_tar_read:.3f} s "
-              f"({t_verify / t_tar_read:.2f}x)")
+        print(
+            f"full-read verify: {t_verify:.3f} s vs `zstd -dc | tar -t` {t_tar_read:.3f} s "
+            f"({t_verify / t_tar_read:.2f}x)"
+        )
         t_drill = best_of(1, lambda: backup.restore_drill(home, b))
-        print(f"restore drill (extract, open Chroma in a subprocess, verify {len(members):,} files): {t_drill:.2f} s")
+        print(
+            f"restore drill (extract, open Chroma in a subprocess, verify {len(members):,} files): "
+            f"{t_drill:.2f} s"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

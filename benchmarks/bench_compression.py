@@ -24,7 +24,12 @@ from pathlib import Path
 import zstandard as zstd
 
 from nova_pipeline.core.dictionary import (
-    SAMPLE_FACTOR, DictionaryOptions, DictionaryRegistry, build_for_tree, choose_sample, heldout_ratio,
+    SAMPLE_FACTOR,
+    DictionaryOptions,
+    DictionaryRegistry,
+    build_for_tree,
+    choose_sample,
+    heldout_ratio,
     is_heldout,
 )
 from nova_pipeline.core.patterns import PatternOptions, find_patterns
@@ -77,8 +82,20 @@ def run(root: Path, work: Path) -> None:
         for i, s in enumerate(sample):
             (sdir / f"{i:06d}").write_bytes(s)
         t0 = time.perf_counter()
-        subprocess.run([zstd_cli, "--train", "-q", f"-{opts.level}", f"--maxdict={len(ours)}", "-r", str(sdir),
-                        "-o", str(work / "cli.dict")], check=True)
+        subprocess.run(
+            [
+                zstd_cli,
+                "--train",
+                "-q",
+                f"-{opts.level}",
+                f"--maxdict={len(ours)}",
+                "-r",
+                str(sdir),
+                "-o",
+                str(work / "cli.dict"),
+            ],
+            check=True,
+        )
         t_cli = time.perf_counter() - t0
         cli = (work / "cli.dict").read_bytes()
         r_cli = heldout_ratio(held, cli, opts.level)
@@ -88,7 +105,9 @@ def run(root: Path, work: Path) -> None:
     # --- store throughput ------------------------------------------------------------------------------
     contents = [c for _, c in pairs]
     nbytes = sum(map(len, contents))
-    cctx = zstd.ZstdCompressor(level=opts.level, dict_data=zstd.ZstdCompressionDict(ours), write_checksum=False)
+    cctx = zstd.ZstdCompressor(
+        level=opts.level, dict_data=zstd.ZstdCompressionDict(ours), write_checksum=False
+    )
     t0 = time.perf_counter()
     for c in contents:
         cctx.compress(c)
@@ -97,20 +116,27 @@ def run(root: Path, work: Path) -> None:
     rows, put = store.put_many(unique, info.blake3, level=opts.level)
     assert put.written == len(pairs)
     print(f"raw zstandard compress loop:  {nbytes / 1e6 / t_raw:8.1f} MB/s ({t_raw:.3f} s)")
-    print(f"store, compress + round trip: {nbytes / 1e6 / put.compress_seconds:8.1f} MB/s "
-          f"({put.compress_seconds:.3f} s)  ratio {nbytes / 1e6 / put.compress_seconds / (nbytes / 1e6 / t_raw):.2f}x"
-          "   target >= 0.8x")
-    print(f"store, end to end (read, compress, verify, syncfs, rename): {put.mb_per_s:8.1f} MB/s "
-          f"({put.seconds:.3f} s)  ratio {t_raw / put.seconds:.2f}x")
+    print(
+        f"store, compress + round trip: {nbytes / 1e6 / put.compress_seconds:8.1f} MB/s "
+        f"({put.compress_seconds:.3f} s)  "
+        f"ratio {nbytes / 1e6 / put.compress_seconds / (nbytes / 1e6 / t_raw):.2f}x"
+        "   target >= 0.8x"
+    )
+    print(
+        f"store, end to end (read, compress, verify, syncfs, rename): {put.mb_per_s:8.1f} MB/s "
+        f"({put.seconds:.3f} s)  ratio {t_raw / put.seconds:.2f}x"
+    )
     print(f"store ratio: {put.bytes_in / put.bytes_out:.3f}x over {put.written:,} objects")
 
     # --- frequent patterns -----------------------------------------------------------------------------
     t0 = time.perf_counter()
     df, stats = find_patterns(root, manifest, PatternOptions(), work / "pattern-cache")
     t_pat = time.perf_counter() - t0
-    print(f"frequent_patterns: {t_pat:.1f} s wall   target <= 60 s;  memory added (this process + workers) "
-          f"{stats.peak_rss_mb:.0f} MiB   target <= 1024 MiB;  {stats.shards} shards, {stats.workers} workers, "
-          f"{len(df)} patterns")
+    print(
+        f"frequent_patterns: {t_pat:.1f} s wall   target <= 60 s;  memory added (this process + workers) "
+        f"{stats.peak_rss_mb:.0f} MiB   target <= 1024 MiB;  {stats.shards} shards, {stats.workers} workers, "
+        f"{len(df)} patterns"
+    )
 
 
 if __name__ == "__main__":

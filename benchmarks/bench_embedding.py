@@ -28,7 +28,9 @@ from nova_pipeline.core.embedding import EmbeddingCache, SentenceTransformerEmbe
 from nova_pipeline.core.scanning import ScanOptions, scan
 from nova_pipeline.core.vector_store import get_collection, open_client, query, reconcile
 
-DEFAULT_PACKAGES = "email,json,http,logging,asyncio,concurrent,importlib,xml,urllib,collections,unittest,sqlite3"
+DEFAULT_PACKAGES = (
+    "email,json,http,logging,asyncio,concurrent,importlib,xml,urllib,collections,unittest,sqlite3"
+)
 
 
 def main() -> None:
@@ -53,16 +55,23 @@ def run(src: Path, work: Path, n_chunks: int) -> None:
     chunks, cstats = chunk_manifest(src, manifest, None, tok.count, tok.max_seq_length)
     chunks = chunks.drop_duplicates("content_blake3").head(n_chunks).reset_index(drop=True)
     texts = chunks["text"].tolist()
-    print(f"chunks: {len(chunks):,} unique (from {cstats.chunks:,} over {cstats.files_chunked} files), "
-          f"mean {chunks['n_tokens'].mean():.0f} word pieces, {int(chunks['truncated'].sum())} truncated")
+    print(
+        f"chunks: {len(chunks):,} unique (from {cstats.chunks:,} over {cstats.files_chunked} files), "
+        f"mean {chunks['n_tokens'].mean():.0f} word pieces, {int(chunks['truncated'].sum())} truncated"
+    )
 
     model = SentenceTransformerEmbedder()
     print(f"model: {model.fingerprint} on {model.device}, loaded in {model.load_seconds:.1f} s")
     model.model.encode(texts[:64], batch_size=32)  # warm up
 
     t0 = time.perf_counter()
-    model.model.encode(texts, batch_size=model.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                       show_progress_bar=False)
+    model.model.encode(
+        texts,
+        batch_size=model.batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
     t_raw = time.perf_counter() - t0
 
     home = work / "home"
@@ -76,8 +85,10 @@ def run(src: Path, work: Path, n_chunks: int) -> None:
     t_warm = time.perf_counter() - t0
 
     print(f"raw SentenceTransformer.encode: {len(texts) / t_raw:6.1f} chunks/s ({t_raw:.1f} s)")
-    print(f"vector_index cold (cache, embed, upsert): {len(texts) / t_cold:6.1f} chunks/s ({t_cold:.1f} s), "
-          f"{cold.embedded} embedded")
+    print(
+        f"vector_index cold (cache, embed, upsert): {len(texts) / t_cold:6.1f} chunks/s ({t_cold:.1f} s), "
+        f"{cold.embedded} embedded"
+    )
     print(f"  throughput ratio (ours / raw encode): {t_raw / t_cold:.3f}x   target >= 0.95x")
     print(f"vector_index unchanged rerun: {t_warm:.3f} s, {warm.embedded} embedded, {warm.upserted} upserted")
     print(f"  rerun / cold: {t_warm / t_cold:.4f}x   target <= 0.1x")
@@ -103,8 +114,10 @@ def run(src: Path, work: Path, n_chunks: int) -> None:
     vecs = model.embed([t[0] for t in targets])
     hits = query(col, vecs, 5)
     found = sum(1 for (q, cid, _, _), h in zip(targets, hits) if cid in {x.chunk_id for x in h})
-    print(f"recall@5: {found}/{len(targets)} = {found / max(1, len(targets)):.2f}  "
-          "(query: first docstring line; hit: the function's chunk in the top 5)")
+    print(
+        f"recall@5: {found}/{len(targets)} = {found / max(1, len(targets)):.2f}  "
+        "(query: first docstring line; hit: the function's chunk in the top 5)"
+    )
     misses = [(p, n) for (q, cid, p, n), h in zip(targets, hits) if cid not in {x.chunk_id for x in h}][:5]
     if misses:
         print("  e.g. missed: " + ", ".join(f"{p}:{n}" for p, n in misses))

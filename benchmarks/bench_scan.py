@@ -1,7 +1,8 @@
 """Benchmark the scan against its anchors, on the whole standard library of the running interpreter.
 
 Prints, from one process:
-  * cold scan throughput as a ratio to reading + blake3-hashing the same files in a bare loop (target >= 0.7x);
+  * cold scan throughput as a ratio to reading + blake3-hashing the same files in a bare loop
+    (target >= 0.7x);
   * warm re-scan time as a ratio to a bare os.scandir + stat pass over the same files (target <= 2x);
   * peak RSS.
 Each timing is the best of ``--repeat`` runs with a warm page cache, anchors and subject interleaved.
@@ -79,11 +80,11 @@ def main() -> None:
         assert warm.stats.bytes_hashed == 0
 
     mbps = lambda t: nbytes / 1e6 / t  # noqa: E731
-    print(f"cold scan:   {t_cold*1e3:8.1f} ms  {mbps(t_cold):8.1f} MB/s")
-    print(f"bare hash:   {t_bare_hash*1e3:8.1f} ms  {mbps(t_bare_hash):8.1f} MB/s   (read + blake3 loop)")
+    print(f"cold scan:   {t_cold * 1e3:8.1f} ms  {mbps(t_cold):8.1f} MB/s")
+    print(f"bare hash:   {t_bare_hash * 1e3:8.1f} ms  {mbps(t_bare_hash):8.1f} MB/s   (read + blake3 loop)")
     print(f"cold throughput ratio (scan / bare hash): {t_bare_hash / t_cold:.2f}x   target >= 0.70x")
-    print(f"warm rescan: {t_warm*1e3:8.1f} ms  (0 bytes re-hashed)")
-    print(f"bare stat:   {t_bare_stat*1e3:8.1f} ms   (os.scandir + stat over the same files)")
+    print(f"warm rescan: {t_warm * 1e3:8.1f} ms  (0 bytes re-hashed)")
+    print(f"bare stat:   {t_bare_stat * 1e3:8.1f} ms   (os.scandir + stat over the same files)")
     print(f"warm time ratio (rescan / bare stat):     {t_warm / t_bare_stat:.2f}x   target <= 2.00x")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
 

@@ -89,8 +89,13 @@ def raw_embed_seconds(texts: list[str]) -> dict[str, float]:
             "t2 = time.perf_counter()\n"
             "print(json.dumps({'load': t1 - t0, 'encode': t2 - t1}))")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if proc.returncode != 0:
         sys.exit(f"the raw encode anchor failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -113,8 +118,15 @@ def main() -> None:
         dhome.mkdir()
         shutil.copy(REPO / "dagster.yaml", dhome / "dagster.yaml")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}
-        env.update({"NOVA_SOURCE_DIR": str(src), "NOVA_HOME": str(work / "nova_home"), "DAGSTER_HOME": str(dhome),
-                    "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"})
+        env.update(
+            {
+                "NOVA_SOURCE_DIR": str(src),
+                "NOVA_HOME": str(work / "nova_home"),
+                "DAGSTER_HOME": str(dhome),
+                "HF_HUB_OFFLINE": "1",
+                "ANONYMIZED_TELEMETRY": "False",
+            }
+        )
         os.environ["DAGSTER_HOME"] = str(dhome)  # dagster.yaml reads it when this process opens the instance
         run(src, work, dhome, env, args.repeat)
     finally:
@@ -129,14 +141,20 @@ def run(src: Path, work: Path, dhome: Path, env: dict, repeat: int) -> None:
     files = sum(1 for p in src.rglob("*") if p.is_file())
     floor_env = {**env, "DAGSTER_HOME": str(dhome)}
     floor_file = str(REPO / "benchmarks" / "floor_job.py")
-    floor = min(dagster(["job", "execute", "-f", floor_file, "-j", "floor"], floor_env) for _ in range(repeat))
-    shape = min(dagster(["job", "execute", "-f", floor_file, "-j", "shape_floor"], floor_env) for _ in range(repeat))
+    floor = min(
+        dagster(["job", "execute", "-f", floor_file, "-j", "floor"], floor_env) for _ in range(repeat)
+    )
+    shape = min(
+        dagster(["job", "execute", "-f", floor_file, "-j", "shape_floor"], floor_env) for _ in range(repeat)
+    )
     cold = rebuild(env)
     chunks = read_table(home, "source_chunks")
     print(f"tree: {files} files from the standard library, {len(chunks):,} chunks; executor: in_process")
     print(f"floor (trivial 2-asset job, same executor, best of {repeat}): {floor:6.2f} s")
-    print(f"shape floor (no-op assets and checks shaped like rebuild):  {shape:6.2f} s   "
-          f"{shape / floor:.2f}x the floor: Dagster's own cost of the graph")
+    print(
+        f"shape floor (no-op assets and checks shaped like rebuild):  {shape:6.2f} s   "
+        f"{shape / floor:.2f}x the floor: Dagster's own cost of the graph"
+    )
     print(f"cold rebuild:                                    {cold:6.2f} s")
 
     warm = []
@@ -144,25 +162,37 @@ def run(src: Path, work: Path, dhome: Path, env: dict, repeat: int) -> None:
         warm.append(rebuild(env))
     warm_steps, warm_meta = last_run_steps(dhome)
     versions = golden.list_versions(home)
-    print(f"unchanged rebuild (best of {repeat}):               {min(warm):6.2f} s   "
-          f"ratio to floor {min(warm) / floor:.2f}x   target <= 1.50x   "
-          f"(to the shape floor {min(warm) / shape:.2f}x)")
-    print(f"  embedded {warm_meta.get('embedded')}, model loaded: {warm_meta.get('model_loaded')}, "
-          f"torch imported: {warm_meta.get('torch_imported')}; golden versions after {repeat + 1} runs: "
-          f"{len(versions)}")
+    print(
+        f"unchanged rebuild (best of {repeat}):               {min(warm):6.2f} s   "
+        f"ratio to floor {min(warm) / floor:.2f}x   target <= 1.50x   "
+        f"(to the shape floor {min(warm) / shape:.2f}x)"
+    )
+    print(
+        f"  embedded {warm_meta.get('embedded')}, model loaded: {warm_meta.get('model_loaded')}, "
+        f"torch imported: {warm_meta.get('torch_imported')}; golden versions after {repeat + 1} runs: "
+        f"{len(versions)}"
+    )
 
     target = src / EDITED
-    target.write_text(target.read_text() + '\n\ndef bench_warm_added(value):\n    """Return value twice."""\n'
-                      "    return value * 2\n")
+    target.write_text(
+        target.read_text() + '\n\ndef bench_warm_added(value):\n    """Return value twice."""\n'
+        "    return value * 2\n"
+    )
     edit = rebuild(env)
     edit_steps, edit_meta = last_run_steps(dhome)
     after = read_table(home, "source_chunks")
-    new = after[~after["content_blake3"].isin(set(chunks["content_blake3"]))].drop_duplicates("content_blake3")
+    new = after[~after["content_blake3"].isin(set(chunks["content_blake3"]))].drop_duplicates(
+        "content_blake3"
+    )
     anchor = raw_embed_seconds(new["text"].tolist())
-    print(f"edit of one file ({EDITED}):                 {edit:6.2f} s   {len(new)} new texts, "
-          f"{edit_meta.get('embedded')} embedded, model load {edit_meta.get('model_load_s')} s in the run")
-    print(f"  raw encode of those texts in a fresh process: {anchor['process']:.2f} s "
-          f"(import + load {anchor['load']:.2f} s, encode {anchor['encode']:.2f} s)")
+    print(
+        f"edit of one file ({EDITED}):                 {edit:6.2f} s   {len(new)} new texts, "
+        f"{edit_meta.get('embedded')} embedded, model load {edit_meta.get('model_load_s')} s in the run"
+    )
+    print(
+        f"  raw encode of those texts in a fresh process: {anchor['process']:.2f} s "
+        f"(import + load {anchor['load']:.2f} s, encode {anchor['encode']:.2f} s)"
+    )
     print(f"  ratio to (floor + raw encode): {edit / (floor + anchor['process']):.2f}x   target <= 1.50x")
     newest = golden.current_version(home)
     print(f"  golden versions: {len(golden.list_versions(home))}, newest {newest.name}")

@@ -19,12 +19,21 @@ def floor_b(floor_a: int) -> int:
 
 
 SHAPE = {  # asset: upstream assets, as in the rebuild job
-    "source_files": [], "frequent_patterns": ["source_files"], "compression_dictionary": ["frequent_patterns"],
-    "compressed_store": ["compression_dictionary"], "source_chunks": ["source_files"],
-    "vector_index": ["source_chunks"], "golden_copy": ["vector_index", "compressed_store"],
+    "source_files": [],
+    "frequent_patterns": ["source_files"],
+    "compression_dictionary": ["frequent_patterns"],
+    "compressed_store": ["compression_dictionary"],
+    "source_chunks": ["source_files"],
+    "vector_index": ["source_chunks"],
+    "golden_copy": ["vector_index", "compressed_store"],
 }
-CHECKS = [("compression_dictionary", False), ("compressed_store", True), ("vector_index", True),
-          ("vector_index", True), ("golden_copy", True)]
+CHECKS = [
+    ("compression_dictionary", False),
+    ("compressed_store", True),
+    ("vector_index", True),
+    ("vector_index", True),
+    ("golden_copy", True),
+]
 
 
 def _asset(name, upstream):
@@ -47,7 +56,9 @@ shape_assets = [_asset(n, u) for n, u in SHAPE.items()]
 shape_checks = [_check(a, i, b) for i, (a, b) in enumerate(CHECKS)]
 
 floor = dg.define_asset_job("floor", selection=[floor_a, floor_b], executor_def=dg.in_process_executor)
-shape_floor = dg.define_asset_job("shape_floor", selection=dg.AssetSelection.key_prefixes("floor"),
-                                  executor_def=dg.in_process_executor)
-defs = dg.Definitions(assets=[floor_a, floor_b, *shape_assets], asset_checks=shape_checks,
-                      jobs=[floor, shape_floor])
+shape_floor = dg.define_asset_job(
+    "shape_floor", selection=dg.AssetSelection.key_prefixes("floor"), executor_def=dg.in_process_executor
+)
+defs = dg.Definitions(
+    assets=[floor_a, floor_b, *shape_assets], asset_checks=shape_checks, jobs=[floor, shape_floor]
+)

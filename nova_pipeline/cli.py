@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nova_pipeline.core.backup import DEFAULT_KEEP
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.scanning import DELETED
 from nova_pipeline.core.settings import Settings
-from nova_pipeline.core.tables import read_table, table_path
+from nova_pipeline.core.tables import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES, read_table, table_path
 
 app = typer.Typer(help="nova_pipeline: search and manage the knowledge store built by the rebuild job.",
                   no_args_is_help=True)
@@ -36,7 +37,7 @@ def status() -> None:
     from nova_pipeline.core.store import ContentStore
 
     s = _settings()
-    manifest = read_table(s.home, "source_files")
+    manifest = read_table(s.layout, SOURCE_FILES)
     if manifest is None:
         console.print(f"[yellow]Nothing built yet under {s.home}: run the rebuild job "
                       "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild).")
@@ -46,45 +47,70 @@ def status() -> None:
         table.add_column(col)
     live = manifest[manifest["status"] != DELETED]
     counts = manifest["status"].value_counts().to_dict()
-    table.add_row("source_files", f"{len(live):,} files, {int(live['size'].sum()):,} bytes; "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), str(table_path(s.home, "source_files")))
-    patterns = read_table(s.home, "frequent_patterns")
+    table.add_row(
+        "source_files",
+        f"{len(live):,} files, {int(live['size'].sum()):,} bytes; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+        str(table_path(s.layout, SOURCE_FILES)),
+    )
+    patterns = read_table(s.layout, FREQUENT_PATTERNS)
     if patterns is not None:
-        table.add_row("frequent_patterns", f"{len(patterns)} patterns", str(table_path(s.home, "frequent_patterns")))
+        table.add_row(
+            "frequent_patterns", f"{len(patterns)} patterns", str(table_path(s.layout, FREQUENT_PATTERNS))
+        )
     info = DictionaryRegistry(s.home).current()
     if info is not None:
-        what = (f"{info.size:,} B, held-out ratio {info.ratio_with:.2f}x vs {info.ratio_without:.2f}x without"
-                if info.blake3 else f"none ({info.reason})")
+        what = (
+            f"{info.size:,} B, held-out ratio {info.ratio_with:.2f}x vs {info.ratio_without:.2f}x without"
+            if info.blake3
+            else f"none ({info.reason})"
+        )
         table.add_row("compression_dictionary", what, str(DictionaryRegistry(s.home).dir))
     store = ContentStore(s.home)
     if store.index_path.exists():
         idx = store.index()
         raw, stored = int(idx["size"].sum()), int(idx["stored_size"].sum())
-        table.add_row("compressed_store", f"{len(idx):,} objects, {raw:,} -> {stored:,} bytes "
-                      f"({raw / stored if stored else 0:.2f}x)", str(store.root))
-    chunks = read_table(s.home, "source_chunks")
+        table.add_row(
+            "compressed_store",
+            f"{len(idx):,} objects, {raw:,} -> {stored:,} bytes ({raw / stored if stored else 0:.2f}x)",
+            str(store.root),
+        )
+    chunks = read_table(s.layout, SOURCE_CHUNKS)
     if chunks is not None:
-        table.add_row("source_chunks", f"{len(chunks):,} chunks, {int(chunks['truncated'].sum())} truncated",
-                      str(table_path(s.home, "source_chunks")))
+        table.add_row(
+            "source_chunks",
+            f"{len(chunks):,} chunks, {int(chunks['truncated'].sum())} truncated",
+            str(table_path(s.layout, SOURCE_CHUNKS)),
+        )
         try:
             from nova_pipeline.core.embedding import bundled_fingerprint
             from nova_pipeline.core.vector_store import get_collection, open_client
 
             col = get_collection(open_client(s.home, s.chroma_url), bundled_fingerprint(), create=False)
-            table.add_row("vector_index", f"{col.count():,} vectors in collection {col.name}",
-                          s.chroma_url or str(s.home / "vectors"))
+            table.add_row(
+                "vector_index",
+                f"{col.count():,} vectors in collection {col.name}",
+                s.chroma_url or str(s.layout.vectors),
+            )
         except NovaError as exc:
-            table.add_row("vector_index", f"[red]{exc}", s.chroma_url or str(s.home / "vectors"))
+            table.add_row("vector_index", f"[red]{exc}", s.chroma_url or str(s.layout.vectors))
     from nova_pipeline.core import backup, golden
 
     cur = golden.current_version(s.home)
     if cur is not None:
-        table.add_row("golden_copy", f"CURRENT {cur.name}: {cur.count:,} vectors, {cur.files} files, "
-                      f"{len(golden.list_versions(s.home))} versions kept", str(cur.path))
+        table.add_row(
+            "golden_copy",
+            f"CURRENT {cur.name}: {cur.count:,} vectors, {cur.files} files, "
+            f"{len(golden.list_versions(s.home))} versions kept",
+            str(cur.path),
+        )
     found = backup.list_backups(s.home)
     if found:
-        table.add_row("backups", f"{len(found)} backups, newest {found[0].id} ({found[0].size:,} bytes)",
-                      str(backup.backups_dir(s.home)))
+        table.add_row(
+            "backups",
+            f"{len(found)} backups, newest {found[0].id} ({found[0].size:,} bytes)",
+            str(backup.backups_dir(s.home)),
+        )
     console.print(table)
     if s.source_dir is not None:
         console.print(f"source: {s.source_dir}")
@@ -103,15 +129,30 @@ def search(
     with console.status("searching…", spinner="dots") if not as_json else contextlib.nullcontext():
         hits = run_search(query, k, settings=_settings())
     if as_json:
-        print(json.dumps([
-            {"path": h.path, "start_line": h.start_line, "end_line": h.end_line, "symbol": h.symbol,
-             "language": h.language, "score": round(h.score, 4), "snippet": h.snippet(), "chunk_id": h.chunk_id}
-            for h in hits
-        ], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": h.path,
+                        "start_line": h.start_line,
+                        "end_line": h.end_line,
+                        "symbol": h.symbol,
+                        "language": h.language,
+                        "score": round(h.score, 4),
+                        "snippet": h.snippet(),
+                        "chunk_id": h.chunk_id,
+                    }
+                    for h in hits
+                ],
+                indent=1,
+            )
+        )
         return
     for rank, h in enumerate(hits, 1):
         symbol = f"  [bold]{h.symbol}[/bold]" if h.symbol else ""
-        console.print(f"{rank}. [cyan]{h.path}:{h.start_line}-{h.end_line}[/cyan]{symbol}  score {h.score:.3f}")
+        console.print(
+            f"{rank}. [cyan]{h.path}:{h.start_line}-{h.end_line}[/cyan]{symbol}  score {h.score:.3f}"
+        )
         for line in h.snippet().splitlines():
             console.print(f"     {line}", markup=False, highlight=False)
 
@@ -119,11 +160,13 @@ def search(
 @app.command()
 def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
-    allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete",
-                                           help="plan as a run with the mass-deletion override would"),
+    allow_mass_delete: bool = typer.Option(
+        False, "--allow-mass-delete", help="plan as a run with the mass-deletion override would"
+    ),
 ) -> None:
     """Dry run of the rebuild job: files added, changed and deleted; chunks to embed; vectors to delete;
-    whether a golden version would be promoted; whether the mass-deletion guard would refuse. Writes nothing."""
+    whether a golden version would be promoted; whether the mass-deletion guard would refuse.
+    Writes nothing."""
     from dataclasses import asdict
 
     from nova_pipeline.core.guard import DeletionGuard
@@ -155,8 +198,9 @@ def plan(
 @app.command()
 def resume(
     run_id: str = typer.Argument(..., help="id of the failed run"),
-    allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete",
-                                           help="let the re-executed run delete most of the index"),
+    allow_mass_delete: bool = typer.Option(
+        False, "--allow-mass-delete", help="let the re-executed run delete most of the index"
+    ),
 ) -> None:
     """Re-execute a failed run from failure, using the Dagster instance of DAGSTER_HOME."""
     import dagster as dg
@@ -164,22 +208,35 @@ def resume(
     with dg.DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
         if run is None:
-            raise NovaError(f"no run {run_id} in the Dagster instance at {instance.root_directory}; "
-                            "check DAGSTER_HOME")
+            raise NovaError(
+                f"no run {run_id} in the Dagster instance at {instance.root_directory}; check DAGSTER_HOME"
+            )
         options = dg.ReexecutionOptions.from_failure(run_id, instance)
         run_config = dict(run.run_config or {})
         if allow_mass_delete:
-            run_config["resources"] = {**run_config.get("resources", {}),
-                                       "guard": {"config": {"allow_mass_delete": True}}}
-        result = dg.execute_job(dg.reconstructable(_job_for_resume), instance=instance, run_config=run_config,
-                                reexecution_options=options, tags={"nova/resumed_from": run_id})
-        console.print(f"run {result.run_id} ({'success' if result.success else 'failed'}), "
-                      f"re-executing {run.job_name} from the failure of {run_id}")
+            run_config["resources"] = {
+                **run_config.get("resources", {}),
+                "guard": {"config": {"allow_mass_delete": True}},
+            }
+        job = dg.build_reconstructable_job("nova_pipeline.cli", "job_for_resume", (run.job_name,))
+        result = dg.execute_job(
+            job,
+            instance=instance,
+            run_config=run_config,
+            reexecution_options=options,
+            tags={"nova/resumed_from": run_id},
+        )
+        console.print(
+            f"run {result.run_id} ({'success' if result.success else 'failed'}), "
+            f"re-executing {run.job_name} from the failure of {run_id}"
+        )
         if not result.success:
             raise typer.Exit(1)
 
 
-golden_app = typer.Typer(help="Golden copies: list, verify, reset the index from CURRENT.", no_args_is_help=True)
+golden_app = typer.Typer(
+    help="Golden copies: list, verify, reset the index from CURRENT.", no_args_is_help=True
+)
 backup_app = typer.Typer(help="Backups: create, list, verify, restore.", no_args_is_help=True)
 app.add_typer(golden_app, name="golden")
 app.add_typer(backup_app, name="backup")
@@ -220,25 +277,35 @@ def golden_verify() -> None:
 
 
 @golden_app.command("reset")
-def golden_reset(yes: bool = typer.Option(False, "--yes", help="confirm: replace the index from the golden copy")) -> None:
+def golden_reset(
+    yes: bool = typer.Option(False, "--yes", help="confirm: replace the index from the golden copy"),
+) -> None:
     """Rebuild the primary index from the CURRENT golden copy without re-embedding (audited)."""
     from nova_pipeline.core import audit, golden
 
     s = _settings()
     entry = golden.reset_index(s.home, s.chroma_url, yes, audit.actor())
-    console.print(f"reset from golden version {entry['details']['version']}: {entry['details']['count']:,} vectors "
-                  f"({entry['outcome']})")
+    console.print(
+        f"reset from golden version {entry['details']['version']}: {entry['details']['count']:,} vectors "
+        f"({entry['outcome']})"
+    )
 
 
 @backup_app.command("create")
-def backup_create(keep: int = typer.Option(7, help="verified backups to keep")) -> None:
-    """Back up the CURRENT golden copy and its store objects (no Dagster database dump from here)."""
+def backup_create(keep: int = typer.Option(DEFAULT_KEEP, help="verified backups to keep")) -> None:
+    """Back up the CURRENT golden copy and its store objects, and the Dagster database when the instance of
+    DAGSTER_HOME is on PostgreSQL (the same as the `backup` job)."""
     from nova_pipeline.core import backup
 
+    pg_url = _instance_postgres_url()
     with console.status("writing backup…"):
-        r = backup.create_backup(_settings().home, keep=keep)
-    console.print(f"backup {r.info.id}: {r.members} members, {r.bytes:,} -> {r.info.size:,} bytes in "
-                  f"{r.seconds:.1f} s  {r.info.path}")
+        r = backup.create_backup(_settings().home, pg_url, keep=keep)
+    console.print(
+        f"backup {r.info.id}: {r.members} members, {r.bytes:,} -> {r.info.size:,} bytes in "
+        f"{r.seconds:.1f} s  {r.info.path}; pg_dump: {r.pg_dump}"
+    )
+    if r.pg_dump.startswith("failed"):
+        raise typer.Exit(1)
 
 
 @backup_app.command("list")
@@ -259,12 +326,12 @@ def backup_verify(
     from nova_pipeline.core import backup
 
     s = _settings()
-    found = backup.list_backups(s.home)
-    if not found:
+    newest = backup.newest_backup(s.home)
+    if newest is None:
         raise NovaError(f"no backups under {backup.backups_dir(s.home)}: nova backup create")
-    bid = backup_id or found[0].id
+    bid = backup_id or newest.id
     with console.status(f"verifying {bid} at level {level}…"):
-        failures = backup.verify(s.home, bid, level)
+        failures = backup.verify(s.home, bid, level, _instance_postgres_url())
     _report(f"backup {bid} level {level}", failures)
 
 
@@ -279,14 +346,38 @@ def backup_restore(
     s = _settings()
     with console.status(f"restoring {backup_id}…"):
         entry = backup.restore(s.home, backup_id, yes, audit.actor(), s.chroma_url)
-    console.print(f"restored backup {backup_id}: golden version {entry['details']['golden_version']}, "
-                  f"{entry['details']['vectors']:,} vectors")
+    console.print(
+        f"restored backup {backup_id}: golden version {entry['details']['golden_version']}, "
+        f"{entry['details']['vectors']:,} vectors"
+    )
 
 
-def _job_for_resume():
+def job_for_resume(job_name: str):
+    """The job ``job_name`` of the code location (what ``nova resume`` re-executes: the run's own job).
+
+    Raises:
+        NovaError: the code location has no such job.
+    """
     from nova_pipeline.definitions import defs
 
-    return defs.get_job_def("rebuild")
+    try:
+        return defs.resolve_job_def(job_name)
+    except Exception as exc:  # noqa: BLE001 - Dagster raises its own error types for an unknown name
+        raise NovaError(f"the code location has no job {job_name!r} to resume") from exc
+
+
+def _instance_postgres_url() -> str | None:
+    """The Postgres URL of the Dagster instance of DAGSTER_HOME, or None (not set, or not on Postgres)."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    import dagster as dg
+
+    from nova_pipeline.instance import postgres_url
+
+    with dg.DagsterInstance.get() as instance:
+        return postgres_url(instance)
 
 
 def main() -> None:

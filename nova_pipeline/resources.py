@@ -41,12 +41,16 @@ class NovaSettings(dg.ConfigurableResource):
 
 
 class ParquetTableIOManager(dg.ConfigurableIOManager):
-    """Stores DataFrame asset values as ``NOVA_HOME/tables/<asset>.parquet``, atomically."""
+    """Stores DataFrame asset values as ``NOVA_HOME/tables/<asset key>.parquet``, atomically.
 
-    nova_home: str = DEFAULT_HOME
+    It takes ``NOVA_HOME`` from the :class:`NovaSettings` it is given, so the tables can never live under
+    another home than the rest of the state; the path comes from :class:`~nova_pipeline.core.layout.Layout`.
+    """
+
+    nova: NovaSettings
 
     def _home(self):
-        return Settings.build(None, self.nova_home, require_source=False).home
+        return self.nova.settings(require_source=False).layout
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if obj is None:
@@ -59,10 +63,12 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         name = context.upstream_output.asset_key.to_python_identifier()
-        df = read_table(self._home(), name)
+        layout = self._home()
+        df = read_table(layout, name)
         if df is None:
             raise FileNotFoundError(
-                f"table {name} has not been materialized under {self._home()}; run the rebuild job first"
+                f"table {name} has not been materialized ({layout.table(name)} is missing); "
+                "run the rebuild job"
             )
         return df
 
@@ -89,8 +95,9 @@ class EmbedderResource(dg.ConfigurableResource):
 
         key = (self.device, self.threads, self.batch_size)
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = LazyEmbedder(device=self.device or None, threads=self.threads,
-                                           batch_size=self.batch_size)
+            _EMBEDDERS[key] = LazyEmbedder(
+                device=self.device or None, threads=self.threads, batch_size=self.batch_size
+            )
         return _EMBEDDERS[key]
 
     def fingerprint(self) -> str:
@@ -128,15 +135,15 @@ class DeletionGuardResource(dg.ConfigurableResource):
 
 def default_resources() -> dict[str, object]:
     """The resources every job of the code location uses, built from the current environment."""
-    home = env_or("NOVA_HOME", DEFAULT_HOME)
+    nova = NovaSettings(
+        source_dir=env_or("NOVA_SOURCE_DIR", ""),
+        nova_home=env_or("NOVA_HOME", DEFAULT_HOME),
+        ignore=env_or("NOVA_IGNORE", ""),
+        chroma_url=env_or("NOVA_CHROMA_URL", ""),
+    )
     return {
-        "nova": NovaSettings(
-            source_dir=env_or("NOVA_SOURCE_DIR", ""),
-            nova_home=home,
-            ignore=env_or("NOVA_IGNORE", ""),
-            chroma_url=env_or("NOVA_CHROMA_URL", ""),
-        ),
-        "io_manager": ParquetTableIOManager(nova_home=home),
+        "nova": nova,
+        "io_manager": ParquetTableIOManager(nova=nova),
         "embedder": EmbedderResource(
             device=env_or("NOVA_EMBED_DEVICE", ""),
             threads=int(os.environ.get("NOVA_EMBED_THREADS", "0") or 0),

@@ -214,35 +214,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def chroma_server(tmp_path):
-    """A real `chroma run` server on a free loopback port, stopped afterwards."""
-    port = free_port()
+def start_chroma(data_dir: Path, log_path: Path, port: int | None = None, timeout: float = 60):
+    """Start a real `chroma run` on loopback (a free port unless given); returns ``(url, process)``.
+
+    Raises:
+        RuntimeError: it did not answer a heartbeat within ``timeout`` seconds (its log is in the message).
+    """
     from nova_pipeline.core.vector_store import open_client
 
+    port = port or free_port()
     chroma = Path(sys.executable).with_name("chroma")
-    log = open(tmp_path / "chroma.log", "w")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+    log = open(log_path, "a")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(data_dir), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            open_client(tmp_path, url).heartbeat()
-            break
+            open_client(log_path.parent, url).heartbeat()
+            return url, proc
         except Exception:  # noqa: BLE001 - not up yet
             if proc.poll() is not None:
-                raise RuntimeError((tmp_path / "chroma.log").read_text())
+                raise RuntimeError(log_path.read_text()) from None
             time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("chroma run did not come up in 60 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    proc.kill()
+    raise RuntimeError(f"chroma run did not come up in {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process started by a test: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def chroma_server_proc(tmp_path):
+    """A real `chroma run` server on a free loopback port: ``(url, process)``; stopped afterwards."""
+    url, proc = start_chroma(tmp_path / "server-data", tmp_path / "chroma.log")
+    yield url, proc
+    stop(proc)
+
+
+@pytest.fixture
+def chroma_server(chroma_server_proc):
+    """The URL of a real `chroma run` server on a free loopback port, stopped afterwards."""
+    return chroma_server_proc[0]
 
 
 def rebuild_graph():
@@ -256,19 +277,22 @@ def rebuild_graph():
     return assets + checks
 
 
+def resources_for(src, home, embedder=None, **nova_fields) -> dict:
+    """The resources of a job, for tests: ``src`` and ``home`` as the settings, the IO manager on the same
+    settings, the guard, and the fake embedder unless ``embedder`` (e.g. the real ``EmbedderResource()``)."""
+    from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
+
+    nova = NovaSettings(source_dir=str(src) if src else "", nova_home=str(home), **nova_fields)
+    return {"nova": nova, "io_manager": ParquetTableIOManager(nova=nova),
+            "embedder": embedder or fake_embedder_resource(), "guard": DeletionGuardResource()}
+
+
 def materialize_rebuild(src, home, instance, embedder=None, run_config=None, **kwargs):
     """Materialize the whole ``rebuild`` selection on ``src`` into ``home`` (fake embedder by default)."""
     import dagster as dg
 
-    from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
-
-    return dg.materialize(
-        rebuild_graph(),
-        resources={"nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
-                   "io_manager": ParquetTableIOManager(nova_home=str(home)),
-                   "embedder": embedder or fake_embedder_resource(), "guard": DeletionGuardResource()},
-        instance=instance, run_config=run_config or {}, **kwargs,
-    )
+    return dg.materialize(rebuild_graph(), resources=resources_for(src, home, embedder), instance=instance,
+                          run_config=run_config or {}, **kwargs)
 
 
 def asset_metadata(result, asset: str) -> dict:

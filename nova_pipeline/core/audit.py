@@ -1,4 +1,4 @@
-"""The audit log of destructive operations (reset, restore): one JSON object per line in ``NOVA_HOME/audit.log``."""
+"""The audit log of destructive and admin operations: one JSON object per line in ``NOVA_HOME/audit.log``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import getpass
 import json
 import os
 from pathlib import Path
+
+from nova_pipeline.core.layout import Layout
 
 
 def actor(run_tag: str | None = None) -> str:
@@ -26,9 +28,12 @@ def record(home: Path, action: str, outcome: str, who: str, **details) -> dict:
     """
     entry = {
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "who": who, "action": action, "outcome": outcome, "details": details,
+        "who": who,
+        "action": action,
+        "outcome": outcome,
+        "details": details,
     }
-    path = Path(home) / "audit.log"
+    path = Layout.of(home).audit_log
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry, default=str) + "\n")
@@ -39,7 +44,7 @@ def record(home: Path, action: str, outcome: str, who: str, **details) -> dict:
 
 def read(home: Path) -> list[dict]:
     """Every audit record, oldest first."""
-    path = Path(home) / "audit.log"
+    path = Layout.of(home).audit_log
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

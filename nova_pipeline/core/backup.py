@@ -43,21 +43,32 @@ from nova_pipeline.core import audit
 from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import BackupError, BackupVerifyError, ConfirmationRequired
 from nova_pipeline.core.golden import (
-    CURRENT, GOLDEN, MANIFEST, current_version, golden_root, open_check_in_subprocess, remove_tree,
-    reset_index, verify_tree,
+    CURRENT,
+    MANIFEST,
+    current_version,
+    golden_root,
+    new_stamp,
+    open_check_in_subprocess,
+    remove_tree,
+    reset_index,
+    stamp_key,
+    verify_tree,
 )
+from nova_pipeline.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
-BACKUPS = "backups"
+ARCHIVE = Layout(Path())  # an archive mirrors NOVA_HOME: golden/<version>/..., store/objects/..
 BACKUP_MANIFEST = "BACKUP_MANIFEST.json"
 PG_DUMP = "dagster.pgdump"
 NAME_RE = re.compile(r"^backup_(\d{8}T\d{6}Z(?:-\d+)?)\.tar\.zst$")
-DEFAULT_KEEP = 7
+DEFAULT_KEEP = 7  # verified backups kept (seed 002: "keep last 7 backups")
+DEFAULT_LEVEL = 3  # zstd level of the archive
+DEFAULT_THREADS = -1  # zstd threads: every core
 
 
-def backups_dir(home: Path) -> Path:
-    return Path(home) / BACKUPS
+def backups_dir(home: Path | Layout) -> Path:
+    return Layout.of(home).backups
 
 
 @dataclass
@@ -108,7 +119,13 @@ def list_backups(home: Path) -> list[BackupInfo]:
         m = NAME_RE.match(p.name)
         if m and p.is_file():
             out.append(BackupInfo(id=m.group(1), path=p, size=p.stat().st_size))
-    return sorted(out, key=lambda b: b.id, reverse=True)
+    return sorted(out, key=lambda b: stamp_key(b.id), reverse=True)
+
+
+def newest_backup(home: Path) -> BackupInfo | None:
+    """The newest published backup, or None."""
+    found = list_backups(home)
+    return found[0] if found else None
 
 
 def find_backup(home: Path, backup_id: str) -> BackupInfo:
@@ -165,6 +182,7 @@ class BackupResult:
     bytes: int
     seconds: float
     removed: list[str] = field(default_factory=list)
+    pg_dump: str = "not configured"
 
 
 def _members(home: Path) -> tuple[str, list[tuple[str, Path]]]:
@@ -175,7 +193,7 @@ def _members(home: Path) -> tuple[str, list[tuple[str, Path]]]:
     failures = verify_tree(cur.path)
     if failures:
         raise BackupError(f"golden version {cur.name} does not verify, not backing it up: {failures[0]}")
-    members = [(f"{GOLDEN}/{cur.name}/{p.relative_to(cur.path).as_posix()}", p)
+    members = [((ARCHIVE.golden / cur.name / p.relative_to(cur.path)).as_posix(), p)
                for p in sorted(cur.path.rglob("*")) if p.is_file()]
     idx = cur.path / "store_index.parquet"
     if idx.exists():
@@ -185,23 +203,33 @@ def _members(home: Path) -> tuple[str, list[tuple[str, Path]]]:
         for key in sorted(pd.read_parquet(idx, columns=["key"])["key"]):
             path = Path(store.object_path(key))
             if not path.exists():
-                raise BackupError(f"store object {key} ({path}) that golden version {cur.name} needs is missing")
-            members.append((f"store/objects/{key[:2]}/{key[2:]}", path))
+                raise BackupError(
+                    f"store object {key} ({path}) that golden version {cur.name} needs is missing"
+                )
+            members.append(((ARCHIVE.store_objects / key[:2] / key[2:]).as_posix(), path))
     return cur.name, members
 
 
 def create_backup(
-    home: Path, pg_url: str | None = None, level: int = 3, threads: int = -1, keep: int = DEFAULT_KEEP,
+    home: Path,
+    pg_url: str | None = None,
+    level: int = DEFAULT_LEVEL,
+    threads: int = DEFAULT_THREADS,
+    keep: int = DEFAULT_KEEP,
 ) -> BackupResult:
-    """Archive the CURRENT golden version and its store objects (and the Dagster database), then apply retention.
+    """Archive the CURRENT golden version and its store objects (and the Dagster database); apply retention.
 
     Args:
-        pg_url: ``postgresql://…`` of the Dagster instance database, to include a ``pg_dump -Fc``.
+        pg_url: ``postgresql://…`` of the Dagster instance database, to include a ``pg_dump -Fc``; None when
+            the instance does not use PostgreSQL.
         level: zstd level of the archive; ``threads``: zstd worker threads (-1: every core).
 
+    The manifest and the result record ``pg_dump``: ``included``, ``not configured`` (no ``pg_url``), or
+    ``failed: <pg_dump's error>`` (the backup of the index and store still goes ahead, and says so).
+
     Raises:
-        BackupError: nothing to back up, a member is missing, ``pg_dump`` failed, or a write failed; no
-            partial backup is left listed.
+        BackupError: nothing to back up, a member is missing, or a write failed; no partial backup is left
+            listed.
     """
     started = time.perf_counter()
     home = Path(home)
@@ -210,37 +238,52 @@ def create_backup(
     for stale in d.glob(f"{TMP_PREFIX}*"):
         stale.unlink()
     version, members = _members(home)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    bid, n = stamp, 1
-    while (d / f"backup_{bid}.tar.zst").exists():
-        n += 1
-        bid = f"{stamp}-{n}"
+    bid = new_stamp(b.id for b in list_backups(home))
     final = d / f"backup_{bid}.tar.zst"
     tmp = d / f"{TMP_PREFIX}{final.name}"
     with tempfile.TemporaryDirectory(prefix="nova-backup-") as scratch:
+        pg_dump = "not configured"
         if pg_url:
             dump = Path(scratch) / PG_DUMP
-            proc = subprocess.run(["pg_dump", "-Fc", "-f", str(dump), pg_url], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise BackupError(f"pg_dump of the Dagster database failed: {proc.stderr.strip()}")
-            members.append((PG_DUMP, dump))
+            try:
+                proc = subprocess.run(
+                    ["pg_dump", "-Fc", "-f", str(dump), pg_url], capture_output=True, text=True
+                )
+                error = proc.stderr.strip() if proc.returncode != 0 else ""
+            except OSError as exc:  # no pg_dump on this machine
+                error = str(exc)
+            if error:
+                pg_dump = f"failed: {error[:500]}"
+                log.error("pg_dump of the Dagster database failed, backing up without it: %s", error)
+            else:
+                pg_dump = "included"
+                members.append((PG_DUMP, dump))
         manifest: dict[str, dict] = {}
         total = 0
         try:
             with open(tmp, "wb") as raw:
                 hashing = _HashingWriter(raw)
                 cctx = zstd.ZstdCompressor(level=level, threads=threads)
-                with cctx.stream_writer(hashing, closefd=False) as zfh, \
-                        io.BufferedWriter(_Passthrough(zfh), buffer_size=1 << 20) as buffered, \
-                        tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                with (
+                    cctx.stream_writer(hashing, closefd=False) as zfh,
+                    io.BufferedWriter(_Passthrough(zfh), buffer_size=1 << 20) as buffered,
+                    tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+                ):
                     for name, path in members:
                         data = path.read_bytes()
                         manifest[name] = {"blake3": blake3.blake3(data).hexdigest(), "size": len(data)}
                         total += len(data)
                         _add_bytes(tar, name, data)
-                    body = json.dumps({"id": bid, "golden_version": version,
-                                       "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                       "pg_dump": bool(pg_url), "members": manifest}, indent=1).encode()
+                    body = json.dumps(
+                        {
+                            "id": bid,
+                            "golden_version": version,
+                            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "pg_dump": pg_dump,
+                            "members": manifest,
+                        },
+                        indent=1,
+                    ).encode()
                     _add_bytes(tar, BACKUP_MANIFEST, body)  # last: the commit marker inside the archive
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -261,8 +304,15 @@ def create_backup(
             raise
     info = BackupInfo(id=bid, path=final, size=final.stat().st_size)
     removed = apply_retention(home, keep)
-    return BackupResult(info=info, golden_version=version, members=len(members), bytes=total,
-                        seconds=time.perf_counter() - started, removed=removed)
+    return BackupResult(
+        info=info,
+        golden_version=version,
+        members=len(members),
+        bytes=total,
+        seconds=time.perf_counter() - started,
+        removed=removed,
+        pg_dump=pg_dump,
+    )
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -295,7 +345,7 @@ def apply_retention(home: Path, keep: int = DEFAULT_KEEP) -> list[str]:
     newest_verified = verified[0].id
     removed = []
     for b in backups:
-        if b.id in keep_ids or b.id > newest_verified:
+        if b.id in keep_ids or stamp_key(b.id) > stamp_key(newest_verified):
             continue
         b.path.unlink()
         b.checksum_path.unlink(missing_ok=True)
@@ -342,7 +392,8 @@ def _read_manifest(b: BackupInfo) -> dict:
 
 
 def verify_structure(b: BackupInfo, read_manifest: bool = True) -> list[str]:
-    """Level 1: the checksum file matches the archive and (unless ``read_manifest`` is False) it has its manifest."""
+    """Level 1: the checksum file matches the archive, and (unless ``read_manifest`` is False) the archive
+    has its manifest."""
     failures = []
     try:
         want = b.checksum_path.read_text().split()[0]
@@ -363,7 +414,8 @@ def verify_structure(b: BackupInfo, read_manifest: bool = True) -> list[str]:
 
 
 def verify_full(b: BackupInfo) -> list[str]:
-    """Level 2: the checksum, then every member read once and checked against the manifest (the last member)."""
+    """Level 2: the checksum, then every member read once and checked against the manifest (the last
+    member)."""
     return _full_read(b)[1]
 
 
@@ -382,7 +434,9 @@ def _full_read(b: BackupInfo) -> tuple[dict | None, list[str]]:
                 if problem:
                     failures.append(problem)
                     continue
-                hashes[ti.name] = blake3.blake3(tar.extractfile(ti).read() if ti.isfile() else b"").hexdigest()
+                hashes[ti.name] = blake3.blake3(
+                    tar.extractfile(ti).read() if ti.isfile() else b""
+                ).hexdigest()
     except (tarfile.TarError, zstd.ZstdError, OSError, EOFError, ValueError) as exc:
         failures.append(f"archive {b.path.name} is unreadable: {exc}")
     if manifest is None:
@@ -445,23 +499,23 @@ def restore_drill(home: Path, b: BackupInfo, pg_admin_url: str | None = None) ->
         except BackupVerifyError as exc:
             return [str(exc)]
         failures = []
-        version_dir = root / GOLDEN / manifest["golden_version"]
+        version_dir = Layout(root).golden / manifest["golden_version"]
         failures += verify_tree(version_dir)
         result = open_check_in_subprocess(version_dir)
         failures += result["failures"]
         # store objects: decompress with the archived dictionaries and check every key
-        drill_home = root / "drill_home"
-        (drill_home / "dictionaries").mkdir(parents=True)
+        drill = Layout(root / "drill_home")
+        drill.dictionaries.mkdir(parents=True)
         for z in (version_dir / "dictionaries").glob("*.zdict"):
-            shutil.copy2(z, drill_home / "dictionaries" / z.name)
-        if (root / "store").exists():
-            shutil.move(str(root / "store"), str(drill_home / "store"))
-        store = ContentStore(drill_home)
+            shutil.copy2(z, drill.dictionaries / z.name)
+        if Layout(root).store.exists():
+            shutil.move(str(Layout(root).store), str(drill.store))
+        store = ContentStore(drill.home)
         idx = version_dir / "store_index.parquet"
         if idx.exists():
             keys = pd.read_parquet(idx, columns=["key"])["key"].tolist()
             failures += store.verify(keys)
-        if manifest.get("pg_dump"):
+        if manifest.get("pg_dump") in (True, "included"):  # True: archives written before the status
             failures += _pg_restore_drill(root / PG_DUMP, pg_admin_url)
         return failures
 
@@ -478,9 +532,14 @@ def _pg_restore_drill(dump: Path, admin_url: str | None) -> list[str]:
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{scratch}"')
-        target = re.sub(r"/[^/?]*(\?|$)", f"/{scratch}\\1", admin_url, count=1) if "/" in admin_url.split("@")[-1] \
+        target = (
+            re.sub(r"/[^/?]*(\?|$)", f"/{scratch}\\1", admin_url, count=1)
+            if "/" in admin_url.split("@")[-1]
             else f"{admin_url}/{scratch}"
-        proc = subprocess.run(["pg_restore", "--no-owner", "-d", target, str(dump)], capture_output=True, text=True)
+        )
+        proc = subprocess.run(
+            ["pg_restore", "--no-owner", "-d", target, str(dump)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             return [f"pg_restore of {PG_DUMP} failed: {proc.stderr.strip()[:300]}"]
         check = psycopg2.connect(target)
@@ -528,15 +587,17 @@ def restore(home: Path, backup_id: str, confirm: bool, who: str, chroma_url: str
     home = Path(home)
     if not confirm:
         audit.record(home, "restore", "refused: confirm is not true", who, backup=backup_id)
-        raise ConfirmationRequired(f"restoring backup {backup_id} replaces the golden copy and the index: pass "
-                                   "confirm: true (nova backup restore ID --yes)")
+        raise ConfirmationRequired(
+            f"restoring backup {backup_id} replaces the golden copy and the index: pass "
+            "confirm: true (nova backup restore ID --yes)"
+        )
     b = find_backup(home, backup_id)
-    staging = home / f".restore-{b.id}"
+    staging = Layout(home).restore_staging(b.id)
     remove_tree(staging)
     try:
         manifest = extract(b, staging)
         version = manifest["golden_version"]
-        src_version = staging / GOLDEN / version
+        src_version = Layout(staging).golden / version
         failures = verify_tree(src_version)
         failures += open_check_in_subprocess(src_version)["failures"]
         if failures:
@@ -545,7 +606,7 @@ def restore(home: Path, backup_id: str, confirm: bool, who: str, chroma_url: str
         from nova_pipeline.core.store import ContentStore
 
         store = ContentStore(home)
-        for p in (staging / "store" / "objects").rglob("*") if (staging / "store").exists() else []:
+        for p in Layout(staging).store_objects.rglob("*") if Layout(staging).store.exists() else []:
             if p.is_file():
                 dest = store.objects / p.parent.name / p.name
                 if not dest.exists():
@@ -570,5 +631,12 @@ def restore(home: Path, backup_id: str, confirm: bool, who: str, chroma_url: str
     finally:
         remove_tree(staging)
     result = reset_index(home, chroma_url, True, who)
-    return audit.record(home, "restore", "ok", who, backup=b.id, golden_version=version,
-                        vectors=result["details"].get("count"))
+    return audit.record(
+        home,
+        "restore",
+        "ok",
+        who,
+        backup=b.id,
+        golden_version=version,
+        vectors=result["details"].get("count"),
+    )

@@ -1,4 +1,4 @@
-"""zstd dictionary training, held-out measurement, and the dictionary registry under ``NOVA_HOME/dictionaries``.
+"""zstd dictionary training, held-out measurement, and the dictionary registry (``NOVA_HOME/dictionaries``).
 
 Training uses zstd's own trainer through python-zstandard (``train_dictionary``: fastCover with its
 parameter search, the same trainer ``zstd --train`` runs). The sample is bounded to about 100x the
@@ -27,6 +27,7 @@ import zstandard as zstd
 
 from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import DictionaryError
+from nova_pipeline.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ def split_heldout(digests: Sequence[str], percent: int) -> tuple[list[int], list
 
 
 def choose_sample(contents: Sequence[bytes], digests: Sequence[str], budget: int) -> list[bytes]:
-    """A deterministic training sample: contents in blake3 order, each cut to 128 KiB, up to ``budget`` bytes."""
+    """A deterministic training sample: contents in blake3 order, each cut to 128 KiB, up to ``budget``
+    bytes."""
     out, total = [], 0
     for _, data in sorted(zip(digests, contents), key=lambda t: t[0]):
         if total >= budget:
@@ -152,7 +154,7 @@ class DictionaryRegistry:
     """
 
     def __init__(self, home: Path):
-        self.dir = Path(home) / "dictionaries"
+        self.dir = Layout.of(home).dictionaries
 
     def path(self, digest: str) -> Path:
         return self.dir / f"{digest}.zdict"
@@ -164,7 +166,9 @@ class DictionaryRegistry:
         except FileNotFoundError:
             return None
         except ValueError as exc:
-            raise DictionaryError(f"{self.dir / 'current.json'} is not valid JSON ({exc}); delete it to retrain")
+            raise DictionaryError(
+                f"{self.dir / 'current.json'} is not valid JSON ({exc}); delete it to retrain"
+            ) from exc
         return DictionaryInfo(**raw)
 
     def load(self, digest: str) -> bytes | None:
@@ -179,7 +183,9 @@ class DictionaryRegistry:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise DictionaryError(f"dictionary {path} is missing; restore it from a backup or rebuild the store")
+            raise DictionaryError(
+                f"dictionary {path} is missing; restore it from a backup or rebuild the store"
+            ) from None
         if blake3.blake3(data).hexdigest() != digest:
             raise DictionaryError(f"dictionary {path} does not match its blake3 name: it is corrupt")
         return data
@@ -273,21 +279,38 @@ def build_or_keep(
     if dict_bytes is None:
         log.warning("no dictionary: %s", reason)
         info = DictionaryInfo(
-            blake3=NO_DICTIONARY, dict_id=0, size=0, level=options.level, trained_at=time.time(),
-            training_seconds=seconds, samples=len(sample), sample_bytes=sample_bytes,
+            blake3=NO_DICTIONARY,
+            dict_id=0,
+            size=0,
+            level=options.level,
+            trained_at=time.time(),
+            training_seconds=seconds,
+            samples=len(sample),
+            sample_bytes=sample_bytes,
             heldout_key=heldout_key(heldout_digests, NO_DICTIONARY, options.level),
-            heldout_files=len(heldout_contents), heldout_bytes=sum(map(len, heldout_contents)),
-            ratio_with=ratio_without, ratio_without=ratio_without, reason=reason,
+            heldout_files=len(heldout_contents),
+            heldout_bytes=sum(map(len, heldout_contents)),
+            ratio_with=ratio_without,
+            ratio_without=ratio_without,
+            reason=reason,
         )
         registry.save(None, info)
         return info, "no_dictionary"
     digest = blake3.blake3(dict_bytes).hexdigest()
     info = DictionaryInfo(
-        blake3=digest, dict_id=zstd.ZstdCompressionDict(dict_bytes).dict_id(), size=len(dict_bytes),
-        level=options.level, trained_at=time.time(), training_seconds=seconds, samples=len(sample),
-        sample_bytes=sample_bytes, heldout_key=heldout_key(heldout_digests, digest, options.level),
-        heldout_files=len(heldout_contents), heldout_bytes=sum(map(len, heldout_contents)),
-        ratio_with=heldout_ratio(heldout_contents, dict_bytes, options.level), ratio_without=ratio_without,
+        blake3=digest,
+        dict_id=zstd.ZstdCompressionDict(dict_bytes).dict_id(),
+        size=len(dict_bytes),
+        level=options.level,
+        trained_at=time.time(),
+        training_seconds=seconds,
+        samples=len(sample),
+        sample_bytes=sample_bytes,
+        heldout_key=heldout_key(heldout_digests, digest, options.level),
+        heldout_files=len(heldout_contents),
+        heldout_bytes=sum(map(len, heldout_contents)),
+        ratio_with=heldout_ratio(heldout_contents, dict_bytes, options.level),
+        ratio_without=ratio_without,
     )
     registry.save(dict_bytes, info)
     return info, "trained"
@@ -313,7 +336,11 @@ def build_for_tree(
     train_pairs, skip_a = read_verified(train_items, budget=options.dict_size * SAMPLE_FACTOR)
     held_pairs, skip_b = read_verified(held_items, budget=HELDOUT_BUDGET)
     info, action = build_or_keep(
-        [c for _, c in train_pairs], [d for d, _ in train_pairs],
-        [c for _, c in held_pairs], [d for d, _ in held_pairs], registry, options,
+        [c for _, c in train_pairs],
+        [d for d, _ in train_pairs],
+        [c for _, c in held_pairs],
+        [d for d, _ in held_pairs],
+        registry,
+        options,
     )
     return info, action, skip_a + skip_b

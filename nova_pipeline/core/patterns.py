@@ -284,13 +284,29 @@ class _MemoryGuard:
                 rss += child.memory_info().rss
             except psutil.Error:
                 pass
-        mb = rss / 2**20
+        mb = rss / 2**20  # (workers of the analysis: see stop_workers)
         self.peak_mb = max(self.peak_mb, mb)
         if mb > self.limit_mb:
             raise MemoryLimitError(
                 f"frequent_patterns used {mb:.0f} MB, over memory_limit_mb={self.limit_mb}; "
                 "raise memory_limit_mb, lower max_workers or shard_mb"
             )
+
+
+    def stop_workers(self) -> None:
+        """Kill the worker processes the analysis started, not multiprocessing's own helpers (the forkserver
+        and the resource tracker serve the whole process, e.g. every step of an in-process run)."""
+        me = os.getpid()
+        for child in self.proc.children(recursive=True):
+            if child.pid in self.base_children:
+                continue
+            try:
+                cmd = " ".join(child.cmdline())
+                if "resource_tracker" in cmd or (child.ppid() == me and "forkserver" in cmd):
+                    continue
+                child.kill()
+            except psutil.Error:
+                pass
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -323,11 +339,7 @@ def _run_pool(
             for fut in done:
                 results[futures[fut]] = fut.result()
     except BaseException:
-        for child in psutil.Process().children(recursive=True):
-            try:
-                child.kill()
-            except psutil.Error:
-                pass
+        guard.stop_workers()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
@@ -494,7 +506,8 @@ def carry_timestamps(df: pd.DataFrame, previous: pd.DataFrame | None, now: pd.Ti
                     last[i] = old[1]
     out = df.copy()
     out["first_seen"] = pd.to_datetime(pd.Series(first, dtype=object), utc=True).astype("datetime64[us, UTC]")
-    out["last_updated"] = pd.to_datetime(pd.Series(last, dtype=object), utc=True).astype("datetime64[us, UTC]")
+    last_updated = pd.to_datetime(pd.Series(last, dtype=object), utc=True)
+    out["last_updated"] = last_updated.astype("datetime64[us, UTC]")
     return out[PATTERN_COLUMNS]
 
 

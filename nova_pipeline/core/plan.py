@@ -46,8 +46,8 @@ class Plan:
 def _cached_keys(home, fingerprint: str, keys: list[str]) -> set[str]:
     """Which ``keys`` the embedding cache holds (a missing cache holds none).
 
-    Opened ``immutable``: no lock and no ``-wal``/``-shm`` files, so the plan writes nothing; a rebuild running
-    at the same moment can make the count slightly stale, which a plan tolerates.
+    Opened ``immutable``: no lock and no ``-wal``/``-shm`` files, so the plan writes nothing; a rebuild
+    running at the same moment can make the count slightly stale, which a plan tolerates.
     """
     from nova_pipeline.core.embedding import EmbeddingCache
 
@@ -59,8 +59,12 @@ def _cached_keys(home, fingerprint: str, keys: list[str]) -> set[str]:
         found: set[str] = set()
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
-            found.update(k for (k,) in db.execute(
-                f"SELECT key FROM vectors WHERE key IN ({','.join('?' * len(part))})", part))
+            found.update(
+                k
+                for (k,) in db.execute(
+                    f"SELECT key FROM vectors WHERE key IN ({','.join('?' * len(part))})", part
+                )
+            )
         return found
     finally:
         db.close()
@@ -70,7 +74,8 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     """Plan a rebuild of ``settings.source_dir`` into ``settings.home`` without writing anything.
 
     Args:
-        settings: as the pipeline's (``NOVA_SOURCE_DIR``, ``NOVA_HOME``, ``NOVA_IGNORE``, ``NOVA_CHROMA_URL``).
+        settings: as the pipeline's (``NOVA_SOURCE_DIR``, ``NOVA_HOME``, ``NOVA_IGNORE``,
+            ``NOVA_CHROMA_URL``).
         guard: the mass-deletion guard the build would apply; its refusals are listed, not raised.
         fingerprint: the model fingerprint (default: the bundled model's, read without loading it).
 
@@ -92,12 +97,22 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
         plan.refusals.append(str(exc))
         return plan
     settings = Settings.build(settings.source_dir, home, ",".join(settings.ignore), settings.chroma_url)
-    result = scan(ScanOptions(root=settings.source_dir, extra_ignore=settings.ignore,
-                              exclude_dirs=settings.state_dirs_to_exclude()),
-                  previous, known_binaries=read_table(home, "source_files_binaries"))
+    result = scan(
+        ScanOptions(
+            root=settings.source_dir,
+            extra_ignore=settings.ignore,
+            exclude_dirs=settings.state_dirs_to_exclude(),
+        ),
+        previous,
+        known_binaries=read_table(home, "source_files_binaries"),
+    )
     manifest = result.manifest
     plan.files = {s: int((manifest["status"] == s).sum()) for s in STATUSES}
-    plan.examples = {s: manifest.loc[manifest["status"] == s, "path"].head(5).tolist() for s in STATUSES if s != "unchanged"}
+    plan.examples = {
+        s: manifest.loc[manifest["status"] == s, "path"].head(5).tolist()
+        for s in STATUSES
+        if s != "unchanged"
+    }
     try:
         plan.files_lost = guard.check_files(previous, manifest)
     except MassDeletionError as exc:
@@ -105,13 +120,16 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
 
     fingerprint = fingerprint or bundled_fingerprint()
     tok = Tokenizer()
-    chunks, _ = chunk_manifest(settings.source_dir, manifest, read_table(home, "source_chunks"), tok.count,
-                               tok.max_seq_length)
+    chunks, _ = chunk_manifest(
+        settings.source_dir, manifest, read_table(home, "source_chunks"), tok.count, tok.max_seq_length
+    )
     plan.chunks = len(chunks)
     have: set[str] = set()
     try:
         if settings.chroma_url or (home / "vectors").exists():
-            have = existing_ids(get_collection(open_client(home, settings.chroma_url), fingerprint, create=False))
+            have = existing_ids(
+                get_collection(open_client(home, settings.chroma_url), fingerprint, create=False)
+            )
         plan.vectors_now = len(have)
     except IndexNotBuiltError:
         plan.vectors_now = 0
@@ -130,8 +148,12 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     store = ContentStore(home)
     present = manifest[manifest["status"] != DELETED]
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
-    key = golden.content_key(fingerprint, golden.shard_digests(chunks["chunk_id"], chunks["path"], fingerprint),
-                             present["blake3"].drop_duplicates(), dictionaries)
+    key = golden.content_key(
+        fingerprint,
+        golden.shard_digests(chunks["chunk_id"], chunks["path"], fingerprint),
+        present["blake3"].drop_duplicates(),
+        dictionaries,
+    )
     cur = golden.current_version(home)
     if cur is not None and cur.content_key == key:
         plan.golden = f"no new version: CURRENT {cur.name} would still match"
@@ -150,10 +172,12 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
 def plan_table(plan: Plan) -> pd.DataFrame:
     """The plan as ``what, count, e.g.`` rows, for a terminal or a Markdown table."""
     rows = [(f"files {s}", plan.files.get(s, 0), ", ".join(plan.examples.get(s, []))) for s in STATUSES]
-    rows += [("files lost (deleted, content gone)", plan.files_lost, ""),
-             ("chunks", plan.chunks, ""),
-             ("chunks to upsert", plan.chunks_to_upsert, ""),
-             ("texts to embed (not cached)", plan.texts_to_embed, ""),
-             ("vectors now", plan.vectors_now if plan.vectors_now is not None else "?", ""),
-             ("vectors to delete", plan.vectors_to_delete, "")]
+    rows += [
+        ("files lost (deleted, content gone)", plan.files_lost, ""),
+        ("chunks", plan.chunks, ""),
+        ("chunks to upsert", plan.chunks_to_upsert, ""),
+        ("texts to embed (not cached)", plan.texts_to_embed, ""),
+        ("vectors now", plan.vectors_now if plan.vectors_now is not None else "?", ""),
+        ("vectors to delete", plan.vectors_to_delete, ""),
+    ]
     return pd.DataFrame(rows, columns=["what", "count", "e.g."])

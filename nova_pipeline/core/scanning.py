@@ -25,8 +25,8 @@ import logging
 import os
 import stat as stat_mod
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,35 +46,106 @@ DEFAULT_MAX_FILE_SIZE = 2 * 1024 * 1024
 BINARY_SNIFF_BYTES = 8000  # git's FIRST_FEW_BYTES in xdiff-interface.c
 STREAM_THRESHOLD = 8 * 1024 * 1024  # files above this are hashed in blocks with blake3's own threads
 STREAM_BLOCK = 1024 * 1024
-PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, starting worker processes costs more than it saves (bench_scan)
+# below this, starting worker processes costs more than it saves (bench_scan)
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 HASH_BATCH_FILES = 64
 
 # Directory names that are never part of the source: VCS data, our own state, virtualenvs, caches and
 # build outputs. Matched by name at any depth. A directory holding ``pyvenv.cfg`` is a virtualenv too.
 BUILTIN_IGNORED_DIRS = frozenset(
     {
-        ".git", ".hg", ".svn", ".nova", ".dagster", ".venv", "venv", "node_modules", "__pycache__",
-        ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints",
-        "build", "dist", ".eggs", "site-packages",
+        ".git",
+        ".hg",
+        ".svn",
+        ".nova",
+        ".dagster",
+        ".venv",
+        "venv",
+        "node_modules",
+        "__pycache__",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".ipynb_checkpoints",
+        "build",
+        "dist",
+        ".eggs",
+        "site-packages",
     }
 )
 BUILTIN_IGNORED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp")
 BUILTIN_IGNORED_FILES = frozenset({".DS_Store", "Thumbs.db"})
 
 LANGUAGES: dict[str, str] = {
-    ".py": "python", ".pyi": "python", ".pyw": "python", ".pyx": "cython", ".pxd": "cython",
-    ".md": "markdown", ".markdown": "markdown", ".rst": "rst", ".txt": "text",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp",
-    ".rs": "rust", ".go": "go", ".java": "java", ".kt": "kotlin", ".scala": "scala",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".tsx": "typescript", ".rb": "ruby", ".php": "php", ".cs": "csharp",
-    ".swift": "swift", ".m": "objective-c", ".lua": "lua", ".pl": "perl", ".pm": "perl",
-    ".sh": "shell", ".bash": "shell", ".zsh": "shell", ".ps1": "powershell", ".bat": "batch",
-    ".sql": "sql", ".html": "html", ".htm": "html", ".xml": "xml", ".css": "css", ".scss": "css",
-    ".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".ini": "ini", ".cfg": "ini",
-    ".tex": "tex", ".r": "r", ".jl": "julia", ".hs": "haskell", ".ml": "ocaml", ".ex": "elixir",
-    ".erl": "erlang", ".clj": "clojure", ".dart": "dart", ".vim": "vim", ".el": "elisp",
-    ".proto": "protobuf", ".cmake": "cmake", ".mk": "make", ".ipynb": "jupyter",
+    ".py": "python",
+    ".pyi": "python",
+    ".pyw": "python",
+    ".pyx": "cython",
+    ".pxd": "cython",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rst": "rst",
+    ".txt": "text",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".cxx": "cpp",
+    ".hpp": "cpp",
+    ".hh": "cpp",
+    ".rs": "rust",
+    ".go": "go",
+    ".java": "java",
+    ".kt": "kotlin",
+    ".scala": "scala",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".rb": "ruby",
+    ".php": "php",
+    ".cs": "csharp",
+    ".swift": "swift",
+    ".m": "objective-c",
+    ".lua": "lua",
+    ".pl": "perl",
+    ".pm": "perl",
+    ".sh": "shell",
+    ".bash": "shell",
+    ".zsh": "shell",
+    ".ps1": "powershell",
+    ".bat": "batch",
+    ".sql": "sql",
+    ".html": "html",
+    ".htm": "html",
+    ".xml": "xml",
+    ".css": "css",
+    ".scss": "css",
+    ".json": "json",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".toml": "toml",
+    ".ini": "ini",
+    ".cfg": "ini",
+    ".tex": "tex",
+    ".r": "r",
+    ".jl": "julia",
+    ".hs": "haskell",
+    ".ml": "ocaml",
+    ".ex": "elixir",
+    ".erl": "erlang",
+    ".clj": "clojure",
+    ".dart": "dart",
+    ".vim": "vim",
+    ".el": "elisp",
+    ".proto": "protobuf",
+    ".cmake": "cmake",
+    ".mk": "make",
+    ".ipynb": "jupyter",
 }
 LANGUAGE_BY_NAME = {"Makefile": "make", "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake"}
 
@@ -164,7 +235,11 @@ class IgnoreRules:
         self._root_spec = pathspec.GitIgnoreSpec.from_lines(extra) if extra else None
 
     def specs_for(
-        self, parent: list[tuple[str, pathspec.GitIgnoreSpec]], dir_abs: str, dir_rel: str, has_gitignore: bool
+        self,
+        parent: list[tuple[str, pathspec.GitIgnoreSpec]],
+        dir_abs: str,
+        dir_rel: str,
+        has_gitignore: bool,
     ) -> list[tuple[str, pathspec.GitIgnoreSpec]]:
         """The spec chain for a directory: its parent's plus its own ``.gitignore``, if it has one."""
         chain = parent
@@ -188,7 +263,7 @@ class IgnoreRules:
         """Whether ``rel`` (root-relative, POSIX) is ignored by the spec chain."""
         verdict = False
         for base, spec in chain:
-            sub = rel[len(base):]
+            sub = rel[len(base) :]
             if is_dir:
                 sub += "/"
             result = spec.check_file(sub)
@@ -237,7 +312,8 @@ def _read_and_hash(path: str, size: int, max_size: int) -> tuple[str, int]:
 
 
 def _hash_batch(items: list[tuple[str, int]], max_size: int) -> list[tuple[str, object, object]]:
-    """Hash a batch of ``(path, stat size)``; one ``(kind, a, b)`` outcome each, picklable for a worker process.
+    """Hash a batch of ``(path, stat size)``; one ``(kind, a, b)`` outcome each, picklable for a worker
+    process.
 
     ``("ok", digest, size)``, ``("skip", reason, None)``, ``("vanished", None, None)`` or
     ``("error", message, errno)``.
@@ -300,7 +376,10 @@ def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[list[tuple[str, st
         chain = rules.specs_for(parent_chain, dir_abs, dir_rel, ".gitignore" in names)
         subdirs = []
         builtin_dirs, builtin_files, builtin_suffixes = (
-            BUILTIN_IGNORED_DIRS, BUILTIN_IGNORED_FILES, BUILTIN_IGNORED_SUFFIXES)
+            BUILTIN_IGNORED_DIRS,
+            BUILTIN_IGNORED_FILES,
+            BUILTIN_IGNORED_SUFFIXES,
+        )
         found: list[tuple[str, str, os.stat_result]] = []
         for entry in entries:
             name = entry.name
@@ -337,8 +416,10 @@ def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[list[tuple[str, st
                     is_dir = stat_mod.S_ISDIR(st.st_mode)
                     key = (st.st_dev, st.st_ino)
                     if stat_mod.S_ISREG(st.st_mode):
-                        if name in builtin_files or name.endswith(builtin_suffixes) or (
-                            chain and rules.ignored(rel, False, chain)
+                        if (
+                            name in builtin_files
+                            or name.endswith(builtin_suffixes)
+                            or (chain and rules.ignored(rel, False, chain))
                         ):
                             stats.ignored += 1
                         else:
@@ -350,7 +431,11 @@ def _walk(options: ScanOptions, stats: ScanStats) -> Iterator[list[tuple[str, st
                 if not is_dir:
                     skip("special_file", rel, logging.INFO)
                     continue
-                if name in builtin_dirs or name.endswith(".egg-info") or (chain and rules.ignored(rel, True, chain)):
+                if (
+                    name in builtin_dirs
+                    or name.endswith(".egg-info")
+                    or (chain and rules.ignored(rel, True, chain))
+                ):
                     stats.ignored += 1
                     continue
                 if key in excluded:
@@ -378,8 +463,12 @@ def previous_index(previous: pd.DataFrame | None) -> dict[str, tuple[int, int, s
     return dict(
         zip(
             live["path"].tolist(),
-            zip(live["size"].tolist(), live["mtime_ns"].tolist(), live["blake3"].tolist(),
-                live["language"].tolist()),
+            zip(
+                live["size"].tolist(),
+                live["mtime_ns"].tolist(),
+                live["blake3"].tolist(),
+                live["language"].tolist(),
+            ),
         )
     )
 
@@ -421,8 +510,12 @@ def scan(
     prev = previous_index(previous)
     binaries_before: dict[str, tuple[int, int]] = {}
     if known_binaries is not None and len(known_binaries):
-        binaries_before = dict(zip(known_binaries["path"].tolist(),
-                                   zip(known_binaries["size"].tolist(), known_binaries["mtime_ns"].tolist())))
+        binaries_before = dict(
+            zip(
+                known_binaries["path"].tolist(),
+                zip(known_binaries["size"].tolist(), known_binaries["mtime_ns"].tolist()),
+            )
+        )
     binaries: list[tuple[str, int, int]] = []
     stats = ScanStats()
     rows: list[tuple[str, int, int, str, str, str]] = []
@@ -433,7 +526,9 @@ def scan(
     hash_started: float | None = None
 
     def submit(batch: list) -> None:
-        batches.append((batch, pool.submit(_hash_batch, [(b[1], b[2]) for b in batch], options.max_file_size)))
+        batches.append(
+            (batch, pool.submit(_hash_batch, [(b[1], b[2]) for b in batch], options.max_file_size))
+        )
 
     try:
         for rel, abs_path, st in itertools.chain.from_iterable(_walk(options, stats)):
@@ -468,7 +563,8 @@ def scan(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    stats.hash_seconds = time.perf_counter() - hash_started
+    # reached only when the walk and the hashing succeeded: a failure above propagates as itself
+    stats.hash_seconds = time.perf_counter() - hash_started if hash_started is not None else 0.0
 
     for batch, results in outcomes:
         for (rel, _abs, stat_size, mtime, old), (kind, a, b) in zip(batch, results):
@@ -496,12 +592,17 @@ def scan(
                 log.warning("kept the previous entry of %s: it is unreadable now (%s)", rel, a)
                 rows.append((rel, old[0], old[1], old[2], old[3], UNCHANGED))
 
-    if previous is not None and stats.files_hashed == 0 and len(rows) == len(prev) and all(
-        r[5] == UNCHANGED for r in rows
+    if (
+        previous is not None
+        and stats.files_hashed == 0
+        and len(rows) == len(prev)
+        and all(r[5] == UNCHANGED for r in rows)
     ):
         # Nothing changed (every present file matched the previous manifest, none is gone): reuse its columns.
         manifest = previous[previous["status"] != DELETED].reset_index(drop=True)
-        manifest = manifest.assign(status=pd.array([UNCHANGED] * len(manifest), dtype="str"))[MANIFEST_COLUMNS]
+        manifest = manifest.assign(status=pd.array([UNCHANGED] * len(manifest), dtype="str"))[
+            MANIFEST_COLUMNS
+        ]
     else:
         seen = {r[0] for r in rows}
         for rel, (size, mtime, digest, lang) in prev.items():
@@ -527,13 +628,19 @@ def scan(
     stats.duration_seconds = time.perf_counter() - started
     log.info(
         "scanned %s: %d files, %d bytes, %s, %d bytes re-hashed, skipped %s",
-        root, stats.files, stats.bytes, stats.status_counts, stats.bytes_hashed, dict(stats.skipped),
+        root,
+        stats.files,
+        stats.bytes,
+        stats.status_counts,
+        stats.bytes_hashed,
+        dict(stats.skipped),
     )
     return ScanResult(
         manifest=manifest,
         stats=stats,
         binaries=pd.DataFrame(binaries, columns=["path", "size", "mtime_ns"]).astype(
-            {"size": "int64", "mtime_ns": "int64"}),
+            {"size": "int64", "mtime_ns": "int64"}
+        ),
     )
 
 
@@ -545,7 +652,8 @@ def present_files(manifest: pd.DataFrame) -> pd.DataFrame:
 def read_verified(
     items: Iterable[tuple[str, str]], budget: int | None = None
 ) -> tuple[list[tuple[str, bytes]], int]:
-    """Read ``(path, blake3)`` items, dropping files that vanished, became unreadable or changed since the scan.
+    """Read ``(path, blake3)`` items, dropping files that vanished, became unreadable or changed since the
+    scan.
 
     Args:
         items: absolute paths with the blake3 the manifest recorded.

@@ -8,7 +8,9 @@ from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.vector_store import Hit, get_collection, open_client, query
 
 
-def search(text: str, k: int = 5, settings: Settings | None = None, embedder: Embedder | None = None) -> list[Hit]:
+def search(
+    text: str, k: int = 5, settings: Settings | None = None, embedder: Embedder | None = None
+) -> list[Hit]:
     """The ``k`` chunks nearest to ``text``, best first.
 
     Args:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nova_pipeline.core.errors import SettingsError
+from nova_pipeline.core.layout import Layout
 
 DEFAULT_HOME = ".nova"
 
@@ -55,9 +56,13 @@ class Settings:
                     "NOVA_SOURCE_DIR is not set: export NOVA_SOURCE_DIR=/path/to/the/tree/to/index"
                 )
             if not src.exists():
-                raise SettingsError(f"NOVA_SOURCE_DIR={src} does not exist: point it at an existing directory")
+                raise SettingsError(
+                    f"NOVA_SOURCE_DIR={src} does not exist: point it at an existing directory"
+                )
             if not src.is_dir():
-                raise SettingsError(f"NOVA_SOURCE_DIR={src} is not a directory: point it at the tree to index")
+                raise SettingsError(
+                    f"NOVA_SOURCE_DIR={src} is not a directory: point it at the tree to index"
+                )
             if not os.access(src, os.R_OK | os.X_OK):
                 raise SettingsError(f"NOVA_SOURCE_DIR={src} is not readable: fix its permissions")
         home_path = Path(home or DEFAULT_HOME).expanduser().resolve()
@@ -77,9 +82,17 @@ class Settings:
         """Settings from ``os.environ`` (or ``env``); see the module docstring for the variables."""
         env = os.environ if env is None else env
         return cls.build(
-            env.get("NOVA_SOURCE_DIR"), env.get("NOVA_HOME"), env.get("NOVA_IGNORE", ""),
-            env.get("NOVA_CHROMA_URL"), require_source=require_source,
+            env.get("NOVA_SOURCE_DIR"),
+            env.get("NOVA_HOME"),
+            env.get("NOVA_IGNORE", ""),
+            env.get("NOVA_CHROMA_URL"),
+            require_source=require_source,
         )
+
+    @property
+    def layout(self) -> Layout:
+        """Where everything lives under ``home``."""
+        return Layout(self.home)
 
     def state_dirs_to_exclude(self) -> list[Path]:
         """Directories that hold our own state and must never be scanned, even inside the source tree."""

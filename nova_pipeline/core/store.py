@@ -32,10 +32,12 @@ import zstandard as zstd
 from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_with, syncfs
 from nova_pipeline.core.dictionary import NO_DICTIONARY, DictionaryRegistry, compressor
 from nova_pipeline.core.errors import DictionaryError, StoreCorruptError, StoreError
+from nova_pipeline.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["key", "dict_blake3", "dict_id", "size", "stored_size"]
+DEFAULT_THREADS = -1  # compression threads: every core
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_FILES = 1000
 
@@ -62,11 +64,12 @@ class ContentStore:
     """Read and write the store of one ``NOVA_HOME``."""
 
     def __init__(self, home: Path):
-        self.home = Path(home)
-        self.root = self.home / "store"
-        self.objects = self.root / "objects"
+        layout = Layout.of(home)
+        self.home = layout.home
+        self.root = layout.store
+        self.objects = layout.store_objects
         self._objects_str = str(self.objects)
-        self.index_path = self.root / "index.parquet"
+        self.index_path = layout.store_index
         self.registry = DictionaryRegistry(self.home)
         self._dctx: dict[int, zstd.ZstdDecompressor] = {}
         self._index: pd.DataFrame | None = None
@@ -78,8 +81,12 @@ class ContentStore:
             if self.index_path.exists():
                 self._index = pd.read_parquet(self.index_path)
             else:
-                self._index = pd.DataFrame({c: pd.Series(dtype="int64" if c in ("dict_id", "size", "stored_size")
-                                                         else "str") for c in INDEX_COLUMNS})
+                self._index = pd.DataFrame(
+                    {
+                        c: pd.Series(dtype="int64" if c in ("dict_id", "size", "stored_size") else "str")
+                        for c in INDEX_COLUMNS
+                    }
+                )
         return self._index
 
     def commit_index(self, index: pd.DataFrame) -> None:
@@ -202,7 +209,7 @@ class ContentStore:
                 try:
                     view = memoryview(frame)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
             syncfs(self.objects)
@@ -279,13 +286,21 @@ class ContentStore:
         return random.Random(seed).sample(keys, n)
 
     # ---- garbage collection ------------------------------------------------------------------------
-    def collect_garbage(self, keep: set[str] | None = None) -> tuple[int, int]:
-        """Remove objects not in the committed index (nor ``keep``), and stale temp files.
+    def collect_garbage(self) -> tuple[int, int]:
+        """Remove objects that neither the committed index nor any committed golden version refers to,
+        then dictionaries that neither refers to, and stale temp files.
+
+        Golden versions (and so the backups made of them) keep needing their objects after the tree has
+        moved on: this is the only garbage collection there is, so no caller can forget that.
 
         Returns:
             ``(objects removed, bytes freed)``.
         """
-        live = set(self.index()["key"]) | (keep or set())
+        from nova_pipeline.core.golden import referenced_store_entries
+
+        golden_keys, golden_dictionaries = referenced_store_entries(self.home)
+        self.registry.remove_unreferenced(self.dictionaries_in_use() | golden_dictionaries)
+        live = set(self.index()["key"]) | golden_keys
         removed = freed = 0
         if not self.objects.exists():
             return 0, 0
@@ -324,13 +339,17 @@ class StoreUpdate:
 
 
 def update_store(
-    store: ContentStore, root: Path, manifest: pd.DataFrame, dict_digest: str, level: int = 3,
-    threads: int = -1, keep: set[str] | None = None,
+    store: ContentStore,
+    root: Path,
+    manifest: pd.DataFrame,
+    dict_digest: str,
+    level: int = 3,
+    threads: int = DEFAULT_THREADS,
 ) -> StoreUpdate:
     """Store every unique content of ``manifest``, commit the new index, then collect garbage.
 
-    Objects outside the new index are removed only after it is committed, and never those in ``keep``
-    (e.g. objects a golden copy still refers to).
+    Objects outside the new index are removed only after it is committed, and never those a golden
+    version still refers to (see :meth:`ContentStore.collect_garbage`).
 
     Raises:
         StoreError: a write failed; the previous index stays committed.
@@ -340,13 +359,16 @@ def update_store(
     items = unique_contents(root, manifest)
     rows, put = store.put_many(items, dict_digest, level=level, threads=threads)
     store.commit_index(rows)
-    removed, freed = store.collect_garbage(keep)
-    store.registry.remove_unreferenced(store.dictionaries_in_use())
+    removed, freed = store.collect_garbage()
     live = present_files(manifest)
     stored_keys = set(rows["key"])
     dup_bytes = int(live.loc[live["blake3"].isin(stored_keys), "size"].sum()) - int(rows["size"].sum())
     return StoreUpdate(
-        put=put, objects=len(rows), raw_bytes=int(rows["size"].sum()),
-        stored_bytes=int(rows["stored_size"].sum()), dedup_saved_bytes=max(0, dup_bytes),
-        removed_objects=removed, freed_bytes=freed,
+        put=put,
+        objects=len(rows),
+        raw_bytes=int(rows["size"].sum()),
+        stored_bytes=int(rows["stored_size"].sum()),
+        dedup_saved_bytes=max(0, dup_bytes),
+        removed_objects=removed,
+        freed_bytes=freed,
     )

@@ -1,7 +1,8 @@
 """DataFrame tables (manifests, patterns, chunks) kept as Parquet under ``NOVA_HOME/tables``.
 
 Each table is one file, written atomically (see :mod:`nova_pipeline.core.atomic`), so a reader sees the
-last committed version or nothing.
+last committed version or nothing. The names below are the only table names: a DataFrame asset's table
+is named by its asset key (the IO manager writes it), so these are also those assets' keys.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ from pathlib import Path
 import pandas as pd
 
 from nova_pipeline.core.atomic import atomic_write_with
+from nova_pipeline.core.layout import Layout
 
-TABLES_DIR = "tables"
+SOURCE_FILES = "source_files"  # the manifest (asset)
+SOURCE_FILES_BINARIES = "source_files_binaries"  # binary files seen by the scan, so they are not read again
+FREQUENT_PATTERNS = "frequent_patterns"  # asset
+SOURCE_CHUNKS = "source_chunks"  # asset
+TABLES = (SOURCE_FILES, SOURCE_FILES_BINARIES, FREQUENT_PATTERNS, SOURCE_CHUNKS)
 
 
-def table_path(home: Path, name: str) -> Path:
+def table_path(home: Path | Layout, name: str) -> Path:
     """Path of the Parquet file of table ``name``."""
-    return Path(home) / TABLES_DIR / f"{name}.parquet"
+    return Layout.of(home).table(name)
 
 
-def write_table(home: Path, name: str, df: pd.DataFrame) -> Path:
+def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:
     """Write ``df`` as table ``name`` atomically and return its path.
 
     Raises:
@@ -31,7 +37,7 @@ def write_table(home: Path, name: str, df: pd.DataFrame) -> Path:
     return path
 
 
-def read_table(home: Path, name: str) -> pd.DataFrame | None:
+def read_table(home: Path | Layout, name: str) -> pd.DataFrame | None:
     """The last committed version of table ``name``, or ``None`` if it was never written."""
     path = table_path(home, name)
     if not path.exists():

@@ -30,6 +30,7 @@ import pandas as pd
 from nova_pipeline.core.embedding import Embedder, EmbeddingCache, embed_with_cache
 from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
 from nova_pipeline.core.guard import DeletionGuard
+from nova_pipeline.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,18 @@ def open_client(home: Path, chroma_url: str | None = None):
         VectorStoreError: the server is unreachable or the data dir cannot be opened.
     """
     if not chroma_url:
-        return open_client_at(Path(home) / "vectors")
+        return open_client_at(Layout.of(home).vectors)
     import chromadb
 
     try:
         u = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
-        return chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
-                                   ssl=u.scheme == "https", settings=_chroma_settings())
+        client = chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
+                                     ssl=u.scheme == "https", settings=_chroma_settings())
     except Exception as exc:  # noqa: BLE001 - chroma raises many types for "cannot connect"
-        raise VectorStoreError(f"cannot reach the Chroma server at {chroma_url}: {exc}") from exc
+        raise VectorStoreError(f"the Chroma server at {chroma_url} is unreachable ({exc}): is it running, "
+                               "is NOVA_CHROMA_URL right?") from exc
+    client.nova_location = f"the Chroma server at {chroma_url}"
+    return client
 
 
 def open_client_at(path: Path):
@@ -73,9 +77,12 @@ def open_client_at(path: Path):
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+        client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
     except Exception as exc:  # noqa: BLE001
-        raise VectorStoreError(f"cannot open the Chroma data dir {path}: {exc}") from exc
+        raise VectorStoreError(f"the Chroma data dir {path} cannot be opened ({exc}): it may be damaged; "
+                               "`nova golden reset --yes` rebuilds it from the golden copy") from exc
+    client.nova_location = f"the Chroma data dir {path}"
+    return client
 
 
 def _chroma_settings():
@@ -91,7 +98,7 @@ def writer_lock(home: Path, timeout: float = 600.0) -> Iterator[None]:
     Raises:
         VectorStoreError: another writer held the lock for ``timeout`` seconds.
     """
-    path = Path(home) / "vectors.lock"
+    path = Layout.of(home).vectors_lock
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         deadline = time.monotonic() + timeout
@@ -101,7 +108,9 @@ def writer_lock(home: Path, timeout: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise VectorStoreError(f"another writer holds {path} since {timeout:.0f}s; is a rebuild running?")
+                    raise VectorStoreError(
+                        f"another writer holds {path} since {timeout:.0f}s; is a rebuild running?"
+                    ) from None
                 time.sleep(0.5)
         try:
             yield
@@ -113,21 +122,56 @@ def get_collection(client, fingerprint: str, create: bool = True):
     """The collection of ``fingerprint`` (cosine space, embeddings supplied by us).
 
     Raises:
-        IndexNotBuiltError: ``create`` is False and the collection does not exist.
+        IndexNotBuiltError: ``create`` is False and the collection does not exist (only then does the
+            message say to run the rebuild job).
+        VectorStoreError: the store is unreachable (a server that stopped answering) or damaged (a data
+            dir Chroma cannot read); the message says which, and where.
     """
+    from chromadb.errors import NotFoundError
+
     name = collection_name(fingerprint)
-    if create:
-        return client.get_or_create_collection(
-            name, metadata={"model_fingerprint": fingerprint, "created_by": "nova_pipeline"},
-            configuration={"hnsw": {"space": "cosine"}}, embedding_function=None,
-        )
     try:
+        if create:
+            return client.get_or_create_collection(
+                name,
+                metadata={"model_fingerprint": fingerprint, "created_by": "nova_pipeline"},
+                configuration={"hnsw": {"space": "cosine"}},
+                embedding_function=None,
+            )
         return client.get_collection(name, embedding_function=None)
-    except Exception as exc:  # noqa: BLE001 - NotFoundError differs between client types
+    except NotFoundError as exc:
         raise IndexNotBuiltError(
             f"no vector index {name!r} yet: run the rebuild job "
             "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - transport and storage errors come in many types
+        raise describe_failure(client, exc, f"collection {name!r}") from exc
+
+
+def describe_failure(client, exc: Exception, what: str) -> VectorStoreError:
+    """A :class:`VectorStoreError` that says whether the store is unreachable or damaged, and where."""
+    where = getattr(client, "nova_location", "the vector store")
+    if _is_transport_error(exc):
+        return VectorStoreError(
+            f"{where} is unreachable while reading {what} ({type(exc).__name__}: {exc}): "
+            "is the server running?"
+        )
+    return VectorStoreError(
+        f"{where} failed reading {what} ({type(exc).__name__}: {exc}): the store may be "
+        "damaged; `nova golden reset --yes` rebuilds it from the golden copy"
+    )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import httpx
+
+    for _ in range(10):  # the exception and its causes
+        if exc is None:
+            return False
+        if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def ids_digest(chunk_ids, fingerprint: str) -> str:
@@ -144,7 +188,7 @@ def store_state(home: Path, fingerprint: str) -> str | None:
     Chroma's SQLite catalogue read-only; anything unexpected (server mode, no store, another schema)
     gives None, which callers treat as "unknown: verify for real".
     """
-    data_dir = Path(home) / "vectors"
+    data_dir = Layout.of(home).vectors
     db_path = data_dir / "chroma.sqlite3"
     if not db_path.is_file():
         return None
@@ -152,9 +196,11 @@ def store_state(home: Path, fingerprint: str) -> str | None:
         db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         try:
             rows = db.execute(
-                "SELECT c.id, s.id, s.scope, m.seq_id FROM collections c JOIN segments s ON s.collection = c.id "
+                "SELECT c.id, s.id, s.scope, m.seq_id FROM collections c "
+                "JOIN segments s ON s.collection = c.id "
                 "LEFT JOIN max_seq_id m ON m.segment_id = s.id WHERE c.name = ? ORDER BY s.id",
-                (collection_name(fingerprint),)).fetchall()
+                (collection_name(fingerprint),),
+            ).fetchall()
         finally:
             db.close()
         if not rows:
@@ -163,8 +209,11 @@ def store_state(home: Path, fingerprint: str) -> str | None:
         for _, segment, _, _ in rows:
             seg_dir = data_dir / segment
             if seg_dir.is_dir():
-                files += [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(seg_dir.iterdir())
-                          if f.is_file()]
+                files += [
+                    (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in sorted(seg_dir.iterdir())
+                    if f.is_file()
+                ]
     except (sqlite3.Error, OSError):
         return None
     return blake3.blake3(json.dumps([rows, files]).encode()).hexdigest()
@@ -184,7 +233,7 @@ class VerifiedRecord:
     MAX_AGE_HOURS = 168.0
 
     def __init__(self, home: Path):
-        self.path = Path(home) / "vectors.verified.json"
+        self.path = Layout.of(home).verified_record
 
     def read(self) -> dict:
         try:
@@ -192,7 +241,9 @@ class VerifiedRecord:
         except (OSError, ValueError):
             return {}
 
-    def matching(self, name: str, digest: str, state: str | None, max_age_hours: float | None = None) -> dict | None:
+    def matching(
+        self, name: str, digest: str, state: str | None, max_age_hours: float | None = None
+    ) -> dict | None:
         """The record of ``name`` if it was made at this digest and state and is fresh enough, else None."""
         if state is None:
             return None
@@ -236,8 +287,12 @@ def existing_ids(collection) -> set[str]:
 def chunk_metadata(row) -> dict:
     """Flat scalar metadata of a chunk row."""
     return {
-        "path": row.path, "start_line": int(row.start_line), "end_line": int(row.end_line),
-        "symbol": row.symbol or "", "language": row.language, "content_blake3": row.content_blake3,
+        "path": row.path,
+        "start_line": int(row.start_line),
+        "end_line": int(row.end_line),
+        "symbol": row.symbol or "",
+        "language": row.language,
+        "content_blake3": row.content_blake3,
     }
 
 
@@ -351,21 +406,34 @@ class Hit:
 
 def query(collection, vectors: np.ndarray, k: int) -> list[list[Hit]]:
     """Top-``k`` hits for each query vector."""
-    res = collection.query(query_embeddings=np.asarray(vectors, dtype=np.float32), n_results=k,
-                           include=["metadatas", "documents", "distances"])
+    res = collection.query(
+        query_embeddings=np.asarray(vectors, dtype=np.float32),
+        n_results=k,
+        include=["metadatas", "documents", "distances"],
+    )
     out = []
     for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], res["documents"], res["distances"]):
-        out.append([
-            Hit(path=m["path"], start_line=int(m["start_line"]), end_line=int(m["end_line"]),
-                symbol=m.get("symbol", ""), language=m.get("language", ""), score=1.0 - float(d),
-                text=doc or "", chunk_id=i)
-            for i, m, doc, d in zip(ids, metas, docs, dists)
-        ])
+        out.append(
+            [
+                Hit(
+                    path=m["path"],
+                    start_line=int(m["start_line"]),
+                    end_line=int(m["end_line"]),
+                    symbol=m.get("symbol", ""),
+                    language=m.get("language", ""),
+                    score=1.0 - float(d),
+                    text=doc or "",
+                    chunk_id=i,
+                )
+                for i, m, doc, d in zip(ids, metas, docs, dists)
+            ]
+        )
     return out
 
 
-def self_retrieval_failures(collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int,
-                            seed: int = 0) -> tuple[int, list[str]]:
+def self_retrieval_failures(
+    collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int, seed: int = 0
+) -> tuple[int, list[str]]:
     """Query a sample of chunks with their own (cached) embeddings; each must come back first.
 
     A chunk whose text is duplicated elsewhere passes when the top hit has the same content.
@@ -385,8 +453,10 @@ def self_retrieval_failures(collection, chunks: pd.DataFrame, cache: EmbeddingCa
     for r, h in zip(rows, hits):
         top = h[0] if h else None
         if top is None or (top.chunk_id != r.chunk_id and top.text != r.text):
-            failures.append(f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) found "
-                            f"{top.chunk_id if top else 'nothing'} first")
+            failures.append(
+                f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) found "
+                f"{top.chunk_id if top else 'nothing'} first"
+            )
     return len(rows), failures
 
 

@@ -1,27 +1,35 @@
-"""Assets and checks of the compression stages: frequent_patterns, compression_dictionary, compressed_store."""
+"""Assets and checks of the compression stages: frequent_patterns, compression_dictionary, compressed_store.
+
+Run-config defaults come from core (``PatternOptions``, ``DictionaryOptions``, ``store.DEFAULT_THREADS``): one
+source each. There is one zstd level: ``compression_dictionary``'s, at which the dictionary is measured and
+at which ``compressed_store`` then compresses.
+"""
 
 import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
-from nova_pipeline.core.golden import referenced_store_keys
 from nova_pipeline.core.patterns import PatternOptions, display_pattern, find_patterns, pattern_sources
 from nova_pipeline.core.scanning import unique_contents
-from nova_pipeline.core.store import ContentStore, update_store
-from nova_pipeline.core.tables import read_table
+from nova_pipeline.core.store import DEFAULT_THREADS, ContentStore, update_store
+from nova_pipeline.core.tables import FREQUENT_PATTERNS, read_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.resources import NovaSettings
 
+_PATTERNS = PatternOptions()
+_DICTIONARY = DictionaryOptions()
+
 
 class PatternsConfig(dg.Config):
-    """Pattern analysis settings; lengths in bytes, memory in MB (2^20 bytes)."""
+    """Pattern analysis settings (see :class:`~nova_pipeline.core.patterns.PatternOptions`); lengths in
+    bytes, memory in MB (2^20 bytes)."""
 
-    min_length: int = 8
-    max_length: int = 512
-    min_frequency: int = 2
-    top_k: int = 100
-    max_workers: int = 0
-    memory_limit_mb: int = 1024
+    min_length: int = _PATTERNS.min_length
+    max_length: int = _PATTERNS.max_length
+    min_frequency: int = _PATTERNS.min_frequency
+    top_k: int = _PATTERNS.top_k
+    max_workers: int = _PATTERNS.max_workers
+    memory_limit_mb: int = _PATTERNS.memory_limit_mb
 
 
 @dg.asset(kinds={"python", "parquet"}, group_name="compression")
@@ -36,19 +44,21 @@ def frequent_patterns(
     """
     settings = nova.settings()
     options = PatternOptions(**config.model_dump())
-    previous = read_table(settings.home, "frequent_patterns")
+    previous = read_table(settings.layout, FREQUENT_PATTERNS)
     df, stats = find_patterns(
-        settings.source_dir, source_files, options, settings.home / "cache" / "patterns", previous
+        settings.source_dir, source_files, options, settings.layout.patterns_cache, previous
     )
     top = df.head(20)
     sources = pattern_sources(settings.source_dir, source_files, top["pattern"].tolist())
-    table = pd.DataFrame({
-        "pattern": [display_pattern(p) for p in top["pattern"]],
-        "bytes": [len(p) for p in top["pattern"]],
-        "frequency": top["frequency"],
-        "files": top["file_count"],
-        "e.g. in": [", ".join(f"`{s}`" for s in src) for src in sources],
-    })
+    table = pd.DataFrame(
+        {
+            "pattern": [display_pattern(p) for p in top["pattern"]],
+            "bytes": [len(p) for p in top["pattern"]],
+            "frequency": top["frequency"],
+            "files": top["file_count"],
+            "e.g. in": [", ".join(f"`{s}`" for s in src) for src in sources],
+        }
+    )
     context.log.info(
         f"{len(df)} patterns from {stats.contents} contents; shards analysed {stats.shards_analysed}, "
         f"cached {stats.shards_cached}"
@@ -72,19 +82,26 @@ def frequent_patterns(
 
 
 class DictionaryConfig(dg.Config):
-    """Dictionary settings: size in bytes; held-out share in percent; drift as a share (0.05 = 5%)."""
+    """Dictionary settings (see :class:`~nova_pipeline.core.dictionary.DictionaryOptions`): size in bytes;
+    ``level``, the zstd level of the held-out measurement and of the store; held-out share in percent;
+    drift as a share (0.05 = 5%)."""
 
-    dict_size: int = 112_640
-    level: int = 3
-    heldout_percent: int = 20
-    drift_threshold: float = 0.05
+    dict_size: int = _DICTIONARY.dict_size
+    level: int = _DICTIONARY.level
+    heldout_percent: int = _DICTIONARY.heldout_percent
+    drift_threshold: float = _DICTIONARY.drift_threshold
 
 
 @dg.asset(
-    kinds={"zstd"}, group_name="compression", deps=[frequent_patterns],
+    kinds={"zstd"},
+    group_name="compression",
+    deps=[frequent_patterns],
 )
 def compression_dictionary(
-    context: dg.AssetExecutionContext, config: DictionaryConfig, nova: NovaSettings, source_files: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    config: DictionaryConfig,
+    nova: NovaSettings,
+    source_files: pd.DataFrame,
 ):
     """A zstd dictionary trained on the tree, named by its blake3 under ``NOVA_HOME/dictionaries``.
 
@@ -95,7 +112,9 @@ def compression_dictionary(
     settings = nova.settings()
     registry = DictionaryRegistry(settings.home)
     options = DictionaryOptions(**config.model_dump())
-    info, action, skipped = build_for_tree(unique_contents(settings.source_dir, source_files), registry, options)
+    info, action, skipped = build_for_tree(
+        unique_contents(settings.source_dir, source_files), registry, options
+    )
     messages = {
         "unchanged": "held-out set and dictionary unchanged: nothing trained, nothing measured",
         "kept": "no drift: kept the current dictionary",
@@ -122,7 +141,9 @@ def compression_dictionary(
     )
 
 
-@dg.asset_check(asset=compression_dictionary, description="The dictionary beats no dictionary on held-out files.")
+@dg.asset_check(
+    asset=compression_dictionary, description="The dictionary beats no dictionary on held-out files."
+)
 def dictionary_beats_no_dictionary(nova: NovaSettings) -> dg.AssetCheckResult:
     info = DictionaryRegistry(nova.settings(require_source=False).home).current()
     if info is None:
@@ -132,7 +153,9 @@ def dictionary_beats_no_dictionary(nova: NovaSettings) -> dg.AssetCheckResult:
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"ratio_with": round(info.ratio_with, 4), "ratio_without": round(info.ratio_without, 4)},
-        description=None if passed else (
+        description=None
+        if passed
+        else (
             f"held-out ratio {info.ratio_with:.3f} with the dictionary is below {info.ratio_without:.3f} "
             "without it: retrain with a larger sample or a smaller dict_size"
         ),
@@ -140,24 +163,24 @@ def dictionary_beats_no_dictionary(nova: NovaSettings) -> dg.AssetCheckResult:
 
 
 class StoreConfig(dg.Config):
-    """Store settings: zstd level, and compression threads (-1: every core)."""
+    """Store settings: compression threads (-1: every core). The zstd level is the dictionary's."""
 
-    level: int = 3
-    threads: int = -1
+    threads: int = DEFAULT_THREADS
 
 
 @dg.asset(kinds={"zstd"}, group_name="compression", deps=[compression_dictionary])
 def compressed_store(
     context: dg.AssetExecutionContext, config: StoreConfig, nova: NovaSettings, source_files: pd.DataFrame
 ):
-    """Every unique content as one zstd frame under ``NOVA_HOME/store``, keyed by blake3, verified by round trip."""
+    """Every unique content as one zstd frame under ``NOVA_HOME/store``, keyed by blake3, verified by round
+    trip,
+    at the zstd level the dictionary was measured at."""
     settings = nova.settings()
-    store = ContentStore(settings.home)
+    store = ContentStore(settings.layout)
     info = store.registry.current()
     dict_digest = info.blake3 if info else ""
-    keep = referenced_store_keys(settings.home)  # objects golden versions still refer to
-    update = update_store(store, settings.source_dir, source_files, dict_digest, config.level, config.threads,
-                          keep=keep)
+    level = info.level if info else _DICTIONARY.level
+    update = update_store(store, settings.source_dir, source_files, dict_digest, level, config.threads)
     put = update.put
     if put.written == 0:
         context.log.info(f"nothing to compress: all {put.already_stored} contents already stored")
@@ -180,6 +203,7 @@ def compressed_store(
             "bytes_freed": update.freed_bytes,
             "skipped": dg.MetadataValue.json(put.skipped),
             "dictionary_blake3": dict_digest or "(none)",
+            "zstd_level": level,
             "index": dg.MetadataValue.path(str(store.index_path)),
         },
     )
@@ -191,15 +215,22 @@ class RoundTripConfig(dg.Config):
     sample_size: int = 5000
 
 
-@dg.asset_check(asset=compressed_store, blocking=True,
-                description="Stored objects decompress and match their blake3 keys.")
+@dg.asset_check(
+    asset=compressed_store,
+    blocking=True,
+    description="Stored objects decompress and match their blake3 keys.",
+)
 def store_round_trip(config: RoundTripConfig, nova: NovaSettings) -> dg.AssetCheckResult:
     store = ContentStore(nova.settings(require_source=False).home)
     keys = store.sample_keys(config.sample_size)
     failures = store.verify(keys)
     return dg.AssetCheckResult(
         passed=not failures,
-        metadata={"checked": len(keys), "objects": len(store.index()), "failures": len(failures),
-                  "first_failures": dg.MetadataValue.json(failures[:10])},
+        metadata={
+            "checked": len(keys),
+            "objects": len(store.index()),
+            "failures": len(failures),
+            "first_failures": dg.MetadataValue.json(failures[:10]),
+        },
         description="; ".join(failures[:3]) if failures else None,
     )

@@ -1,11 +1,15 @@
-"""Jobs and schedules of the asset graph. (Op jobs for reset, restore and drills live in defs/golden.py.)"""
+"""Jobs and schedules. Naming: a job object is ``<name>_job`` for the job ``<name>``; ops end in ``_op``.
+
+Asset jobs select assets by key, so this module needs no asset objects from the other ``defs`` modules.
+"""
 
 import dagster as dg
 
-from nova_pipeline.defs import golden
+from nova_pipeline.defs.protect import reset_index_op, restore_drill_op, restore_op
 
-# rebuild runs in one process (see README, "Why one process"): its heavy steps parallelise inside
-# themselves (pattern workers, zstd threads), and a process per step only paid for imports again.
+# rebuild runs in one process (see README, "The warm path, and why rebuild runs in one process"): its heavy
+# steps parallelise inside themselves (pattern workers, zstd threads), and a process per step only paid for
+# imports again.
 rebuild_job = dg.define_asset_job(
     "rebuild",
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets("backups"),
@@ -19,20 +23,51 @@ backup_job = dg.define_asset_job(
     description="Archive the CURRENT golden copy and its store objects; verify; apply retention.",
 )
 
+
+@dg.job(
+    name="reset_index",
+    description="Bring the primary index back to the golden copy "
+    "(needs ops.reset_index_op.config.confirm: true).",
+)
+def reset_index_job():
+    reset_index_op()
+
+
+@dg.job(
+    name="restore", description="Restore a backup (needs ops.restore_op.config.backup_id and confirm: true)."
+)
+def restore_job():
+    restore_op()
+
+
+@dg.job(
+    name="restore_drill",
+    description="Restore the newest (or a given) backup into a temp dir and prove it works.",
+)
+def restore_drill_job():
+    restore_drill_op()
+
+
 nightly_rebuild = dg.ScheduleDefinition(
-    name="nightly_rebuild", job=rebuild_job, cron_schedule="0 2 * * *",
+    name="nightly_rebuild",
+    job=rebuild_job,
+    cron_schedule="0 2 * * *",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Incremental rebuild every night at 02:00 (instance timezone). Stopped by default.",
 )
 
 daily_backup = dg.ScheduleDefinition(
-    name="daily_backup", job=backup_job, cron_schedule="0 3 * * *",
+    name="daily_backup",
+    job=backup_job,
+    cron_schedule="0 3 * * *",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="A verified backup every day at 03:00. Stopped by default.",
 )
 
 weekly_restore_drill = dg.ScheduleDefinition(
-    name="weekly_restore_drill", job=golden.restore_drill, cron_schedule="0 4 * * 0",
+    name="weekly_restore_drill",
+    job=restore_drill_job,
+    cron_schedule="0 4 * * 0",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Restore drill of the newest backup every Sunday at 04:00. Stopped by default.",
 )

@@ -132,8 +132,13 @@ def test_crafted_archive_with_dotdot_is_refused(home, tmp_path):
 def test_a_crash_at_any_step_of_a_backup_leaves_nothing_partial(home, monkeypatch):
     h, _ = home
     first = backup.create_backup(h).info
-    targets = [(backup, "_add_bytes"), (backup.os, "fsync"), (backup, "atomic_write_bytes"), (backup.os, "replace"),
-               (backup, "fsync_dir")]
+    targets = [
+        (backup, "_add_bytes"),
+        (backup.os, "fsync"),
+        (backup, "atomic_write_bytes"),
+        (backup.os, "replace"),
+        (backup, "fsync_dir"),
+    ]
     crashes = 0
     for fail_at in range(1, 400):
         with monkeypatch.context() as m:
@@ -179,7 +184,9 @@ def test_restore_round_trip_reproduces_index_and_store(home, monkeypatch):
     assert top_ids(col, queries, 5) == top_before
     assert ContentStore(h).verify(store_keys) == []
     assert {(r["action"], r["outcome"]) for r in audit.read(h)} >= {
-        ("restore", "refused: confirm is not true"), ("restore", "ok")}
+        ("restore", "refused: confirm is not true"),
+        ("restore", "ok"),
+    }
 
 
 def test_retention_keeps_the_newest_verified(home):
@@ -201,3 +208,43 @@ def test_postgres_dump_is_backed_up_and_drilled(home, pg_database):
     assert backup.PG_DUMP in [n for n, _ in read_members(r.info)]
     admin = f"postgresql://{pg['DAGSTER_PG_USER']}@{pg['DAGSTER_PG_HOST']}:{pg['DAGSTER_PG_PORT']}/postgres"
     assert backup.verify(h, r.info.id, 3, pg_admin_url=admin) == []
+
+
+def test_ids_with_suffixes_sort_by_number(tmp_path):
+    from nova_pipeline.core.golden import stamp_key
+
+    ids = ["20260101T000000Z-10", "20260101T000000Z-9", "20260101T000000Z", "20260101T000000Z-2"]
+    assert sorted(ids, key=stamp_key) == [
+        "20260101T000000Z",
+        "20260101T000000Z-2",
+        "20260101T000000Z-9",
+        "20260101T000000Z-10",
+    ]
+    d = backup.backups_dir(tmp_path)
+    d.mkdir(parents=True)
+    for i in ids:
+        (d / f"backup_{i}.tar.zst").write_bytes(b"x")
+    assert [b.id for b in backup.list_backups(tmp_path)][:2] == ["20260101T000000Z-10", "20260101T000000Z-9"]
+    assert backup.newest_backup(tmp_path).id == "20260101T000000Z-10"
+
+
+def test_retention_keeps_the_newest_verified_backup_of_each_golden_version(home, stdlib_tree):
+    h, _ = home
+    v1 = golden.current_version(h).name
+    b1, b2 = (backup.create_backup(h, keep=100).info for _ in range(2))  # of v1
+    p = stdlib_tree / "json" / "decoder.py"
+    p.write_text(p.read_text() + "\n\ndef added():\n    return 1\n")
+    build_home(stdlib_tree, h)
+    v2 = golden.promote(h, FP).version.name
+    b3, b4, b5 = (backup.create_backup(h, keep=100).info for _ in range(3))  # of v2
+    b2.verified_path.unlink()  # b2 failed a verification since: it no longer counts
+    b5.verified_path.unlink()  # newer than every verified backup: under inspection, never deleted
+
+    removed = backup.apply_retention(h, keep=1)
+    assert set(removed) == {b2.id, b3.id}
+    # b4: the newest verified; b1: the newest *verified* backup of v1, still on disk; b5: under inspection
+    assert {b.id for b in backup.list_backups(h)} == {b1.id, b4.id, b5.id}
+
+    golden.remove_tree(golden.golden_root(h) / v1)  # v1 leaves the disk: its backup is no longer special
+    assert backup.apply_retention(h, keep=1) == [b1.id]
+    assert v2 == golden.current_version(h).name

@@ -37,7 +37,9 @@ def test_small_neighbours_merge_and_large_bodies_split(tok):
     small = "\n".join(f"def f{i}():\n    return {i}\n" for i in range(10))
     out = chunks(tok, "s.py", small, "python")
     assert len(out) < 10  # merged
-    big = "def huge():\n" + "".join(f"    value_{i} = compute_something({i}, 'argument')\n" for i in range(400))
+    big = "def huge():\n" + "".join(
+        f"    value_{i} = compute_something({i}, 'argument')\n" for i in range(400)
+    )
     out = chunks(tok, "b.py", big, "python")
     assert len(out) > 5 and all(c["symbol"] == "def huge" for c in out)
     assert all(c["n_tokens"] <= tok.max_seq_length for c in out)
@@ -78,8 +80,9 @@ def test_syntax_error_falls_back_to_paragraphs(tok):
 def test_edit_at_the_end_keeps_earlier_chunk_texts(tok, stdlib_tree):
     path = stdlib_tree / "json" / "decoder.py"
     before = chunks(tok, "json/decoder.py", path.read_text(), "python")
-    after = chunks(tok, "json/decoder.py", path.read_text() + "\n\ndef added_at_the_end():\n    return 42\n",
-                   "python")
+    after = chunks(
+        tok, "json/decoder.py", path.read_text() + "\n\ndef added_at_the_end():\n    return 42\n", "python"
+    )
     # every chunk but the last (which the new function may merge into) keeps its id and text
     assert [c["chunk_id"] for c in before[:-1]] == [c["chunk_id"] for c in after[: len(before) - 1]]
     new_texts = {c["content_blake3"] for c in after} - {c["content_blake3"] for c in before}
@@ -95,5 +98,7 @@ def test_unchanged_files_reuse_their_chunks(tok, stdlib_tree):
     m2 = scan(ScanOptions(stdlib_tree), m1).manifest
     df2, s2 = chunk_manifest(stdlib_tree, m2, df1, tok.count, tok.max_seq_length)
     assert s2.files_chunked == 1 and s2.files_reused == non_empty - 1
-    assert set(df2[df2["path"] != "json/tool.py"]["chunk_id"]) == set(df1[df1["path"] != "json/tool.py"]["chunk_id"])
+    assert set(df2[df2["path"] != "json/tool.py"]["chunk_id"]) == set(
+        df1[df1["path"] != "json/tool.py"]["chunk_id"]
+    )
     assert df1["chunk_id"].is_unique and df2["chunk_id"].is_unique

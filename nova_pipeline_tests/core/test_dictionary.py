@@ -3,7 +3,11 @@ import random
 import zstandard as zstd
 
 from nova_pipeline.core.dictionary import (
-    DictionaryOptions, DictionaryRegistry, build_for_tree, build_or_keep, is_heldout,
+    DictionaryOptions,
+    DictionaryRegistry,
+    build_for_tree,
+    build_or_keep,
+    is_heldout,
 )
 from nova_pipeline.core.scanning import ScanOptions, scan, unique_contents
 
@@ -27,8 +31,10 @@ def test_trains_on_real_code_and_beats_no_dictionary(stdlib_tree, tmp_path):
 def _python_like(n, seed):
     rnd = random.Random(seed)
     return [
-        ("import os\nimport sys\n\n\ndef handler_%d(request, *args, **kwargs):\n"
-         "    \"\"\"Handle the request.\"\"\"\n    return process(request, %d)\n" % (i, rnd.randint(0, 9999))).encode()
+        (
+            "import os\nimport sys\n\n\ndef handler_%d(request, *args, **kwargs):\n"
+            '    """Handle the request."""\n    return process(request, %d)\n' % (i, rnd.randint(0, 9999))
+        ).encode()
         * 3
         for i in range(n)
     ]
@@ -50,20 +56,24 @@ def test_keeps_the_dictionary_without_drift_and_retrains_on_drift(tmp_path):
     assert action == "trained"
     # a slightly different held-out set of the same kind of files: measured, kept
     held2 = _python_like(41, 3)
-    kept, action = build_or_keep(train, digests, held2, [f"{i + 2000:064x}" for i in range(41)], registry, opts)
+    kept, action = build_or_keep(
+        train, digests, held2, [f"{i + 2000:064x}" for i in range(41)], registry, opts
+    )
     assert action == "kept" and kept.blake3 == first.blake3
     # a corpus of a different kind: the held-out ratio collapses, so it retrains
     drift = _drifted(200, 4)
-    new, action = build_or_keep(drift, digests, _drifted(40, 5), [f"{i + 3000:064x}" for i in range(40)],
-                                registry, opts)
+    new, action = build_or_keep(
+        drift, digests, _drifted(40, 5), [f"{i + 3000:064x}" for i in range(40)], registry, opts
+    )
     assert action == "trained" and new.blake3 != first.blake3
     assert registry.path(first.blake3).exists()  # the old dictionary stays: the store may refer to it
 
 
 def test_tiny_corpus_gets_no_dictionary(tmp_path):
     registry = DictionaryRegistry(tmp_path)
-    info, action = build_or_keep([b"x = 1\n"] * 3, ["a" * 64, "b" * 64, "c" * 64], [], [], registry,
-                                 DictionaryOptions())
+    info, action = build_or_keep(
+        [b"x = 1\n"] * 3, ["a" * 64, "b" * 64, "c" * 64], [], [], registry, DictionaryOptions()
+    )
     assert action == "no_dictionary" and info.blake3 == "" and "too little" in info.reason
     assert registry.current().blake3 == ""
 

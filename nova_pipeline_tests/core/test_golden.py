@@ -61,12 +61,19 @@ def test_an_edit_of_one_file_writes_far_less_and_shares_the_rest(stdlib_tree, tm
     second = golden.promote(h, FP)
     v1, v2 = first.version, second.version
     assert second.promoted and second.reason == f"changed since {v1.name}"
-    assert second.shards_written == 1 and second.shards_linked == len({golden.shard_of(p) for p in chunks["path"]}) - 1
+    assert (
+        second.shards_written == 1
+        and second.shards_linked == len({golden.shard_of(p) for p in chunks["path"]}) - 1
+    )
     assert second.bytes_written < 0.15 * first.bytes_written, (second.bytes_written, first.bytes_written)
     assert second.bytes_written + second.bytes_linked == v2.bytes
-    linked = next(rel for rel in json.loads((v2.path / golden.MANIFEST).read_text())["files"]
-                  if rel.startswith("export/") and (v1.path / rel).exists()
-                  and os.path.samefile(v1.path / rel, v2.path / rel))
+    linked = next(
+        rel
+        for rel in json.loads((v2.path / golden.MANIFEST).read_text())["files"]
+        if rel.startswith("export/")
+        and (v1.path / rel).exists()
+        and os.path.samefile(v1.path / rel, v2.path / rel)
+    )
     assert os.stat(v2.path / linked).st_nlink == 2
     # deleting the older version leaves the newer one whole, read-only, and its backups good
     assert golden.apply_retention(h, keep=1) == [v1.name]
@@ -139,14 +146,17 @@ def test_verify_export_catches_a_vector_that_differs_from_the_cache(home, tmp_pa
     t = golden.read_shard(shard)
     mat = golden.embedding_matrix(t).copy()
     mat[0] = -mat[0]  # a damaged vector that still finds itself
-    t = t.set_column(1, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(mat.ravel(), pa.float32()),
-                                                                        mat.shape[1]))
+    t = t.set_column(
+        1, "embedding", pa.FixedSizeListArray.from_arrays(pa.array(mat.ravel(), pa.float32()), mat.shape[1])
+    )
     shard.write_bytes(golden.table_bytes(t))
     cache = EmbeddingCache(h, FP)
     assert golden.verify_export(copy, sample=len(chunks))["failures"] == []  # structure alone cannot tell
     failures = golden.verify_export(copy, sample=len(chunks), cache=cache)["failures"]
-    assert failures == [f"chunk {t.column('id')[0].as_py()}: its vector differs from the embedding cache's "
-                        "vector of its content"]
+    assert failures == [
+        f"chunk {t.column('id')[0].as_py()}: its vector differs from the embedding cache's "
+        "vector of its content"
+    ]
 
 
 def test_an_empty_index_never_replaces_a_non_empty_current_without_the_override(home):
@@ -169,8 +179,15 @@ def test_a_crash_at_any_step_of_a_promotion_leaves_nothing_partial(home, json_tr
     first = golden.promote(h, FP).version
     edit(json_tree)
     build_home(json_tree, h)
-    targets = [(golden, "atomic_write_bytes"), (golden, "fsync_dir"), (golden.os, "rename"), (golden.os, "link"),
-               (golden, "_write_file"), (golden, "syncfs"), (golden, "set_read_only")]
+    targets = [
+        (golden, "atomic_write_bytes"),
+        (golden, "fsync_dir"),
+        (golden.os, "rename"),
+        (golden.os, "link"),
+        (golden, "_write_file"),
+        (golden, "syncfs"),
+        (golden, "set_read_only"),
+    ]
     crashes = 0
     for fail_at in range(1, 200):
         with monkeypatch.context() as m:
@@ -204,7 +221,9 @@ def test_reset_rebuilds_a_deleted_index_without_embedding(home):
     assert existing_ids(get_collection(open_client(h), FP, create=False)) == set(chunks["chunk_id"])
     records = audit.read(h)
     assert [(r["who"], r["action"], r["outcome"]) for r in records] == [
-        ("alice", "reset_index", "refused: confirm is not true"), ("alice", "reset_index", "ok")]
+        ("alice", "reset_index", "refused: confirm is not true"),
+        ("alice", "reset_index", "ok"),
+    ]
 
 
 def test_reset_applies_only_the_difference(home):
@@ -212,7 +231,9 @@ def test_reset_applies_only_the_difference(home):
     golden.promote(h, FP)
     col = get_collection(open_client(h), FP)
     col.delete(ids=chunks["chunk_id"].iloc[:3].tolist())
-    col.upsert(ids=["intruder"], embeddings=np.ones((1, 384), np.float32), documents=["x"], metadatas=[{"path": "x"}])
+    col.upsert(
+        ids=["intruder"], embeddings=np.ones((1, 384), np.float32), documents=["x"], metadatas=[{"path": "x"}]
+    )
     entry = golden.reset_index(h, None, True, "erin")
     assert (entry["details"]["upserted"], entry["details"]["deleted"]) == (3, 1)
     assert existing_ids(get_collection(open_client(h), FP, create=False)) == set(chunks["chunk_id"])
@@ -253,7 +274,9 @@ def test_server_mode_exports_and_refills_an_empty_server(json_tree, tmp_path, ch
 
     h = tmp_path / "home"
     tok = Tokenizer()
-    chunks, _ = chunk_manifest(json_tree, scan(ScanOptions(json_tree)).manifest, None, tok.count, tok.max_seq_length)
+    chunks, _ = chunk_manifest(
+        json_tree, scan(ScanOptions(json_tree)).manifest, None, tok.count, tok.max_seq_length
+    )
     write_table(h, "source_chunks", chunks)
     col = get_collection(open_client(h, chroma_server), FP)
     reconcile(col, chunks, fake_embedder, EmbeddingCache(h, FP))
@@ -264,4 +287,19 @@ def test_server_mode_exports_and_refills_an_empty_server(json_tree, tmp_path, ch
     open_client(h, chroma_server).delete_collection(col.name)
     entry = golden.reset_index(h, chroma_server, True, "dave")
     assert entry["details"]["upserted"] == len(chunks)
-    assert existing_ids(get_collection(open_client(h, chroma_server), FP, create=False)) == set(chunks["chunk_id"])
+    assert existing_ids(get_collection(open_client(h, chroma_server), FP, create=False)) == set(
+        chunks["chunk_id"]
+    )
+
+
+def test_names_stay_in_creation_order_when_retention_frees_one(home, json_tree, monkeypatch):
+    h, _ = home
+    monkeypatch.setattr(golden.time, "strftime", lambda fmt, t=None: "20260101T000000Z")  # all in one second
+    names = []
+    for n in range(5):
+        edit(json_tree, n)
+        build_home(json_tree, h)
+        names.append(golden.promote(h, FP, keep=2).version.name)
+    assert names == ["20260101T000000Z"] + [f"20260101T000000Z-{i}" for i in range(2, 6)]
+    assert [v.name for v in golden.list_versions(h)] == names[-2:]
+    assert golden.current_version(h).name == names[-1]

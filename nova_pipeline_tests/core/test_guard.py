@@ -39,7 +39,9 @@ def test_small_deletions_pass_below_the_floor_but_emptying_always_counts():
 def test_a_missing_source_dir_with_files_indexed_is_refused(tmp_path):
     with pytest.raises(MassDeletionError, match="mounted"):
         DeletionGuard().check_source_dir(tmp_path / "gone", PREVIOUS)
-    DeletionGuard().check_source_dir(tmp_path / "gone", None)  # nothing indexed yet: the settings error says why
+    DeletionGuard().check_source_dir(
+        tmp_path / "gone", None
+    )  # nothing indexed yet: the settings error says why
 
 
 def test_vectors_count_the_net_shrink_and_golden_never_goes_empty():

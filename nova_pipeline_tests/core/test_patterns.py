@@ -1,13 +1,17 @@
 import random
 
 import blake3
-
 import pandas as pd
 import pytest
 
 from nova_pipeline.core.errors import MemoryLimitError
 from nova_pipeline.core.patterns import (
-    PatternOptions, analyse_shard, carry_timestamps, display_pattern, find_patterns, plan_shards,
+    PatternOptions,
+    analyse_shard,
+    carry_timestamps,
+    display_pattern,
+    find_patterns,
+    plan_shards,
 )
 from nova_pipeline.core.scanning import ScanOptions, scan
 
@@ -82,10 +86,32 @@ def test_parallel_shards_match_serial(tmp_path):
     assert a[["pattern", "frequency", "file_count"]].equals(b[["pattern", "frequency", "file_count"]])
 
 
-def test_memory_limit_is_a_clear_error(tmp_path):
+def test_a_limit_too_small_for_any_shard_is_refused_before_starting(tmp_path):
     manifest = make_tree(tmp_path, n=3)
-    with pytest.raises(MemoryLimitError, match="memory_limit_mb=50"):
-        find_patterns(tmp_path, manifest, PatternOptions(memory_limit_mb=50), tmp_path / "c")
+    # 2 workers take about 64 MB each before holding a shard: 130 MB leaves 2 MB, too little for a
+    # 64 KiB shard
+    with pytest.raises(MemoryLimitError, match=r"memory_limit_mb=130 leaves 2 MB for 2 workers, too little"):
+        find_patterns(tmp_path, manifest, PatternOptions(memory_limit_mb=130, max_workers=2), tmp_path / "c")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # nothing was analysed
+
+
+def test_going_over_the_limit_while_running_stops_the_analysis(tmp_path, monkeypatch):
+    from nova_pipeline.core import patterns
+
+    manifest = make_tree(tmp_path, n=12)
+    held = []
+    real_worker = patterns._shard_worker
+
+    def greedy_worker(items, options):  # analyses the shard for real, and really holds 300 MB more
+        held.append(b"\x01" * (300 * 2**20))  # written, so its pages are resident
+        return real_worker(items, options)
+
+    monkeypatch.setattr(patterns, "_shard_worker", greedy_worker)
+    # the plan fits (200 MB leaves 136 MB for one worker's shards); what the run then holds does not
+    options = PatternOptions(memory_limit_mb=200, max_workers=1, shard_mb=0.01)
+    with pytest.raises(MemoryLimitError, match=r"frequent_patterns used \d+ MB, over memory_limit_mb=200"):
+        find_patterns(tmp_path, manifest, options, tmp_path / "c")
+    assert len(held) == 1  # it stopped at the first check after going over, not at the end
 
 
 def test_plan_shards_is_stable_when_a_file_is_added():

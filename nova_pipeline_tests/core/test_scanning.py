@@ -213,3 +213,15 @@ def test_exclude_dirs_keeps_state_out(tmp_path):
     write(tmp_path, "state/tables/x.parquet", "pretend")
     r = scan(ScanOptions(tmp_path, exclude_dirs=[tmp_path / "state"]))
     assert paths(r) == {"a.py"}
+
+
+def test_a_failing_walk_surfaces_its_own_error(tmp_path, monkeypatch):
+    (tmp_path / "a.py").write_text("x = 1\n")
+
+    def failing_walk(options, stats):
+        raise PermissionError(13, "walk failed", str(tmp_path))
+        yield  # pragma: no cover - a generator, like the real walk
+
+    monkeypatch.setattr(scanning, "_walk", failing_walk)
+    with pytest.raises(PermissionError, match="walk failed"):
+        scanning.scan(scanning.ScanOptions(tmp_path))

@@ -122,3 +122,36 @@ def test_garbage_is_collected_only_after_commit(built):
     assert again.removed_objects == 1
     assert not os.path.exists(store.object_path(key))
     assert key not in set(ContentStore(store.home).index()["key"])
+
+
+def test_objects_of_a_golden_version_survive_an_update_that_dropped_them(stdlib_tree, tmp_path):
+    import shutil
+
+    from nova_pipeline.core import backup, golden
+    from nova_pipeline_tests.conftest import FakeEmbedder, build_home
+
+    home = tmp_path / "home"
+    build_home(stdlib_tree, home)
+    v1 = golden.promote(home, FakeEmbedder.fingerprint).version
+    old_keys = set(ContentStore(home).index()["key"])
+    shutil.rmtree(stdlib_tree / "email")  # the tree moves on: most contents are gone from it
+    manifest = scan(ScanOptions(stdlib_tree)).manifest
+    # the plain core call, no extra argument: the store itself spares what golden versions refer to
+    update_store(ContentStore(home), stdlib_tree, manifest, "")
+    store = ContentStore(home)
+    dropped = old_keys - set(store.index()["key"])
+    assert len(dropped) > 20
+    assert store.verify(sorted(dropped)) == []  # still stored, still decompressing with their dictionary
+    b = backup.create_backup(home).info
+    assert backup.verify(home, b.id, 3) == []
+    assert golden.current_version(home).name == v1.name
+
+
+def test_objects_no_golden_version_needs_are_collected(stdlib_tree, tmp_path):
+    home = tmp_path / "home"
+    update_store(ContentStore(home), stdlib_tree, scan(ScanOptions(stdlib_tree)).manifest, "")
+    import shutil
+
+    shutil.rmtree(stdlib_tree / "email")
+    update = update_store(ContentStore(home), stdlib_tree, scan(ScanOptions(stdlib_tree)).manifest, "")
+    assert update.removed_objects > 20  # without a golden version, nothing holds them

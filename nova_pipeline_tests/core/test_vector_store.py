@@ -21,8 +21,13 @@ def tok():
 
 @pytest.fixture
 def chunks(stdlib_tree, tok):
-    df, _ = chunk_manifest(stdlib_tree / "json", scan(ScanOptions(stdlib_tree / "json")).manifest, None, tok.count,
-                           tok.max_seq_length)
+    df, _ = chunk_manifest(
+        stdlib_tree / "json",
+        scan(ScanOptions(stdlib_tree / "json")).manifest,
+        None,
+        tok.count,
+        tok.max_seq_length,
+    )
     return df
 
 
@@ -37,7 +42,14 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
     assert batches == list(range(1, len(batches) + 1)) and len(batches) == -(-len(chunks) // 16)
     got = col.get(ids=[chunks["chunk_id"].iloc[0]], include=["documents", "metadatas"])
     assert got["documents"][0] == chunks["text"].iloc[0]
-    assert set(got["metadatas"][0]) == {"path", "start_line", "end_line", "symbol", "language", "content_blake3"}
+    assert set(got["metadatas"][0]) == {
+        "path",
+        "start_line",
+        "end_line",
+        "symbol",
+        "language",
+        "content_blake3",
+    }
 
     s2 = reconcile(col, chunks, fake_embedder, cache)
     assert (s2.embedded, s2.upserted, s2.deleted, s2.unchanged) == (0, 0, 0, len(chunks))
@@ -45,8 +57,9 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
     # outside damage: vectors deleted behind our back, and a foreign id added
     lost = chunks["chunk_id"].iloc[:5].tolist()
     col.delete(ids=lost)
-    col.upsert(ids=["intruder"], embeddings=fake_embedder.embed(["x"]), documents=["x"],
-               metadatas=[{"path": "x"}])
+    col.upsert(
+        ids=["intruder"], embeddings=fake_embedder.embed(["x"]), documents=["x"], metadatas=[{"path": "x"}]
+    )
     s3 = reconcile(col, chunks, fake_embedder, cache)
     assert s3.upserted == 5 and s3.embedded == 0 and s3.cache_hits == 5 and s3.deleted == 1
     assert existing_ids(col) == set(chunks["chunk_id"])
@@ -119,3 +132,30 @@ def test_store_state_ignores_reads_and_changes_on_any_write(tmp_path, chunks, fa
     assert rec.matching("reconcile", "d", state, max_age_hours=0) is None  # too old
     rec.record("reconcile", "d", None)  # unknown state records nothing
     assert rec.all_match("d", state)
+
+
+def test_a_damaged_data_dir_is_reported_as_damaged_not_as_missing(tmp_path, fake_embedder):
+    from nova_pipeline.core.golden import _forget_cached_clients
+
+    get_collection(open_client(tmp_path), fake_embedder.fingerprint)
+    _forget_cached_clients()
+    with open(tmp_path / "vectors" / "chroma.sqlite3", "r+b") as fh:
+        fh.write(b"not a database" * 100)
+    with pytest.raises(VectorStoreError) as exc:
+        get_collection(open_client(tmp_path), fake_embedder.fingerprint, create=False)
+    _forget_cached_clients()
+    assert "damaged" in str(exc.value) and str(tmp_path / "vectors") in str(exc.value)
+    assert "run the rebuild job" not in str(exc.value)
+
+
+@pytest.mark.integration
+def test_a_server_that_stops_answering_is_reported_unreachable(tmp_path, fake_embedder, chroma_server_proc):
+    url, proc = chroma_server_proc
+    client = open_client(tmp_path, url)
+    get_collection(client, fake_embedder.fingerprint)
+    proc.kill()
+    proc.wait()
+    with pytest.raises(VectorStoreError) as exc:
+        get_collection(client, fake_embedder.fingerprint, create=False)
+    assert "unreachable" in str(exc.value) and url in str(exc.value)
+    assert not isinstance(exc.value, IndexNotBuiltError)

@@ -1,17 +1,14 @@
 import dagster as dg
 
 from nova_pipeline.core.store import ContentStore
-from nova_pipeline.defs import compression, scan
-from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
+from nova_pipeline.defs import compression, ingest
+from nova_pipeline_tests.conftest import resources_for
+
 
 def materialize(src, home, instance):
-    resources = {
-        "nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
-        "guard": DeletionGuardResource(),
-        "io_manager": ParquetTableIOManager(nova_home=str(home)),
-    }
+    resources = resources_for(src, home)
     return dg.materialize(
-        [scan.source_files, compression.frequent_patterns, compression.compression_dictionary,
+        [ingest.source_files, compression.frequent_patterns, compression.compression_dictionary,
          compression.compressed_store, compression.dictionary_beats_no_dictionary,
          compression.store_round_trip],
         resources=resources, instance=instance, raise_on_error=False,

@@ -79,11 +79,17 @@ def test_plan_predicts_the_next_build_and_writes_nothing(json_tree, tmp_path):
         settings = Settings.build(json_tree, home)
         unchanged = make_plan(settings, fingerprint=FakeEmbedder.fingerprint)
         assert unchanged.files == {"added": 0, "changed": 0, "unchanged": 5, "deleted": 0}
-        assert (unchanged.chunks_to_upsert, unchanged.texts_to_embed, unchanged.vectors_to_delete) == (0, 0, 0)
+        assert (unchanged.chunks_to_upsert, unchanged.texts_to_embed, unchanged.vectors_to_delete) == (
+            0,
+            0,
+            0,
+        )
         assert unchanged.golden.startswith("no new version") and not unchanged.refused
 
         pkg = json_tree / "json"
-        (pkg / "decoder.py").write_text((pkg / "decoder.py").read_text() + "\n\ndef twice(s):\n    return s * 2\n")
+        (pkg / "decoder.py").write_text(
+            (pkg / "decoder.py").read_text() + "\n\ndef twice(s):\n    return s * 2\n"
+        )
         (pkg / "tool.py").unlink()
         (pkg / "extra.py").write_text("def extra():\n    return 42\n")
         before = snapshot(home)
@@ -95,7 +101,11 @@ def test_plan_predicts_the_next_build_and_writes_nothing(json_tree, tmp_path):
         built = materialize_rebuild(json_tree, home, instance)
     vmd = asset_metadata(built, "vector_index")
     assert (p.chunks_to_upsert, p.texts_to_embed, p.vectors_to_delete, p.chunks) == (
-        vmd["upserted"], vmd["embedded"], vmd["deleted"], vmd["chunks"])
+        vmd["upserted"],
+        vmd["embedded"],
+        vmd["deleted"],
+        vmd["chunks"],
+    )
     assert asset_metadata(built, "golden_copy")["promoted"] is True
 
 
@@ -128,4 +138,52 @@ def test_an_unchanged_run_skips_chroma_until_something_writes_to_it(json_tree, t
         repaired = materialize_rebuild(json_tree, home, instance)
     md = asset_metadata(repaired, "vector_index")
     assert md["verified"].startswith("reconciled") and md["upserted"] == 1 and md["embedded"] == 0
-    assert get_collection(open_client(home), FakeEmbedder.fingerprint, create=False).get(ids=lost)["ids"] == lost
+    assert (
+        get_collection(open_client(home), FakeEmbedder.fingerprint, create=False).get(ids=lost)["ids"] == lost
+    )
+
+
+def run_vector_checks(json_tree, home, instance, **kwargs):
+    """Only the two checks of vector_index (so the asset cannot repair the damage first)."""
+    from nova_pipeline_tests.conftest import rebuild_graph, resources_for
+
+    return dg.materialize(
+        rebuild_graph(),
+        resources=resources_for(json_tree, home),
+        instance=instance,
+        selection=dg.AssetSelection.checks_for_assets(dg.AssetKey("vector_index")),
+        raise_on_error=False,
+        **kwargs,
+    )
+
+
+def test_the_vector_checks_fail_naming_the_chunk(json_tree, tmp_path):
+    from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        chunks = read_table(home, SOURCE_CHUNKS)
+        col = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
+        gone, wrong = chunks.iloc[3], chunks.iloc[7]
+        col.delete(ids=[gone.chunk_id])
+        # a wrong vector: the chunk's entry now holds another chunk's embedding
+        other = col.get(ids=[chunks.iloc[20].chunk_id], include=["embeddings"])["embeddings"]
+        col.update(ids=[wrong.chunk_id], embeddings=other)
+        res = run_vector_checks(
+            json_tree,
+            home,
+            instance,
+            run_config={
+                "ops": {"vector_index_chunks_find_themselves": {"config": {"sample_size": len(chunks)}}}
+            },
+        )
+    checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    assert not checks["vector_count_matches_chunks"].passed
+    assert f"{gone.path}:{gone.start_line}-{gone.end_line} ({gone.chunk_id}) has no vector" in (
+        checks["vector_count_matches_chunks"].description
+    )
+    assert not checks["chunks_find_themselves"].passed
+    assert f"{wrong.path}:{wrong.start_line}-{wrong.end_line} ({wrong.chunk_id})" in (
+        checks["chunks_find_themselves"].description
+    )

@@ -11,36 +11,35 @@ import dagster as dg
 import pytest
 
 import nova_pipeline
-
 from nova_pipeline.core.embedding import bundled_fingerprint
 from nova_pipeline.core.errors import IndexNotBuiltError
 from nova_pipeline.core.search import search
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
 from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client
-from nova_pipeline.defs import embedding, scan
-from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings, ParquetTableIOManager
-from nova_pipeline_tests.conftest import run_dagster_cli
+from nova_pipeline.defs import index, ingest
+from nova_pipeline.resources import EmbedderResource
+from nova_pipeline_tests.conftest import resources_for, run_dagster_cli
 
 pytestmark = pytest.mark.integration
 
-ASSETS = [scan.source_files, embedding.source_chunks, embedding.vector_index,
-          embedding.vector_count_matches_chunks, embedding.chunks_find_themselves]
+ASSETS = [ingest.source_files, index.source_chunks, index.vector_index,
+          index.vector_count_matches_chunks, index.chunks_find_themselves]
 
 
 def build(src, home, instance, batch_size=64):
     return dg.materialize(
         ASSETS,
-        resources={"nova": NovaSettings(source_dir=str(src), nova_home=str(home)), "guard": DeletionGuardResource(),
-                   "io_manager": ParquetTableIOManager(nova_home=str(home)),
-                   "embedder": EmbedderResource()},
+        resources=resources_for(src, home, EmbedderResource()),
         instance=instance,
         run_config={"ops": {"vector_index": {"config": {"batch_size": batch_size}}}},
     )
 
 
 def md(result):
-    return {k: v.value for k, v in result.asset_materializations_for_node("vector_index")[-1].metadata.items()}
+    return {
+        k: v.value for k, v in result.asset_materializations_for_node("vector_index")[-1].metadata.items()
+    }
 
 
 def collection_state(home):
@@ -63,11 +62,14 @@ def test_incremental_edit_delete_add_then_search(json_tree, tmp_path):
         assert md(unchanged)["embedded"] == 0 and md(unchanged)["upserted"] == 0
 
         pkg = json_tree / "json"
-        (pkg / "decoder.py").write_text((pkg / "decoder.py").read_text()
-                                        + "\n\ndef decode_twice(s):\n    return loads(loads(s))\n")
+        (pkg / "decoder.py").write_text(
+            (pkg / "decoder.py").read_text() + "\n\ndef decode_twice(s):\n    return loads(loads(s))\n"
+        )
         os.unlink(pkg / "tool.py")
-        (pkg / "extra.py").write_text('def dumps_sorted(obj):\n    """Serialize with sorted keys."""\n'
-                                      "    return dumps(obj, sort_keys=True)\n")
+        (pkg / "extra.py").write_text(
+            'def dumps_sorted(obj):\n    """Serialize with sorted keys."""\n'
+            "    return dumps(obj, sort_keys=True)\n"
+        )
         again = build(json_tree, home, instance)
         chunks2 = read_table(home, "source_chunks")
         new_texts = set(chunks2["content_blake3"]) - set(chunks1["content_blake3"])
@@ -79,8 +81,11 @@ def test_incremental_edit_delete_add_then_search(json_tree, tmp_path):
         assert not any(p.startswith("json/tool.py") for p in chunks2["path"])
         assert all(e.passed for e in again.get_asset_check_evaluations())
 
-    hits = search("serialize an object with its keys sorted", k=3, settings=Settings.build(None, home,
-                                                                                           require_source=False))
+    hits = search(
+        "serialize an object with its keys sorted",
+        k=3,
+        settings=Settings.build(None, home, require_source=False),
+    )
     assert hits[0].path == "json/extra.py" and hits[0].symbol == "def dumps_sorted"
     assert hits[0].score > 0.5
     # the package-level API reads the same settings from the environment
@@ -97,8 +102,13 @@ def test_search_before_the_first_build_says_to_run_rebuild(tmp_path):
         search("anything", settings=Settings.build(None, tmp_path / "empty", require_source=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOVA_")}
     env["NOVA_HOME"] = str(tmp_path / "empty")
-    proc = subprocess.run([sys.executable, "-m", "nova_pipeline.cli", "search", "anything"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nova_pipeline.cli", "search", "anything"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "run the rebuild job" in proc.stderr.replace("\n", " ")
 
 
@@ -108,10 +118,25 @@ def test_killed_run_resumes_with_at_most_one_batch_redone(json_tree, tmp_path):
     (dhome / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     config = tmp_path / "run.yaml"
     config.write_text("ops:\n  vector_index:\n    config:\n      batch_size: 8\n")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))},
-           "NOVA_SOURCE_DIR": str(json_tree), "NOVA_HOME": str(home), "DAGSTER_HOME": str(dhome)}
-    cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "nova_pipeline.definitions", "-j", "rebuild",
-           "-c", str(config)]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))},
+        "NOVA_SOURCE_DIR": str(json_tree),
+        "NOVA_HOME": str(home),
+        "DAGSTER_HOME": str(dhome),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "execute",
+        "-m",
+        "nova_pipeline.definitions",
+        "-j",
+        "rebuild",
+        "-c",
+        str(config),
+    ]
     cache_db = home / "cache" / "embeddings" / f"{bundled_fingerprint()}.sqlite3"
 
     def cached() -> int:
@@ -121,8 +146,14 @@ def test_killed_run_resumes_with_at_most_one_batch_redone(json_tree, tmp_path):
         except sqlite3.Error:
             return 0
 
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while cached() < 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -156,16 +187,25 @@ def test_nova_resume_reexecutes_from_failure(json_tree, tmp_path):
     dhome.mkdir()
     (dhome / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {"NOVA_SOURCE_DIR": str(json_tree), "NOVA_HOME": str(home), "DAGSTER_HOME": str(dhome)}
-    failed = run_dagster_cli(["job", "execute", "-m", "nova_pipeline.definitions", "-j", "rebuild"],
-                             {**env, "NOVA_CHROMA_URL": "http://127.0.0.1:9"}, tmp_path)
+    failed = run_dagster_cli(
+        ["job", "execute", "-m", "nova_pipeline.definitions", "-j", "rebuild"],
+        {**env, "NOVA_CHROMA_URL": "http://127.0.0.1:9"},
+        tmp_path,
+    )
     assert failed.returncode != 0
     with dg.DagsterInstance.from_config(str(dhome)) as instance:
         run = instance.get_runs()[0]
         assert run.is_failure
         run_id = run.run_id
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}, **env}
-    resumed = subprocess.run([sys.executable, "-m", "nova_pipeline.cli", "resume", run_id], env=full_env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "nova_pipeline.cli", "resume", run_id],
+        env=full_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(dhome)) as instance:
         latest = instance.get_runs()[0]

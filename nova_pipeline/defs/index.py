@@ -8,28 +8,44 @@ import pandas as pd
 
 from nova_pipeline.core.chunking import chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
-from nova_pipeline.core.tables import read_table
+from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
 from nova_pipeline.core.vector_store import (
-    DEFAULT_BATCH, VerifiedRecord, collection_name, get_collection, ids_digest, open_client, reconcile,
-    self_retrieval_failures, store_state, writer_lock,
+    DEFAULT_BATCH,
+    VerifiedRecord,
+    collection_name,
+    existing_ids,
+    get_collection,
+    ids_digest,
+    open_client,
+    reconcile,
+    self_retrieval_failures,
+    store_state,
+    writer_lock,
 )
+from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
 
 
-@dg.asset(kinds={"python", "parquet"}, group_name="search")
+@dg.asset(kinds={"python", "parquet"}, group_name="index")
 def source_chunks(
-    context: dg.AssetExecutionContext, nova: NovaSettings, embedder: EmbedderResource, source_files: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    nova: NovaSettings,
+    embedder: EmbedderResource,
+    source_files: pd.DataFrame,
 ):
     """Code-aware chunks: ``chunk_id, path, start_line, end_line, symbol, language, content_blake3, n_tokens,
     truncated`` (plus ``file_blake3`` and the embedded ``text``). Unchanged files keep their chunks."""
     settings = nova.settings()
     tokenizer = embedder.tokenizer()
-    previous = read_table(settings.home, "source_chunks")
-    df, stats = chunk_manifest(settings.source_dir, source_files, previous, tokenizer.count,
-                               tokenizer.max_seq_length)
+    previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
+    df, stats = chunk_manifest(
+        settings.source_dir, source_files, previous, tokenizer.count, tokenizer.max_seq_length
+    )
     if stats.truncated:
-        context.log.warning(f"{stats.truncated} chunks exceed {tokenizer.max_seq_length} word pieces: "
-                            "the model sees only their start")
+        context.log.warning(
+            f"{stats.truncated} chunks exceed {tokenizer.max_seq_length} word pieces: "
+            "the model sees only their start"
+        )
     by_language = df.groupby("language").agg(chunks=("chunk_id", "size"), tokens=("n_tokens", "sum"))
     return dg.MaterializeResult(
         value=df,
@@ -41,8 +57,7 @@ def source_chunks(
             "skipped_changed_since_scan": stats.skipped,
             "mean_tokens": round(float(df["n_tokens"].mean()), 1) if len(df) else 0.0,
             "max_tokens": tokenizer.max_seq_length,
-            "by_language": dg.MetadataValue.md(by_language.reset_index().to_markdown(index=False)
-                                               if len(df) else "_(empty)_"),
+            "by_language": md_table(by_language.reset_index()),
         },
     )
 
@@ -53,23 +68,28 @@ class VectorIndexConfig(dg.Config):
     batch_size: int = DEFAULT_BATCH
 
 
-def _verification(settings, fingerprint: str, chunks: pd.DataFrame | None):
+def _verification(settings, fingerprint: str, chunks: pd.DataFrame):
     """``(record, digest, state)``: the verified-state record of the embedded collection, the chunk ids
     digest and the store state now (None in server mode: always verify for real)."""
-    digest = ids_digest(chunks["chunk_id"] if chunks is not None else [], fingerprint)
+    digest = ids_digest(chunks["chunk_id"], fingerprint)
     state = None if settings.chroma_url else store_state(settings.home, fingerprint)
     return VerifiedRecord(settings.home), digest, state
 
 
 def _unchanged_since(rec: dict) -> str:
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec["at"]))
-    return f"unchanged since verified in run {rec.get('run_id', '?')[:8]} at {at}: no write to the collection since"
+    run = rec.get("run_id", "?")[:8]
+    return f"unchanged since verified in run {run} at {at}: no write to the collection since"
 
 
-@dg.asset(kinds={"chromadb"}, group_name="search", pool="vector_index_writer")
+@dg.asset(kinds={"chromadb"}, group_name="index", pool="vector_index_writer")
 def vector_index(
-    context: dg.AssetExecutionContext, config: VectorIndexConfig, nova: NovaSettings,
-    embedder: EmbedderResource, guard: DeletionGuardResource, source_chunks: pd.DataFrame,
+    context: dg.AssetExecutionContext,
+    config: VectorIndexConfig,
+    nova: NovaSettings,
+    embedder: EmbedderResource,
+    guard: DeletionGuardResource,
+    source_chunks: pd.DataFrame,
 ):
     """A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.
 
@@ -84,36 +104,72 @@ def vector_index(
     verified, digest, state = _verification(settings, model.fingerprint, source_chunks)
     if verified.all_match(digest, state):
         rec = verified.matching("reconcile", digest, state)
-        context.log.info(f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}")
-        return dg.MaterializeResult(metadata={
-            "collection": collection_name(model.fingerprint), "model_fingerprint": model.fingerprint,
-            "mode": "embedded", "vectors": int(rec.get("count", len(source_chunks))), "chunks": len(source_chunks),
-            "unchanged": len(source_chunks), "upserted": 0, "embedded": 0, "cache_hits": 0, "deleted": 0,
-            "batches": 0, "verified": _unchanged_since(rec), "model_loaded": False, "model_load_s": 0.0,
-            "torch_imported": "torch" in sys.modules, "duration_s": 0.0,
-        })
+        context.log.info(
+            f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "collection": collection_name(model.fingerprint),
+                "model_fingerprint": model.fingerprint,
+                "mode": "embedded",
+                "vectors": int(rec.get("count", len(source_chunks))),
+                "chunks": len(source_chunks),
+                "unchanged": len(source_chunks),
+                "upserted": 0,
+                "embedded": 0,
+                "cache_hits": 0,
+                "deleted": 0,
+                "batches": 0,
+                "verified": _unchanged_since(rec),
+                "model_loaded": False,
+                "model_load_s": 0.0,
+                "torch_imported": "torch" in sys.modules,
+                "duration_s": 0.0,
+            }
+        )
     cache = EmbeddingCache(settings.home, model.fingerprint)
 
     def on_batch(n, stats):
-        context.log_event(dg.AssetObservation(
-            asset_key=context.asset_key,
-            metadata={"batch": n, "upserted": stats.upserted, "embedded": stats.embedded,
-                      "cache_hits": stats.cache_hits},
-        ))
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={
+                    "batch": n,
+                    "upserted": stats.upserted,
+                    "embedded": stats.embedded,
+                    "cache_hits": stats.cache_hits,
+                },
+            )
+        )
 
     loaded_before = getattr(model, "loaded", False)
     with writer_lock(settings.home):
         client = open_client(settings.home, settings.chroma_url)
         collection = get_collection(client, model.fingerprint)
-        stats = reconcile(collection, source_chunks, model, cache, config.batch_size,
-                          client.get_max_batch_size(), on_batch, guard=guard.guard())
+        stats = reconcile(
+            collection,
+            source_chunks,
+            model,
+            cache,
+            config.batch_size,
+            client.get_max_batch_size(),
+            on_batch,
+            guard=guard.guard(),
+        )
     cache.close()
     if not settings.chroma_url:
-        verified.record("reconcile", digest, store_state(settings.home, model.fingerprint), context.run_id,
-                        count=stats.count_after)
+        verified.record(
+            "reconcile",
+            digest,
+            store_state(settings.home, model.fingerprint),
+            context.run_id,
+            count=stats.count_after,
+        )
     if stats.embedded == 0:
-        context.log.info(f"no new text to embed: {stats.unchanged} chunks already indexed, "
-                         f"{stats.cache_hits} from the cache")
+        context.log.info(
+            f"no new text to embed: {stats.unchanged} chunks already indexed, "
+            f"{stats.cache_hits} from the cache"
+        )
     throughput = stats.embedded / stats.embed_seconds if stats.embed_seconds else 0.0
     return dg.MaterializeResult(
         metadata={
@@ -139,24 +195,56 @@ def vector_index(
     )
 
 
-@dg.asset_check(asset=vector_index, blocking=True, description="The collection holds one vector per chunk.")
-def vector_count_matches_chunks(context: dg.AssetCheckExecutionContext, nova: NovaSettings,
-                                embedder: EmbedderResource) -> dg.AssetCheckResult:
+_CHUNKS_IN = {"source_chunks": dg.AssetIn(SOURCE_CHUNKS)}
+
+
+@dg.asset_check(
+    asset=vector_index,
+    blocking=True,
+    additional_ins=_CHUNKS_IN,
+    description="The collection holds one vector per chunk.",
+)
+def vector_count_matches_chunks(
+    context: dg.AssetCheckExecutionContext,
+    nova: NovaSettings,
+    embedder: EmbedderResource,
+    source_chunks: pd.DataFrame,
+) -> dg.AssetCheckResult:
     settings = nova.settings(require_source=False)
-    chunks = read_table(settings.home, "source_chunks")
+    chunks = source_chunks
     fingerprint = embedder.fingerprint()
     verified, digest, state = _verification(settings, fingerprint, chunks)
     rec = verified.matching("vector_count_matches_chunks", digest, state)
     if rec is not None:
-        return dg.AssetCheckResult(passed=True, metadata={"vectors": rec["count"], "chunks": rec["count"],
-                                                          "verified": _unchanged_since(rec)})
+        return dg.AssetCheckResult(
+            passed=True,
+            metadata={"vectors": rec["count"], "chunks": rec["count"], "verified": _unchanged_since(rec)},
+        )
     collection = get_collection(open_client(settings.home, settings.chroma_url), fingerprint, create=False)
-    count, wanted = collection.count(), 0 if chunks is None else len(chunks)
+    count, wanted = collection.count(), len(chunks)
     if count == wanted:
         verified.record("vector_count_matches_chunks", digest, state, context.run.run_id, count=count)
+        return dg.AssetCheckResult(
+            passed=True, metadata={"vectors": count, "chunks": wanted, "verified": "counted now"}
+        )
+    have = existing_ids(collection)
+    missing = chunks[~chunks["chunk_id"].isin(have)]
+    extra = sorted(have - set(chunks["chunk_id"]))
+    named = [
+        f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
+        for r in missing.head(3).itertuples()
+    ]
+    named += [f"vector {i} is no chunk's" for i in extra[:3]]
     return dg.AssetCheckResult(
-        passed=count == wanted, metadata={"vectors": count, "chunks": wanted, "verified": "counted now"},
-        description=None if count == wanted else f"{collection.name} holds {count} vectors for {wanted} chunks",
+        passed=False,
+        metadata={
+            "vectors": count,
+            "chunks": wanted,
+            "missing": len(missing),
+            "extra": len(extra),
+            "verified": "counted now",
+        },
+        description=f"{collection.name} holds {count} vectors for {wanted} chunks: " + "; ".join(named),
     )
 
 
@@ -166,28 +254,37 @@ class SelfRetrievalConfig(dg.Config):
     sample_size: int = 25
 
 
-@dg.asset_check(asset=vector_index, blocking=True,
-                description="A sample of chunks each find themselves as the top-1 result.")
+@dg.asset_check(
+    asset=vector_index,
+    blocking=True,
+    additional_ins=_CHUNKS_IN,
+    description="A sample of chunks each find themselves as the top-1 result.",
+)
 def chunks_find_themselves(
-    context: dg.AssetCheckExecutionContext, config: SelfRetrievalConfig, nova: NovaSettings,
+    context: dg.AssetCheckExecutionContext,
+    config: SelfRetrievalConfig,
+    nova: NovaSettings,
     embedder: EmbedderResource,
+    source_chunks: pd.DataFrame,
 ) -> dg.AssetCheckResult:
     settings = nova.settings(require_source=False)
-    chunks = read_table(settings.home, "source_chunks")
+    chunks = source_chunks
     fingerprint = embedder.fingerprint()
     verified, digest, state = _verification(settings, fingerprint, chunks)
     rec = verified.matching("chunks_find_themselves", digest, state)
     if rec is not None:
-        return dg.AssetCheckResult(passed=True, metadata={"checked": rec["checked"], "failures": 0,
-                                                          "verified": _unchanged_since(rec)})
+        return dg.AssetCheckResult(
+            passed=True,
+            metadata={"checked": rec["checked"], "failures": 0, "verified": _unchanged_since(rec)},
+        )
     collection = get_collection(open_client(settings.home, settings.chroma_url), fingerprint, create=False)
     cache = EmbeddingCache(settings.home, fingerprint)
-    checked, failures = self_retrieval_failures(collection, chunks if chunks is not None else pd.DataFrame(
-        columns=["chunk_id"]), cache, config.sample_size)
+    checked, failures = self_retrieval_failures(collection, chunks, cache, config.sample_size)
     cache.close()
     if not failures:
         verified.record("chunks_find_themselves", digest, state, context.run.run_id, checked=checked)
     return dg.AssetCheckResult(
-        passed=not failures, metadata={"checked": checked, "failures": len(failures), "verified": "queried now"},
+        passed=not failures,
+        metadata={"checked": checked, "failures": len(failures), "verified": "queried now"},
         description="; ".join(failures[:3]) if failures else None,
     )

@@ -7,17 +7,12 @@ import pytest
 
 from nova_pipeline.core.errors import SettingsError
 from nova_pipeline.core.tables import read_table
-from nova_pipeline.defs.scan import source_files
-from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
-from nova_pipeline_tests.conftest import REPO_ROOT
+from nova_pipeline.defs.ingest import source_files
+from nova_pipeline_tests.conftest import REPO_ROOT, resources_for
 
 
 def resources(src, home):
-    return {
-        "nova": NovaSettings(source_dir=str(src), nova_home=str(home)),
-        "guard": DeletionGuardResource(),
-        "io_manager": ParquetTableIOManager(nova_home=str(home)),
-    }
+    return resources_for(src, home)
 
 
 def meta(result, key):
@@ -59,15 +54,32 @@ def run_cli_job(env_extra, cwd):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}
     env.update(env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "dagster", "job", "execute", "-m", "nova_pipeline.definitions", "-j", "rebuild"],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "job",
+            "execute",
+            "-m",
+            "nova_pipeline.definitions",
+            "-j",
+            "rebuild",
+        ],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 @pytest.mark.integration
 def test_rebuild_job_on_real_tree_twice(stdlib_tree, nova_env, tmp_path):
-    env = {"NOVA_SOURCE_DIR": str(stdlib_tree), "NOVA_HOME": str(nova_env["home"]),
-           "DAGSTER_HOME": str(nova_env["dagster_home"])}
+    env = {
+        "NOVA_SOURCE_DIR": str(stdlib_tree),
+        "NOVA_HOME": str(nova_env["home"]),
+        "DAGSTER_HOME": str(nova_env["dagster_home"]),
+    }
     first = run_cli_job(env, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     with dg.DagsterInstance.from_config(str(nova_env["dagster_home"])) as instance:
@@ -84,10 +96,14 @@ def test_rebuild_job_on_real_tree_twice(stdlib_tree, nova_env, tmp_path):
         assert md["bytes_rehashed"].value == 0
         assert md["status_unchanged"].value == files
         # nothing to embed: the model is never loaded and torch never imported in the run's process
-        vmd = instance.get_latest_materialization_event(dg.AssetKey("vector_index")).asset_materialization.metadata
+        vmd = instance.get_latest_materialization_event(
+            dg.AssetKey("vector_index")
+        ).asset_materialization.metadata
         assert vmd["embedded"].value == 0 and vmd["model_loaded"].value is False
         assert vmd["torch_imported"].value is False
-        gmd = instance.get_latest_materialization_event(dg.AssetKey("golden_copy")).asset_materialization.metadata
+        gmd = instance.get_latest_materialization_event(
+            dg.AssetKey("golden_copy")
+        ).asset_materialization.metadata
         assert gmd["promoted"].value is False and gmd["reason"].value.startswith("unchanged: CURRENT")
     assert sorted(os.listdir(tmp_path)) == sorted(["src", "nova_home", "dagster_home"])  # nothing stray
 
@@ -97,8 +113,12 @@ def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_qu
     dagster_home = tmp_path / "dagster_pg_home"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text((REPO_ROOT / "dagster.postgres.yaml").read_text())
-    env = {"NOVA_SOURCE_DIR": str(json_tree), "NOVA_HOME": str(tmp_path / "home"),
-           "DAGSTER_HOME": str(dagster_home), **pg_database}
+    env = {
+        "NOVA_SOURCE_DIR": str(json_tree),
+        "NOVA_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(dagster_home),
+        **pg_database,
+    }
     proc = run_cli_job(env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     db = pg_database["DAGSTER_PG_DB"]
@@ -112,11 +132,17 @@ def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_qu
         (run_id,),
     )
     assert {m[0] for m in mats} == {
-        '["source_files"]', '["frequent_patterns"]', '["compression_dictionary"]', '["compressed_store"]',
-        '["source_chunks"]', '["vector_index"]', '["golden_copy"]',
+        '["source_files"]',
+        '["frequent_patterns"]',
+        '["compression_dictionary"]',
+        '["compressed_store"]',
+        '["source_chunks"]',
+        '["vector_index"]',
+        '["golden_copy"]',
     }
     checks = pg_query(
-        db, "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
+        db,
+        "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
         (run_id,),
     )
     assert checks[0][0] == 5

@@ -2,10 +2,9 @@ import dagster as dg
 import pytest
 
 from nova_pipeline.core import audit, backup, golden
-from nova_pipeline.defs import golden as golden_defs
-from nova_pipeline.defs.jobs import backup_job, rebuild_job
-from nova_pipeline.resources import DeletionGuardResource, NovaSettings
-from nova_pipeline_tests.conftest import build_home, fake_embedder_resource
+from nova_pipeline.defs import protect
+from nova_pipeline.defs.jobs import backup_job, rebuild_job, reset_index_job, restore_drill_job, restore_job
+from nova_pipeline_tests.conftest import build_home, resources_for
 
 
 @pytest.fixture
@@ -15,16 +14,17 @@ def home(json_tree, tmp_path):
     return h
 
 
-def resources(h):
-    return {"nova": NovaSettings(nova_home=str(h)), "embedder": fake_embedder_resource(), "guard": DeletionGuardResource()}
+def resources(h, src=None):
+    return resources_for(src, h)
 
 
 def test_golden_copy_and_backup_assets_with_their_checks(home):
     with dg.instance_for_test() as instance:
         res = dg.materialize(
-            [golden_defs.golden_copy, golden_defs.backups, golden_defs.golden_copy_verifies,
-             golden_defs.backup_structure, golden_defs.backup_full_read, golden_defs.backup_restore_drill],
-            resources=resources(home), instance=instance,
+            [protect.golden_copy, protect.backups, protect.golden_copy_verifies,
+             protect.backup_structure, protect.backup_full_read, protect.backup_restore_drill,
+             dg.AssetSpec("source_chunks")],
+            resources=resources(home), instance=instance, selection=dg.AssetSelection.groups("protect"),
         )
         assert res.success
         assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == {
@@ -40,18 +40,18 @@ def test_reset_and_restore_jobs_need_confirm_and_are_audited(home):
     golden.promote(home, "fake-embedder-v1")
     b = backup.create_backup(home).info
     with dg.instance_for_test() as instance:
-        refused = golden_defs.reset_index.execute_in_process(
+        refused = reset_index_job.execute_in_process(
             resources=resources(home), instance=instance, raise_on_error=False)
         assert not refused.success
-        ok = golden_defs.reset_index.execute_in_process(
+        ok = reset_index_job.execute_in_process(
             resources=resources(home), instance=instance,
-            run_config={"ops": {"reset_index_from_golden": {"config": {"confirm": True}}}})
+            run_config={"ops": {"reset_index_op": {"config": {"confirm": True}}}})
         assert ok.success
-        restored = golden_defs.restore.execute_in_process(
+        restored = restore_job.execute_in_process(
             resources=resources(home), instance=instance,
-            run_config={"ops": {"restore_backup_op": {"config": {"backup_id": b.id, "confirm": True}}}})
+            run_config={"ops": {"restore_op": {"config": {"backup_id": b.id, "confirm": True}}}})
         assert restored.success
-        drill = golden_defs.restore_drill.execute_in_process(resources=resources(home), instance=instance)
+        drill = restore_drill_job.execute_in_process(resources=resources(home), instance=instance)
         assert drill.success
     outcomes = [(r["action"], r["outcome"]) for r in audit.read(home)]
     assert outcomes[0] == ("reset_index", "refused: confirm is not true")
@@ -64,8 +64,9 @@ def test_rebuild_ends_with_the_golden_copy_and_backup_is_its_own_job():
     rebuild = defs.resolve_job_def(rebuild_job.name)
     keys = {k.to_user_string() for k in rebuild.asset_layer.executable_asset_keys}
     assert "golden_copy" in keys and "backups" not in keys
-    assert {k.to_user_string() for k in defs.resolve_job_def(backup_job.name).asset_layer.executable_asset_keys} == {
-        "backups"}
+    assert {
+        k.to_user_string() for k in defs.resolve_job_def(backup_job.name).asset_layer.executable_asset_keys
+    } == {"backups"}
     schedules = {s.name: s for s in defs.schedules}
     assert set(schedules) == {"nightly_rebuild", "daily_backup", "weekly_restore_drill"}
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
@@ -73,8 +74,7 @@ def test_rebuild_ends_with_the_golden_copy_and_backup_is_its_own_job():
 
 def test_golden_copy_does_not_run_when_a_blocking_check_fails(home, json_tree):
     from nova_pipeline.core.store import ContentStore
-    from nova_pipeline.defs import compression, scan
-    from nova_pipeline.resources import ParquetTableIOManager
+    from nova_pipeline.defs import compression, ingest
 
     store = ContentStore(home)
     path = store.object_path(store.index()["key"].iloc[0])
@@ -83,11 +83,17 @@ def test_golden_copy_does_not_run_when_a_blocking_check_fails(home, json_tree):
     open(path, "wb").write(raw)
     with dg.instance_for_test() as instance:
         res = dg.materialize(
-            [scan.source_files, compression.compressed_store, compression.store_round_trip,
-             golden_defs.golden_copy],
-            resources={**resources(home), "nova": NovaSettings(source_dir=str(json_tree), nova_home=str(home)),
-                       "io_manager": ParquetTableIOManager(nova_home=str(home))},
-            instance=instance, raise_on_error=False, selection=["compressed_store", "golden_copy"],
+            [
+                ingest.source_files,
+                compression.compressed_store,
+                compression.store_round_trip,
+                protect.golden_copy,
+                dg.AssetSpec("source_chunks"),
+            ],
+            resources=resources(home, json_tree),
+            instance=instance,
+            raise_on_error=False,
+            selection=["compressed_store", "golden_copy"],
         )
         assert [e.passed for e in res.get_asset_check_evaluations()] == [False]
         assert res.asset_materializations_for_node("golden_copy") == []

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from nova_pipeline.core.scanning import DEFAULT_MAX_FILE_SIZE, ScanOptions, ScanResult, scan
-from nova_pipeline.core.tables import read_table, write_table
+from nova_pipeline.core.tables import SOURCE_FILES, SOURCE_FILES_BINARIES, read_table, write_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.resources import DeletionGuardResource, NovaSettings
 
@@ -40,10 +40,10 @@ def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: No
     Fails before writing anything when the scan would lose most indexed files (see ``guard``).
     """
     deletion_guard = guard.guard()
-    previous = read_table(nova.settings(require_source=False).home, "source_files")
+    previous = read_table(nova.settings(require_source=False).layout, SOURCE_FILES)  # this asset's last value
     deletion_guard.check_source_dir(nova.source_dir, previous)
     settings = nova.settings()
-    known_binaries = read_table(settings.home, "source_files_binaries")
+    known_binaries = read_table(settings.layout, SOURCE_FILES_BINARIES)
     result = scan(
         ScanOptions(
             root=settings.source_dir,
@@ -55,7 +55,7 @@ def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: No
         known_binaries=known_binaries,
     )
     lost = deletion_guard.check_files(previous, result.manifest)
-    write_table(settings.home, "source_files_binaries", result.binaries)
+    write_table(settings.layout, SOURCE_FILES_BINARIES, result.binaries)
     st = result.stats
     context.log.info(
         f"{settings.source_dir}: {st.files} files, {st.bytes:,} bytes; {st.status_counts}; "

@@ -1,0 +1,244 @@
+"""Protecting the index: the golden copy and backups (assets and checks), and the ops of the reset,
+restore and restore-drill jobs (the jobs themselves are in ``jobs.py``)."""
+
+import dagster as dg
+import pandas as pd
+
+from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.core.tables import SOURCE_CHUNKS
+from nova_pipeline.instance import postgres_url
+from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+
+
+class GoldenConfig(dg.Config):
+    """``keep``: golden versions kept (CURRENT is never removed)."""
+
+    keep: int = golden.DEFAULT_KEEP
+
+
+@dg.asset(
+    kinds={"chromadb"},
+    group_name="protect",
+    deps=["vector_index", "compressed_store"],
+    ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)},
+)
+def golden_copy(
+    context: dg.AssetExecutionContext,
+    config: GoldenConfig,
+    nova: NovaSettings,
+    embedder: EmbedderResource,
+    guard: DeletionGuardResource,
+    source_chunks: pd.DataFrame,
+):
+    """A verified, read-only snapshot of the index, dictionaries and manifests under ``NOVA_HOME/golden``.
+
+    Promotes a new version only when the index, the store or the dictionaries changed (the metadata says
+    ``unchanged: CURRENT <version> still matches`` otherwise); files equal to CURRENT's are hard links.
+    Runs only when the blocking checks of ``vector_index`` and ``compressed_store`` pass, and never
+    replaces a non-empty CURRENT with an empty index without the guard's override. Then brings the
+    runtime copy (``NOVA_HOME/runtime/vectors``) to CURRENT.
+    """
+    settings = nova.settings(require_source=False)
+    p = golden.promote(
+        settings.home,
+        embedder.fingerprint(),
+        settings.chroma_url,
+        keep=config.keep,
+        chunks=source_chunks,
+        guard=guard.guard(),
+    )
+    v = p.version
+    context.log.info(
+        p.reason
+        if not p.promoted
+        else f"golden version {v.name} ({p.reason}): {v.count} vectors; wrote {p.bytes_written:,} bytes "
+        f"in {p.files_written} files, linked {p.bytes_linked:,} bytes in {p.files_linked} files"
+    )
+    runtime = golden.make_runtime_copy(settings.home)
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": p.promoted,
+            "reason": p.reason,
+            "version": v.name,
+            "path": dg.MetadataValue.path(str(v.path)),
+            "vectors": v.count,
+            "files": v.files,
+            "bytes": v.bytes,
+            "bytes_written": p.bytes_written,
+            "bytes_linked": p.bytes_linked,
+            "files_written": p.files_written,
+            "files_linked": p.files_linked,
+            "shards_written": p.shards_written,
+            "shards_linked": p.shards_linked,
+            "versions_kept": len(golden.list_versions(settings.home)),
+            "removed_by_retention": dg.MetadataValue.json(p.removed),
+            "runtime_copy": dg.MetadataValue.path(runtime.path),
+            "runtime_copy_upserted": runtime.upserted,
+            "runtime_copy_deleted": runtime.deleted,
+            "duration_s": round(p.seconds + runtime.seconds, 3),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=golden_copy, blocking=True, description="The CURRENT golden version verifies against its manifest."
+)
+def golden_copy_verifies(nova: NovaSettings) -> dg.AssetCheckResult:
+    home = nova.settings(require_source=False).home
+    cur = golden.current_version(home)
+    if cur is None:
+        return dg.AssetCheckResult(passed=False, description="there is no golden copy")
+    failures = golden.verify_tree(cur.path)
+    return dg.AssetCheckResult(
+        passed=not failures,
+        metadata={"version": cur.name, "failures": len(failures)},
+        description="; ".join(failures[:3]) if failures else None,
+    )
+
+
+class BackupConfig(dg.Config):
+    """``keep``: verified backups kept; ``level``/``threads``: zstd settings of the archive."""
+
+    keep: int = backup.DEFAULT_KEEP
+    level: int = backup.DEFAULT_LEVEL
+    threads: int = backup.DEFAULT_THREADS
+
+
+@dg.asset(kinds={"zstd"}, group_name="protect", deps=[golden_copy])
+def backups(context: dg.AssetExecutionContext, config: BackupConfig, nova: NovaSettings):
+    """``backup_<UTC>.tar.zst`` of the CURRENT golden version, its store objects and dictionaries, and a
+    ``pg_dump -Fc`` of the Dagster database when the instance is on PostgreSQL; retention applied."""
+    home = nova.settings(require_source=False).home
+    result = backup.create_backup(
+        home, postgres_url(context.instance), level=config.level, threads=config.threads, keep=config.keep
+    )
+    context.log.info(
+        f"backup {result.info.id}: {result.members} members, {result.info.size:,} bytes; "
+        f"pg_dump: {result.pg_dump}"
+    )
+    if result.pg_dump.startswith("failed"):
+        context.log.error(f"the Dagster database is not in backup {result.info.id}: pg_dump {result.pg_dump}")
+    return dg.MaterializeResult(
+        metadata={
+            "backup_id": result.info.id,
+            "path": dg.MetadataValue.path(str(result.info.path)),
+            "archive_bytes": result.info.size,
+            "member_bytes": result.bytes,
+            "members": result.members,
+            "golden_version": result.golden_version,
+            "seconds": round(result.seconds, 2),
+            "pg_dump": result.pg_dump,
+            "removed_by_retention": dg.MetadataValue.json(result.removed),
+            "backups_kept": len(backup.list_backups(home)),
+        }
+    )
+
+
+def _check_newest(nova: NovaSettings, verify) -> dg.AssetCheckResult:
+    b = backup.newest_backup(nova.settings(require_source=False).home)
+    if b is None:
+        return dg.AssetCheckResult(passed=False, description="no backup")
+    failures = verify(b)
+    return dg.AssetCheckResult(
+        passed=not failures,
+        metadata={"backup_id": b.id, "failures": len(failures)},
+        description="; ".join(failures[:3]) if failures else None,
+    )
+
+
+@dg.asset_check(
+    asset=backups, blocking=True, description="Level 1: manifest and checksum of the newest backup."
+)
+def backup_structure(nova: NovaSettings) -> dg.AssetCheckResult:
+    return _check_newest(nova, backup.verify_structure)
+
+
+@dg.asset_check(asset=backups, description="Level 2: every member of the newest backup matches its blake3.")
+def backup_full_read(nova: NovaSettings) -> dg.AssetCheckResult:
+    return _check_newest(nova, backup.verify_full)
+
+
+@dg.asset_check(asset=backups, description="Level 3: the newest backup restores into a temp dir and works.")
+def backup_restore_drill(context: dg.AssetCheckExecutionContext, nova: NovaSettings) -> dg.AssetCheckResult:
+    home = nova.settings(require_source=False).home
+    return _check_newest(nova, lambda b: backup.restore_drill(home, b, postgres_url(context.instance)))
+
+
+# ---- ops of the op jobs ----------------------------------------------------------------------------------
+
+
+class ConfirmConfig(dg.Config):
+    """Destructive operations need ``confirm: true``."""
+
+    confirm: bool = False
+
+
+def _who(context) -> str:
+    return audit.actor(context.run.tags.get("dagster/user") or context.run.tags.get("user"))
+
+
+@dg.op
+def reset_index_op(context: dg.OpExecutionContext, config: ConfirmConfig, nova: NovaSettings):
+    """Bring the primary vector index back to the CURRENT golden copy, without re-embedding. Audited."""
+    settings = nova.settings(require_source=False)
+    entry = golden.reset_index(settings.home, settings.chroma_url, config.confirm, _who(context))
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="vector_index",
+            metadata={
+                "reset_from_golden": entry["details"]["version"],
+                "vectors": entry["details"]["count"],
+                "audit": dg.MetadataValue.json(entry),
+            },
+        )
+    )
+
+
+class DrillConfig(dg.Config):
+    """``backup_id``: empty for the newest backup."""
+
+    backup_id: str = ""
+
+
+@dg.op
+def restore_drill_op(context: dg.OpExecutionContext, config: DrillConfig, nova: NovaSettings):
+    """Level 3: restore a backup into a temp dir, open it, verify every object; fails on any problem."""
+    home = nova.settings(require_source=False).home
+    b = backup.find_backup(home, config.backup_id) if config.backup_id else backup.newest_backup(home)
+    if b is None:
+        raise backup.BackupError(f"no backup under {backup.backups_dir(home)} to drill")
+    failures = backup.restore_drill(home, b, postgres_url(context.instance))
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="backups",
+            metadata={
+                "restore_drill": b.id,
+                "passed": not failures,
+                "failures": dg.MetadataValue.json(failures[:10]),
+            },
+        )
+    )
+    if failures:
+        raise backup.BackupVerifyError(f"restore drill of {b.id} failed: {'; '.join(failures[:3])}")
+
+
+class RestoreConfig(dg.Config):
+    """``backup_id`` to restore, and ``confirm: true``."""
+
+    backup_id: str
+    confirm: bool = False
+
+
+@dg.op
+def restore_op(context: dg.OpExecutionContext, config: RestoreConfig, nova: NovaSettings):
+    """Restore a backup to a new location, verify it, switch atomically, rebuild the index. Audited."""
+    settings = nova.settings(require_source=False)
+    entry = backup.restore(
+        settings.home, config.backup_id, config.confirm, _who(context), settings.chroma_url
+    )
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="golden_copy",
+            metadata={"restored_from": config.backup_id, "audit": dg.MetadataValue.json(entry)},
+        )
+    )

@@ -1,0 +1,91 @@
+"""The package's structure: one owner of the layout, one source of defaults, one naming convention."""
+
+import dataclasses
+import pkgutil
+
+import dagster as dg
+
+import nova_pipeline.core
+import nova_pipeline.defs
+from nova_pipeline.core import tables
+from nova_pipeline.core.dictionary import DictionaryOptions
+from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.patterns import PatternOptions
+from nova_pipeline.definitions import defs
+from nova_pipeline.defs import compression, ingest
+from nova_pipeline.resources import ParquetTableIOManager
+from nova_pipeline_tests.conftest import resources_for
+
+
+def test_the_io_manager_takes_its_home_from_the_settings_and_writes_where_core_reads(json_tree, tmp_path):
+    assert "nova_home" not in ParquetTableIOManager.model_fields  # no second home to drift apart
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(
+            [ingest.source_files], resources=resources_for(json_tree, home), instance=instance
+        ).success
+    assert Layout(home).table(tables.SOURCE_FILES).is_file()
+    assert tables.read_table(Layout(home), tables.SOURCE_FILES)["path"].str.startswith("json/").all()
+
+
+def test_every_dataframe_asset_is_a_named_table():
+    io_assets = {
+        k.to_user_string()
+        for a in defs.assets
+        for k in a.keys
+        if a.get_io_manager_key_for_asset_key(k) == "io_manager"
+        and a.op.outs[next(iter(a.op.outs))].dagster_type.display_name != "Nothing"
+    }
+    assert {"source_files", "frequent_patterns", "source_chunks"} <= set(tables.TABLES)
+    assert {"source_files", "frequent_patterns", "source_chunks"} <= io_assets
+
+
+def test_run_config_defaults_are_core_defaults():
+    pairs = [
+        (compression.PatternsConfig, PatternOptions()),
+        (compression.DictionaryConfig, DictionaryOptions()),
+    ]
+    for config_cls, options in pairs:
+        for name, field in config_cls.model_fields.items():
+            assert field.default == getattr(options, name), (config_cls.__name__, name)
+        assert set(config_cls.model_fields) <= {f.name for f in dataclasses.fields(options)}
+
+
+def test_the_store_compresses_at_the_dictionarys_level(stdlib_tree, tmp_path):
+    import zstandard as zstd
+
+    from nova_pipeline.core.store import ContentStore
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        res = dg.materialize(
+            [
+                ingest.source_files,
+                compression.frequent_patterns,
+                compression.compression_dictionary,
+                compression.compressed_store,
+            ],
+            resources=resources_for(stdlib_tree, home),
+            instance=instance,
+            run_config={"ops": {"compression_dictionary": {"config": {"level": 19}}}},
+        )
+    assert res.asset_materializations_for_node("compressed_store")[0].metadata["zstd_level"].value == 19
+    assert ContentStore(home).registry.current().level == 19
+    assert "level" not in compression.StoreConfig.model_fields  # one knob, not two that must agree
+    frame = open(ContentStore(home).object_path(ContentStore(home).index()["key"].iloc[0]), "rb").read()
+    assert zstd.get_frame_parameters(frame).content_size > 0
+
+
+def test_names_follow_one_convention():
+    core = {m.name for m in pkgutil.iter_modules(nova_pipeline.core.__path__)}
+    glue = {m.name for m in pkgutil.iter_modules(nova_pipeline.defs.__path__)}
+    assert core & glue == set()  # a module name means one module
+    repo = defs.get_repository_def()
+    ops = {
+        node.definition.name
+        for job in repo.get_all_jobs()
+        if not job.name.startswith("__")
+        for node in job.graph.nodes
+        if not job.asset_layer.executable_asset_keys
+    }
+    assert ops and all(name.endswith("_op") for name in ops), ops
