@@ -104,6 +104,23 @@ def status() -> None:
             f"{len(golden.list_versions(s.home))} versions kept",
             str(cur.path),
         )
+    from nova_pipeline.core.failover import FailoverSettings, estimate_for_version, read_state
+
+    state = read_state(s.home)
+    where = (
+        f"[yellow]FAILED OVER to the backup store ({state.backup_kind}) since {state.since}: {state.reason}; "
+        f"searches are stale as of {state.backup_created_at}"
+        if state.failed_over
+        else f"primary active, breaker {state.breaker}"
+    )
+    if cur is not None:
+        est = estimate_for_version(cur, max_memory_mb=FailoverSettings.from_env().max_memory_mb)
+        where += (
+            f"; a backup would need {est.required_bytes / 2**20:,.0f} MB "
+            f"({est.bytes_per_chunk:,.0f} B/chunk, "
+            f"zone {est.zone}): {est.choice}"
+        )
+    table.add_row("failover", where, str(s.layout.failover))
     found = backup.list_backups(s.home)
     if found:
         table.add_row(
@@ -141,6 +158,8 @@ def search(
                         "score": round(h.score, 4),
                         "snippet": h.snippet(),
                         "chunk_id": h.chunk_id,
+                        "store": h.store,
+                        "stale_as_of": h.stale_as_of,
                     }
                     for h in hits
                 ],
@@ -148,6 +167,11 @@ def search(
             )
         )
         return
+    if hits and hits[0].store == "backup":
+        console.print(
+            f"[yellow]answered by the backup store: stale as of {hits[0].stale_as_of} "
+            "(the primary is down or failed over)"
+        )
     for rank, h in enumerate(hits, 1):
         symbol = f"  [bold]{h.symbol}[/bold]" if h.symbol else ""
         console.print(
@@ -155,6 +179,23 @@ def search(
         )
         for line in h.snippet().splitlines():
             console.print(f"     {line}", markup=False, highlight=False)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to bind (loopback by default)"),
+    port: int = typer.Option(8765, help="TCP port"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve search over HTTP with failover: GET /search?q=&k=, /healthz, /status."""
+    import uvicorn
+
+    from nova_pipeline.core.failover import FailoverSettings
+    from nova_pipeline.service.app import create_app
+
+    app_ = create_app(_settings(), FailoverSettings.from_env())
+    console.print(f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /healthz, /status)")
+    uvicorn.run(app_, host=host, port=port, log_level=log_level)
 
 
 @app.command()

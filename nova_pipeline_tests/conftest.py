@@ -299,3 +299,55 @@ def asset_metadata(result, asset: str) -> dict:
     """The last materialization metadata of ``asset`` in a result, as plain values."""
     mats = result.asset_materializations_for_node(asset)
     return {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}
+
+
+def start_process(args: list[str], env: dict, log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a long-running process of the product (a server, the daemon) with ``env`` on top of a clean
+    environment (no NOVA_/DAGSTER_ variables of the caller); its output goes to ``log_path``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}
+    log = open(log_path, "a")
+    return subprocess.Popen(args, env={**base, **{k: str(v) for k, v in env.items()}}, cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "a condition"):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass.
+
+    Raises:
+        TimeoutError: naming ``what``.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def http_json(url: str, timeout: float = 10.0):
+    """GET ``url``; ``(status, parsed JSON)``, or ``(None, error text)`` when nothing answered."""
+    import httpx
+
+    try:
+        r = httpx.get(url, timeout=timeout)
+        return r.status_code, r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return None, str(exc)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a process started with :func:`start_process` and its children (its session): SIGTERM, then
+    SIGKILL."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

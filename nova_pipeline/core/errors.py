@@ -65,3 +65,7 @@ class ConfirmationRequired(NovaError):
 
 class MassDeletionError(NovaError):
     """A run would delete most of what is indexed (an unmounted volume looks like an empty tree); refused."""
+
+
+class FailoverError(NovaError):
+    """Failing over to the backup store, or back to the primary, cannot be done; the message says why."""

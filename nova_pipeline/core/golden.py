@@ -594,6 +594,7 @@ def promote(
     chunks: pd.DataFrame | None = None,
     guard: DeletionGuard | None = None,
     checker: Callable[[Path], dict] | None = None,
+    open_store: Callable[[], object] | None = None,
 ) -> Promotion:
     """Snapshot the index into a new golden version, verify it and make it CURRENT, unless nothing changed.
 
@@ -607,6 +608,8 @@ def promote(
         guard: refuses replacing a non-empty CURRENT with an empty index (default: a guard without override).
         checker: verifies the staged version before it is committed (default :func:`verify_export`, with
             the embedding cache of ``fingerprint`` when there is one).
+        open_store: returns the Chroma client to snapshot, called only when a promotion is needed (default:
+            the primary of ``home``/``chroma_url``; while failed over, the caller passes the active store's).
 
     Raises:
         GoldenCopyError: the collection does not match the chunks, or the snapshot failed verification;
@@ -663,7 +666,8 @@ def promote(
         for cid, path in zip(chunks["chunk_id"].tolist(), chunks["path"].tolist()):
             by_shard.setdefault(shard_of(path), []).append(cid)
         with writer_lock(home):
-            collection = get_collection(open_client(home, chroma_url), fingerprint, create=False)
+            client = open_store() if open_store is not None else open_client(home, chroma_url)
+            collection = get_collection(client, fingerprint, create=False)
             count = collection.count()
             if count != len(chunks):
                 raise GoldenCopyError(

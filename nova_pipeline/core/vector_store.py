@@ -397,6 +397,8 @@ class Hit:
     score: float
     text: str
     chunk_id: str
+    store: str = ""  # which store answered: primary or backup
+    stale_as_of: str | None = None  # a backup answer: when the golden version it came from was made
 
     def snippet(self, lines: int = 3) -> str:
         """The first non-blank lines of the chunk body (its header line left out)."""

@@ -8,15 +8,14 @@ import pandas as pd
 
 from nova_pipeline.core.chunking import chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
+from nova_pipeline.core.failover import PRIMARY, ActiveStore, active_store
 from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
 from nova_pipeline.core.vector_store import (
     DEFAULT_BATCH,
     VerifiedRecord,
     collection_name,
     existing_ids,
-    get_collection,
     ids_digest,
-    open_client,
     reconcile,
     self_retrieval_failures,
     store_state,
@@ -68,11 +67,12 @@ class VectorIndexConfig(dg.Config):
     batch_size: int = DEFAULT_BATCH
 
 
-def _verification(settings, fingerprint: str, chunks: pd.DataFrame):
+def _verification(settings, fingerprint: str, chunks: pd.DataFrame, store: ActiveStore):
     """``(record, digest, state)``: the verified-state record of the embedded collection, the chunk ids
-    digest and the store state now (None in server mode: always verify for real)."""
+    digest and the store state now (None in server mode or while failed over: always verify for real)."""
     digest = ids_digest(chunks["chunk_id"], fingerprint)
-    state = None if settings.chroma_url else store_state(settings.home, fingerprint)
+    primary_embedded = not settings.chroma_url and store.label == PRIMARY
+    state = store_state(settings.home, fingerprint) if primary_embedded else None
     return VerifiedRecord(settings.home), digest, state
 
 
@@ -101,7 +101,8 @@ def vector_index(
     """
     settings = nova.settings(require_source=False)
     model = embedder.get_embedder()
-    verified, digest, state = _verification(settings, model.fingerprint, source_chunks)
+    store = active_store(settings.home, settings.chroma_url)
+    verified, digest, state = _verification(settings, model.fingerprint, source_chunks, store)
     if verified.all_match(digest, state):
         rec = verified.matching("reconcile", digest, state)
         context.log.info(
@@ -143,21 +144,25 @@ def vector_index(
         )
 
     loaded_before = getattr(model, "loaded", False)
+    if store.journal is not None:
+        context.log.warning(
+            f"failed over since {store.state.since}: writing to the backup store and journaling "
+            f"every write to {store.journal.dir} for the failback"
+        )
     with writer_lock(settings.home):
-        client = open_client(settings.home, settings.chroma_url)
-        collection = get_collection(client, model.fingerprint)
+        collection = store.collection(model.fingerprint)
         stats = reconcile(
             collection,
             source_chunks,
             model,
             cache,
             config.batch_size,
-            client.get_max_batch_size(),
+            store.client.get_max_batch_size(),
             on_batch,
             guard=guard.guard(),
         )
     cache.close()
-    if not settings.chroma_url:
+    if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
         verified.record(
             "reconcile",
             digest,
@@ -175,7 +180,13 @@ def vector_index(
         metadata={
             "collection": collection.name,
             "model_fingerprint": model.fingerprint,
-            "mode": "server " + settings.chroma_url if settings.chroma_url else "embedded",
+            "mode": (
+                "backup (failed over; journaled)"
+                if store.journal is not None
+                else "server " + settings.chroma_url
+                if settings.chroma_url
+                else "embedded"
+            ),
             "vectors": stats.count_after,
             "chunks": stats.wanted,
             "unchanged": stats.unchanged,
@@ -213,14 +224,15 @@ def vector_count_matches_chunks(
     settings = nova.settings(require_source=False)
     chunks = source_chunks
     fingerprint = embedder.fingerprint()
-    verified, digest, state = _verification(settings, fingerprint, chunks)
+    store = active_store(settings.home, settings.chroma_url)
+    verified, digest, state = _verification(settings, fingerprint, chunks, store)
     rec = verified.matching("vector_count_matches_chunks", digest, state)
     if rec is not None:
         return dg.AssetCheckResult(
             passed=True,
             metadata={"vectors": rec["count"], "chunks": rec["count"], "verified": _unchanged_since(rec)},
         )
-    collection = get_collection(open_client(settings.home, settings.chroma_url), fingerprint, create=False)
+    collection = store.collection(fingerprint, create=False)
     count, wanted = collection.count(), len(chunks)
     if count == wanted:
         verified.record("vector_count_matches_chunks", digest, state, context.run.run_id, count=count)
@@ -270,14 +282,15 @@ def chunks_find_themselves(
     settings = nova.settings(require_source=False)
     chunks = source_chunks
     fingerprint = embedder.fingerprint()
-    verified, digest, state = _verification(settings, fingerprint, chunks)
+    store = active_store(settings.home, settings.chroma_url)
+    verified, digest, state = _verification(settings, fingerprint, chunks, store)
     rec = verified.matching("chunks_find_themselves", digest, state)
     if rec is not None:
         return dg.AssetCheckResult(
             passed=True,
             metadata={"checked": rec["checked"], "failures": 0, "verified": _unchanged_since(rec)},
         )
-    collection = get_collection(open_client(settings.home, settings.chroma_url), fingerprint, create=False)
+    collection = store.collection(fingerprint, create=False)
     cache = EmbeddingCache(settings.home, fingerprint)
     checked, failures = self_retrieval_failures(collection, chunks, cache, config.sample_size)
     cache.close()

@@ -6,6 +6,7 @@ Asset jobs select assets by key, so this module needs no asset objects from the 
 import dagster as dg
 
 from nova_pipeline.defs.protect import reset_index_op, restore_drill_op, restore_op
+from nova_pipeline.defs.serving import failback_op, failover_op
 
 # rebuild runs in one process (see README, "The warm path, and why rebuild runs in one process"): its heavy
 # steps parallelise inside themselves (pattern workers, zstd threads), and a process per step only paid for
@@ -46,6 +47,20 @@ def restore_job():
 )
 def restore_drill_job():
     restore_drill_op()
+
+
+@dg.job(name="failover", executor_def=dg.in_process_executor,
+        description="Switch searches and writes to the backup store made from the golden copy "
+        "(requested by the primary_vector_store_health sensor when its breaker opens).")
+def failover_job():
+    failover_op()
+
+
+@dg.job(name="failback", executor_def=dg.in_process_executor,
+        description="Replay the failover journal into the primary, check it, switch back "
+        "(requested by the primary_recovered sensor).")
+def failback_job():
+    failback_op()
 
 
 nightly_rebuild = dg.ScheduleDefinition(

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.core.failover import FailoverSettings, active_store, estimate_for_version
 from nova_pipeline.core.tables import SOURCE_CHUNKS
 from nova_pipeline.instance import postgres_url
 from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
@@ -39,14 +40,9 @@ def golden_copy(
     runtime copy (``NOVA_HOME/runtime/vectors``) to CURRENT.
     """
     settings = nova.settings(require_source=False)
-    p = golden.promote(
-        settings.home,
-        embedder.fingerprint(),
-        settings.chroma_url,
-        keep=config.keep,
-        chunks=source_chunks,
-        guard=guard.guard(),
-    )
+    store = active_store(settings.home, settings.chroma_url)  # while failed over: the backup store
+    p = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep,
+                       chunks=source_chunks, guard=guard.guard(), open_store=lambda: store.client)
     v = p.version
     context.log.info(
         p.reason
@@ -55,6 +51,7 @@ def golden_copy(
         f"in {p.files_written} files, linked {p.bytes_linked:,} bytes in {p.files_linked} files"
     )
     runtime = golden.make_runtime_copy(settings.home)
+    estimate = estimate_for_version(v, max_memory_mb=FailoverSettings.from_env().max_memory_mb)
     return dg.MaterializeResult(
         metadata={
             "promoted": p.promoted,
@@ -75,6 +72,11 @@ def golden_copy(
             "runtime_copy": dg.MetadataValue.path(runtime.path),
             "runtime_copy_upserted": runtime.upserted,
             "runtime_copy_deleted": runtime.deleted,
+            # what a failover to this version would need (seed 004's zones, the measured cost per chunk)
+            "backup_zone": estimate.zone,
+            "backup_bytes_per_chunk": round(estimate.bytes_per_chunk),
+            "backup_required_mb": round(estimate.required_bytes / 2**20, 1),
+            "backup_store": estimate.choice,
             "duration_s": round(p.seconds + runtime.seconds, 3),
         }
     )

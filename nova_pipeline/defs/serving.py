@@ -1,0 +1,141 @@
+"""Keeping search answering: the health sensors of the primary vector store and the ops of the failover and
+failback jobs (the jobs are in ``jobs.py``). The logic is in :mod:`nova_pipeline.core.failover`.
+
+The sensors are RUNNING by default when ``NOVA_CHROMA_URL`` names a Chroma server (each tick probes it in a
+subprocess), and STOPPED for the embedded store (turn them on in the UI to guard an embedded data dir).
+"""
+
+import datetime as dt
+import json
+import os
+
+import dagster as dg
+
+from nova_pipeline.core import audit
+from nova_pipeline.core.failover import (
+    FailoverSettings,
+    activate_backup,
+    evaluate,
+    fail_back,
+    make_breaker,
+    probe,
+    read_state,
+    set_breaker,
+)
+from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
+from nova_pipeline.resources import EmbedderResource, NovaSettings
+
+FAILOVER = FailoverSettings.from_env()
+DEFAULT_STATUS = (dg.DefaultSensorStatus.RUNNING if os.environ.get("NOVA_CHROMA_URL")
+                  else dg.DefaultSensorStatus.STOPPED)
+
+
+def _probe(nova: NovaSettings, embedder: EmbedderResource):
+    settings = nova.settings(require_source=False)
+    return lambda: probe(settings.home, settings.chroma_url, embedder.fingerprint(), FAILOVER.probe_timeout_s)
+
+
+@dg.sensor(
+    name="primary_vector_store_health",
+    job_name="failover",
+    default_status=DEFAULT_STATUS,
+    minimum_interval_seconds=FAILOVER.probe_interval_s,
+    description="Probes the primary vector store (heartbeat, count, one query, in a subprocess) through "
+    "a circuit breaker kept in the cursor; requests the failover job when it opens.",
+)
+def primary_vector_store_health(
+    context: dg.SensorEvaluationContext, nova: NovaSettings, embedder: EmbedderResource
+):
+    home = nova.settings(require_source=False).home
+    breaker, storage = make_breaker(json.loads(context.cursor) if context.cursor else None, FAILOVER)
+    tick = evaluate(breaker, _probe(nova, embedder))
+    context.update_cursor(json.dumps(storage.data))
+    state = set_breaker(home, tick.after)
+    if tick.skipped:
+        return dg.SkipReason(
+            f"breaker open since {storage.data['opened_at']}: no probe until it half-opens "
+            f"({FAILOVER.half_open_after_s:g} s)"
+        )
+    if tick.opened:
+        context.log.warning(f"primary vector store failed {len(tick.probes)} probes: {tick.errors[-1]}")
+        if not state.failed_over:
+            return dg.RunRequest(
+                run_key=f"failover-{storage.data['opened_at']}", tags={"nova/reason": tick.errors[-1][:200]}
+            )
+        return dg.SkipReason("breaker opened; already failed over")
+    if tick.probes and tick.probes[-1]:
+        return dg.SkipReason(f"primary healthy (breaker {tick.after})")
+    return dg.SkipReason(
+        f"primary failed a probe ({tick.errors[-1] if tick.errors else '?'}); "
+        f"breaker {tick.after}, {storage.counter} of {FAILOVER.failure_threshold} failures"
+    )
+
+
+@dg.sensor(
+    name="primary_recovered",
+    job_name="failback",
+    default_status=DEFAULT_STATUS,
+    minimum_interval_seconds=FAILOVER.probe_interval_s,
+    description="While failed over, requests the failback job once the primary has passed every probe "
+    "for the restore delay.",
+)
+def primary_recovered(context: dg.SensorEvaluationContext, nova: NovaSettings, embedder: EmbedderResource):
+    home = nova.settings(require_source=False).home
+    if not read_state(home).failed_over:
+        context.update_cursor(None)
+        return dg.SkipReason("on the primary store: nothing to recover")
+    result = _probe(nova, embedder)()
+    if not result.ok:
+        context.update_cursor(None)
+        return dg.SkipReason(f"primary still down: {result.error}")
+    now = dt.datetime.now(dt.timezone.utc)
+    since = dt.datetime.fromisoformat(context.cursor) if context.cursor else now
+    healthy_for = (now - since).total_seconds()
+    if healthy_for < FAILOVER.restore_delay_s:
+        context.update_cursor(since.isoformat())
+        return dg.SkipReason(
+            f"primary healthy for {healthy_for:.0f} s of the {FAILOVER.restore_delay_s:g} s restore delay"
+        )
+    context.update_cursor(None)
+    return dg.RunRequest(run_key=f"failback-{since.isoformat()}")
+
+
+def _who(context) -> str:
+    return audit.actor(context.run.tags.get("dagster/user") or context.run.tags.get("dagster/sensor_name"))
+
+
+@dg.op
+def failover_op(context: dg.OpExecutionContext, nova: NovaSettings):
+    """Estimate the backup's resources, bring the on-disk backup store to CURRENT, flip the pointer to the
+    backup, audit. A refused failover (no golden copy, not enough memory or disk) fails the run, saying
+    why."""
+    home = nova.settings(require_source=False).home
+    reason = context.run.tags.get("nova/reason", "requested by hand")
+    entry = activate_backup(home, FAILOVER, reason, _who(context))
+    context.log.warning(f"failover: {entry['outcome']}; searches now come from the backup store")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="vector_index",
+            metadata={"failover": entry["outcome"], "audit": dg.MetadataValue.json(entry)},
+        )
+    )
+
+
+@dg.op
+def failback_op(context: dg.OpExecutionContext, nova: NovaSettings, embedder: EmbedderResource):
+    """Replay the journal into the primary (refilling an empty one from the golden copy first), check count
+    and self-retrieval against the chunks, flip the pointer back, audit. Nothing is embedded again."""
+    settings = nova.settings(require_source=False)
+    chunks = read_table(settings.layout, SOURCE_CHUNKS)
+    if chunks is None:
+        raise FileNotFoundError(
+            f"{settings.layout.table(SOURCE_CHUNKS)} is missing: nothing to check against"
+        )
+    entry = fail_back(settings.home, settings.chroma_url, embedder.fingerprint(), chunks, _who(context))
+    context.log.info(f"failback: {entry['outcome']}")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key="vector_index",
+            metadata={"failback": entry["outcome"], "audit": dg.MetadataValue.json(entry)},
+        )
+    )

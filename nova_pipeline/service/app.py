@@ -1,0 +1,142 @@
+"""The Starlette app behind ``nova serve``.
+
+``GET /search?q=&k=``  JSON hits, the store that answered, and ``stale_as_of`` for a backup answer;
+``GET /healthz``       200 when the service can answer a search (primary or backup), else 503;
+``GET /status``        the failover pointer, the service's breaker, the backup store and its resource
+                       estimate.
+
+The model is loaded once, at startup. Searches go through one :class:`~nova_pipeline.core.search.Searcher`:
+a primary query that fails or exceeds ``NOVA_QUERY_TIMEOUT`` is answered from the backup store in the same
+request, so a dead primary costs no failed search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from nova_pipeline.core import golden
+from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
+from nova_pipeline.core.failover import FailoverSettings, read_state
+from nova_pipeline.core.search import Searcher, SearchResult
+from nova_pipeline.core.settings import Settings
+
+log = logging.getLogger("nova_pipeline.service")
+MAX_K = 100
+
+
+def result_json(query: str, result: SearchResult, seconds: float) -> dict:
+    """The JSON body of a search answer."""
+    return {
+        "query": query,
+        "store": result.store,
+        "stale_as_of": result.stale_as_of,
+        "fell_back": result.fell_back,
+        "primary_error": result.primary_error or None,
+        "seconds": round(seconds, 4),
+        "hits": [
+            {
+                "path": h.path,
+                "start_line": h.start_line,
+                "end_line": h.end_line,
+                "symbol": h.symbol,
+                "language": h.language,
+                "score": round(h.score, 4),
+                "chunk_id": h.chunk_id,
+                "snippet": h.snippet(),
+            }
+            for h in result.hits
+        ],
+    }
+
+
+def create_app(
+    settings: Settings,
+    failover: FailoverSettings | None = None,
+    embedder=None,
+    routes: list[Route] | None = None,
+) -> Starlette:
+    """The service for ``settings``; ``embedder`` defaults to the bundled model (loaded at startup)."""
+    searcher = Searcher(settings, embedder, failover, prefer_memory=True)
+
+    async def search(request: Request) -> JSONResponse:
+        q = request.query_params.get("q", "").strip()
+        if not q:
+            return JSONResponse({"error": "missing query: /search?q=your+question&k=5"}, status_code=400)
+        try:
+            k = max(1, min(MAX_K, int(request.query_params.get("k", "5"))))
+        except ValueError:
+            return JSONResponse({"error": "k must be a whole number"}, status_code=400)
+        started = time.perf_counter()
+        try:
+            result = await run_in_threadpool(searcher.search, q, k)
+        except IndexNotBuiltError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        except NovaError as exc:
+            log.error("search failed: %s", exc)
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse(result_json(q, result, time.perf_counter() - started))
+
+    def _status() -> dict:
+        state = read_state(settings.home)
+        cur = golden.current_version(settings.home)
+        backup = searcher.backup
+        return {
+            "pointer": asdict(state),
+            "service_breaker": searcher.breaker.current_state,
+            "golden_current": {"version": cur.name, "created_at": cur.created_at, "vectors": cur.count}
+            if cur
+            else None,
+            "backup_store": {
+                "version": backup.version,
+                "kind": backup.kind,
+                "stale_as_of": backup.created_at,
+                "estimate": backup.estimate.as_metadata() if backup.estimate else None,
+            },
+            "primary": settings.chroma_url or str(settings.layout.vectors),
+        }
+
+    async def healthz(request: Request) -> JSONResponse:
+        body = await run_in_threadpool(_status)
+        state = read_state(settings.home)
+        can_answer = golden.current_version(settings.home) is not None or not state.failed_over
+        body["ok"] = can_answer
+        return JSONResponse(body, status_code=200 if can_answer else 503)
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(_status))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(lambda: searcher.embedder)  # load the model before the first query
+        if read_state(settings.home).failed_over:
+            with contextlib.suppress(NovaError):
+                await run_in_threadpool(searcher.backup.collection)
+        log.info(
+            "nova serve ready: primary %s, pointer %s",
+            settings.chroma_url or settings.layout.vectors,
+            read_state(settings.home).active,
+        )
+        yield
+        searcher.close()
+
+    app = Starlette(
+        routes=[
+            Route("/search", search),
+            Route("/healthz", healthz),
+            Route("/status", status),
+            *(routes or []),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.searcher = searcher
+    app.state.settings = settings
+    return app
