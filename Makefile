@@ -34,8 +34,10 @@ dagster-home:
 	@mkdir -p "$(DAGSTER_HOME)"
 	@[ -e "$(DAGSTER_HOME)/dagster.yaml" ] || ln -s "$(INSTANCE_YAML)" "$(DAGSTER_HOME)/dagster.yaml"
 
+# nova rebuild runs the `rebuild` job in this process on DAGSTER_HOME, with live progress; `dagster job execute
+# -m nova_pipeline.definitions -j rebuild` runs the same job with Dagster's own console output.
 rebuild: install dagster-home
-	NOVA_SOURCE_DIR="$(SOURCE)" $(BIN)/dagster job execute -m nova_pipeline.definitions -j rebuild
+	$(BIN)/nova rebuild --source "$(SOURCE)" $(REBUILD_ARGS)
 	NOVA_SOURCE_DIR="$(SOURCE)" $(BIN)/nova status
 
 status: install

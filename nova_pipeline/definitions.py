@@ -14,7 +14,13 @@ import dagster as dg
 
 import nova_pipeline.defs
 from nova_pipeline.resources import default_resources
+from nova_pipeline.run_events import nova_events
+
+# Loggers a run may select in its run config: Dagster's console logger (the default when a run selects
+# none) and nova_events, which `nova rebuild` selects to draw its live display from the run's events.
+LOGGERS = {"console": dg.colored_console_logger, "nova_events": nova_events}
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)
-    defs = dg.load_definitions_from_package_module(nova_pipeline.defs, resources=default_resources())
+    defs = dg.load_definitions_from_package_module(nova_pipeline.defs, resources=default_resources(),
+                                                   loggers=LOGGERS)

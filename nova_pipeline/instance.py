@@ -37,3 +37,91 @@ def postgres_url(instance) -> str | None:
         config = _resolve_env(dict(data.config_dict))
         return pg_url_from_config(config)
     return None
+
+
+def last_run(instance, job_name: str) -> tuple[str | None, float | None]:
+    """``(status, start time)`` of the newest run of ``job_name``, or ``(None, None)``."""
+    import dagster as dg
+
+    runs = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name), limit=1)
+    if not runs:
+        return None, None
+    r = runs[0]
+    return r.dagster_run.status.value, r.start_time or r.create_timestamp.timestamp()
+
+
+def last_materializations(instance, asset_keys) -> dict[str, dict]:
+    """``{asset: {"at": timestamp, "metadata": {...plain values}}}`` of each asset's newest
+    materialization."""
+    import dagster as dg
+
+    out = {}
+    for key in asset_keys:
+        ev = instance.get_latest_materialization_event(dg.AssetKey(key))
+        if ev is None:
+            continue
+        mat = ev.asset_materialization
+        out[key] = {
+            "at": ev.timestamp,
+            "metadata": {
+                k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str, bool))
+            },
+        }
+    return out
+
+
+def launch_job(
+    job_name: str, run_config: dict | None = None, tags: dict | None = None, timeout: float = 300
+) -> str:
+    """Submit a run of ``job_name`` to the instance of ``DAGSTER_HOME``, as ``dagster job launch`` does (the
+    instance's run coordinator queues or launches it; the daemon dequeues queued runs); returns its run id.
+
+    Raises:
+        RuntimeError: ``DAGSTER_HOME`` is unset, or the launch failed (its error in the message).
+    """
+    import json
+    import subprocess
+    import sys
+    import uuid
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise RuntimeError("DAGSTER_HOME is not set: this process cannot submit runs to a Dagster instance")
+    run_id = str(uuid.uuid4())
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "launch",
+        "-m",
+        "nova_pipeline.definitions",
+        "-j",
+        job_name,
+        "--run-id",
+        run_id,
+    ]
+    if run_config:
+        cmd += ["--config-json", json.dumps(run_config)]
+    if tags:
+        cmd += ["--tags", json.dumps(tags)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"launching {job_name} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return run_id
+
+
+def run_status(instance, run_id: str) -> dict | None:
+    """``{"run_id", "job", "status", "start", "end"}`` of a run, or None."""
+    import dagster as dg
+
+    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]), limit=1)
+    if not records:
+        return None
+    r = records[0]
+    return {
+        "run_id": run_id,
+        "job": r.dagster_run.job_name,
+        "status": r.dagster_run.status.value,
+        "start": r.start_time,
+        "end": r.end_time,
+    }

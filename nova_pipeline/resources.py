@@ -59,7 +59,12 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a DataFrame, got {type(obj)}")
         name = context.asset_key.to_python_identifier()
         path = write_table(self._home(), name, obj)
-        context.add_output_metadata({"table_path": dg.MetadataValue.path(str(path)), "rows": len(obj)})
+        schema = dg.TableSchema(columns=[dg.TableColumn(str(c), str(t)) for c, t in obj.dtypes.items()])
+        context.add_output_metadata({
+            "table_path": dg.MetadataValue.path(str(path)),
+            "dagster/row_count": len(obj),
+            "dagster/column_schema": schema,
+        })
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         name = context.upstream_output.asset_key.to_python_identifier()

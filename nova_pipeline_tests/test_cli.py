@@ -39,3 +39,52 @@ def test_resume_re_executes_the_failed_runs_own_job(json_tree, tmp_path):
         latest = instance.get_runs()[0]
         assert latest.is_success and latest.parent_run_id == run.run_id and latest.job_name == "backup"
     assert len(backup.list_backups(home)) == 1  # the backup job ran, not a rebuild
+
+
+@pytest.mark.integration
+def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeypatch):
+    import json
+
+    from nova_pipeline.core.store import ContentStore
+    from nova_pipeline_tests.conftest import REPO_ROOT, free_port
+
+    home, dhome = tmp_path / "home", tmp_path / "dagster_home"
+    dhome.mkdir()
+    (dhome / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(dhome))  # this process reads the runs back
+    env = {"NOVA_HOME": str(home), "DAGSTER_HOME": str(dhome), "HF_HUB_OFFLINE": "1"}
+    first = nova(["rebuild", "--source", str(json_tree)], env, tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    lines = first.stdout.splitlines()
+    for phase in ("scan", "patterns", "dictionary", "compress", "chunk", "embed", "golden copy"):
+        assert any(line.startswith(phase) for line in lines), phase  # one line per phase without a terminal
+    assert "DEBUG" not in first.stdout + first.stderr and "succeeded" in first.stdout
+    with dg.DagsterInstance.from_config(str(dhome)) as instance:
+        run = instance.get_runs()[0]
+        assert run.job_name == "rebuild" and run.is_success and run.tags["nova/command"] == "nova rebuild"
+    assert (home / "logs" / "nova.jsonl").exists()
+
+    again = nova(["rebuild", "--source", str(json_tree), "--json"], env, tmp_path)
+    summary = json.loads(again.stdout)
+    assert again.returncode == 0 and summary["success"]
+    embed = next(p for p in summary["phases"] if p["phase"] == "embed")
+    assert embed["metadata"]["embedded"] == 0 and all(c["passed"] for c in embed["checks"])
+
+    store = ContentStore(home)
+    path = store.object_path(store.index()["key"].iloc[0])
+    raw = bytearray(open(path, "rb").read())
+    raw[-1] ^= 0x20
+    open(path, "wb").write(raw)
+    blocked = nova(["rebuild", "--source", str(json_tree), "--quiet"], env, tmp_path)
+    assert blocked.returncode == 1
+    assert "blocking check failed" in blocked.stdout and "store_round_trip" in blocked.stdout
+    assert "nova resume " in blocked.stdout
+    open(path, "wb").write(bytes(raw[:-1]) + bytes([raw[-1] ^ 0x20]))  # repaired
+
+    dead = nova(["rebuild", "--source", str(json_tree)], {**env, "NOVA_CHROMA_URL": f"http://127.0.0.1:{free_port()}"},
+                tmp_path)
+    assert dead.returncode == 1
+    assert "step vector_index failed" in dead.stdout and "unreachable" in dead.stdout
+    with dg.DagsterInstance.from_config(str(dhome)) as instance:
+        failed = instance.get_runs()[0]
+    assert f"nova resume {failed.run_id}" in dead.stdout.replace("\n", " ")

@@ -216,11 +216,12 @@ def empty_chunks() -> pd.DataFrame:
 
 def chunk_manifest(
     root, manifest: pd.DataFrame, previous: pd.DataFrame | None, count_tokens: TokenCounter, max_tokens: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, ChunkStats]:
     """Chunks of every present file; files whose blake3 is unchanged reuse their previous chunks.
 
     A file that vanished or changed since the scan is skipped and logged; its chunks come back on the
-    next rebuild.
+    next rebuild. ``progress(files_done, files_to_chunk)`` is called as files are chunked.
     """
     stats = ChunkStats()
     live = manifest[manifest["status"] != "deleted"]
@@ -237,11 +238,19 @@ def chunk_manifest(
             reuse[(path, fb)] = group
     frames: list[pd.DataFrame] = []
     records: list[dict] = []
-    for path, digest, language, size in zip(live["path"].tolist(), live["blake3"].tolist(),
-                                            live["language"].tolist(), live["size"].tolist()):
+    to_chunk = sum(1 for p, d, z in zip(live["path"], live["blake3"], live["size"])
+                   if z and (p, d) not in reuse)
+    done = 0
+    for path, digest, language, size in zip(
+        live["path"].tolist(), live["blake3"].tolist(), live["language"].tolist(), live["size"].tolist()
+    ):
         if size == 0:
             continue  # nothing to chunk
         old = reuse.get((path, digest))
+        if old is None:
+            done += 1
+            if progress is not None and (done % 25 == 0 or done == to_chunk):
+                progress(done, to_chunk)
         if old is not None:
             frames.append(old)
             stats.files_reused += 1
@@ -266,6 +275,9 @@ def chunk_manifest(
     stats.chunks = len(df)
     stats.truncated = int(df["truncated"].sum())
     if stats.truncated:
-        log.warning("%d chunks exceed the model's %d word pieces and will be truncated by it",
-                    stats.truncated, max_tokens)
+        log.warning(
+            "%d chunks exceed the model's %d word pieces and will be truncated by it",
+            stats.truncated,
+            max_tokens,
+        )
     return df, stats

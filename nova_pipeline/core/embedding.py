@@ -248,6 +248,18 @@ class EmbeddingCache:
         self._db.commit()
 
     @staticmethod
+    def read_only(path: Path) -> sqlite3.Connection:
+        """A read-only connection to a cache file that writes nothing when it can.
+
+        With no ``-wal`` file every committed row is in the main file, and the file is opened ``immutable``
+        (no lock, no side files). With one (a writer is running, or was killed before a checkpoint), the
+        rows in it count: the file is opened ``mode=ro``, which may create the shared-memory ``-shm`` file.
+        """
+        if Path(f"{path}-wal").exists():
+            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+
+    @staticmethod
     def path_for(home: Path, fingerprint: str) -> Path:
         """The SQLite file of a fingerprint's cache: ``NOVA_HOME/cache/embeddings/<fingerprint>.sqlite3``."""
         return Layout.of(home).embedding_cache(fingerprint)

@@ -595,6 +595,7 @@ def promote(
     guard: DeletionGuard | None = None,
     checker: Callable[[Path], dict] | None = None,
     open_store: Callable[[], object] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Promotion:
     """Snapshot the index into a new golden version, verify it and make it CURRENT, unless nothing changed.
 
@@ -610,6 +611,7 @@ def promote(
             the embedding cache of ``fingerprint`` when there is one).
         open_store: returns the Chroma client to snapshot, called only when a promotion is needed (default:
             the primary of ``home``/``chroma_url``; while failed over, the caller passes the active store's).
+        progress: called as ``progress(shards_done, shards)`` as export shards are written or linked.
 
     Raises:
         GoldenCopyError: the collection does not match the chunks, or the snapshot failed verification;
@@ -682,6 +684,8 @@ def promote(
                 else:
                     placer.put(rel, table_bytes(fetch_rows(collection, sorted(ids))))
                     shards_written += 1
+                if progress is not None:
+                    progress(shards_written + shards_linked, len(by_shard))
         for t in TABLES:
             if table_path(home, t).exists():
                 placer.put(f"tables/{t}.parquet", table_path(home, t).read_bytes())

@@ -318,9 +318,10 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 
 def _run_pool(
-    jobs: dict[object, tuple[Callable, tuple]], workers: int, guard: _MemoryGuard
+    jobs: dict[object, tuple[Callable, tuple]], workers: int, guard: _MemoryGuard,
+    on_done: Callable[[], None] | None = None,
 ) -> dict[object, object]:
-    """Run ``{key: (fn, args)}`` in ``workers`` processes under the memory guard."""
+    """Run ``{key: (fn, args)}`` in ``workers`` processes under the memory guard; ``on_done()`` after each."""
     results: dict[object, object] = {}
     if not jobs:
         return results
@@ -328,6 +329,8 @@ def _run_pool(
         for key, (fn, args) in jobs.items():
             results[key] = fn(*args)
             guard.check()
+            if on_done is not None:
+                on_done()
         return results
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=_mp_context())
     try:
@@ -338,6 +341,8 @@ def _run_pool(
             guard.check()
             for fut in done:
                 results[futures[fut]] = fut.result()
+                if on_done is not None:
+                    on_done()
     except BaseException:
         guard.stop_workers()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -370,6 +375,7 @@ def find_patterns(
     cache_dir: Path,
     previous: pd.DataFrame | None = None,
     now: pd.Timestamp | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, PatternStats]:
     """Frequent maximal repeats of the present files of ``manifest``.
 
@@ -380,6 +386,7 @@ def find_patterns(
         cache_dir: where per-shard results are cached, keyed by blake3 of the shard's content hashes.
         previous: the previous result, whose ``first_seen`` (and unchanged ``last_updated``) carry over.
         now: the timestamp for new rows (UTC; default: now).
+        progress: called as ``progress(done, total)`` as shards are analysed and recounted.
 
     Returns:
         A DataFrame with :data:`PATTERN_COLUMNS` (``pattern`` is bytes; timestamps are UTC), best first,
@@ -430,7 +437,15 @@ def find_patterns(
         else:
             jobs[sid] = (_shard_worker, (shard_items[sid], options))
     skipped = 0
-    for sid, (cands, nskip) in _run_pool(jobs, workers, guard).items():
+    done = [0]
+    total = len(jobs) + len(shards)  # shards to analyse, then every shard's exact recount
+
+    def on_done() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    for sid, (cands, nskip) in _run_pool(jobs, workers, guard, on_done).items():
         candidates[sid] = cands
         skipped += nskip
         stats.shards_analysed += 1
@@ -454,7 +469,8 @@ def find_patterns(
             counts += np.asarray(json.loads(path.read_text()), dtype=np.int64).reshape(-1, 2)
         except (OSError, ValueError):
             count_jobs[sid] = (_count_worker, (items, ranked))
-    for sid, (shard_counts, nskip) in _run_pool(count_jobs, workers, guard).items():
+    done[0] += len(shards) - len(count_jobs)  # recounts found in the cache
+    for sid, (shard_counts, nskip) in _run_pool(count_jobs, workers, guard, on_done).items():
         arr = np.asarray(shard_counts, dtype=np.int64).reshape(-1, 2)
         counts += arr
         skipped += nskip

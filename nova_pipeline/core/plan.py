@@ -8,7 +8,6 @@ it cannot know without doing the work, it says: whether the dictionary drift che
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -46,15 +45,15 @@ class Plan:
 def _cached_keys(home, fingerprint: str, keys: list[str]) -> set[str]:
     """Which ``keys`` the embedding cache holds (a missing cache holds none).
 
-    Opened ``immutable``: no lock and no ``-wal``/``-shm`` files, so the plan writes nothing; a rebuild
-    running at the same moment can make the count slightly stale, which a plan tolerates.
+    Opened with :meth:`EmbeddingCache.read_only`: when the cache is at rest the plan writes nothing; rows a
+    running (or killed) writer left in the ``-wal`` file still count.
     """
     from nova_pipeline.core.embedding import EmbeddingCache
 
     path = EmbeddingCache.path_for(home, fingerprint)
     if not path.exists() or not keys:
         return set()
-    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    db = EmbeddingCache.read_only(path)
     try:
         found: set[str] = set()
         for i in range(0, len(keys), 500):

@@ -25,7 +25,7 @@ import logging
 import os
 import stat as stat_mod
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,6 +478,7 @@ def scan(
     previous: pd.DataFrame | None = None,
     workers: int | None = None,
     known_binaries: pd.DataFrame | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> ScanResult:
     """Scan ``options.root`` into a manifest, re-hashing only files whose size or mtime changed.
 
@@ -491,6 +492,8 @@ def scan(
         workers: hashing processes; ``1`` hashes inline.
         known_binaries: ``ScanResult.binaries`` of the previous scan; such files are skipped again without
             being read when their size and mtime are unchanged.
+        progress: called as ``progress(files_hashed, files_to_hash, bytes_hashed, bytes_to_hash)`` after
+            each batch of files is hashed.
 
     Returns:
         A :class:`ScanResult`; its manifest is sorted by path and includes ``deleted`` rows for files
@@ -554,12 +557,25 @@ def scan(
                 pending = []
         if hash_started is None:
             hash_started = time.perf_counter()
-        if pool is not None:
-            if pending:
-                submit(pending)
-            outcomes = [(batch, fut.result()) for batch, fut in batches]
-        else:
-            outcomes = [(pending, _hash_batch([(p[1], p[2]) for p in pending], options.max_file_size))]
+        if pool is not None and pending:
+            submit(pending)
+        elif pool is None:
+            step = HASH_BATCH_FILES
+            batches = [(pending[i : i + step], None) for i in range(0, len(pending), step)]
+        total_files = sum(len(b) for b, _ in batches)
+        total_bytes = sum(p[2] for b, _ in batches for p in b)
+        outcomes, done_files, done_bytes = [], 0, 0
+        for batch, fut in batches:
+            result = (
+                fut.result()
+                if fut is not None
+                else _hash_batch([(p[1], p[2]) for p in batch], options.max_file_size)
+            )
+            outcomes.append((batch, result))
+            done_files += len(batch)
+            done_bytes += sum(p[2] for p in batch)
+            if progress is not None:
+                progress(done_files, total_files, done_bytes, total_bytes)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

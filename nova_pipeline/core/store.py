@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,12 +106,15 @@ class ContentStore:
         dict_digest: str,
         level: int = 3,
         threads: int = -1,
+        progress: Callable[..., None] | None = None,
     ) -> tuple[pd.DataFrame, PutStats]:
         """Store the contents of ``(blake3 key, source path)`` items that are not stored yet.
 
         Each file is read, checked against its key, compressed (``multi_compress_to_buffer``, ``threads``
         threads), decompressed again and re-checked before it is written. A file that vanished or changed
         since the scan is skipped and logged; it never lands under a wrong key.
+
+        ``progress(objects_done, objects_to_store)`` is called after each batch is durable.
 
         Returns:
             ``(rows, stats)``: index rows (:data:`INDEX_COLUMNS`) of every requested key now stored, and
@@ -165,6 +168,8 @@ class ContentStore:
             self._write_batch(out)
             stats.written += len(out)
             batch, batch_bytes = [], 0
+            if progress is not None:
+                progress(stats.written, len(todo), stats.bytes_in)
 
         for key, path in todo:
             try:
@@ -345,6 +350,7 @@ def update_store(
     dict_digest: str,
     level: int = 3,
     threads: int = DEFAULT_THREADS,
+    progress: Callable[..., None] | None = None,
 ) -> StoreUpdate:
     """Store every unique content of ``manifest``, commit the new index, then collect garbage.
 
@@ -357,7 +363,7 @@ def update_store(
     from nova_pipeline.core.scanning import present_files, unique_contents
 
     items = unique_contents(root, manifest)
-    rows, put = store.put_many(items, dict_digest, level=level, threads=threads)
+    rows, put = store.put_many(items, dict_digest, level=level, threads=threads, progress=progress)
     store.commit_index(rows)
     removed, freed = store.collect_garbage()
     live = present_files(manifest)

@@ -303,6 +303,7 @@ class IndexStats:
     wanted: int = 0
     present_before: int = 0
     unchanged: int = 0
+    to_upsert: int = 0
     upserted: int = 0
     embedded: int = 0
     cache_hits: int = 0
@@ -353,6 +354,7 @@ def reconcile(
     # Shortest texts first across all batches, so each forward pass pads little (as encode() does).
     todo = todo.iloc[np.argsort(todo["text"].str.len().to_numpy(), kind="stable")]
     stats.unchanged = len(chunks) - len(todo)
+    stats.to_upsert = len(todo)
     size = max(1, min(batch_size, max_batch or batch_size))
     for b, start in enumerate(range(0, len(todo), size), 1):
         part = todo.iloc[start : start + size]

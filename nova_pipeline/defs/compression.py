@@ -15,6 +15,7 @@ from nova_pipeline.core.store import DEFAULT_THREADS, ContentStore, update_store
 from nova_pipeline.core.tables import FREQUENT_PATTERNS, read_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.resources import NovaSettings
+from nova_pipeline.run_events import progress_reporter
 
 _PATTERNS = PatternOptions()
 _DICTIONARY = DictionaryOptions()
@@ -46,7 +47,12 @@ def frequent_patterns(
     options = PatternOptions(**config.model_dump())
     previous = read_table(settings.layout, FREQUENT_PATTERNS)
     df, stats = find_patterns(
-        settings.source_dir, source_files, options, settings.layout.patterns_cache, previous
+        settings.source_dir,
+        source_files,
+        options,
+        settings.layout.patterns_cache,
+        previous,
+        progress=progress_reporter(context, "patterns", "shards"),
     )
     top = df.head(20)
     sources = pattern_sources(settings.source_dir, source_files, top["pattern"].tolist())
@@ -180,7 +186,15 @@ def compressed_store(
     info = store.registry.current()
     dict_digest = info.blake3 if info else ""
     level = info.level if info else _DICTIONARY.level
-    update = update_store(store, settings.source_dir, source_files, dict_digest, level, config.threads)
+    update = update_store(
+        store,
+        settings.source_dir,
+        source_files,
+        dict_digest,
+        level,
+        config.threads,
+        progress=progress_reporter(context, "compress", "objects"),
+    )
     put = update.put
     if put.written == 0:
         context.log.info(f"nothing to compress: all {put.already_stored} contents already stored")

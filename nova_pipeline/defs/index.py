@@ -21,8 +21,9 @@ from nova_pipeline.core.vector_store import (
     store_state,
     writer_lock,
 )
-from nova_pipeline.defs.metadata import md_table
+from nova_pipeline.defs.metadata import DAILY, md_table
 from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+from nova_pipeline.run_events import DONE, PHASE, TOTAL, UNIT, progress_reporter
 
 
 @dg.asset(kinds={"python", "parquet"}, group_name="index")
@@ -38,7 +39,12 @@ def source_chunks(
     tokenizer = embedder.tokenizer()
     previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
     df, stats = chunk_manifest(
-        settings.source_dir, source_files, previous, tokenizer.count, tokenizer.max_seq_length
+        settings.source_dir,
+        source_files,
+        previous,
+        tokenizer.count,
+        tokenizer.max_seq_length,
+        progress=progress_reporter(context, "chunk", "files"),
     )
     if stats.truncated:
         context.log.warning(
@@ -82,7 +88,7 @@ def _unchanged_since(rec: dict) -> str:
     return f"unchanged since verified in run {run} at {at}: no write to the collection since"
 
 
-@dg.asset(kinds={"chromadb"}, group_name="index", pool="vector_index_writer")
+@dg.asset(kinds={"chromadb"}, group_name="index", pool="vector_index_writer", freshness_policy=DAILY)
 def vector_index(
     context: dg.AssetExecutionContext,
     config: VectorIndexConfig,
@@ -139,6 +145,11 @@ def vector_index(
                     "upserted": stats.upserted,
                     "embedded": stats.embedded,
                     "cache_hits": stats.cache_hits,
+                    # progress of the embed phase (nova rebuild's bar): chunks upserted of those to upsert
+                    PHASE: "embed",
+                    DONE: stats.upserted,
+                    TOTAL: stats.to_upsert,
+                    UNIT: "chunks",
                 },
             )
         )

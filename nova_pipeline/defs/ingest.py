@@ -6,6 +6,7 @@ from nova_pipeline.core.scanning import DEFAULT_MAX_FILE_SIZE, ScanOptions, Scan
 from nova_pipeline.core.tables import SOURCE_FILES, SOURCE_FILES_BINARIES, read_table, write_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.resources import DeletionGuardResource, NovaSettings
+from nova_pipeline.run_events import progress_reporter
 
 
 class ScanConfig(dg.Config):
@@ -53,6 +54,7 @@ def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: No
         ),
         previous,
         known_binaries=known_binaries,
+        progress=progress_reporter(context, "scan", "files"),
     )
     lost = deletion_guard.check_files(previous, result.manifest)
     write_table(settings.layout, SOURCE_FILES_BINARIES, result.binaries)

@@ -7,8 +7,10 @@ import pandas as pd
 from nova_pipeline.core import audit, backup, golden
 from nova_pipeline.core.failover import FailoverSettings, active_store, estimate_for_version
 from nova_pipeline.core.tables import SOURCE_CHUNKS
+from nova_pipeline.defs.metadata import DAILY
 from nova_pipeline.instance import postgres_url
 from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+from nova_pipeline.run_events import progress_reporter
 
 
 class GoldenConfig(dg.Config):
@@ -42,7 +44,8 @@ def golden_copy(
     settings = nova.settings(require_source=False)
     store = active_store(settings.home, settings.chroma_url)  # while failed over: the backup store
     p = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep,
-                       chunks=source_chunks, guard=guard.guard(), open_store=lambda: store.client)
+                       chunks=source_chunks, guard=guard.guard(), open_store=lambda: store.client,
+                       progress=progress_reporter(context, "golden copy", "shards"))
     v = p.version
     context.log.info(
         p.reason
@@ -106,7 +109,7 @@ class BackupConfig(dg.Config):
     threads: int = backup.DEFAULT_THREADS
 
 
-@dg.asset(kinds={"zstd"}, group_name="protect", deps=[golden_copy])
+@dg.asset(kinds={"zstd"}, group_name="protect", deps=[golden_copy], freshness_policy=DAILY)
 def backups(context: dg.AssetExecutionContext, config: BackupConfig, nova: NovaSettings):
     """``backup_<UTC>.tar.zst`` of the CURRENT golden version, its store objects and dictionaries, and a
     ``pg_dump -Fc`` of the Dagster database when the instance is on PostgreSQL; retention applied."""

@@ -62,12 +62,26 @@ def create_app(
     settings: Settings,
     failover: FailoverSettings | None = None,
     embedder=None,
-    routes: list[Route] | None = None,
 ) -> Starlette:
-    """The service for ``settings``; ``embedder`` defaults to the bundled model (loaded at startup)."""
+    """The service for ``settings``; ``embedder`` defaults to the bundled model (loaded at startup).
+
+    When ``NOVA_HOME/tokens.json`` exists, ``/search`` and ``/status`` need a viewer token too; ``/healthz``
+    stays open (for load balancers). See :mod:`nova_pipeline.service.admin` for the admin API.
+    """
+    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.service.admin import admin_routes, authorize
+
     searcher = Searcher(settings, embedder, failover, prefer_memory=True)
+    tokens = TokenStore(settings.home)
+
+    def refused(request: Request) -> JSONResponse | None:
+        if not tokens.exists():
+            return None  # no tokens: loopback only, searches open, admin calls refused
+        return authorize(request, tokens, "viewer")[1]
 
     async def search(request: Request) -> JSONResponse:
+        if (refusal := refused(request)) is not None:
+            return refusal
         q = request.query_params.get("q", "").strip()
         if not q:
             return JSONResponse({"error": "missing query: /search?q=your+question&k=5"}, status_code=400)
@@ -112,6 +126,8 @@ def create_app(
         return JSONResponse(body, status_code=200 if can_answer else 503)
 
     async def status(request: Request) -> JSONResponse:
+        if (refusal := refused(request)) is not None:
+            return refusal
         return JSONResponse(await run_in_threadpool(_status))
 
     @contextlib.asynccontextmanager
@@ -133,7 +149,7 @@ def create_app(
             Route("/search", search),
             Route("/healthz", healthz),
             Route("/status", status),
-            *(routes or []),
+            *admin_routes(settings, tokens, searcher),
         ],
         lifespan=lifespan,
     )

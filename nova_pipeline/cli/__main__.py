@@ -1,0 +1,3 @@
+from nova_pipeline.cli import main
+
+main()

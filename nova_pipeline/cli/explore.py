@@ -1,0 +1,252 @@
+"""Looking at what was built: status, search, plan."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import typer
+from rich.table import Table
+
+from nova_pipeline.cli.common import app, console, settings_from_env
+from nova_pipeline.core.errors import NovaError
+
+ASSETS = ("source_files", "frequent_patterns", "compression_dictionary", "compressed_store", "source_chunks",
+          "vector_index", "golden_copy", "backups")
+
+
+def _instance_facts() -> tuple[dict, tuple, str | None]:
+    """``(last materializations, last rebuild run, Postgres URL)`` from DAGSTER_HOME's instance, or empty."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return {}, (None, None), None
+    import dagster as dg
+
+    from nova_pipeline.instance import last_materializations, last_run, postgres_url
+
+    with dg.DagsterInstance.get() as instance:
+        return last_materializations(instance, ASSETS), last_run(instance, "rebuild"), postgres_url(instance)
+
+
+def _age(ts: float | None) -> str:
+    import time
+
+    if ts is None:
+        return ""
+    secs = time.time() - ts
+    return (
+        f"{secs / 86400:.1f} d"
+        if secs > 86400
+        else f"{secs / 3600:.1f} h"
+        if secs > 3600
+        else f"{secs / 60:.0f} min"
+    )
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="print the state as JSON")) -> None:
+    """Summarise what the pipeline has built, where it lives, and how old each asset's last
+    materialization is."""
+    import time
+
+    from nova_pipeline.core.embedding import bundled_fingerprint
+    from nova_pipeline.core.failover import FailoverSettings
+    from nova_pipeline.core.stats import describe_state
+
+    s = settings_from_env()
+    rows = describe_state(s, bundled_fingerprint(), FailoverSettings.from_env().max_memory_mb)
+    mats, _, _ = _instance_facts()
+    for r in rows:
+        at = mats.get(r["asset"], {}).get("at")
+        r["last_materialized"] = at
+        r["age_seconds"] = round(time.time() - at, 1) if at else None
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "nova_home": str(s.home),
+                    "source_dir": str(s.source_dir) if s.source_dir else None,
+                    "assets": rows,
+                },
+                indent=1,
+            )
+        )
+        if not rows:
+            raise typer.Exit(1)
+        return
+    if not rows:
+        console.print(
+            f"[yellow]Nothing built yet under {s.home}: run the rebuild job "
+            "(make rebuild, or nova rebuild --source /path/to/tree)."
+        )
+        raise typer.Exit(1)
+    table = Table(title=f"nova_pipeline state in {s.home}")
+    for col in ("asset", "what", "age", "where"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["asset"],
+            ("[yellow]" if r.get("warning") else "") + r["what"],
+            _age(r["last_materialized"]),
+            r["where"],
+        )
+    console.print(table)
+    if s.source_dir is not None:
+        console.print(f"source: {s.source_dir}")
+    console.print('search it: nova search "your question" -k 5')
+
+
+@app.command()
+def stats(as_json: bool = typer.Option(False, "--json", help="print the stats as JSON")) -> None:
+    """Vector store, embedding cache (and the last run's hit rate), compressed store, patterns, dictionary,
+    and system numbers."""
+    from nova_pipeline.core.embedding import bundled_fingerprint
+    from nova_pipeline.core.stats import collect_stats
+
+    s = settings_from_env()
+    mats, _, _ = _instance_facts()
+    data = collect_stats(s, bundled_fingerprint(), mats.get("vector_index", {}).get("metadata"))
+    if as_json:
+        print(json.dumps(data, indent=1, default=str))
+        return
+    for section, values in data.items():
+        table = Table(title=section.replace("_", " "), show_header=False, title_justify="left")
+        table.add_column("key")
+        table.add_column("value")
+        for k, v in values.items():
+            table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+        console.print(table)
+
+
+@app.command()
+def health(
+    as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
+    skip_model: bool = typer.Option(False, "--skip-model", help="do not load the model (the slowest check)"),
+) -> None:
+    """Check NOVA_HOME, disk, memory, the model, the primary vector store, PostgreSQL, the golden copy, the
+    newest backup and the last rebuild run; exit 0 when healthy, 1 when not."""
+    from nova_pipeline.core.embedding import bundled_fingerprint
+    from nova_pipeline.core.failover import FailoverSettings
+    from nova_pipeline.core.health import Check, healthy, run_checks
+
+    s = settings_from_env()
+    try:
+        _, last, pg_url = _instance_facts()
+    except Exception as exc:  # noqa: BLE001 - an instance that cannot be opened is itself a finding
+        last, pg_url = (None, None), None
+        instance_problem = Check("Dagster instance", False, f"{type(exc).__name__}: {exc}")
+    else:
+        instance_problem = None
+    checks = run_checks(
+        s.home,
+        s.chroma_url,
+        bundled_fingerprint(),
+        FailoverSettings.from_env().max_memory_mb,
+        pg_url,
+        last,
+        load_model=not skip_model,
+    )
+    if skip_model:
+        checks[3] = Check("model loads offline", None, "skipped (--skip-model)")
+    if instance_problem:
+        checks.append(instance_problem)
+    ok = healthy(checks)
+    if as_json:
+        print(json.dumps({"healthy": ok, "checks": [c.as_dict() for c in checks]}, indent=1))
+    else:
+        table = Table(title="nova health")
+        for col in ("", "check", "detail"):
+            table.add_column(col)
+        for c in checks:
+            mark = "[green]✓" if c.ok else "[dim]-" if c.ok is None else "[red]✗"
+            table.add_row(mark, c.name, c.detail)
+        console.print(table)
+        console.print("[green]healthy" if ok else "[red]not healthy")
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="what to look for, in words or code"),
+    k: int = typer.Option(5, "-k", "--top", help="number of hits"),
+    as_json: bool = typer.Option(False, "--json", help="print the hits as a JSON list"),
+) -> None:
+    """Semantic search over the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL)."""
+    from nova_pipeline.core.search import search as run_search
+
+    with console.status("searching…", spinner="dots") if not as_json else contextlib.nullcontext():
+        hits = run_search(query, k, settings=settings_from_env())
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": h.path,
+                        "start_line": h.start_line,
+                        "end_line": h.end_line,
+                        "symbol": h.symbol,
+                        "language": h.language,
+                        "score": round(h.score, 4),
+                        "snippet": h.snippet(),
+                        "chunk_id": h.chunk_id,
+                        "store": h.store,
+                        "stale_as_of": h.stale_as_of,
+                    }
+                    for h in hits
+                ],
+                indent=1,
+            )
+        )
+        return
+    if hits and hits[0].store == "backup":
+        console.print(
+            f"[yellow]answered by the backup store: stale as of {hits[0].stale_as_of} "
+            "(the primary is down or failed over)"
+        )
+    for rank, h in enumerate(hits, 1):
+        symbol = f"  [bold]{h.symbol}[/bold]" if h.symbol else ""
+        console.print(
+            f"{rank}. [cyan]{h.path}:{h.start_line}-{h.end_line}[/cyan]{symbol}  score {h.score:.3f}"
+        )
+        for line in h.snippet().splitlines():
+            console.print(f"     {line}", markup=False, highlight=False)
+
+
+@app.command()
+def plan(
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    allow_mass_delete: bool = typer.Option(
+        False, "--allow-mass-delete", help="plan as a run with the mass-deletion override would"
+    ),
+) -> None:
+    """Dry run of the rebuild job: files added, changed and deleted; chunks to embed; vectors to delete;
+    whether a golden version would be promoted; whether the mass-deletion guard would refuse.
+    Writes nothing."""
+    from dataclasses import asdict
+
+    from nova_pipeline.core.guard import DeletionGuard
+    from nova_pipeline.core.plan import make_plan, plan_table
+
+    s = settings_from_env()
+    if s.source_dir is None:
+        raise NovaError("NOVA_SOURCE_DIR is not set: export NOVA_SOURCE_DIR=/path/to/the/tree/to/index")
+    with console.status("planning…") if not as_json else contextlib.nullcontext():
+        p = make_plan(s, DeletionGuard(allow=allow_mass_delete))
+    if as_json:
+        print(json.dumps(asdict(p), indent=1))
+    else:
+        table = Table(title=f"rebuild plan for {p.source_dir}")
+        for col in ("what", "count", "e.g."):
+            table.add_column(col)
+        for row in plan_table(p).itertuples(index=False):
+            table.add_row(str(row[0]), f"{row[1]:,}" if isinstance(row[1], int) else str(row[1]), str(row[2]))
+        console.print(table)
+        console.print(f"golden copy: {p.golden}")
+        for note in p.notes:
+            console.print(f"[dim]{note}", highlight=False)
+        for r in p.refusals:
+            console.print(f"[red]refused:[/red] {r}", highlight=False)
+    if p.refused:
+        raise typer.Exit(1)

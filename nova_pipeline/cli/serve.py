@@ -1,0 +1,95 @@
+"""The HTTP service and its tokens: nova serve, nova token create|list|revoke."""
+
+from __future__ import annotations
+
+import typer
+
+from nova_pipeline.cli.common import app, console, settings_from_env
+from nova_pipeline.core.errors import NovaError
+
+token_app = typer.Typer(help="API tokens of nova serve (stored hashed in NOVA_HOME/tokens.json).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to bind; other than loopback only with API tokens"),
+    port: int = typer.Option(8765, help="TCP port"),
+    log_level: str = typer.Option(
+        None,
+        "--log-level",
+        help="console level (default: NOVA_LOG_LEVEL, else INFO); "
+        "SIGUSR1 raises it one step, SIGUSR2 lowers it",
+    ),
+) -> None:
+    """Serve search over HTTP with failover (GET /search?q=&k=, /healthz, /status) and the admin API
+    (/api/v1/admin/...). Logs as JSON lines to NOVA_HOME/logs/nova.jsonl."""
+    import logging
+    import signal
+
+    import uvicorn
+
+    from nova_pipeline import logs
+    from nova_pipeline.core.failover import FailoverSettings
+    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.service.app import create_app
+
+    settings = settings_from_env()
+    if host not in LOOPBACK and not TokenStore(settings.home).exists():
+        raise NovaError(
+            f"refusing to listen on {host} without API tokens: anyone could search and nobody could "
+            "administer; create one with `nova token create --name NAME --role admin`, or keep the "
+            "default 127.0.0.1"
+        )
+    level = logs.resolve_level(log_level, "INFO")
+    logs.configure(settings.home, level)
+    signal.signal(signal.SIGUSR1, lambda *_: logs.step_level(+1))
+    signal.signal(signal.SIGUSR2, lambda *_: logs.step_level(-1))
+    logging.getLogger("nova_pipeline.service").info(
+        "nova serve starting on %s:%d (console level %s)", host, port, level
+    )
+    app_ = create_app(settings, FailoverSettings.from_env())
+    console.print(
+        f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /healthz, /status, /api/v1/admin/...)"
+    )
+    uvicorn.run(app_, host=host, port=port, log_level=level.lower())
+
+
+@token_app.command("create")
+def token_create(
+    name: str = typer.Option(..., "--name", help="who or what uses it (shown in the audit log)"),
+    role: str = typer.Option("viewer", "--role", help="viewer (search, read) or admin (also change things)"),
+) -> None:
+    """Create a token and print it once (only its salted scrypt hash is stored)."""
+    from nova_pipeline.core import audit
+    from nova_pipeline.core.tokens import TokenStore
+
+    s = settings_from_env()
+    token = TokenStore(s.home).create(name, role)
+    audit.record(s.home, "token create", "ok", audit.actor(), name=name, role=role)
+    console.print(f"token {name!r} ({role}); it is shown only now:", highlight=False)
+    print(token)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """Token names, roles and creation times (never the tokens)."""
+    from nova_pipeline.core.tokens import TokenStore
+
+    for e in TokenStore(settings_from_env().home).entries():
+        console.print(f"{e.name}  {e.role}  created {e.created_at}", highlight=False)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="the token's name")) -> None:
+    """Delete a token; a running service refuses it from its next request."""
+    from nova_pipeline.core import audit
+    from nova_pipeline.core.tokens import TokenStore
+
+    s = settings_from_env()
+    if not TokenStore(s.home).revoke(name):
+        raise NovaError(f"no token named {name!r}: nova token list shows them")
+    audit.record(s.home, "token revoke", "ok", audit.actor(), name=name)
+    console.print(f"revoked {name!r}")
