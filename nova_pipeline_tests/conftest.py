@@ -280,11 +280,10 @@ def rebuild_graph():
 def resources_for(src, home, embedder=None, **nova_fields) -> dict:
     """The resources of a job, for tests: ``src`` and ``home`` as the settings, the IO manager on the same
     settings, the guard, and the fake embedder unless ``embedder`` (e.g. the real ``EmbedderResource()``)."""
-    from nova_pipeline.resources import DeletionGuardResource, NovaSettings, ParquetTableIOManager
+    from nova_pipeline.resources import NovaSettings, resources_on
 
     nova = NovaSettings(source_dir=str(src) if src else "", nova_home=str(home), **nova_fields)
-    return {"nova": nova, "io_manager": ParquetTableIOManager(nova=nova),
-            "embedder": embedder or fake_embedder_resource(), "guard": DeletionGuardResource()}
+    return resources_on(nova, embedder or fake_embedder_resource())
 
 
 def materialize_rebuild(src, home, instance, embedder=None, run_config=None, **kwargs):

@@ -84,7 +84,7 @@ def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeyp
     dead = nova(["rebuild", "--source", str(json_tree)], {**env, "NOVA_CHROMA_URL": f"http://127.0.0.1:{free_port()}"},
                 tmp_path)
     assert dead.returncode == 1
-    assert "step vector_index failed" in dead.stdout and "unreachable" in dead.stdout
+    assert "step vector_index.plan_vector_slices failed" in dead.stdout and "unreachable" in dead.stdout
     with dg.DagsterInstance.from_config(str(dhome)) as instance:
         failed = instance.get_runs()[0]
     assert f"nova resume {failed.run_id}" in dead.stdout.replace("\n", " ")

@@ -35,6 +35,21 @@ PHASES = {  # step key -> phase
     "vector_index": "embed",
     "golden_copy": "golden copy",
 }
+# vector_index is a graph of ops: plan_vector_slices, reconcile_vector_slice[slice_i], finish_vector_index.
+# Its phase starts with the first and ends with the last.
+LAST_STEP = {"vector_index": "vector_index.finish_vector_index"}
+
+
+def phase_of(step_key: str | None) -> tuple[str | None, bool, bool]:
+    """``(phase, first, last)`` of a step key: the phase it belongs to, and whether it opens or closes it
+    (both, for a phase of one step)."""
+    key = step_key or ""
+    asset = key.split(".", 1)[0]
+    phase = PHASES.get(key) or (PHASES.get(asset) if "." in key and asset in LAST_STEP else None)
+    if phase is None:
+        return None, False, False
+    last = LAST_STEP.get(asset, asset)
+    return phase, key in (asset, f"{asset}.plan_vector_slices"), key == last
 
 
 def _size(n: float) -> str:
@@ -114,6 +129,7 @@ class PhaseState:
     started: float | None = None
     seconds: float | None = None
     metadata: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)  # part -> (done, total), for a phase of several steps
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, passed, severity)
     failed: str = ""
 
@@ -171,8 +187,8 @@ class RebuildDisplay:
             return
         kind = ev.event_type_value
         self.run_id = self.run_id or (getattr(record, "dagster_meta", {}) or {}).get("run_id", "")
-        phase = PHASES.get(ev.step_key or "")
-        if kind == "STEP_START" and phase:
+        phase, first, last = phase_of(ev.step_key)
+        if kind == "STEP_START" and phase and first:
             self.phases[phase].started = time.monotonic()
             self._task(phase)
         elif kind == "ASSET_OBSERVATION":
@@ -183,6 +199,10 @@ class RebuildDisplay:
                 state = self.phases[name]
                 elapsed = time.monotonic() - (state.started or time.monotonic())
                 done = meta.get(run_events.DONE, 0)
+                if meta.get(run_events.PART):  # one slice of several: the bar shows their sum
+                    state.parts[meta[run_events.PART]] = (done, total or 0)
+                    done = sum(d for d, _ in state.parts.values())
+                    total = sum(t for _, t in state.parts.values()) or None
                 rate = f"{done / elapsed:,.1f}/s" if elapsed > 0.2 and done else ""
                 if meta.get(run_events.DONE_BYTES):
                     rate += f" {_size(meta[run_events.DONE_BYTES] / max(elapsed, 1e-3))}/s"
@@ -201,9 +221,10 @@ class RebuildDisplay:
             owner = PHASES.get(data.asset_key.to_user_string())
             if owner:
                 self.phases[owner].checks.append((data.check_name, data.passed, data.severity.value))
-        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and phase:
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and phase and (last or kind == "STEP_FAILURE"):
             state = self.phases[phase]
-            duration = getattr(ev.event_specific_data, "duration_ms", None)
+            # a phase of several steps lasts from its first step's start to its last step's end
+            duration = getattr(ev.event_specific_data, "duration_ms", None) if first else None
             state.seconds = (
                 duration / 1000 if duration is not None else time.monotonic() - (state.started or 0)
             )

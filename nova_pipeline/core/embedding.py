@@ -26,6 +26,7 @@ from typing import Protocol
 
 import blake3
 import numpy as np
+import tenacity
 
 from nova_pipeline.core.errors import EmbeddingError
 from nova_pipeline.core.layout import Layout
@@ -275,8 +276,23 @@ class EmbeddingCache:
                 out[k] = np.frombuffer(blob, dtype=np.float32)
         return out
 
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, sqlite3.OperationalError)
+                                          and "locked" in str(e)),
+        wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+        stop=tenacity.stop_after_attempt(8),
+        reraise=True,
+    )
     def put_many(self, items: dict[str, np.ndarray]) -> None:
-        """Store vectors in one transaction."""
+        """Store vectors in one transaction.
+
+        Writers of several slices (processes, or Celery workers sharing ``NOVA_HOME``) share the file: WAL
+        lets readers go on while one writes, the connection waits up to 60 s for the write lock, and a
+        transaction that still finds the database locked is retried with jittered backoff (8 attempts).
+
+        Raises:
+            sqlite3.OperationalError: still locked after the retries, or any other SQLite failure.
+        """
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",

@@ -10,7 +10,10 @@ instead of joining strings, so the layout can change in one place and two parts 
       cache/embeddings/<fp>.sqlite3  embedding cache per model fingerprint
       cache/patterns/                pattern-analysis shard cache
       vectors/                       embedded Chroma data dir (unless NOVA_CHROMA_URL)
-      vectors.lock                   the one-writer lock
+      vectors.lock                   the one-writer lock (embedded Chroma)
+      locks/vectors-bucket-NN.lock   one writer per bucket (Chroma server, sliced vector_index)
+      steps/<run id>/                outputs of the inner ops of vector_index (small pickles)
+      lexical/<digest>/, lexical/CURRENT   BM25 indexes of the chunks; CURRENT names the live one
       vectors.verified.json          what was verified against the collection, at which state
       golden/<version>/, golden/CURRENT
       runtime/vectors/, runtime/version.json   the writable copy made from CURRENT
@@ -85,6 +88,25 @@ class Layout:
     @property
     def vectors_lock(self) -> Path:
         return self.home / "vectors.lock"
+
+    def vectors_bucket_lock(self, bucket: int) -> Path:
+        """The lock of one bucket of the vector store (server-mode writers of a slice hold it)."""
+        return self.home / "locks" / f"vectors-bucket-{bucket:02d}.lock"
+
+    @property
+    def step_outputs(self) -> Path:
+        """Pickled outputs of the inner ops of graph-backed assets (shared by every executor's workers)."""
+        return self.home / "steps"
+
+    @property
+    def lexical(self) -> Path:
+        """Lexical (BM25) index directories, one per chunk-set digest."""
+        return self.home / "lexical"
+
+    @property
+    def lexical_current(self) -> Path:
+        """Names the live lexical index directory."""
+        return self.lexical / "CURRENT"
 
     @property
     def verified_record(self) -> Path:

@@ -3,10 +3,15 @@
 Reconciliation compares what Chroma *actually* holds with the wanted chunks: wanted ids missing from Chroma
 are embedded (through the cache) and upserted in batches; then ids in Chroma that are not wanted are
 deleted. New data always lands before stale data goes, so a half-finished run or outside damage is repaired
-by the next run, and a killed run loses at most the batch in flight.
+by the next run, and a killed run loses at most the batches in flight (one embedding, one being written).
 
-One writer per collection: a ``flock`` on ``NOVA_HOME/vectors.lock`` (embedded mode, where concurrent
-writer processes corrupt the data dir, chroma #7040), plus a Dagster pool of 1 on the asset.
+Every vector carries its ``bucket`` (:func:`bucket_of`, 16 fixed buckets of chunk ids), so the work can be
+split into slices that each reconcile their own buckets (``reconcile(..., buckets=...)``) and never touch
+another slice's vectors.
+
+Writers: one per embedded data dir, a ``flock`` on ``NOVA_HOME/vectors.lock`` (concurrent writer processes
+corrupt it, chroma #7040); one per bucket against a Chroma server (:func:`bucket_locks`). The Dagster pool
+``vector_index_writer`` caps the writers across runs.
 """
 
 from __future__ import annotations
@@ -93,12 +98,34 @@ def _chroma_settings():
 
 @contextlib.contextmanager
 def writer_lock(home: Path, timeout: float = 600.0) -> Iterator[None]:
-    """Exclusive writer lock on the vector store of ``home``.
+    """Exclusive writer lock on the whole vector store of ``home``.
 
     Raises:
         VectorStoreError: another writer held the lock for ``timeout`` seconds.
     """
-    path = Layout.of(home).vectors_lock
+    with _flock(Layout.of(home).vectors_lock, timeout):
+        yield
+
+
+@contextlib.contextmanager
+def bucket_locks(home: Path, buckets: Sequence[int], timeout: float = 600.0) -> Iterator[None]:
+    """Exclusive locks on the given buckets of the vector store (a server-mode writer of a slice).
+
+    Two slices of one run hold disjoint buckets and run side by side; two runs writing the same bucket take
+    turns. The locks are taken in bucket order, so writers holding overlapping sets cannot deadlock.
+
+    Raises:
+        VectorStoreError: another writer held one of the locks for ``timeout`` seconds.
+    """
+    layout = Layout.of(home)
+    with contextlib.ExitStack() as stack:
+        for b in sorted(set(int(b) for b in buckets)):
+            stack.enter_context(_flock(layout.vectors_bucket_lock(b), timeout))
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, timeout: float) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         deadline = time.monotonic() + timeout
@@ -272,16 +299,36 @@ class VerifiedRecord:
         self.path.unlink(missing_ok=True)
 
 
-def existing_ids(collection) -> set[str]:
-    """Every id the collection holds, paged."""
+def existing_ids(collection, where: dict | None = None) -> set[str]:
+    """Every id the collection holds (matching the metadata filter ``where``, when given), paged."""
     ids: set[str] = set()
     offset = 0
     while True:
-        got = collection.get(include=[], limit=PAGE, offset=offset)["ids"]
+        got = collection.get(include=[], limit=PAGE, offset=offset, where=where)["ids"]
         ids.update(got)
         if len(got) < PAGE:
             return ids
         offset += len(got)
+
+
+BUCKETS = 16  # fixed: a vector's bucket must not change when the number of slices does
+
+
+def bucket_of(chunk_id: str) -> int:
+    """The bucket (0-15) of a chunk: its id's first 16 bits modulo :data:`BUCKETS` (ids are blake3 hex)."""
+    return int(chunk_id[:4], 16) % BUCKETS
+
+
+def buckets_of(chunk_ids: pd.Series) -> np.ndarray:
+    """:func:`bucket_of` of every id of a Series, vectorised (int array, same order)."""
+    if len(chunk_ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return chunk_ids.str.slice(0, 4).map(lambda h: int(h, 16)).to_numpy(dtype=np.int64) % BUCKETS
+
+
+def slice_buckets(slice_index: int, slices: int) -> list[int]:
+    """The buckets slice ``slice_index`` of ``slices`` reconciles (every bucket belongs to exactly one)."""
+    return [b for b in range(BUCKETS) if b % slices == slice_index]
 
 
 def chunk_metadata(row) -> dict:
@@ -293,6 +340,7 @@ def chunk_metadata(row) -> dict:
         "symbol": row.symbol or "",
         "language": row.language,
         "content_blake3": row.content_blake3,
+        "bucket": bucket_of(row.chunk_id),
     }
 
 
@@ -323,8 +371,13 @@ def reconcile(
     max_batch: int | None = None,
     on_batch: Callable[[int, IndexStats], None] | None = None,
     guard: DeletionGuard | None = None,
+    buckets: Sequence[int] | None = None,
 ) -> IndexStats:
     """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
+
+    The next batch is embedded while the previous one is written (one writer thread): on a fast embedder
+    the run costs about the slower of the two, not their sum. A killed run loses at most the two batches
+    in flight; everything committed to the cache or Chroma before stays.
 
     Args:
         collection: the Chroma collection of ``embedder.fingerprint``.
@@ -332,18 +385,29 @@ def reconcile(
         embedder: the model; called only for texts the cache lacks.
         cache: the embedding cache of the same fingerprint.
         batch_size: chunks per batch (capped by Chroma's ``get_max_batch_size``).
-        on_batch: called after each committed batch with its number and the running stats.
+        on_batch: called after each committed batch with its number and the running stats (in the
+            caller's thread).
         guard: refuses, before anything is written, a run that would shrink the collection by a mass
             deletion (see :mod:`nova_pipeline.core.guard`).
+        buckets: reconcile only these buckets (see :func:`bucket_of`): ``chunks`` must hold only their
+            chunks, and only the collection's vectors of these buckets are listed, upserted or deleted,
+            so concurrent slices never touch each other's vectors.
 
     Raises:
         VectorStoreError: Chroma failed; everything committed so far stays.
         MassDeletionError: the guard refused the run; nothing was written.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.perf_counter()
+    where = None
+    if buckets is not None:
+        buckets = sorted({int(b) for b in buckets})
+        chunks = chunks[np.isin(buckets_of(chunks["chunk_id"]), buckets)]
+        where = {"bucket": {"$in": buckets}}
     stats = IndexStats(wanted=len(chunks))
     try:
-        have = existing_ids(collection)
+        have = existing_ids(collection, where)
     except Exception as exc:  # noqa: BLE001
         raise VectorStoreError(f"cannot list the collection {collection.name}: {exc}") from exc
     stats.present_before = len(have)
@@ -356,25 +420,35 @@ def reconcile(
     stats.unchanged = len(chunks) - len(todo)
     stats.to_upsert = len(todo)
     size = max(1, min(batch_size, max_batch or batch_size))
-    for b, start in enumerate(range(0, len(todo), size), 1):
-        part = todo.iloc[start : start + size]
-        vecs, es = embed_with_cache(part["text"].tolist(), part["content_blake3"].tolist(), embedder, cache)
-        stats.embedded += es.embedded
-        stats.cache_hits += es.cache_hits
-        stats.embed_seconds += es.seconds
+
+    def write(b: int, part: pd.DataFrame, vecs: np.ndarray) -> int:
         try:
-            collection.upsert(
-                ids=part["chunk_id"].tolist(),
-                embeddings=vecs,
-                documents=part["text"].tolist(),
-                metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
-            )
+            collection.upsert(ids=part["chunk_id"].tolist(), embeddings=vecs, documents=part["text"].tolist(),
+                              metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)])
         except Exception as exc:  # noqa: BLE001
             raise VectorStoreError(f"upsert of batch {b} into {collection.name} failed: {exc}") from exc
-        stats.upserted += len(part)
+        return len(part)
+
+    def committed(b: int, future) -> None:
+        stats.upserted += future.result()
         stats.batches = b
         if on_batch is not None:
             on_batch(b, stats)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chroma-writer") as writer:
+        pending = None
+        for b, start in enumerate(range(0, len(todo), size), 1):
+            part = todo.iloc[start : start + size]
+            texts, keys = part["text"].tolist(), part["content_blake3"].tolist()
+            vecs, es = embed_with_cache(texts, keys, embedder, cache)
+            stats.embedded += es.embedded
+            stats.cache_hits += es.cache_hits
+            stats.embed_seconds += es.seconds
+            if pending is not None:
+                committed(*pending)
+            pending = (b, writer.submit(write, b, part, vecs))
+        if pending is not None:
+            committed(*pending)
     stale = sorted(have - wanted_ids)
     for start in range(0, len(stale), size):
         try:
@@ -382,7 +456,10 @@ def reconcile(
         except Exception as exc:  # noqa: BLE001
             raise VectorStoreError(f"deleting stale vectors from {collection.name} failed: {exc}") from exc
     stats.deleted = len(stale)  # Chroma's own delete count cannot be trusted: count what we asked for
-    stats.count_after = collection.count()
+    if buckets is None:
+        stats.count_after = collection.count()
+    else:  # the slice's own vectors; counting them in Chroma would list the slice again
+        stats.count_after = len(have) + stats.upserted - stats.deleted
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -1,5 +1,9 @@
 """Assets and checks of the semantic index: source_chunks and vector_index."""
 
+import contextlib
+import dataclasses
+import os
+import socket
 import sys
 import time
 
@@ -8,22 +12,26 @@ import pandas as pd
 
 from nova_pipeline.core.chunking import chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
+from nova_pipeline.core.errors import VectorStoreError
 from nova_pipeline.core.failover import PRIMARY, ActiveStore, active_store
 from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
 from nova_pipeline.core.vector_store import (
+    BUCKETS,
     DEFAULT_BATCH,
     VerifiedRecord,
+    bucket_locks,
     collection_name,
     existing_ids,
     ids_digest,
     reconcile,
     self_retrieval_failures,
+    slice_buckets,
     store_state,
     writer_lock,
 )
 from nova_pipeline.defs.metadata import DAILY, md_table
 from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
-from nova_pipeline.run_events import DONE, PHASE, TOTAL, UNIT, progress_reporter
+from nova_pipeline.run_events import DONE, PART, PHASE, TOTAL, UNIT, progress_reporter
 
 
 @dg.asset(kinds={"python", "parquet"}, group_name="index")
@@ -68,9 +76,19 @@ def source_chunks(
 
 
 class VectorIndexConfig(dg.Config):
-    """``batch_size``: chunks per batch; a killed run redoes at most one batch."""
+    """``batch_size``: chunks per batch (a killed run redoes at most the batches in flight); ``slices``: how
+    many steps share the embedding, each reconciling its own buckets of the collection (1, the default, is
+    one step over the whole collection; set ``NOVA_INDEX_SLICES`` or this field to spread the work over the
+    executor's workers)."""
 
     batch_size: int = DEFAULT_BATCH
+    slices: int = max(1, min(BUCKETS, int(os.environ.get("NOVA_INDEX_SLICES", "1") or 1)))
+
+
+@dg.config_mapping
+def _vector_index_config(config: VectorIndexConfig) -> dict:
+    """The asset's one config block (``ops: {vector_index: {config: {...}}}``), handed to its planning op."""
+    return {"plan_vector_slices": {"config": {"batch_size": config.batch_size, "slices": config.slices}}}
 
 
 def _verification(settings, fingerprint: str, chunks: pd.DataFrame, store: ActiveStore):
@@ -88,65 +106,92 @@ def _unchanged_since(rec: dict) -> str:
     return f"unchanged since verified in run {run} at {at}: no write to the collection since"
 
 
-@dg.asset(kinds={"chromadb"}, group_name="index", pool="vector_index_writer", freshness_policy=DAILY)
-def vector_index(
-    context: dg.AssetExecutionContext,
+@contextlib.contextmanager
+def _write_access(settings, store: ActiveStore, buckets):
+    """The lock a writer of ``buckets`` (None: all) holds. An embedded data dir (the primary, or the backup
+    store while failed over) takes one writer at a time (chroma #7040); a Chroma server takes one writer per
+    bucket, so the slices of a run write side by side."""
+    if settings.chroma_url and store.label == PRIMARY:
+        with bucket_locks(settings.home, range(BUCKETS) if buckets is None else buckets):
+            yield
+    else:
+        with writer_lock(settings.home):
+            yield
+
+
+_STEP_OUT = "step_io_manager"
+
+
+@dg.op(
+    out={"plan": dg.Out(dict, io_manager_key=_STEP_OUT),
+         "slices": dg.DynamicOut(dict, io_manager_key=_STEP_OUT)},
+)
+def plan_vector_slices(
+    context: dg.OpExecutionContext,
     config: VectorIndexConfig,
     nova: NovaSettings,
     embedder: EmbedderResource,
     guard: DeletionGuardResource,
     source_chunks: pd.DataFrame,
 ):
-    """A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.
+    """Decide the slices of this run: none when the verified-state record says the collection already holds
+    exactly these chunks (Chroma is not opened), else ``slices`` tasks. The mass-deletion guard runs here,
+    on the whole collection, before any slice writes."""
+    settings = nova.settings(require_source=False)
+    fingerprint = embedder.fingerprint()
+    store = active_store(settings.home, settings.chroma_url)
+    verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
+    if verified.all_match(digest, state):
+        yield dg.Output({"verified": verified.matching("reconcile", digest, state)}, "plan")
+        return
+    collection = store.collection(fingerprint)
+    try:
+        present = collection.count()
+    except Exception as exc:  # noqa: BLE001
+        raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
+    guard.guard().check_vectors(present, len(source_chunks), collection.name)
+    n = config.slices
+    yield dg.Output({"verified": None, "slices": n, "present_before": present}, "plan")
+    for i in range(n):
+        task = {"index": i, "slices": n, "batch_size": config.batch_size,
+                "buckets": None if n == 1 else slice_buckets(i, n)}
+        yield dg.DynamicOutput(task, mapping_key=f"slice_{i}", output_name="slices")
 
-    Upserts wanted chunks missing from Chroma (embedding only what the cache lacks; the model is loaded
-    only then), then deletes ids that are no longer wanted. Each batch is observed in the run's event log
-    as it commits. Refuses, before writing, a run that would shrink the collection by a mass deletion.
-    When the chunks are the same and nothing wrote to the (embedded) collection since this asset and both
-    its checks last passed, Chroma is not even opened (:class:`VerifiedRecord`).
-    """
+
+@dg.op(out=dg.Out(dict, io_manager_key=_STEP_OUT), pool="vector_index_writer")
+def reconcile_vector_slice(
+    context: dg.OpExecutionContext,
+    nova: NovaSettings,
+    embedder: EmbedderResource,
+    task: dict,
+    source_chunks: pd.DataFrame,
+) -> dict:
+    """Reconcile one slice: its buckets' vectors in the collection against its buckets' chunks (upsert what
+    is missing, embedding only what the cache lacks; delete its own stale vectors). Each committed batch is
+    observed in the run's event log. Returns the slice's :class:`IndexStats` as a dict."""
     settings = nova.settings(require_source=False)
     model = embedder.get_embedder()
     store = active_store(settings.home, settings.chroma_url)
-    verified, digest, state = _verification(settings, model.fingerprint, source_chunks, store)
-    if verified.all_match(digest, state):
-        rec = verified.matching("reconcile", digest, state)
-        context.log.info(
-            f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"
+    if store.journal is not None:
+        context.log.warning(
+            f"failed over since {store.state.since}: writing to the backup store and journaling "
+            f"every write to {store.journal.dir} for the failback"
         )
-        return dg.MaterializeResult(
-            metadata={
-                "collection": collection_name(model.fingerprint),
-                "model_fingerprint": model.fingerprint,
-                "mode": "embedded",
-                "vectors": int(rec.get("count", len(source_chunks))),
-                "chunks": len(source_chunks),
-                "unchanged": len(source_chunks),
-                "upserted": 0,
-                "embedded": 0,
-                "cache_hits": 0,
-                "deleted": 0,
-                "batches": 0,
-                "verified": _unchanged_since(rec),
-                "model_loaded": False,
-                "model_load_s": 0.0,
-                "torch_imported": "torch" in sys.modules,
-                "duration_s": 0.0,
-            }
-        )
-    cache = EmbeddingCache(settings.home, model.fingerprint)
+    part = f"{task['index'] + 1}/{task['slices']}"
 
     def on_batch(n, stats):
         context.log_event(
             dg.AssetObservation(
-                asset_key=context.asset_key,
+                asset_key="vector_index",
                 metadata={
+                    "slice": part,
                     "batch": n,
                     "upserted": stats.upserted,
                     "embedded": stats.embedded,
                     "cache_hits": stats.cache_hits,
-                    # progress of the embed phase (nova rebuild's bar): chunks upserted of those to upsert
+                    # progress of the embed phase (nova rebuild's bar sums the slices)
                     PHASE: "embed",
+                    PART: part,
                     DONE: stats.upserted,
                     TOTAL: stats.to_upsert,
                     UNIT: "chunks",
@@ -155,66 +200,124 @@ def vector_index(
         )
 
     loaded_before = getattr(model, "loaded", False)
-    if store.journal is not None:
-        context.log.warning(
-            f"failed over since {store.state.since}: writing to the backup store and journaling "
-            f"every write to {store.journal.dir} for the failback"
-        )
-    with writer_lock(settings.home):
-        collection = store.collection(model.fingerprint)
-        stats = reconcile(
-            collection,
-            source_chunks,
-            model,
-            cache,
-            config.batch_size,
-            store.client.get_max_batch_size(),
-            on_batch,
-            guard=guard.guard(),
-        )
-    cache.close()
-    if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
-        verified.record(
-            "reconcile",
-            digest,
-            store_state(settings.home, model.fingerprint),
-            context.run_id,
-            count=stats.count_after,
-        )
-    if stats.embedded == 0:
-        context.log.info(
-            f"no new text to embed: {stats.unchanged} chunks already indexed, "
-            f"{stats.cache_hits} from the cache"
-        )
-    throughput = stats.embedded / stats.embed_seconds if stats.embed_seconds else 0.0
-    return dg.MaterializeResult(
-        metadata={
-            "collection": collection.name,
-            "model_fingerprint": model.fingerprint,
-            "mode": (
-                "backup (failed over; journaled)"
-                if store.journal is not None
-                else "server " + settings.chroma_url
-                if settings.chroma_url
-                else "embedded"
-            ),
-            "vectors": stats.count_after,
-            "chunks": stats.wanted,
-            "unchanged": stats.unchanged,
-            "upserted": stats.upserted,
-            "embedded": stats.embedded,
-            "cache_hits": stats.cache_hits,
-            "deleted": stats.deleted,
-            "batches": stats.batches,
-            "embeddings_per_s": round(throughput, 1),
-            "verified": "reconciled against the collection's ids now",
-            # the model loads only when a text must be embedded; in a fresh process, torch stays unimported
-            "model_loaded": bool(getattr(model, "loaded", True)) and not loaded_before,
-            "model_load_s": 0.0 if loaded_before else round(float(getattr(model, "load_seconds", 0.0)), 2),
-            "torch_imported": "torch" in sys.modules,
-            "duration_s": round(stats.seconds, 2),
-        },
+    cache = EmbeddingCache(settings.home, model.fingerprint)
+    try:
+        with _write_access(settings, store, task["buckets"]):
+            collection = store.collection(model.fingerprint)
+            stats = reconcile(collection, source_chunks, model, cache, task["batch_size"],
+                              store.client.get_max_batch_size(), on_batch, buckets=task["buckets"])
+    finally:
+        cache.close()
+    context.log.info(
+        f"slice {part}: {stats.wanted} chunks, {stats.unchanged} unchanged, upserted {stats.upserted} "
+        f"({stats.embedded} embedded, {stats.cache_hits} from the cache), deleted {stats.deleted}"
     )
+    return {
+        **dataclasses.asdict(stats),
+        "slice": part,
+        "model_loaded": bool(getattr(model, "loaded", True)) and not loaded_before,
+        "model_load_s": 0.0 if loaded_before else float(getattr(model, "load_seconds", 0.0)),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+@dg.op(out=dg.Out(io_manager_key=_STEP_OUT))
+def finish_vector_index(
+    context: dg.OpExecutionContext,
+    nova: NovaSettings,
+    embedder: EmbedderResource,
+    plan: dict,
+    results: list[dict],
+    source_chunks: pd.DataFrame,
+):
+    """Close the run: with slices, delete what no slice owns (vectors with no bucket, written before
+    buckets existed, whose chunks are gone); count the collection; record the verified state; report."""
+    settings = nova.settings(require_source=False)
+    fingerprint = embedder.fingerprint()
+    name = collection_name(fingerprint)
+    if plan.get("verified") is not None:
+        rec = plan["verified"]
+        context.log.info(
+            f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"
+        )
+        return dg.Output(None, metadata={
+            "collection": name, "model_fingerprint": fingerprint, "mode": "embedded",
+            "vectors": int(rec.get("count", len(source_chunks))), "chunks": len(source_chunks),
+            "unchanged": len(source_chunks), "upserted": 0, "embedded": 0, "cache_hits": 0, "deleted": 0,
+            "batches": 0, "slices": 0, "verified": _unchanged_since(rec), "model_loaded": False,
+            "model_load_s": 0.0, "torch_imported": "torch" in sys.modules, "duration_s": 0.0,
+        })
+    started = time.perf_counter()
+    store = active_store(settings.home, settings.chroma_url)
+    collection = store.collection(fingerprint)
+    count = collection.count()
+    swept = 0
+    if count != len(source_chunks) and plan["slices"] > 1:
+        with _write_access(settings, store, None):
+            stale = sorted(existing_ids(collection) - set(source_chunks["chunk_id"]))
+            for i in range(0, len(stale), DEFAULT_BATCH):
+                collection.delete(ids=stale[i : i + DEFAULT_BATCH])
+            swept = len(stale)
+            count = collection.count()
+        context.log.info(f"deleted {swept} stale vectors that no slice owned (written before buckets)")
+    if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
+        verified, digest, _ = _verification(settings, fingerprint, source_chunks, store)
+        verified.record("reconcile", digest, store_state(settings.home, fingerprint), context.run_id,
+                        count=count)
+    total = {k: sum(r[k] for r in results) for k in
+             ("unchanged", "upserted", "embedded", "cache_hits", "deleted", "batches", "embed_seconds")}
+    if total["embedded"] == 0:
+        context.log.info(f"no new text to embed: {total['unchanged']} chunks already indexed, "
+                         f"{total['cache_hits']} from the cache")
+    wall = max((r["seconds"] for r in results), default=0.0) + (time.perf_counter() - started)
+    workers = sorted({f"{r['host']}:{r['pid']}" for r in results})
+    by_slice = pd.DataFrame([{k: r[k] for k in ("slice", "wanted", "upserted", "embedded", "cache_hits",
+                                                  "deleted", "seconds", "host", "pid")} for r in results])
+    return dg.Output(None, metadata={
+        "collection": name,
+        "model_fingerprint": fingerprint,
+        "mode": ("backup (failed over; journaled)" if store.journal is not None
+                 else "server " + settings.chroma_url if settings.chroma_url else "embedded"),
+        "vectors": count,
+        "chunks": len(source_chunks),
+        **{k: v for k, v in total.items() if k != "embed_seconds"},
+        "deleted": total["deleted"] + swept,
+        "slices": len(results),
+        "workers": len(workers),
+        "by_slice": md_table(by_slice.round({"seconds": 2})) if len(results) > 1 else "one slice",
+        "embeddings_per_s": round(total["embedded"] / total["embed_seconds"], 1) if total["embed_seconds"]
+        else 0.0,
+        "verified": "reconciled against the collection's ids now",
+        # the model loads only when a text must be embedded; in a fresh process, torch stays unimported
+        "model_loaded": any(r["model_loaded"] for r in results),
+        "model_load_s": round(max((r["model_load_s"] for r in results), default=0.0), 2),
+        "torch_imported": "torch" in sys.modules,
+        "duration_s": round(wall, 2),
+    })
+
+
+@dg.graph_asset(
+    kinds={"chromadb"},
+    group_name="index",
+    config=_vector_index_config,
+    description="""A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.
+
+Upserts wanted chunks missing from Chroma (embedding only what the cache lacks; the model is loaded only
+then), then deletes ids that are no longer wanted. The work is split into ``slices`` steps, each owning
+fixed buckets of chunk ids (a ``bucket`` metadata field, selected with a ``where`` filter), so an executor
+with several workers (multiprocess, Celery) embeds in parallel while no slice touches another's vectors.
+Each batch is observed in the run's event log as it commits. Refuses, before writing, a run that would
+shrink the collection by a mass deletion. When the chunks are the same and nothing wrote to the (embedded)
+collection since this asset and both its checks last passed, Chroma is not even opened.""",
+)
+def vector_index(source_chunks):
+    plan, slices = plan_vector_slices(source_chunks)
+    results = slices.map(lambda task: reconcile_vector_slice(task, source_chunks)).collect()
+    return finish_vector_index(plan, results, source_chunks)
+
+
+vector_index = vector_index.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=DAILY))
 
 
 _CHUNKS_IN = {"source_chunks": dg.AssetIn(SOURCE_CHUNKS)}

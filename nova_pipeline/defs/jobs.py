@@ -8,14 +8,13 @@ import dagster as dg
 from nova_pipeline.defs.protect import reset_index_op, restore_drill_op, restore_op
 from nova_pipeline.defs.serving import failback_op, failover_op
 
-# rebuild runs in one process (see README, "The warm path, and why rebuild runs in one process"): its heavy
-# steps parallelise inside themselves (pattern workers, zstd threads), and a process per step only paid for
-# imports again.
+# Jobs without an executor_def run on the code location's nova_executor (nova_pipeline/executor.py): in one
+# process by default (README, "The warm path, and why rebuild runs in one process": the heavy steps
+# parallelise inside themselves, and a process per step only paid for imports again), or on Celery workers.
 rebuild_job = dg.define_asset_job(
     "rebuild",
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets("backups"),
     description="Incremental rebuild of every asset, ending with a verified golden copy.",
-    executor_def=dg.in_process_executor,
 )
 
 backup_job = dg.define_asset_job(

@@ -1,3 +1,7 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from nova_pipeline.core.chunking import chunk_manifest
@@ -5,11 +9,16 @@ from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
 from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
 from nova_pipeline.core.scanning import ScanOptions, scan
 from nova_pipeline.core.vector_store import (
+    BUCKETS,
+    bucket_locks,
+    bucket_of,
+    buckets_of,
     existing_ids,
     get_collection,
     open_client,
     reconcile,
     self_retrieval_failures,
+    slice_buckets,
 )
 from nova_pipeline_tests.conftest import free_port
 
@@ -49,7 +58,9 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
         "symbol",
         "language",
         "content_blake3",
+        "bucket",
     }
+    assert got["metadatas"][0]["bucket"] == bucket_of(chunks["chunk_id"].iloc[0])
 
     s2 = reconcile(col, chunks, fake_embedder, cache)
     assert (s2.embedded, s2.upserted, s2.deleted, s2.unchanged) == (0, 0, 0, len(chunks))
@@ -63,6 +74,63 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
     s3 = reconcile(col, chunks, fake_embedder, cache)
     assert s3.upserted == 5 and s3.embedded == 0 and s3.cache_hits == 5 and s3.deleted == 1
     assert existing_ids(col) == set(chunks["chunk_id"])
+
+
+def test_slices_partition_the_buckets_and_ids():
+    for n in (1, 2, 3, 5, 16):
+        got = [b for i in range(n) for b in slice_buckets(i, n)]
+        assert sorted(got) == list(range(BUCKETS))
+    ids = pd.Series(["0000" + "a" * 28, "ffff" + "b" * 28, "0013" + "c" * 28])
+    assert buckets_of(ids).tolist() == [bucket_of(i) for i in ids] == [0, 15, 3]
+
+
+def test_concurrent_slices_reconcile_only_their_own_buckets(tmp_path, chunks, fake_embedder):
+    """Two slices at once (threads, one shared collection) build exactly the collection one reconcile builds;
+    a slice deletes its own stale vectors and never another slice's; legacy vectors with no bucket are
+    re-upserted with one."""
+    col = get_collection(open_client(tmp_path), fake_embedder.fingerprint)
+    cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
+    legacy = chunks.iloc[:3]  # written before buckets existed: same ids, no bucket in the metadata
+    col.upsert(ids=legacy["chunk_id"].tolist(), embeddings=fake_embedder.embed(legacy["text"].tolist()),
+               documents=legacy["text"].tolist(), metadatas=[{"path": p} for p in legacy["path"]])
+    with ThreadPoolExecutor(2) as pool:
+        stats = list(pool.map(lambda i: reconcile(col, chunks, fake_embedder, EmbeddingCache(
+            tmp_path, fake_embedder.fingerprint), batch_size=16, buckets=slice_buckets(i, 2)), range(2)))
+    assert sum(s.wanted for s in stats) == len(chunks) == col.count()
+    assert sum(s.upserted for s in stats) == len(chunks)  # the legacy three again, now with their bucket
+    got = col.get(include=["metadatas"])
+    assert {i: m["bucket"] for i, m in zip(got["ids"], got["metadatas"])} == {
+        i: bucket_of(i) for i in chunks["chunk_id"]
+    }
+    # slice 0 loses its chunks: it deletes them, slice 1's stay untouched
+    in0 = np.isin(buckets_of(chunks["chunk_id"]), slice_buckets(0, 2))
+    s0 = reconcile(col, chunks[~in0], fake_embedder, cache, buckets=slice_buckets(0, 2))
+    s1 = reconcile(col, chunks[~in0], fake_embedder, cache, buckets=slice_buckets(1, 2))
+    assert (s0.deleted, s0.count_after, s1.deleted, s1.upserted) == (int(in0.sum()), 0, 0, 0)
+    assert existing_ids(col) == set(chunks["chunk_id"][~in0])
+
+
+def test_bucket_locks_exclude_overlapping_writers_only(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with bucket_locks(tmp_path, [1, 3]):
+        other = ctx.Process(target=_hold_buckets, args=(tmp_path, [0, 2]))  # disjoint: goes through
+        other.start()
+        other.join(30)
+        assert other.exitcode == 0
+        blocked = ctx.Process(target=_hold_buckets, args=(tmp_path, [3], 1.0))
+        blocked.start()
+        blocked.join(30)
+        assert blocked.exitcode == 3  # timed out on bucket 3
+
+
+def _hold_buckets(home, buckets, timeout=10.0):
+    try:
+        with bucket_locks(home, buckets, timeout=timeout):
+            pass
+    except VectorStoreError:
+        raise SystemExit(3) from None
 
 
 def test_stale_chunks_go_in_the_same_run(tmp_path, chunks, fake_embedder):

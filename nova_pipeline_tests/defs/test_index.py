@@ -214,3 +214,37 @@ def test_nova_resume_reexecutes_from_failure(json_tree, tmp_path):
         keys = {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in mats.records}
         # the steps that succeeded before were not run again: only the failed one and what depends on it
         assert keys == {"vector_index", "golden_copy"}
+
+
+def test_sliced_index_equals_the_one_slice_index_and_sweeps_what_no_slice_owns(json_tree, tmp_path):
+    """vector_index split into slices (fake embedder) builds the same collection as one slice; each slice
+    deletes its own stale vectors; a vector no slice owns (written before buckets) goes in the final step."""
+
+    def run(home, slices, instance):
+        result = dg.materialize(ASSETS, resources=resources_for(json_tree, home), instance=instance,
+                                run_config={"ops": {"vector_index": {"config": {"slices": slices}}}})
+        assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+        return md(result)
+
+    def state(home):
+        col = get_collection(open_client(home), "fake-embedder-v1", create=False)
+        got = col.get(include=["documents", "metadatas"])
+        return col, {i: (d, m["bucket"]) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])}
+
+    with dg.instance_for_test() as instance:
+        m3 = run(tmp_path / "three", 3, instance)
+        m1 = run(tmp_path / "one", 1, instance)
+        assert (m3["slices"], m1["slices"]) == (3, 1) and m3["vectors"] == m1["vectors"] == m3["upserted"]
+        assert state(tmp_path / "three")[1] == state(tmp_path / "one")[1]
+        steps = {e.step_key for e in instance.all_logs(instance.get_runs()[1].run_id,
+                                                        of_type=dg.DagsterEventType.STEP_SUCCESS)}
+        assert {f"vector_index.reconcile_vector_slice[slice_{i}]" for i in range(3)} <= steps
+
+        os.unlink(json_tree / "json" / "tool.py")
+        col, before = state(tmp_path / "three")
+        col.upsert(ids=["f" * 32], embeddings=[[0.1] * 384], documents=["orphan"], metadatas=[{"path": "x"}])
+        m2 = run(tmp_path / "three", 2, instance)
+        chunks = read_table(tmp_path / "three", "source_chunks")
+        gone = set(before) - set(chunks["chunk_id"])
+        assert gone and m2["deleted"] == len(gone) + 1 and m2["upserted"] == 0
+        assert set(state(tmp_path / "three")[1]) == set(chunks["chunk_id"]) == set(before) - gone
