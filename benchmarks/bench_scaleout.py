@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -55,6 +56,7 @@ PACKAGES = ["json", "email", "http", "logging", "importlib", "concurrent", "xml"
             "asyncio", "multiprocessing", "tomllib", "sqlite3", "ctypes", "curses", "dbm", "wsgiref",
             "zoneinfo", "html", "encodings", "idlelib", "lib2to3", "pydoc_data", "venv", "ensurepip"]
 BIN = Path(sys.executable).parent
+RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def build_tree(dst: Path, want_chunks: int) -> tuple[Path, "object"]:
@@ -122,19 +124,19 @@ def run_times(dhome: Path, pg: dict, run_id: str) -> dict:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     start = next(
-        e.timestamp for e in logs if e.dagster_event and e.dagster_event.event_type_value == "RUN_START"
+        e.timestamp for e in logs if e.dagster_event and e.dagster_event.event_type.name == "RUN_START"
     )
     end = next(
         e.timestamp
         for e in logs
-        if e.dagster_event and e.dagster_event.event_type_value in ("RUN_SUCCESS", "RUN_FAILURE")
+        if e.dagster_event and e.dagster_event.event_type.name in ("RUN_SUCCESS", "RUN_FAILURE")
     )
     steps = [
         e
         for e in logs
         if e.dagster_event
         and (e.step_key or "").startswith("vector_index.")
-        and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")
+        and e.dagster_event.event_type.name in ("STEP_START", "STEP_SUCCESS")
     ]
     workers = {
         e.dagster_event.engine_event_data.metadata["Celery worker"].value
@@ -143,7 +145,7 @@ def run_times(dhome: Path, pg: dict, run_id: str) -> dict:
         and e.dagster_event.is_engine_event
         and "Celery worker" in e.dagster_event.engine_event_data.metadata
     }
-    failed = any(e.dagster_event and e.dagster_event.event_type_value == "RUN_FAILURE" for e in logs)
+    failed = any(e.dagster_event and e.dagster_event.event_type.name == "RUN_FAILURE" for e in logs)
     return {
         "run_s": end - start,
         "embed_s": max(e.timestamp for e in steps) - min(e.timestamp for e in steps),
@@ -269,7 +271,8 @@ def run_mode(
         proc.wait(timeout=3600)
         wall = time.perf_counter() - started
         text = (mode_dir / "run.log").read_text()
-        run_id = next(line.split(" - ")[2] for line in text.splitlines() if "RUN_START" in line)
+        run_id = next(m.group() for line in text.splitlines() if "RUN_START" in line
+                      for m in [RUN_ID.search(line)] if m)
         times = run_times(dhome, pg, run_id)
         if proc.returncode != 0 or times["failed"]:
             raise RuntimeError(f"{name}: the run failed; see {mode_dir / 'run.log'}:\n{text[-3000:]}")

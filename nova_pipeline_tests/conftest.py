@@ -167,6 +167,7 @@ def run_dagster_cli(args, env_extra, cwd, timeout=900, **popen):
 def build_home(src: Path, home: Path, embedder=None):
     """Scan, store and index ``src`` into ``home`` with the real store, tokenizer and Chroma, and the fake
     embedder (fast): the state golden copies and backups are made from. Returns the chunks table."""
+    from nova_pipeline.core import lexical
     from nova_pipeline.core.chunking import chunk_manifest
     from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
     from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
@@ -186,6 +187,7 @@ def build_home(src: Path, home: Path, embedder=None):
     write_table(home, "source_chunks", chunks)
     col = get_collection(open_client(home), embedder.fingerprint)
     reconcile(col, chunks, embedder, EmbeddingCache(home, embedder.fingerprint))
+    lexical.update(home, chunks)
     return chunks
 
 

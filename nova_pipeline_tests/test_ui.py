@@ -33,6 +33,7 @@ ASSETS = [
     "compression_dictionary",
     "compressed_store",
     "source_chunks",
+    "lexical_index",
     "vector_index",
     "golden_copy",
     "backups",

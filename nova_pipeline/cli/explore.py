@@ -12,7 +12,7 @@ from nova_pipeline.cli.common import app, console, settings_from_env
 from nova_pipeline.core.errors import NovaError
 
 ASSETS = ("source_files", "frequent_patterns", "compression_dictionary", "compressed_store", "source_chunks",
-          "vector_index", "golden_copy", "backups")
+          "lexical_index", "vector_index", "golden_copy", "backups")
 
 
 def _instance_facts() -> tuple[dict, tuple, str | None]:
@@ -171,47 +171,51 @@ def health(
 def search(
     query: str = typer.Argument(..., help="what to look for, in words or code"),
     k: int = typer.Option(5, "-k", "--top", help="number of hits"),
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid (vector + BM25, fused), vector or lexical"),
+    path: str = typer.Option(None, "--path", help="only paths matching this glob (* crosses /): 'json/*'"),
+    language: str = typer.Option(None, "--language", help="only this language: python, markdown, ..."),
     as_json: bool = typer.Option(False, "--json", help="print the hits as a JSON list"),
 ) -> None:
-    """Semantic search over the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL)."""
+    """Search the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL): hybrid by default."""
+    from nova_pipeline.core.search import MODES, hit_json
     from nova_pipeline.core.search import search as run_search
 
+    if mode not in MODES:
+        raise typer.BadParameter(f"use one of {', '.join(MODES)}", param_hint="--mode")
     with console.status("searching…", spinner="dots") if not as_json else contextlib.nullcontext():
-        hits = run_search(query, k, settings=settings_from_env())
+        hits = run_search(query, k, settings=settings_from_env(), mode=mode, path=path, language=language)
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "path": h.path,
-                        "start_line": h.start_line,
-                        "end_line": h.end_line,
-                        "symbol": h.symbol,
-                        "language": h.language,
-                        "score": round(h.score, 4),
-                        "snippet": h.snippet(),
-                        "chunk_id": h.chunk_id,
-                        "store": h.store,
-                        "stale_as_of": h.stale_as_of,
-                    }
-                    for h in hits
-                ],
-                indent=1,
-            )
-        )
+        print(json.dumps([hit_json(h) for h in hits], indent=1))
         return
     if hits and hits[0].store == "backup":
         console.print(
             f"[yellow]answered by the backup store: stale as of {hits[0].stale_as_of} "
             "(the primary is down or failed over)"
         )
+    if not hits:
+        console.print("no hits" + (" (filters: " + ", ".join(
+            f for f in (f"path {path}" if path else "", f"language {language}" if language else "") if f
+        ) + ")" if path or language else ""))
     for rank, h in enumerate(hits, 1):
         symbol = f"  [bold]{h.symbol}[/bold]" if h.symbol else ""
         console.print(
-            f"{rank}. [cyan]{h.path}:{h.start_line}-{h.end_line}[/cyan]{symbol}  score {h.score:.3f}"
+            f"{rank}. [cyan]{h.path}:{h.start_line}-{h.end_line}[/cyan]{symbol}  score {h.score:.4g}"
         )
+        console.print(f"     [dim]{why(h)}", highlight=False)
         for line in h.snippet().splitlines():
             console.print(f"     {line}", markup=False, highlight=False)
+
+
+def why(h) -> str:
+    """Why a hit matched, in one line: its vector and lexical scores, the query terms it holds."""
+    parts = []
+    if h.exact:
+        parts.append("exact symbol/path")
+    parts.append("vector " + ("-" if h.vector_score is None else f"{h.vector_score:.3f}"))
+    parts.append("bm25 " + ("-" if h.lexical_score is None else f"{h.lexical_score:.2f}"))
+    if h.matched_terms:
+        parts.append("terms " + " ".join(h.matched_terms[:8]))
+    return " · ".join(parts)
 
 
 @app.command()

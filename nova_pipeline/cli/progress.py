@@ -33,6 +33,7 @@ PHASES = {  # step key -> phase
     "compressed_store": "compress",
     "source_chunks": "chunk",
     "vector_index": "embed",
+    "lexical_index": "lexical",
     "golden_copy": "golden copy",
 }
 # vector_index is a graph of ops: plan_vector_slices, reconcile_vector_slice[slice_i], finish_vector_index.
@@ -92,6 +93,9 @@ def describe(phase: str, m: dict) -> str:
             f"{g('vectors', 0):,} vectors; {g('embedded', 0):,} embedded, {g('upserted', 0):,} upserted, "
             f"{g('deleted', 0):,} deleted ({g('embeddings_per_s', 0)} embeddings/s)"
         )
+    if phase == "lexical":
+        how = f"built in {g('duration_s', 0)} s" if g("built", False) else "unchanged"
+        return f"{g('documents', 0):,} documents, {g('vocabulary', 0):,} terms; {how}"
     if phase == "golden copy":
         if not g("promoted", True):
             return str(g("reason", "unchanged"))

@@ -1,7 +1,10 @@
 """Code-aware chunking with a token budget counted by the embedding model's own tokenizer.
 
 * Python splits on top-level functions and classes (stdlib :mod:`ast`); the code between them (imports,
-  constants) forms its own units. Small neighbours are merged and large bodies split on line boundaries.
+  constants) forms its own units. A class over the budget is split into its members: the class head
+  (``class Name``: decorators, docstring, attributes), one unit per method with the qualified symbol and
+  its signature (``def Name.method(self, x) -> int``), and the code between them. Small neighbours are
+  merged (``def Name.a, def Name.b``) and large bodies split on line boundaries.
 * Markdown splits on headings.
 * Other text splits on blank lines, then on lines.
 
@@ -38,13 +41,68 @@ _HEADING = re.compile(r"^#{1,6}\s")
 TokenCounter = Callable[[Sequence[str]], list[int]]
 
 
+CHUNKER_VERSION = "2"  # 2: classes over the budget split per method; source_chunks re-chunks on a change
+
+
 @dataclass
 class Unit:
-    """A span of lines (1-based, inclusive) with the symbol it belongs to."""
+    """A span of lines (1-based, inclusive) with the symbol it belongs to; a class also carries ``parts``,
+    its per-member units, used when the whole class is over the budget."""
 
     start: int
     end: int
     symbol: str
+    parts: list[Unit] | None = None
+
+
+MAX_SIGNATURE = 120  # characters of a method's signature kept in its symbol
+
+
+def method_symbol(cls: str, node: ast.AST) -> str:
+    """The symbol of a member of class ``cls``: ``def Cls.name(args) -> ret``, or ``class Cls.Inner``."""
+    if isinstance(node, ast.ClassDef):
+        return f"class {cls}.{node.name}"
+    try:
+        sig = ast.unparse(node.args)
+        if node.returns is not None:
+            sig += f") -> {ast.unparse(node.returns)}"
+        else:
+            sig += ")"
+    except (ValueError, RecursionError):
+        sig = ")"
+    if len(sig) > MAX_SIGNATURE:
+        sig = sig[: MAX_SIGNATURE - 2] + "…)"
+    prefix = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    return f"{prefix} {cls}.{node.name}({sig}"
+
+
+def class_parts(node: ast.ClassDef, start: int, end: int) -> list[Unit]:
+    """A class as units: its head (decorators, ``class`` line, docstring, attributes before the first
+    member), each method or nested class (symbol :func:`method_symbol`), and the code between them."""
+    members = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    parts: list[Unit] = []
+    cursor = start
+    own = f"class {node.name}"
+    for m in members:
+        m_start = min([m.lineno] + [d.lineno for d in m.decorator_list])
+        m_end = m.end_lineno or m.lineno
+        if m_start > cursor:
+            parts.append(Unit(cursor, m_start - 1, own))
+        parts.append(Unit(m_start, m_end, method_symbol(node.name, m)))
+        cursor = m_end + 1
+    if cursor <= end:
+        parts.append(Unit(cursor, end, own))
+    return parts
+
+
+def _merged_symbol(a: str, b: str) -> str:
+    """The symbol of two merged neighbours: both names (method signatures left out: the bodies have them)."""
+    def name(sym: str) -> str:
+        return sym.split("(", 1)[0] if sym.startswith(("def ", "async def ")) else sym
+
+    if not a or not b or a == b:
+        return a or b
+    return f"{name(a)}, {name(b)}"
 
 
 def header(path: str, symbol: str) -> str:
@@ -67,8 +125,10 @@ def python_units(text: str, n_lines: int) -> list[Unit] | None:
         end = node.end_lineno or node.lineno
         if start > cursor:
             units.append(Unit(cursor, start - 1, ""))
-        kind = "class" if isinstance(node, ast.ClassDef) else "def"
-        units.append(Unit(start, end, f"{kind} {node.name}"))
+        if isinstance(node, ast.ClassDef):
+            units.append(Unit(start, end, f"class {node.name}", class_parts(node, start, end)))
+        else:
+            units.append(Unit(start, end, f"def {node.name}"))
         cursor = end + 1
     if cursor <= n_lines:
         units.append(Unit(cursor, n_lines, ""))
@@ -137,9 +197,7 @@ def _pack(units: list[Unit], line_tokens: list[int], budget: int, min_tokens: in
             last, last_over = merged[-1]
             small = tokens(last) < min_tokens or tokens(piece) < min_tokens
             if small and not over and not last_over and tokens(last) + tokens(piece) <= budget:
-                symbol = last.symbol or piece.symbol
-                if last.symbol and piece.symbol and last.symbol != piece.symbol:
-                    symbol = f"{last.symbol}, {piece.symbol}"
+                symbol = _merged_symbol(last.symbol, piece.symbol)
                 merged[-1] = (Unit(last.start, piece.end, symbol[:200]), False)
                 continue
         merged.append((piece, over))
@@ -171,10 +229,15 @@ def chunk_file(
         units = markdown_units(lines)
     if units is None:
         units = paragraph_units(lines)
+    line_tokens = count_tokens(lines)
+    if any(u.parts for u in units):  # a class over the budget is split into its members
+        header_tokens = max(count_tokens([header(path, u.symbol) for u in units]), default=0)
+        budget = max(16, max_tokens - SPECIAL_TOKENS - header_tokens)
+        units = [p for u in units for p in (
+            u.parts if u.parts and sum(line_tokens[u.start - 1 : u.end]) > budget else [u])]
     units = [u for u in units if any(line.strip() for line in lines[u.start - 1 : u.end])]
     header_tokens = max(count_tokens([header(path, u.symbol) for u in units] or [path]), default=0)
     budget = max(16, max_tokens - SPECIAL_TOKENS - header_tokens)
-    line_tokens = count_tokens(lines)
     packed = _pack(units, line_tokens, budget, MIN_CHUNK_TOKENS)
     bodies = ["".join(lines[u.start - 1 : u.end]) for u, _ in packed]
     texts = [header(path, u.symbol) + body for (u, _), body in zip(packed, bodies)]

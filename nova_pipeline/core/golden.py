@@ -8,6 +8,7 @@ A version lives in ``NOVA_HOME/golden/<version>/``::
     tables/*.parquet         the manifest and patterns tables
     store_index.parquet      the store's index (the objects themselves stay in the store, or go in backups)
     dictionaries/*.zdict     the dictionaries the store index refers to
+    lexical/                 the BM25 index of the same chunks (core/lexical.py), when the rebuild made one
     model.json               model fingerprint, collection name, vector count, mode, per-shard digests,
                              the content key
     MANIFEST.json            blake3 and size of every file above; written last: the commit marker
@@ -58,7 +59,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nova_pipeline.core import audit
+from nova_pipeline.core import audit, lexical
 from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir, syncfs
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError
 from nova_pipeline.core.guard import DeletionGuard
@@ -80,6 +81,7 @@ PARTIAL_PREFIX = ".partial-"
 DEFAULT_KEEP = 3
 FORMAT = 2
 EXPORT_DIR = "export"
+LEXICAL_DIR = "lexical"
 EXPORT_SHARDS = 64
 FETCH_PAGE = 1000
 TABLES = ("source_files", "frequent_patterns")
@@ -295,6 +297,10 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
     all_ids = [i for ids in ids_per_file for i in ids]
     if len(set(all_ids)) != len(all_ids):
         failures.append(f"the export repeats {len(all_ids) - len(set(all_ids))} ids")
+    if (version_dir / LEXICAL_DIR / "meta.json").exists():  # the BM25 index must cover exactly the export
+        from nova_pipeline.core import lexical
+
+        failures += lexical.id_failures(version_dir / LEXICAL_DIR, all_ids)
     if failures or count == 0:
         return {"count": count, "expected": model["count"], "failures": failures}
     rng = np.random.default_rng(seed)
@@ -501,20 +507,24 @@ def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: s
 
 
 def content_key(
-    fingerprint: str, shards: dict[int, str], store_keys: Iterable[str], dictionaries: Iterable[str]
+    fingerprint: str,
+    shards: dict[int, str],
+    store_keys: Iterable[str],
+    dictionaries: Iterable[str],
+    lexical_digest: str | None = None,
 ) -> str:
-    """blake3 over what a golden version must capture: model, chunk ids per shard, store keys and
-    dictionaries."""
-    body = json.dumps(
-        {
-            "fingerprint": fingerprint,
-            "shards": {str(k): v for k, v in sorted(shards.items())},
-            "store": blake3.blake3("\n".join(sorted(store_keys)).encode()).hexdigest(),
-            "dictionaries": sorted(dictionaries),
-            "format": FORMAT,
-        },
-        sort_keys=True,
-    )
+    """blake3 over what a golden version must capture: model, chunk ids per shard, store keys,
+    dictionaries and, when there is one, the lexical index's digest (:func:`lexical.chunks_digest`)."""
+    fields = {
+        "fingerprint": fingerprint,
+        "shards": {str(k): v for k, v in sorted(shards.items())},
+        "store": blake3.blake3("\n".join(sorted(store_keys)).encode()).hexdigest(),
+        "dictionaries": sorted(dictionaries),
+        "format": FORMAT,
+    }
+    if lexical_digest:
+        fields["lexical"] = lexical_digest
+    body = json.dumps(fields, sort_keys=True)
     return blake3.blake3(body.encode()).hexdigest()
 
 
@@ -635,7 +645,9 @@ def promote(
     store_index = store.index()
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
     digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
-    key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries)
+    lexical_dir = _lexical_for(home, chunks)
+    key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries,
+                      lexical_dir.name if lexical_dir is not None else None)
 
     cur = current_version(home)
     cur_failures = verify_tree(cur.path) if cur is not None else []
@@ -691,6 +703,9 @@ def promote(
                 placer.put(f"tables/{t}.parquet", table_path(home, t).read_bytes())
         if store.index_path.exists():
             placer.put("store_index.parquet", store.index_path.read_bytes())
+        if lexical_dir is not None:
+            for f in lexical.index_files(lexical_dir):
+                placer.put(f"{LEXICAL_DIR}/{f.name}", f.read_bytes())
         registry = DictionaryRegistry(home)
         for digest in dictionaries:
             placer.put(f"dictionaries/{registry.path(digest).name}", registry.path(digest).read_bytes())
@@ -705,6 +720,7 @@ def promote(
                     "format": FORMAT,
                     "content_key": key,
                     "shards": {str(k): v for k, v in digests.items()},
+                    "lexical": lexical_dir.name if lexical_dir is not None else None,
                 },
                 indent=1,
             ).encode(),
@@ -755,6 +771,17 @@ def promote(
         seconds=time.perf_counter() - started,
         removed=removed,
     )
+
+
+def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
+    """The live lexical index directory when it holds exactly ``chunks`` (else None, logged)."""
+    path = lexical.current_path(home)
+    if path is None or not {"content_blake3", "symbol", "language", "start_line"} <= set(chunks.columns):
+        return None
+    if path.name != lexical.chunks_digest(chunks):
+        log.warning("the lexical index %s does not index these chunks: left out of the golden copy", path)
+        return None
+    return path
 
 
 def _verify_with_cache(stage: Path, home: Path, fingerprint: str) -> dict:
@@ -946,6 +973,9 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
                 "deleted": applied.deleted,
             }
     count = get_collection(open_client(home, chroma_url), model["fingerprint"], create=False).count()
+    lex = lexical.restore_from_golden(home, cur.path)
+    how = "installed" if (cur.path / LEXICAL_DIR).exists() else "rebuilt from the export"
+    details["lexical"] = f"{lex.docs} documents, {how}"
     outcome = "ok" if count == model["count"] else f"count {count} != {model['count']}"
     return audit.record(home, "reset_index", outcome, who, version=cur.name, count=count, **details)
 

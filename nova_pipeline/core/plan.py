@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from nova_pipeline.core import golden
+from nova_pipeline.core import golden, lexical
 from nova_pipeline.core.errors import IndexNotBuiltError, MassDeletionError, NovaError
 from nova_pipeline.core.guard import DeletionGuard
 from nova_pipeline.core.scanning import DELETED, STATUSES, ScanOptions, scan
@@ -152,6 +152,7 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
         golden.shard_digests(chunks["chunk_id"], chunks["path"], fingerprint),
         present["blake3"].drop_duplicates(),
         dictionaries,
+        lexical.chunks_digest(chunks),  # the rebuild's lexical_index asset indexes exactly these chunks
     )
     cur = golden.current_version(home)
     if cur is not None and cur.content_key == key:

@@ -1,4 +1,20 @@
-"""Search: one path for the Python API, ``nova search`` and ``nova serve``.
+"""Search: one path for the Python API, ``nova search`` and ``nova serve``; hybrid by default.
+
+**Modes.** ``vector`` ranks chunks by cosine similarity of their embedding to the query's (Chroma);
+``lexical`` by BM25 over code-aware terms (:mod:`nova_pipeline.core.lexical`); ``hybrid`` (the default)
+fuses both lists with weighted reciprocal rank fusion (Cormack, Clarke and Büttcher, SIGIR 2009:
+``score(d) = Σ w_list / (k + rank_list(d))``, ``k = 60`` as in the paper), over the top
+``NOVA_SEARCH_CANDIDATES`` (50) of each side. A chunk whose symbol or path the query names exactly (an
+identifier such as ``IgnoreRules`` or ``read_table``, or a path such as ``json/decoder.py``) gets one more
+list's rank-1 share, weighted by ``NOVA_SEARCH_EXACT_BOOST``. Weights: ``NOVA_SEARCH_VECTOR_WEIGHT`` and
+``NOVA_SEARCH_LEXICAL_WEIGHT`` (1.0 each), ``NOVA_SEARCH_RRF_K``. Every hit says why it matched: its vector
+score (cosine), its lexical score (BM25) and the query terms it contains.
+
+**Filters.** ``path`` (a glob: ``*`` crosses ``/``, as in ``json/*`` or ``*.md``) and ``language`` apply in
+every mode: on the vector side as a Chroma ``where`` on the chunk metadata (``language`` equal, ``path`` in
+the paths the glob matches), on the lexical side as a mask over the BM25 scores.
+
+**Failover.**
 
 A :class:`Searcher` reads the failover pointer (``NOVA_HOME/failover/state.json``) on every query:
 
@@ -18,13 +34,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
+import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pybreaker
 
+from nova_pipeline.core import lexical
 from nova_pipeline.core.embedding import Embedder, SentenceTransformerEmbedder, bundled_fingerprint
-from nova_pipeline.core.errors import FailoverError, IndexNotBuiltError, NovaError
+from nova_pipeline.core.errors import FailoverError, IndexNotBuiltError, NovaError, SettingsError
 from nova_pipeline.core.failover import (
     BACKUP,
     DISK,
@@ -53,6 +74,7 @@ class SearchResult:
     stale_as_of: str | None = None
     fell_back: bool = False
     primary_error: str = ""
+    mode: str = "hybrid"
 
 
 class BackupStore:
@@ -127,15 +149,120 @@ class BackupStore:
         )
 
 
+MODES = ("hybrid", "vector", "lexical")
+HYBRID, VECTOR, LEXICAL = MODES
+_DEFINED = re.compile(r"(?:async\s+def|def|class)\s+([A-Za-z_][\w.]*)")
+_QUERY_WORD = re.compile(r"[A-Za-z_][\w./-]*")
+# snake_case, camelCase, CamelCase, HTTPServer, dotted.names and paths/with/slashes
+_IDENTIFIER_SHAPE = re.compile(r"_|[a-z][A-Z]|[A-Z]{2}[a-z]|\.|/")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Weights of hybrid ranking (see the module docstring); from ``NOVA_SEARCH_*`` by :meth:`from_env`."""
+
+    vector_weight: float = 1.0
+    lexical_weight: float = 1.0
+    exact_boost: float = 1.0
+    rrf_k: int = 60  # Cormack et al. 2009
+    candidates: int = 50
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> SearchSettings:
+        """Read ``NOVA_SEARCH_VECTOR_WEIGHT``, ``_LEXICAL_WEIGHT``, ``_EXACT_BOOST``, ``_RRF_K`` and
+        ``_CANDIDATES``.
+
+        Raises:
+            SettingsError: a value is not a number, or is negative.
+        """
+        env = os.environ if env is None else env
+        out = {}
+        for name, f in (("vector_weight", float), ("lexical_weight", float), ("exact_boost", float),
+                        ("rrf_k", int), ("candidates", int)):
+            raw = env.get(f"NOVA_SEARCH_{name.upper()}")
+            if raw in (None, ""):
+                continue
+            try:
+                out[name] = f(raw)
+            except ValueError:
+                raise SettingsError(f"NOVA_SEARCH_{name.upper()}={raw!r} is not a number") from None
+            if out[name] < 0:
+                raise SettingsError(f"NOVA_SEARCH_{name.upper()} must not be negative")
+        return cls(**out)
+
+
+def defined_names(symbol: str) -> set[str]:
+    """The names a chunk's symbol defines: ``"def Cls.run(self)"`` gives ``{"Cls.run", "run"}``; a merged
+    symbol (``"def a, def b"``) gives each."""
+    out: set[str] = set()
+    for m in _DEFINED.finditer(symbol or ""):
+        name = m.group(1)
+        out.add(name)
+        out.add(name.rsplit(".", 1)[-1])
+    return out
+
+
+def exact_targets(text: str) -> set[str]:
+    """What in a query may name a symbol or path exactly: the query itself when it is one word, else its
+    words shaped like identifiers or paths (``read_table``, ``IgnoreRules``, ``json/decoder.py``)."""
+    words = _QUERY_WORD.findall(text.strip())
+    if len(words) == 1:
+        return {words[0].rstrip(".")}
+    return {w.rstrip(".") for w in words if _IDENTIFIER_SHAPE.search(w.rstrip("."))}
+
+
+def is_exact(targets: set[str], symbol: str, path: str) -> bool:
+    """True when a target names ``symbol`` (one of its :func:`defined_names`) or ``path`` (the whole path,
+    its last components, or its file name)."""
+    if not targets:
+        return False
+    if targets & defined_names(symbol):
+        return True
+    return any("/" in t or "." in t and not t.startswith(".") and (path == t or path.endswith("/" + t))
+               for t in targets)
+
+
+def phrase_of(text: str) -> str:
+    """The query as a phrase to look for verbatim (case and runs of white space ignored): an error message
+    or a sentence of at least 3 words and 12 characters, quotes around it dropped; else ``""``."""
+    p = " ".join(text.strip().strip("'\"`").split()).lower()
+    return p if len(p) >= 12 and len(p.split()) >= 3 else ""
+
+
+def phrase_in(phrase: str, document: str | None) -> bool:
+    """True when ``phrase`` (from :func:`phrase_of`) occurs in ``document`` (white space runs ignored)."""
+    return bool(phrase and document) and phrase in " ".join(document.split()).lower()
+
+
+def fuse(
+    ranked: list[tuple[list[str], float]], boosted: set[str], settings: SearchSettings
+) -> list[tuple[str, float]]:
+    """Weighted reciprocal rank fusion: ``[(ids best first, weight), ...]`` → ``[(id, score)]`` best first.
+
+    ``score(d) = Σ weight / (rrf_k + rank)`` with ranks from 1; an id in ``boosted`` gets
+    ``exact_boost / (rrf_k + 1)`` more. Ties keep the order of first appearance.
+    """
+    scores: dict[str, float] = {}
+    for ids, weight in ranked:
+        for rank, i in enumerate(ids, 1):
+            scores[i] = scores.get(i, 0.0) + weight / (settings.rrf_k + rank)
+    for i in boosted:
+        if i in scores:
+            scores[i] += settings.exact_boost / (settings.rrf_k + 1)
+    order = {i: n for n, i in enumerate(scores)}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
 class Searcher:
     """Searches with failover (see the module docstring). One per process is enough; thread-safe.
 
     Args:
         settings: ``NOVA_HOME`` and ``NOVA_CHROMA_URL``.
-        embedder: the query embedder (default: the bundled model, loaded on the first query).
+        embedder: the query embedder (default: the bundled model, loaded on the first query that needs it).
         failover: timeouts and breaker settings (default: from the environment).
         prefer_memory: let the backup store live in memory when the estimate allows (``nova serve``); the
             one-shot API and CLI use the on-disk runtime copy.
+        ranking: hybrid weights (default: from the environment).
     """
 
     def __init__(
@@ -144,9 +271,11 @@ class Searcher:
         embedder: Embedder | None = None,
         failover: FailoverSettings | None = None,
         prefer_memory: bool = False,
+        ranking: SearchSettings | None = None,
     ):
         self.settings = settings
         self.failover = failover or FailoverSettings.from_env()
+        self.ranking = ranking or SearchSettings.from_env()
         self._embedder = embedder
         self.fingerprint = embedder.fingerprint if embedder is not None else bundled_fingerprint()
         self.backup = BackupStore(settings, self.fingerprint, self.failover, prefer_memory)
@@ -157,6 +286,7 @@ class Searcher:
         )
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="primary-query")
         self._primary = None
+        self._lexical: dict[str, lexical.LexicalIndex] = {}
         self._lock = threading.Lock()
 
     @property
@@ -173,10 +303,35 @@ class Searcher:
                 self._primary = get_collection(client, self.fingerprint, create=False)
             return self._primary
 
-    def _query_primary(self, vectors, k: int) -> list[Hit]:
+    def lexical_index(self, store: str = PRIMARY) -> lexical.LexicalIndex | None:
+        """The BM25 index that goes with ``store``: the live one (``NOVA_HOME/lexical``) for the primary,
+        the CURRENT golden version's for the backup, each falling back to the other; None when there is
+        neither. Loaded once per directory (directories are immutable; a rebuild makes a new one)."""
+        from nova_pipeline.core import golden
+
+        def frozen() -> Path | None:  # CURRENT's, read from the pointer without listing the versions
+            root = golden.golden_root(self.settings.home)
+            try:
+                p = root / (root / golden.CURRENT).read_text().strip() / golden.LEXICAL_DIR
+            except OSError:
+                return None
+            return p if (p / lexical.META).exists() else None
+
+        order = ((lambda: lexical.current_path(self.settings.home)), frozen)
+        path = next((p for p in (f() for f in (order if store == PRIMARY else order[::-1])) if p), None)
+        if path is None:
+            return None
+        key = str(path)
+        with self._lock:
+            if key not in self._lexical:
+                self._lexical.clear()  # an older directory is no longer current
+                self._lexical[key] = lexical.load(path)
+            return self._lexical[key]
+
+    def _on_primary(self, op: Callable):
         def run():
             try:
-                return query(self._primary_collection(), vectors, k)[0]
+                return op(self._primary_collection())
             except IndexNotBuiltError:
                 raise
             except Exception:
@@ -192,20 +347,13 @@ class Searcher:
                 f"the primary did not answer within {self.failover.query_timeout_s:g} s"
             ) from None
 
-    def search(self, text: str, k: int = 5) -> SearchResult:
-        """The ``k`` chunks nearest to ``text``, from the store the pointer names (with per-query fallback).
-
-        Raises:
-            IndexNotBuiltError: nothing was indexed yet (the message says to run the rebuild job).
-            VectorStoreError, FailoverError: neither the primary nor a backup store can answer.
-        """
-        vectors = self.embedder.embed([text])
-        state = read_state(self.settings.home)
+    def _run(self, op: Callable, failed_over: bool):
+        """``(op(collection), store, stale_as_of, fell_back, error)`` on the store the pointer names, with
+        the per-query fallback to the backup store."""
         error = ""
-        if not state.failed_over:
+        if not failed_over:
             try:
-                hits = self.breaker.call(self._query_primary, vectors, k)
-                return SearchResult(hits=_label(hits, PRIMARY, None), store=PRIMARY)
+                return self.breaker.call(self._on_primary, op), PRIMARY, None, False, ""
             except IndexNotBuiltError:
                 raise
             except pybreaker.CircuitBreakerError as exc:
@@ -219,17 +367,152 @@ class Searcher:
             if error:
                 raise FailoverError(f"the primary failed ({error}) and no backup store can answer") from None
             raise
-        hits = query(col, vectors, k)[0]
+        return op(col), BACKUP, stale, not failed_over, error
+
+    def search(
+        self,
+        text: str,
+        k: int = 5,
+        mode: str = HYBRID,
+        path: str | None = None,
+        language: str | None = None,
+    ) -> SearchResult:
+        """The ``k`` best chunks for ``text`` (see the module docstring for modes and filters), from the
+        store the pointer names, with the per-query fallback.
+
+        Args:
+            text: the query, in words or code.
+            k: number of hits.
+            mode: ``hybrid`` (default), ``vector`` or ``lexical``.
+            path: a glob over root-relative paths (``*`` crosses ``/``); None: every path.
+            language: the manifest's language (``python``, ``markdown``, ...); None: every language.
+
+        Raises:
+            ValueError: an unknown mode.
+            IndexNotBuiltError: nothing was indexed yet, or ``lexical`` mode without a lexical index (the
+                message says to run the rebuild job).
+            VectorStoreError, FailoverError: neither the primary nor a backup store can answer.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+        state = read_state(self.settings.home)
+        lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY) if mode != VECTOR else None
+        if lex is None and mode == LEXICAL:
+            raise IndexNotBuiltError("no lexical index yet: run the rebuild job (make rebuild, or dagster "
+                                     "job execute -m nova_pipeline.definitions -j rebuild)")
+        if lex is None and mode == HYBRID:
+            log.warning("no lexical index yet: hybrid search answers from the vector side only")
+        n = max(k, self.ranking.candidates) if mode == HYBRID else k
+        where, paths = _filters(lex, path, language)
+        if paths is not None and not paths:
+            return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
+        lex_hits = lex.search(text, n, lex.mask(path, language)) if lex is not None else []
+        lex_ids = [lex.docs["chunk_id"].iat[h.row] for h in lex_hits]
+        vectors = self.embedder.embed([text]) if mode != LEXICAL else None
+        targets = exact_targets(text) if mode == HYBRID else set()
+        phrase = phrase_of(text) if mode == HYBRID else ""
+        over = 4 if path and paths is None else 1  # a glob without a lexical index: filter after the query
+
+        def op(col):
+            vhits = []
+            if vectors is not None:
+                vhits = query(col, vectors, n * over, where)[0]
+                if path and paths is None:
+                    vhits = [h for h in vhits if lexical.glob_match(h.path, path)][:n]
+            by_id = {h.chunk_id: h for h in vhits}
+            if mode == VECTOR:
+                order = [(h.chunk_id, h.score) for h in vhits]
+            elif mode == LEXICAL:
+                order = [(i, h.score) for i, h in zip(lex_ids, lex_hits)]
+            else:
+                # the lexical candidates' texts: for the phrase match now, and for the hits shown
+                need = [i for i in lex_ids if i not in by_id]
+                texts = _documents(col, need)
+                boosted = {h.chunk_id for h in vhits
+                           if is_exact(targets, h.symbol, h.path) or phrase_in(phrase, h.text)}
+                boosted |= {i for i, h in zip(lex_ids, lex_hits)
+                            if is_exact(targets, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row])
+                            or phrase_in(phrase, by_id[i].text if i in by_id else texts.get(i))}
+                order = fuse([([h.chunk_id for h in vhits], self.ranking.vector_weight),
+                              (lex_ids, self.ranking.lexical_weight)], boosted, self.ranking)[:k]
+                for cid, _ in order:
+                    if cid in by_id:
+                        by_id[cid].exact = cid in boosted
+                return order, by_id, texts, boosted
+            order = order[:k]
+            texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
+            return order, by_id, texts, set()
+
+        (order, by_id, texts, boosted), store, stale, fell_back, error = self._run(op, state.failed_over)
+        lex_by_id = {i: h for i, h in zip(lex_ids, lex_hits)}
+        terms = [t for t in dict.fromkeys(lexical.code_tokens(text)) if lex is not None and t in lex.vocab]
+        hits = []
+        for cid, score in order:
+            h = by_id.get(cid)
+            lh = lex_by_id.get(cid)
+            if h is None:  # found by the lexical side only
+                row = lh.row
+                d = lex.docs.iloc[row]
+                h = Hit(path=d["path"], start_line=int(d["start_line"]), end_line=int(d["end_line"]),
+                        symbol=d["symbol"] or "", language=d["language"], score=score,
+                        text=texts.get(cid) or "", chunk_id=cid, exact=cid in boosted)
+            h.score = score
+            h.lexical_score = lh.score if lh is not None else None
+            if lh is not None:
+                h.matched_terms = lh.matched
+            elif lex is not None and terms and (row := lex.row_of(cid)) is not None:
+                h.matched_terms = lex.matched_terms(row, terms)
+            hits.append(h)
         return SearchResult(
-            hits=_label(hits, BACKUP, stale),
-            store=BACKUP,
-            stale_as_of=stale,
-            fell_back=not state.failed_over,
-            primary_error=error,
+            hits=_label(hits, store, stale), store=store, stale_as_of=stale, fell_back=fell_back,
+            primary_error=error, mode=mode,
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _documents(col, ids: list[str]) -> dict[str, str]:
+    """Chunk id → document, for ``ids`` (one ``get``; none when ``ids`` is empty)."""
+    if not ids:
+        return {}
+    got = col.get(ids=ids, include=["documents"])
+    return {i: d or "" for i, d in zip(got["ids"], got["documents"])}
+
+
+def _filters(lex, path: str | None, language: str | None) -> tuple[dict | None, list[str] | None]:
+    """``(where, paths)``: the Chroma filter for ``path``/``language``, and the paths the glob matches
+    (None when there is no glob, or no lexical index to list paths from)."""
+    clauses = []
+    paths = None
+    if language:
+        clauses.append({"language": {"$eq": language}})
+    if path and lex is not None:
+        paths = lex.paths_matching(path)
+        if paths and len(paths) < lex.distinct_paths:
+            clauses.append({"path": {"$in": paths}})
+    where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return where, paths
+
+
+def hit_json(h: Hit) -> dict:
+    """A hit as JSON (``nova search --json`` and ``nova serve``'s ``/search``)."""
+    return {
+        "path": h.path,
+        "start_line": h.start_line,
+        "end_line": h.end_line,
+        "symbol": h.symbol,
+        "language": h.language,
+        "score": round(h.score, 6),
+        "vector_score": None if h.vector_score is None else round(h.vector_score, 4),
+        "lexical_score": None if h.lexical_score is None else round(h.lexical_score, 4),
+        "matched_terms": h.matched_terms,
+        "exact": h.exact,
+        "snippet": h.snippet(),
+        "chunk_id": h.chunk_id,
+        "store": h.store,
+        "stale_as_of": h.stale_as_of,
+    }
 
 
 def _label(hits: list[Hit], store: str, stale: str | None) -> list[Hit]:
@@ -239,18 +522,28 @@ def _label(hits: list[Hit], store: str, stale: str | None) -> list[Hit]:
 
 
 def search(
-    text: str, k: int = 5, settings: Settings | None = None, embedder: Embedder | None = None
+    text: str,
+    k: int = 5,
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    mode: str = HYBRID,
+    path: str | None = None,
+    language: str | None = None,
 ) -> list[Hit]:
-    """The ``k`` chunks nearest to ``text``, best first; each hit says which store answered (``store``) and,
-    from the backup, ``stale_as_of``.
+    """The ``k`` best chunks for ``text``, best first (hybrid by default; see the module docstring); each
+    hit says which store answered (``store``), from the backup ``stale_as_of``, and why it matched
+    (``vector_score``, ``lexical_score``, ``matched_terms``).
 
     Args:
         text: the query, in natural language or code.
         k: number of hits.
         settings: default: from the environment (``NOVA_HOME``, ``NOVA_CHROMA_URL``).
         embedder: default: the bundled all-MiniLM-L6-v2, loaded only once the index is known to exist.
+        mode: ``hybrid``, ``vector`` or ``lexical``.
+        path: a glob over root-relative paths; language: a manifest language. Both filter every mode.
 
     Raises:
+        ValueError: an unknown mode.
         IndexNotBuiltError: nothing has been indexed yet; the message says to run the rebuild job.
         VectorStoreError: the vector store is unreachable and no backup store can answer.
     """
@@ -270,6 +563,6 @@ def search(
                     f"the vector index {col.name} is empty: run the rebuild job "
                     "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
                 )
-        return searcher.search(text, k).hits
+        return searcher.search(text, k, mode=mode, path=path, language=language).hits
     finally:
         searcher.close()

@@ -7,6 +7,7 @@ system. Nothing here raises for a missing part: absent parts are absent from the
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -245,6 +246,18 @@ def collect_stats(settings: Settings, fingerprint: str, last_index_run: dict | N
             "heldout_ratio_with": round(info.ratio_with, 4),
             "heldout_ratio_without": round(info.ratio_without, 4),
             "reason": info.reason or None,
+        }
+    from nova_pipeline.core import lexical
+
+    lex = lexical.current_path(settings.home)
+    if lex is not None:
+        meta = json.loads((lex / lexical.META).read_text())
+        out["lexical_index"] = {
+            "documents": meta["docs"],
+            "vocabulary": meta.get("vocabulary", 0),
+            "tokenizer": meta.get("tokenizer"),
+            "bytes": _dir_bytes(lex),
+            "path": str(lex),
         }
     home = settings.layout.home
     while not home.exists():

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -478,6 +478,10 @@ class Hit:
     chunk_id: str
     store: str = ""  # which store answered: primary or backup
     stale_as_of: str | None = None  # a backup answer: when the golden version it came from was made
+    vector_score: float | None = None  # cosine similarity, when the vector side ranked it
+    lexical_score: float | None = None  # BM25 score, when the lexical side ranked it
+    matched_terms: list[str] = field(default_factory=list)  # query terms (code_tokens) the chunk contains
+    exact: bool = False  # the query names this chunk's symbol or path exactly (boosted)
 
     def snippet(self, lines: int = 3) -> str:
         """The first non-blank lines of the chunk body (its header line left out)."""
@@ -485,11 +489,13 @@ class Hit:
         return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
 
 
-def query(collection, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-    """Top-``k`` hits for each query vector."""
+def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
+    """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
+    chunks whose metadata matches the Chroma ``where`` filter when one is given."""
     res = collection.query(
         query_embeddings=np.asarray(vectors, dtype=np.float32),
         n_results=k,
+        where=where or None,
         include=["metadatas", "documents", "distances"],
     )
     out = []
@@ -505,6 +511,7 @@ def query(collection, vectors: np.ndarray, k: int) -> list[list[Hit]]:
                     score=1.0 - float(d),
                     text=doc or "",
                     chunk_id=i,
+                    vector_score=1.0 - float(d),
                 )
                 for i, m, doc, d in zip(ids, metas, docs, dists)
             ]

@@ -10,7 +10,8 @@ import time
 import dagster as dg
 import pandas as pd
 
-from nova_pipeline.core.chunking import chunk_manifest
+from nova_pipeline.core import lexical
+from nova_pipeline.core.chunking import CHUNKER_VERSION, chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
 from nova_pipeline.core.errors import VectorStoreError
 from nova_pipeline.core.failover import PRIMARY, ActiveStore, active_store
@@ -46,6 +47,13 @@ def source_chunks(
     settings = nova.settings()
     tokenizer = embedder.tokenizer()
     previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
+    last = context.instance.get_latest_materialization_event(context.asset_key)
+    meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
+    last_chunker = meta["chunker"].value if "chunker" in meta else "1"
+    if previous is not None and last_chunker != CHUNKER_VERSION:
+        context.log.info(f"the chunker changed ({last_chunker} -> {CHUNKER_VERSION}): every file is chunked "
+                         "again (texts that did not change keep their cached embeddings)")
+        previous = None
     df, stats = chunk_manifest(
         settings.source_dir,
         source_files,
@@ -70,8 +78,52 @@ def source_chunks(
             "skipped_changed_since_scan": stats.skipped,
             "mean_tokens": round(float(df["n_tokens"].mean()), 1) if len(df) else 0.0,
             "max_tokens": tokenizer.max_seq_length,
+            "chunker": CHUNKER_VERSION,
             "by_language": md_table(by_language.reset_index()),
         },
+    )
+
+
+@dg.asset(kinds={"python", "bm25s"}, group_name="index", ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)})
+def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings, source_chunks: pd.DataFrame):
+    """The BM25 index of the chunks under ``NOVA_HOME/lexical/`` (core/lexical.py): the lexical side of
+    hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a changed one is
+    built beside the live index and switched to atomically."""
+    home = nova.settings(require_source=False).home
+    stats = lexical.update(home, source_chunks)
+    context.log.info(
+        f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
+        + (f"built in {stats.seconds:.2f} s" if stats.built else "(unchanged: no work)")
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "documents": stats.docs,
+            "vocabulary": stats.vocabulary,
+            "built": stats.built,
+            "digest": stats.digest,
+            "path": dg.MetadataValue.path(str(stats.path)),
+            "tokenizer": lexical.TOKENIZER_VERSION,
+            "duration_s": round(stats.seconds, 3),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=lexical_index,
+    blocking=True,
+    additional_ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)},
+    description="The live lexical index holds exactly the chunk ids of source_chunks.",
+)
+def lexical_index_matches_chunks(nova: NovaSettings, source_chunks: pd.DataFrame) -> dg.AssetCheckResult:
+    home = nova.settings(require_source=False).home
+    path = lexical.current_path(home)
+    failures = ["there is no live lexical index"] if path is None else lexical.id_failures(
+        path, source_chunks["chunk_id"].tolist()
+    )
+    return dg.AssetCheckResult(
+        passed=not failures,
+        metadata={"documents": len(source_chunks), "failures": len(failures)},
+        description="; ".join(failures) or None,
     )
 
 

@@ -22,7 +22,7 @@ class GoldenConfig(dg.Config):
 @dg.asset(
     kinds={"chromadb"},
     group_name="protect",
-    deps=["vector_index", "compressed_store"],
+    deps=["vector_index", "compressed_store", "lexical_index"],
     ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)},
 )
 def golden_copy(

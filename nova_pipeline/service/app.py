@@ -1,6 +1,8 @@
 """The Starlette app behind ``nova serve``.
 
-``GET /search?q=&k=``  JSON hits, the store that answered, and ``stale_as_of`` for a backup answer;
+``GET /search?q=&k=&mode=&path=&language=``  JSON hits (hybrid by default; each with its vector score,
+                        lexical score and matched terms), the store that answered, and ``stale_as_of`` for
+                        a backup answer;
 ``GET /healthz``       200 when the service can answer a search (primary or backup), else 503;
 ``GET /status``        the failover pointer, the service's breaker, the backup store and its resource
                        estimate.
@@ -26,7 +28,7 @@ from starlette.routing import Route
 from nova_pipeline.core import golden
 from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
 from nova_pipeline.core.failover import FailoverSettings, read_state
-from nova_pipeline.core.search import Searcher, SearchResult
+from nova_pipeline.core.search import MODES, Searcher, SearchResult, hit_json
 from nova_pipeline.core.settings import Settings
 
 log = logging.getLogger("nova_pipeline.service")
@@ -42,19 +44,8 @@ def result_json(query: str, result: SearchResult, seconds: float) -> dict:
         "fell_back": result.fell_back,
         "primary_error": result.primary_error or None,
         "seconds": round(seconds, 4),
-        "hits": [
-            {
-                "path": h.path,
-                "start_line": h.start_line,
-                "end_line": h.end_line,
-                "symbol": h.symbol,
-                "language": h.language,
-                "score": round(h.score, 4),
-                "chunk_id": h.chunk_id,
-                "snippet": h.snippet(),
-            }
-            for h in result.hits
-        ],
+        "mode": result.mode,
+        "hits": [hit_json(h) for h in result.hits],
     }
 
 
@@ -89,9 +80,14 @@ def create_app(
             k = max(1, min(MAX_K, int(request.query_params.get("k", "5"))))
         except ValueError:
             return JSONResponse({"error": "k must be a whole number"}, status_code=400)
+        mode = request.query_params.get("mode", "hybrid")
+        if mode not in MODES:
+            return JSONResponse({"error": f"mode must be one of {', '.join(MODES)}"}, status_code=400)
+        path = request.query_params.get("path") or None
+        language = request.query_params.get("language") or None
         started = time.perf_counter()
         try:
-            result = await run_in_threadpool(searcher.search, q, k)
+            result = await run_in_threadpool(searcher.search, q, k, mode, path, language)
         except IndexNotBuiltError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         except NovaError as exc:

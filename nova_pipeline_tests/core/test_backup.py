@@ -6,7 +6,7 @@ import blake3
 import pytest
 import zstandard as zstd
 
-from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.core import audit, backup, golden, lexical
 from nova_pipeline.core.errors import BackupVerifyError, ConfirmationRequired
 from nova_pipeline.core.store import ContentStore
 from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client, top_ids
@@ -175,10 +175,13 @@ def test_restore_round_trip_reproduces_index_and_store(home, monkeypatch):
     golden.remove_tree(h / "vectors")
     golden.remove_tree(h / "store" / "objects")
     golden.remove_tree(h / "golden")
+    golden.remove_tree(h / "lexical")
     with pytest.raises(ConfirmationRequired):
         backup.restore(h, b.id, False, "carol")
     entry = backup.restore(h, b.id, True, "carol")
     assert entry["outcome"] == "ok"
+    # the BM25 index came back from the archive's golden version, holding exactly the chunks
+    assert lexical.id_failures(lexical.current_path(h), chunks["chunk_id"]) == []
     col = get_collection(open_client(h), FP, create=False)
     assert existing_ids(col) == ids_before
     assert top_ids(col, queries, 5) == top_before

@@ -102,3 +102,41 @@ def test_unchanged_files_reuse_their_chunks(tok, stdlib_tree):
         df1[df1["path"] != "json/tool.py"]["chunk_id"]
     )
     assert df1["chunk_id"].is_unique and df2["chunk_id"].is_unique
+
+
+def long_class(body_of_b: str = "return x * 2") -> str:
+    methods = "\n".join(
+        f"    def method_{i}(self, x: int, *, scale: float = 1.0) -> float:\n"
+        f"        \"\"\"Method {i} " + "does careful arithmetic on its input " * 6 + "\"\"\"\n"
+        f"        return x * {i} * scale\n" for i in range(8)
+    )
+    return (
+        "class Calculator(Base):\n    \"\"\"A calculator with many methods.\"\"\"\n\n    precision = 4\n\n"
+        + methods
+        + f"\n    def b(self, x):\n        {body_of_b}\n"
+        + "\n\nclass Small:\n    def run(self):\n        return 1\n"
+    )
+
+
+def test_a_class_over_the_budget_is_split_per_method_with_qualified_symbols_and_signatures(tok):
+    out = chunks(tok, "pkg/calc.py", long_class(), "python")
+    symbols = [c["symbol"] for c in out]
+    # the head (class line, docstring, attributes) is small: merged with the first method, naming both
+    assert symbols[0] == "class Calculator, def Calculator.method_0"
+    assert "precision = 4" in out[0]["text"]
+    sig = "def Calculator.method_3(self, x: int, *, scale: float=1.0) -> float"
+    m3 = next(c for c in out if c["symbol"] == sig)
+    assert m3["text"].startswith(f"pkg/calc.py {sig}\n") and "return x * 3 * scale" in m3["text"]
+    assert any(s.endswith("class Small") for s in symbols)  # a class within the budget: not split
+    for c in out:
+        assert c["n_tokens"] <= tok.max_seq_length and not c["truncated"]
+    # every line of the class is in exactly one chunk
+    lines = sorted(ln for c in out for ln in range(c["start_line"], c["end_line"] + 1))
+    assert len(lines) == len(set(lines))
+
+
+def test_editing_one_method_changes_only_its_chunk_texts(tok):
+    before = {c["text"] for c in chunks(tok, "pkg/calc.py", long_class(), "python")}
+    after = {c["text"] for c in chunks(tok, "pkg/calc.py", long_class("return x * 3"), "python")}
+    changed = after - before
+    assert len(changed) == 1 and "return x * 3" in next(iter(changed))  # the embedding cache keeps the rest

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.core import audit, backup, golden, lexical
 from nova_pipeline.core.embedding import EmbeddingCache
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError, MassDeletionError
 from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client
@@ -65,7 +65,13 @@ def test_an_edit_of_one_file_writes_far_less_and_shares_the_rest(stdlib_tree, tm
         second.shards_written == 1
         and second.shards_linked == len({golden.shard_of(p) for p in chunks["path"]}) - 1
     )
-    assert second.bytes_written < 0.15 * first.bytes_written, (second.bytes_written, first.bytes_written)
+    # the BM25 index is one file set over every chunk (its IDF is global): rewritten on any change, like
+    # model.json and the tables; everything else of an edit of one file is one export shard
+    files = json.loads((v2.path / golden.MANIFEST).read_text())["files"]
+    lexical_bytes = sum(f["size"] for rel, f in files.items() if rel.startswith("lexical/"))
+    assert 0 < lexical_bytes < 0.3 * first.bytes_written, (lexical_bytes, first.bytes_written)
+    rest = second.bytes_written - lexical_bytes
+    assert rest < 0.15 * first.bytes_written, (rest, first.bytes_written)
     assert second.bytes_written + second.bytes_linked == v2.bytes
     linked = next(
         rel
@@ -303,3 +309,32 @@ def test_names_stay_in_creation_order_when_retention_frees_one(home, json_tree, 
     assert names == ["20260101T000000Z"] + [f"20260101T000000Z-{i}" for i in range(2, 6)]
     assert [v.name for v in golden.list_versions(h)] == names[-2:]
     assert golden.current_version(h).name == names[-1]
+
+
+def test_the_golden_copy_holds_the_lexical_index_and_reset_brings_it_back(home):
+    h, chunks = home
+    p = golden.promote(h, FP)
+    v = p.version.path
+    assert (v / "lexical" / "meta.json").exists()
+    assert golden.verify_export(v)["failures"] == []
+    assert json.loads((v / "model.json").read_text())["lexical"] == lexical.current_path(h).name
+    # the live index is lost: reset installs the golden one, with exactly the chunks of the export
+    shutil.rmtree(h / "lexical")
+    entry = golden.reset_index(h, None, True, "alice")
+    assert entry["details"]["lexical"] == f"{len(chunks)} documents, installed"
+    assert lexical.id_failures(lexical.current_path(h), chunks["chunk_id"]) == []
+    assert lexical.load_current(h).search("JSONDecoder", 1)
+
+
+def test_a_golden_version_without_a_lexical_index_rebuilds_it_from_the_export(home):
+    h, chunks = home
+    shutil.rmtree(h / "lexical")  # as before lexical indexes existed
+    v = golden.promote(h, FP).version.path
+    assert not (v / "lexical").exists()
+    entry = golden.reset_index(h, None, True, "alice")
+    assert entry["details"]["lexical"] == f"{len(chunks)} documents, rebuilt from the export"
+    live = lexical.current_path(h)
+    assert live.name == lexical.chunks_digest(chunks)  # the same index the rebuild job would make
+    # the next promotion adds it: the content key includes the lexical digest
+    p = golden.promote(h, FP)
+    assert p.promoted and (p.version.path / "lexical" / "meta.json").exists()

@@ -23,8 +23,8 @@ from nova_pipeline_tests.conftest import resources_for, run_dagster_cli
 
 pytestmark = pytest.mark.integration
 
-ASSETS = [ingest.source_files, index.source_chunks, index.vector_index,
-          index.vector_count_matches_chunks, index.chunks_find_themselves]
+ASSETS = [ingest.source_files, index.source_chunks, index.vector_index, index.lexical_index,
+          index.vector_count_matches_chunks, index.chunks_find_themselves, index.lexical_index_matches_chunks]
 
 
 def build(src, home, instance, batch_size=64):
@@ -87,7 +87,7 @@ def test_incremental_edit_delete_add_then_search(json_tree, tmp_path):
         settings=Settings.build(None, home, require_source=False),
     )
     assert hits[0].path == "json/extra.py" and hits[0].symbol == "def dumps_sorted"
-    assert hits[0].score > 0.5
+    assert hits[0].vector_score > 0.5 and hits[0].lexical_score > 0 and "sort" in hits[0].matched_terms
     # the package-level API reads the same settings from the environment
     os.environ["NOVA_HOME"] = str(home)
     try:

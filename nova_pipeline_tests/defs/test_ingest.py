@@ -137,6 +137,7 @@ def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_qu
         '["compression_dictionary"]',
         '["compressed_store"]',
         '["source_chunks"]',
+        '["lexical_index"]',
         '["vector_index"]',
         '["golden_copy"]',
     }
@@ -145,6 +146,6 @@ def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_qu
         "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
         (run_id,),
     )
-    assert checks[0][0] == 5
+    assert checks[0][0] == 6
     # nothing of the run went to SQLite files
     assert not any(p.suffix == ".db" for p in dagster_home.rglob("*"))

@@ -43,7 +43,13 @@ def test_admin_api_roles_confirmations_runs_and_audit(json_tree, tmp_path):
     try:
         wait_until(lambda: _get(f"{base}/healthz").status_code == 200, 120, what="nova serve answering")
         # no token file: searches are open on loopback, admin calls refused with how to create a token
-        assert _get(f"{base}/search?q=decode+json").json()["store"] == "primary"
+        body = _get(f"{base}/search?q=decode+json").json()
+        assert body["store"] == "primary" and body["mode"] == "hybrid"
+        assert {"vector_score", "lexical_score", "matched_terms"} <= set(body["hits"][0])
+        body = _get(f"{base}/search?q=JSONEncoder&mode=lexical&path=json/enc*&k=3").json()
+        assert body["hits"] and {h["path"] for h in body["hits"]} == {"json/encoder.py"}
+        assert all(h["vector_score"] is None and h["matched_terms"] for h in body["hits"])
+        assert _get(f"{base}/search?q=x&mode=fuzzy").status_code == 400
         r = httpx.post(f"{base}/api/v1/admin/backup")
         assert r.status_code == 403 and "nova token create" in r.json()["error"]
 

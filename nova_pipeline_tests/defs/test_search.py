@@ -1,0 +1,105 @@
+"""Hybrid search on a tree built by the rebuild graph: the lexical index as an asset, modes, why each hit
+matched, filters in every mode, and the chunker version that re-chunks (but does not re-embed)."""
+
+import dagster as dg
+import pytest
+
+from nova_pipeline.core import golden, lexical
+from nova_pipeline.core.search import MODES, Searcher
+from nova_pipeline.core.settings import Settings
+from nova_pipeline.core.tables import read_table
+from nova_pipeline_tests.conftest import FakeEmbedder, asset_metadata, materialize_rebuild
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import shutil
+
+    from nova_pipeline_tests.conftest import STDLIB
+
+    root = tmp_path_factory.mktemp("search")
+    src, home = root / "src", root / "home"
+    shutil.copytree(STDLIB / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    with dg.instance_for_test() as instance:
+        first = materialize_rebuild(src, home, instance)
+        again = materialize_rebuild(src, home, instance)
+    return home, first, again
+
+
+@pytest.fixture(scope="module")
+def searcher(built):
+    s = Searcher(Settings.build(None, built[0], require_source=False), FakeEmbedder())
+    yield s
+    s.close()
+
+
+def test_the_lexical_index_is_an_asset_checked_against_the_chunks_and_idle_when_unchanged(built):
+    home, first, again = built
+    chunks = read_table(home, "source_chunks")
+    m = asset_metadata(first, "lexical_index")
+    assert m["built"] is True and m["documents"] == len(chunks) and m["vocabulary"] > 100
+    checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
+    assert checks["lexical_index_matches_chunks"]
+    m2 = asset_metadata(again, "lexical_index")
+    assert m2["built"] is False and m2["digest"] == m["digest"]
+    assert asset_metadata(again, "golden_copy")["promoted"] is False
+    assert (golden.current_version(home).path / "lexical" / "meta.json").exists()
+
+
+def test_hybrid_says_why_each_hit_matched_and_puts_the_exact_symbol_first(searcher):
+    r = searcher.search("JSONDecodeError", 5)
+    assert r.mode == "hybrid" and r.store == "primary"
+    top = r.hits[0]
+    assert top.symbol.startswith("class JSONDecodeError") and top.exact
+    assert top.lexical_score > 0 and "jsondecodeerror" in top.matched_terms
+    assert all(h.text for h in r.hits)  # hits found by the lexical side only get their text from Chroma
+    scores = [h.score for h in r.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_each_mode_ranks_by_its_own_score(searcher):
+    lex = searcher.search("JSONDecodeError", 5, mode="lexical").hits
+    assert lex and all(h.vector_score is None and h.lexical_score == h.score for h in lex)
+    assert "JSONDecodeError" in lex[0].text
+    vec = searcher.search("JSONDecodeError", 5, mode="vector").hits
+    assert len(vec) == 5 and all(h.lexical_score is None and h.vector_score == h.score for h in vec)
+    with pytest.raises(ValueError, match="unknown search mode"):
+        searcher.search("x", 5, mode="fuzzy")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_path_and_language_filters_apply_in_every_mode(searcher, mode):
+    hits = searcher.search("decode a document", 10, mode=mode, path="json/enc*").hits
+    assert hits and {h.path for h in hits} == {"json/encoder.py"}
+    assert searcher.search("decode", 10, mode=mode, language="markdown").hits == []
+    only_py = searcher.search("load json", 10, mode=mode, language="python", path="*/tool.py").hits
+    assert only_py and {(h.path, h.language) for h in only_py} == {("json/tool.py", "python")}
+    assert searcher.search("decode", 10, mode=mode, path="nothing/*").hits == []
+
+
+def test_lexical_mode_without_a_lexical_index_says_to_rebuild(tmp_path):
+    from nova_pipeline.core.errors import IndexNotBuiltError
+
+    s = Searcher(Settings.build(None, tmp_path, require_source=False), FakeEmbedder())
+    try:
+        with pytest.raises(IndexNotBuiltError, match="rebuild"):
+            s.search("decode", 3, mode="lexical")
+    finally:
+        s.close()
+
+
+def test_a_new_chunker_version_re_chunks_every_file_but_re_embeds_only_changed_texts(json_tree, tmp_path,
+                                                                                     monkeypatch):
+    from nova_pipeline.core import chunking
+    from nova_pipeline.defs import index
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        monkeypatch.setattr(index, "CHUNKER_VERSION", "test-next")
+        monkeypatch.setattr(chunking, "CHUNKER_VERSION", "test-next")
+        again = materialize_rebuild(json_tree, home, instance)
+    chunks = asset_metadata(again, "source_chunks")
+    assert chunks["files_reused"] == 0 and chunks["files_chunked"] > 0 and chunks["chunker"] == "test-next"
+    assert asset_metadata(again, "vector_index")["embedded"] == 0  # same texts: every vector from the cache
+    assert lexical.current_path(home) is not None
