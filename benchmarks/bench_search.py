@@ -383,8 +383,9 @@ def main() -> None:
                         args.large - len(chunks), tok)
         big_home.mkdir(parents=True)
         # the corpus's real vectors come from its cache; the distractors get free random vectors
-        shutil.copy(EmbeddingCache.path_for(home, embedder.fingerprint),
-                    EmbeddingCache.path_for(big_home, embedder.fingerprint))
+        cache_path = EmbeddingCache.path_for(big_home, embedder.fingerprint)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EmbeddingCache.path_for(home, embedder.fingerprint), cache_path)
     big_chunks = index_home(big_src, big_home, FreeEmbedder(embedder.fingerprint), tok)
     big = Searcher(Settings.build(None, big_home, require_source=False), embedder)
     big.search("warm up", K, mode="hybrid")
