@@ -61,7 +61,8 @@ def last_run_steps(dagster_home: Path) -> tuple[dict[str, float], dict]:
                 starts[e.step_key] = e.timestamp
             elif de.event_type == dg.DagsterEventType.STEP_SUCCESS:
                 steps[e.step_key] = e.timestamp - starts.get(e.step_key, e.timestamp)
-            elif de.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.step_key == "vector_index":
+            elif (de.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+                  and de.asset_key == dg.AssetKey("vector_index")):  # from its last op, since it is a graph
                 vmeta = {k: v.value for k, v in de.step_materialization_data.materialization.metadata.items()}
     return steps, vmeta
 
