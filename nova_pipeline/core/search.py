@@ -6,9 +6,10 @@ fuses both lists with weighted reciprocal rank fusion (Cormack, Clarke and Bütt
 ``score(d) = Σ w_list / (k + rank_list(d))``, ``k = 60`` as in the paper), over the top
 ``NOVA_SEARCH_CANDIDATES`` (50) of each side. A chunk whose symbol or path the query names exactly (an
 identifier such as ``IgnoreRules`` or ``read_table``, or a path such as ``json/decoder.py``) gets one more
-list's rank-1 share, weighted by ``NOVA_SEARCH_EXACT_BOOST``. Weights: ``NOVA_SEARCH_VECTOR_WEIGHT`` and
-``NOVA_SEARCH_LEXICAL_WEIGHT`` (1.0 each), ``NOVA_SEARCH_RRF_K``. Every hit says why it matched: its vector
-score (cosine), its lexical score (BM25) and the query terms it contains.
+list's rank-1 share, weighted by ``NOVA_SEARCH_EXACT_BOOST`` (half of it for the methods of a class the
+query names), and so does a chunk that holds the query verbatim as a phrase (an error message). Weights:
+``NOVA_SEARCH_VECTOR_WEIGHT`` and ``NOVA_SEARCH_LEXICAL_WEIGHT`` (1.0 each), ``NOVA_SEARCH_RRF_K``. Every
+hit says why it matched: its vector score (cosine), its lexical score (BM25) and the query terms it holds.
 
 **Filters.** ``path`` (a glob: ``*`` crosses ``/``, as in ``json/*`` or ``*.md``) and ``language`` apply in
 every mode: on the vector side as a Chroma ``where`` on the chunk metadata (``language`` equal, ``path`` in
@@ -202,6 +203,17 @@ def defined_names(symbol: str) -> set[str]:
     return out
 
 
+def enclosing_names(symbol: str) -> set[str]:
+    """The classes a chunk's symbol belongs to: ``"def Outer.Inner.run(self)"`` gives
+    ``{"Outer", "Outer.Inner", "Inner"}``."""
+    out: set[str] = set()
+    for m in _DEFINED.finditer(symbol or ""):
+        parts = m.group(1).split(".")[:-1]
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        out.update(parts)
+    return out
+
+
 def exact_targets(text: str) -> set[str]:
     """What in a query may name a symbol or path exactly: the query itself when it is one word, else its
     words shaped like identifiers or paths (``read_table``, ``IgnoreRules``, ``json/decoder.py``)."""
@@ -222,6 +234,15 @@ def is_exact(targets: set[str], symbol: str, path: str) -> bool:
                for t in targets)
 
 
+def exact_weight(targets: set[str], symbol: str, path: str) -> float:
+    """How much of the exact-match boost a chunk gets: 1 when :func:`is_exact`, 0.5 when a target names
+    the class the chunk's method belongs to (so the class's own head chunk, which defines it, stays
+    first), else 0."""
+    if is_exact(targets, symbol, path):
+        return 1.0
+    return 0.5 if targets and targets & enclosing_names(symbol) else 0.0
+
+
 def phrase_of(text: str) -> str:
     """The query as a phrase to look for verbatim (case and runs of white space ignored): an error message
     or a sentence of at least 3 words and 12 characters, quotes around it dropped; else ``""``."""
@@ -235,20 +256,22 @@ def phrase_in(phrase: str, document: str | None) -> bool:
 
 
 def fuse(
-    ranked: list[tuple[list[str], float]], boosted: set[str], settings: SearchSettings
+    ranked: list[tuple[list[str], float]], boosted: set[str] | dict[str, float], settings: SearchSettings
 ) -> list[tuple[str, float]]:
     """Weighted reciprocal rank fusion: ``[(ids best first, weight), ...]`` → ``[(id, score)]`` best first.
 
     ``score(d) = Σ weight / (rrf_k + rank)`` with ranks from 1; an id in ``boosted`` gets
-    ``exact_boost / (rrf_k + 1)`` more. Ties keep the order of first appearance.
+    ``exact_boost × share / (rrf_k + 1)`` more (``share`` 1 for a set, else the dict's value). Ties keep the
+    order of first appearance.
     """
     scores: dict[str, float] = {}
     for ids, weight in ranked:
         for rank, i in enumerate(ids, 1):
             scores[i] = scores.get(i, 0.0) + weight / (settings.rrf_k + rank)
-    for i in boosted:
+    shares = boosted if isinstance(boosted, dict) else dict.fromkeys(boosted, 1.0)
+    for i, share in shares.items():
         if i in scores:
-            scores[i] += settings.exact_boost / (settings.rrf_k + 1)
+            scores[i] += settings.exact_boost * share / (settings.rrf_k + 1)
     order = {i: n for n, i in enumerate(scores)}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
 
@@ -428,20 +451,24 @@ class Searcher:
                 # the lexical candidates' texts: for the phrase match now, and for the hits shown
                 need = [i for i in lex_ids if i not in by_id]
                 texts = _documents(col, need)
-                boosted = {h.chunk_id for h in vhits
-                           if is_exact(targets, h.symbol, h.path) or phrase_in(phrase, h.text)}
-                boosted |= {i for i, h in zip(lex_ids, lex_hits)
-                            if is_exact(targets, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row])
-                            or phrase_in(phrase, by_id[i].text if i in by_id else texts.get(i))}
+                boosted: dict[str, float] = {}
+                for cid, c_symbol, c_path, c_text in (
+                    [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits]
+                    + [(i, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row],
+                        by_id[i].text if i in by_id else texts.get(i)) for i, h in zip(lex_ids, lex_hits)]
+                ):
+                    share = max(exact_weight(targets, c_symbol, c_path), float(phrase_in(phrase, c_text)))
+                    if share:
+                        boosted[cid] = share
                 order = fuse([([h.chunk_id for h in vhits], self.ranking.vector_weight),
                               (lex_ids, self.ranking.lexical_weight)], boosted, self.ranking)[:k]
                 for cid, _ in order:
                     if cid in by_id:
-                        by_id[cid].exact = cid in boosted
+                        by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
                 return order, by_id, texts, boosted
             order = order[:k]
             texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
-            return order, by_id, texts, set()
+            return order, by_id, texts, {}
 
         (order, by_id, texts, boosted), store, stale, fell_back, error = self._run(op, state.failed_over)
         lex_by_id = {i: h for i, h in zip(lex_ids, lex_hits)}
@@ -455,7 +482,7 @@ class Searcher:
                 d = lex.docs.iloc[row]
                 h = Hit(path=d["path"], start_line=int(d["start_line"]), end_line=int(d["end_line"]),
                         symbol=d["symbol"] or "", language=d["language"], score=score,
-                        text=texts.get(cid) or "", chunk_id=cid, exact=cid in boosted)
+                        text=texts.get(cid) or "", chunk_id=cid, exact=boosted.get(cid, 0.0) >= 1.0)
             h.score = score
             h.lexical_score = lh.score if lh is not None else None
             if lh is not None:

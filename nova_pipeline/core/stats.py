@@ -108,6 +108,18 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
             )
         except NovaError as exc:
             rows.append({"asset": "vector_index", "where": where, "what": str(exc), "warning": True})
+        from nova_pipeline.core import lexical
+
+        lex = lexical.current_path(s.home)
+        if lex is None:
+            rows.append({"asset": "lexical_index", "where": str(s.layout.lexical),
+                         "what": "none yet: run the rebuild job", "warning": True})
+        else:
+            meta = json.loads((lex / lexical.META).read_text())
+            stale = "" if lex.name == lexical.chunks_digest(chunks) else "; not of the current chunks"
+            rows.append({"asset": "lexical_index", "where": str(lex),
+                         "what": f"{meta['docs']:,} documents, {meta.get('vocabulary', 0):,} terms{stale}",
+                         **({"warning": True} if stale else {})})
     cur = golden.current_version(s.home)
     if cur is not None:
         rows.append(

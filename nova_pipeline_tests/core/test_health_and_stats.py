@@ -48,10 +48,13 @@ def test_stats_and_state_describe_what_is_built(json_tree, tmp_path):
         "failover",
     } <= set(rows)
     assert f"{len(chunks):,} vectors" in rows["vector_index"]["what"]
+    assert rows["lexical_index"]["what"].startswith(f"{len(chunks):,} documents") and not rows[
+        "lexical_index"].get("warning")
     stats = collect_stats(s, FP, {"cache_hits": 3, "embedded": 1, "upserted": 4})
     assert stats["vector_store"]["vectors"] == len(chunks) and stats["vector_store"]["bytes_on_disk"] > 0
     assert stats["embedding_cache"]["entries"] == chunks["content_blake3"].nunique()
     assert stats["embedding_cache"]["last_run"]["hit_rate"] == 0.75
     assert stats["compressed_store"]["objects"] == 5 and stats["compressed_store"]["ratio"] > 1
+    assert stats["lexical_index"]["documents"] == len(chunks) and stats["lexical_index"]["bytes"] > 0
     assert stats["system"]["cpus"] >= 1 and stats["system"]["memory_available"] > 0
     assert describe_state(Settings.build(None, tmp_path / "empty", require_source=False), FP, 2048) == []

@@ -11,7 +11,9 @@ from nova_pipeline.core.scanning import ScanOptions, scan
 from nova_pipeline.core.search import (
     SearchSettings,
     defined_names,
+    enclosing_names,
     exact_targets,
+    exact_weight,
     fuse,
     is_exact,
     phrase_in,
@@ -111,6 +113,12 @@ def test_exact_targets_and_symbol_or_path_matches():
     assert exact_targets("decode a json document") == set()
     names = defined_names("def JSONDecoder.raw_decode(self, s, idx=0)")
     assert names == {"JSONDecoder.raw_decode", "raw_decode"}
+    assert enclosing_names("def Outer.Inner.run(self)") == {"Outer", "Outer.Inner", "Inner"}
+    assert exact_weight({"JSONDecoder"}, "class JSONDecoder", "json/decoder.py") == 1.0
+    assert exact_weight({"JSONDecoder"}, "def JSONDecoder.decode(self, s)", "json/decoder.py") == 0.5
+    assert exact_weight({"JSONDecoder"}, "def loads(s)", "json/__init__.py") == 0.0
+    half = fuse([(["a", "b"], 1.0)], {"b": 0.5}, SearchSettings())
+    assert half[0] == ("b", pytest.approx(1 / 62 + 0.5 / 61)) and half[1][0] == "a"
     assert defined_names("def a, def b") == {"a", "b"}
     assert is_exact({"raw_decode"}, "def JSONDecoder.raw_decode(self, s, idx=0)", "json/decoder.py")
     assert is_exact({"decoder.py"}, "", "json/decoder.py")
