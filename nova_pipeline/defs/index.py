@@ -375,6 +375,16 @@ vector_index = vector_index.map_asset_specs(lambda spec: spec.replace_attributes
 _CHUNKS_IN = {"source_chunks": dg.AssetIn(SOURCE_CHUNKS)}
 
 
+def _check_inputs(nova: NovaSettings, embedder: EmbedderResource, chunks: pd.DataFrame, check: str):
+    """What a check of vector_index starts from: ``(settings, fingerprint, active store, verified-state
+    record, ids digest, store state, the record of ``check`` when it still matches, else None)``."""
+    settings = nova.settings(require_source=False)
+    fingerprint = embedder.fingerprint()
+    store = active_store(settings.home, settings.chroma_url)
+    verified, digest, state = _verification(settings, fingerprint, chunks, store)
+    return settings, fingerprint, store, verified, digest, state, verified.matching(check, digest, state)
+
+
 @dg.asset_check(
     asset=vector_index,
     blocking=True,
@@ -387,12 +397,10 @@ def vector_count_matches_chunks(
     embedder: EmbedderResource,
     source_chunks: pd.DataFrame,
 ) -> dg.AssetCheckResult:
-    settings = nova.settings(require_source=False)
     chunks = source_chunks
-    fingerprint = embedder.fingerprint()
-    store = active_store(settings.home, settings.chroma_url)
-    verified, digest, state = _verification(settings, fingerprint, chunks, store)
-    rec = verified.matching("vector_count_matches_chunks", digest, state)
+    settings, fingerprint, store, verified, digest, state, rec = _check_inputs(
+        nova, embedder, chunks, "vector_count_matches_chunks"
+    )
     if rec is not None:
         return dg.AssetCheckResult(
             passed=True,
@@ -445,12 +453,10 @@ def chunks_find_themselves(
     embedder: EmbedderResource,
     source_chunks: pd.DataFrame,
 ) -> dg.AssetCheckResult:
-    settings = nova.settings(require_source=False)
     chunks = source_chunks
-    fingerprint = embedder.fingerprint()
-    store = active_store(settings.home, settings.chroma_url)
-    verified, digest, state = _verification(settings, fingerprint, chunks, store)
-    rec = verified.matching("chunks_find_themselves", digest, state)
+    settings, fingerprint, store, verified, digest, state, rec = _check_inputs(
+        nova, embedder, chunks, "chunks_find_themselves"
+    )
     if rec is not None:
         return dg.AssetCheckResult(
             passed=True,

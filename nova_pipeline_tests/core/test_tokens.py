@@ -11,7 +11,7 @@ def test_tokens_are_stored_hashed_and_verify_by_role(tmp_path):
     admin = store.create("ops", "admin")
     viewer = store.create("dashboards", "viewer")
     raw = store.path.read_text()
-    assert admin not in raw and viewer not in raw and admin.split("_")[2] not in raw  # only hashes
+    assert admin not in raw and viewer not in raw and admin.split("_", 2)[2] not in raw  # only hashes
     assert oct(store.path.stat().st_mode & 0o777) == "0o600"
     assert {e["name"] for e in json.loads(raw)["tokens"]} == {"ops", "dashboards"}
     fresh = TokenStore(tmp_path)  # another process: nothing cached

@@ -111,7 +111,7 @@ def test_admin_api_roles_confirmations_runs_and_audit(json_tree, tmp_path):
         log_path.read_text() + (home / "audit.log").read_text() + (home / "logs" / "nova.jsonl").read_text()
     )
     assert admin not in written and viewer not in written  # tokens never in a log
-    assert admin.split("_")[2] not in written
+    assert admin.split("_", 2)[2] not in written
 
 
 def test_serve_refuses_a_public_interface_without_tokens(tmp_path):
