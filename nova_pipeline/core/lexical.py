@@ -128,6 +128,7 @@ class LexicalIndex:
         self._languages = docs["language"].to_numpy()
         self._row_of = {cid: i for i, cid in enumerate(docs["chunk_id"])}
         self._n_paths = int(docs["path"].nunique())
+        self._globs: dict[str, np.ndarray] = {}  # pattern -> document mask (the index never changes)
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -155,15 +156,26 @@ class LexicalIndex:
             return None
         keep = np.ones(len(self.docs), dtype=bool)
         if path_glob:
-            keep &= _glob_mask(tuple(self._paths), path_glob)
+            keep &= self._glob(path_glob)
         if language:
             keep &= self._languages == language
         return keep.astype(np.float32)
 
     def paths_matching(self, path_glob: str) -> list[str]:
         """The distinct document paths that ``path_glob`` matches (fnmatch, ``*`` crosses ``/``)."""
-        keep = _glob_mask(tuple(self._paths), path_glob)
+        keep = self._glob(path_glob)
         return sorted(set(self._paths[keep].tolist()))
+
+    def _glob(self, pattern: str) -> np.ndarray:
+        """Which documents' paths ``pattern`` matches (computed once per pattern; at most 64 kept)."""
+        mask = self._globs.get(pattern)
+        if mask is None:
+            rx = re.compile(fnmatch.translate(pattern))  # fnmatchcase's own translation
+            mask = np.fromiter((bool(rx.match(p)) for p in self._paths), dtype=bool, count=len(self._paths))
+            if len(self._globs) >= 64:
+                self._globs.clear()
+            self._globs[pattern] = mask
+        return mask
 
     def search(self, query: str, k: int, mask: np.ndarray | None = None) -> list[LexicalHit]:
         """The ``k`` best documents for ``query`` (BM25 over :func:`code_tokens`), best first; documents
@@ -195,12 +207,6 @@ class LexicalIndex:
 def glob_match(path: str, pattern: str) -> bool:
     """fnmatch of a root-relative path (``*`` crosses ``/``, so ``json/*`` covers the whole package)."""
     return fnmatch.fnmatchcase(path, pattern)
-
-
-@lru_cache(maxsize=64)
-def _glob_mask(paths: tuple[str, ...], pattern: str) -> np.ndarray:
-    rx = re.compile(fnmatch.translate(pattern))  # fnmatchcase's own translation, applied to every path
-    return np.fromiter((bool(rx.match(p)) for p in paths), dtype=bool, count=len(paths))
 
 
 # ---- building, storing, loading ---------------------------------------------------------------------
