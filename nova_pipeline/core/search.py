@@ -255,6 +255,19 @@ def phrase_in(phrase: str, document: str | None) -> bool:
     return bool(phrase and document) and phrase in " ".join(document.split()).lower()
 
 
+def boost_shares(
+    targets: set[str], phrase: str, candidates: list[tuple[str, str, str, str | None]]
+) -> dict[str, float]:
+    """Chunk id → share of the exact-match boost, for ``(id, symbol, path, text)`` candidates: the larger of
+    :func:`exact_weight` and 1 for a verbatim :func:`phrase_in` match; ids with no share are left out."""
+    out: dict[str, float] = {}
+    for cid, symbol, path, text in candidates:
+        share = max(exact_weight(targets, symbol, path), float(phrase_in(phrase, text)))
+        if share:
+            out[cid] = max(share, out.get(cid, 0.0))
+    return out
+
+
 def fuse(
     ranked: list[tuple[list[str], float]], boosted: set[str] | dict[str, float], settings: SearchSettings
 ) -> list[tuple[str, float]]:
@@ -451,15 +464,11 @@ class Searcher:
                 # the lexical candidates' texts: for the phrase match now, and for the hits shown
                 need = [i for i in lex_ids if i not in by_id]
                 texts = _documents(col, need)
-                boosted: dict[str, float] = {}
-                for cid, c_symbol, c_path, c_text in (
-                    [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits]
-                    + [(i, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row],
-                        by_id[i].text if i in by_id else texts.get(i)) for i, h in zip(lex_ids, lex_hits)]
-                ):
-                    share = max(exact_weight(targets, c_symbol, c_path), float(phrase_in(phrase, c_text)))
-                    if share:
-                        boosted[cid] = share
+                candidates = [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits] + [
+                    (i, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row],
+                     by_id[i].text if i in by_id else texts.get(i)) for i, h in zip(lex_ids, lex_hits)
+                ]
+                boosted = boost_shares(targets, phrase, candidates)
                 order = fuse([([h.chunk_id for h in vhits], self.ranking.vector_weight),
                               (lex_ids, self.ranking.lexical_weight)], boosted, self.ranking)[:k]
                 for cid, _ in order:

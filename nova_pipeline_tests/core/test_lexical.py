@@ -10,6 +10,7 @@ from nova_pipeline.core.embedding import Tokenizer
 from nova_pipeline.core.scanning import ScanOptions, scan
 from nova_pipeline.core.search import (
     SearchSettings,
+    boost_shares,
     defined_names,
     enclosing_names,
     exact_targets,
@@ -142,3 +143,16 @@ def test_a_quoted_error_message_is_a_phrase_matched_across_white_space():
     assert phrase_in(p, 'raise JSONDecodeError(\n    "Expecting property name enclosed in double quotes", s)')
     assert not phrase_in(p, "Expecting property name")
     assert phrase_of("JSONDecoder") == "" and phrase_of("two words") == ""  # names go by exact_targets
+
+
+def test_boost_shares_take_the_larger_reason_per_chunk():
+    cands = [
+        ("head", "class JSONDecoder", "json/decoder.py", "class JSONDecoder(object):"),
+        ("method", "def JSONDecoder.decode(self, s)", "json/decoder.py", "def decode(self, s): ..."),
+        ("other", "def loads(s)", "json/__init__.py", "def loads(s): ..."),
+        ("method", "def JSONDecoder.decode(self, s)", "json/decoder.py", None),  # seen on both sides
+    ]
+    assert boost_shares({"JSONDecoder"}, "", cands) == {"head": 1.0, "method": 0.5}
+    phrase = phrase_of("Expecting value: line 1")
+    assert boost_shares(set(), phrase, [("x", "", "a.py", 'raise E("Expecting value: line 1 column")')]) == {
+        "x": 1.0}
