@@ -13,7 +13,7 @@ import pandas as pd
 
 from nova_pipeline.core.guard import DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MIN_DELETIONS, DeletionGuard
 from nova_pipeline.core.settings import DEFAULT_HOME, Settings
-from nova_pipeline.core.tables import read_table, write_table
+from nova_pipeline.core.tables import require_table, write_table
 
 
 def env_or(name: str, default: str) -> str:
@@ -67,15 +67,7 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
         })
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        name = context.upstream_output.asset_key.to_python_identifier()
-        layout = self._home()
-        df = read_table(layout, name)
-        if df is None:
-            raise FileNotFoundError(
-                f"table {name} has not been materialized ({layout.table(name)} is missing); "
-                "run the rebuild job"
-            )
-        return df
+        return require_table(self._home(), context.upstream_output.asset_key.to_python_identifier())
 
 
 class StepOutputIOManager(dg.ConfigurableIOManagerFactory):

@@ -249,7 +249,7 @@ class RebuildDisplay:
                     f"FAILED: {state.failed}" if state.failed else describe(phase, state.metadata)
                 )
                 self.console.print(line, highlight=False, soft_wrap=True)
-        elif kind == "STEP_FAILURE" and ev.step_key:  # a check step failed
+        elif kind == "STEP_FAILURE" and ev.step_key:  # a step of no phase failed
             self.failures.append((ev.step_key, root_cause(ev.event_specific_data.error)))
 
     def failed_checks(self, blocking_only: bool = True) -> list[str]:

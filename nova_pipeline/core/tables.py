@@ -43,3 +43,18 @@ def read_table(home: Path | Layout, name: str) -> pd.DataFrame | None:
     if not path.exists():
         return None
     return pd.read_parquet(path)
+
+
+def require_table(home: Path | Layout, name: str) -> pd.DataFrame:
+    """The last committed version of table ``name``: what a downstream asset reads of its upstream asset.
+
+    Raises:
+        FileNotFoundError: the table was never written; the message names its path and the job to run.
+    """
+    df = read_table(home, name)
+    if df is None:
+        raise FileNotFoundError(
+            f"table {name} has not been materialized ({table_path(home, name)} is missing); "
+            "run the rebuild job"
+        )
+    return df

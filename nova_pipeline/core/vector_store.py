@@ -519,6 +519,26 @@ def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) ->
     return out
 
 
+def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[int, int, int, list[str]]:
+    """Compare the collection with the wanted chunks: one vector per chunk id, no other.
+
+    Returns:
+        ``(count, missing, extra, named)``: the collection's count, how many chunks have no vector, how many
+        vectors are no chunk's, and up to ``limit`` of each named (``path:start-end (chunk_id) has no
+        vector``; ``vector <id> is no chunk's``). Lists the collection's ids only when the count differs.
+    """
+    count = collection.count()
+    if count == len(chunks):
+        return count, 0, 0, []
+    have = existing_ids(collection)
+    missing = chunks[~chunks["chunk_id"].isin(have)]
+    extra = sorted(have - set(chunks["chunk_id"]))
+    named = [f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
+             for r in missing.head(limit).itertuples()]
+    named += [f"vector {i} is no chunk's" for i in extra[:limit]]
+    return count, len(missing), len(extra), named
+
+
 def self_retrieval_failures(
     collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int, seed: int = 0
 ) -> tuple[int, list[str]]:

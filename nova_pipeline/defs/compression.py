@@ -1,4 +1,11 @@
-"""Assets and checks of the compression stages: frequent_patterns, compression_dictionary, compressed_store.
+"""Assets of the compression stages: frequent_patterns, compression_dictionary, compressed_store.
+
+Each reads the manifest from its table (``deps``, not an input: the IO manager wrote it there, and a step
+that loads no input logs no input events). The checks of an asset run inside its step (``check_specs``,
+Dagster's "checks executed within the asset"): each is evaluated on every materialization without a step,
+an input load and five run events of its own, which is most of what an unchanged rebuild costs (issue 8).
+A blocking check that fails fails the step after the materialization is recorded, so nothing downstream
+runs.
 
 Run-config defaults come from core (``PatternOptions``, ``DictionaryOptions``, ``store.DEFAULT_THREADS``): one
 source each. There is one zstd level: ``compression_dictionary``'s, at which the dictionary is measured and
@@ -12,7 +19,7 @@ from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry,
 from nova_pipeline.core.patterns import PatternOptions, display_pattern, find_patterns, pattern_sources
 from nova_pipeline.core.scanning import unique_contents
 from nova_pipeline.core.store import DEFAULT_THREADS, ContentStore, update_store
-from nova_pipeline.core.tables import FREQUENT_PATTERNS, read_table
+from nova_pipeline.core.tables import FREQUENT_PATTERNS, SOURCE_FILES, read_table, require_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.resources import NovaSettings
 from nova_pipeline.run_events import progress_reporter
@@ -33,10 +40,8 @@ class PatternsConfig(dg.Config):
     memory_limit_mb: int = _PATTERNS.memory_limit_mb
 
 
-@dg.asset(kinds={"python", "parquet"}, group_name="compression")
-def frequent_patterns(
-    context: dg.AssetExecutionContext, config: PatternsConfig, nova: NovaSettings, source_files: pd.DataFrame
-):
+@dg.asset(kinds={"python", "parquet"}, group_name="compression", deps=[SOURCE_FILES])
+def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig, nova: NovaSettings):
     """Top repeated byte substrings (maximal repeats) across the tree.
 
     ``pattern`` (bytes), ``frequency`` (non-overlapping occurrences), ``file_count`` (unique contents holding
@@ -44,6 +49,7 @@ def frequent_patterns(
     cached by blake3, so unchanged files are not analysed again.
     """
     settings = nova.settings()
+    source_files = require_table(settings.layout, SOURCE_FILES)
     options = PatternOptions(**config.model_dump())
     previous = read_table(settings.layout, FREQUENT_PATTERNS)
     df, stats = find_patterns(
@@ -98,17 +104,20 @@ class DictionaryConfig(dg.Config):
     drift_threshold: float = _DICTIONARY.drift_threshold
 
 
+DICTIONARY_CHECK = dg.AssetCheckSpec(
+    "dictionary_beats_no_dictionary",
+    asset="compression_dictionary",
+    description="The dictionary beats no dictionary on held-out files.",
+)
+
+
 @dg.asset(
     kinds={"zstd"},
     group_name="compression",
-    deps=[frequent_patterns],
+    deps=[SOURCE_FILES, frequent_patterns],
+    check_specs=[DICTIONARY_CHECK],
 )
-def compression_dictionary(
-    context: dg.AssetExecutionContext,
-    config: DictionaryConfig,
-    nova: NovaSettings,
-    source_files: pd.DataFrame,
-):
+def compression_dictionary(context: dg.AssetExecutionContext, config: DictionaryConfig, nova: NovaSettings):
     """A zstd dictionary trained on the tree, named by its blake3 under ``NOVA_HOME/dictionaries``.
 
     Retrained only when the held-out ratio falls by more than ``drift_threshold``; otherwise the current
@@ -116,6 +125,7 @@ def compression_dictionary(
     from them (see :mod:`nova_pipeline.core.dictionary`).
     """
     settings = nova.settings()
+    source_files = require_table(settings.layout, SOURCE_FILES)
     registry = DictionaryRegistry(settings.home)
     options = DictionaryOptions(**config.model_dump())
     info, action, skipped = build_for_tree(
@@ -144,18 +154,21 @@ def compression_dictionary(
             "heldout_gain": round(info.gain, 4),
             "skipped_changed_since_scan": skipped,
         },
+        check_results=[dictionary_beats_no_dictionary(registry)],
     )
 
 
-@dg.asset_check(
-    asset=compression_dictionary, description="The dictionary beats no dictionary on held-out files."
-)
-def dictionary_beats_no_dictionary(nova: NovaSettings) -> dg.AssetCheckResult:
-    info = DictionaryRegistry(nova.settings(require_source=False).home).current()
+def dictionary_beats_no_dictionary(registry: DictionaryRegistry) -> dg.AssetCheckResult:
+    """WARN when the current dictionary's held-out ratio is below that of plain zstd at the same level (a
+    tree with no dictionary, ``blake3 == ""``, passes); fails when no dictionary was ever built."""
+    info = registry.current()
     if info is None:
-        return dg.AssetCheckResult(passed=False, description="no dictionary has been built")
+        return dg.AssetCheckResult(
+            check_name=DICTIONARY_CHECK.name, passed=False, description="no dictionary has been built"
+        )
     passed = info.blake3 == "" or info.ratio_with >= info.ratio_without
     return dg.AssetCheckResult(
+        check_name=DICTIONARY_CHECK.name,
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"ratio_with": round(info.ratio_with, 4), "ratio_without": round(info.ratio_without, 4)},
@@ -169,19 +182,34 @@ def dictionary_beats_no_dictionary(nova: NovaSettings) -> dg.AssetCheckResult:
 
 
 class StoreConfig(dg.Config):
-    """Store settings: compression threads (-1: every core). The zstd level is the dictionary's."""
+    """Store settings: compression threads (-1: every core; the zstd level is the dictionary's); the
+    round-trip check verifies every object up to ``round_trip_sample`` objects, a random sample of that
+    many above it (0: all)."""
 
     threads: int = DEFAULT_THREADS
+    round_trip_sample: int = 5000
 
 
-@dg.asset(kinds={"zstd"}, group_name="compression", deps=[compression_dictionary])
-def compressed_store(
-    context: dg.AssetExecutionContext, config: StoreConfig, nova: NovaSettings, source_files: pd.DataFrame
-):
+ROUND_TRIP_CHECK = dg.AssetCheckSpec(
+    "store_round_trip",
+    asset="compressed_store",
+    blocking=True,
+    description="Stored objects decompress and match their blake3 keys.",
+)
+
+
+@dg.asset(
+    kinds={"zstd"},
+    group_name="compression",
+    deps=[SOURCE_FILES, compression_dictionary],
+    check_specs=[ROUND_TRIP_CHECK],
+)
+def compressed_store(context: dg.AssetExecutionContext, config: StoreConfig, nova: NovaSettings):
     """Every unique content as one zstd frame under ``NOVA_HOME/store``, keyed by blake3, verified by round
     trip,
     at the zstd level the dictionary was measured at."""
     settings = nova.settings()
+    source_files = require_table(settings.layout, SOURCE_FILES)
     store = ContentStore(settings.layout)
     info = store.registry.current()
     dict_digest = info.blake3 if info else ""
@@ -220,25 +248,17 @@ def compressed_store(
             "zstd_level": level,
             "index": dg.MetadataValue.path(str(store.index_path)),
         },
+        check_results=[store_round_trip(store, config.round_trip_sample)],
     )
 
 
-class RoundTripConfig(dg.Config):
-    """Verify every object up to ``sample_size`` objects; a random sample of that many above it (0: all)."""
-
-    sample_size: int = 5000
-
-
-@dg.asset_check(
-    asset=compressed_store,
-    blocking=True,
-    description="Stored objects decompress and match their blake3 keys.",
-)
-def store_round_trip(config: RoundTripConfig, nova: NovaSettings) -> dg.AssetCheckResult:
-    store = ContentStore(nova.settings(require_source=False).home)
-    keys = store.sample_keys(config.sample_size)
+def store_round_trip(store: ContentStore, sample_size: int) -> dg.AssetCheckResult:
+    """Decompress up to ``sample_size`` objects (0: all) and compare each with its blake3 key; fails naming
+    the first three objects (key and path) that don't match."""
+    keys = store.sample_keys(sample_size)
     failures = store.verify(keys)
     return dg.AssetCheckResult(
+        check_name=ROUND_TRIP_CHECK.name,
         passed=not failures,
         metadata={
             "checked": len(keys),

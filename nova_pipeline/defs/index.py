@@ -1,4 +1,8 @@
-"""Assets and checks of the semantic index: source_chunks and vector_index."""
+"""Assets of the semantic index: source_chunks, lexical_index and vector_index, with their checks.
+
+As in the compression stages, downstream assets read ``source_files``/``source_chunks`` from their tables
+(``deps``), and each asset's checks run inside its step (``check_specs``); vector_index's run in its last op.
+"""
 
 import contextlib
 import dataclasses
@@ -15,13 +19,14 @@ from nova_pipeline.core.chunking import CHUNKER_VERSION, chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
 from nova_pipeline.core.errors import VectorStoreError
 from nova_pipeline.core.failover import PRIMARY, ActiveStore, active_store
-from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
+from nova_pipeline.core.tables import SOURCE_CHUNKS, SOURCE_FILES, read_table, require_table
 from nova_pipeline.core.vector_store import (
     BUCKETS,
     DEFAULT_BATCH,
     VerifiedRecord,
     bucket_locks,
     collection_name,
+    count_failures,
     existing_ids,
     ids_digest,
     reconcile,
@@ -35,16 +40,12 @@ from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, Nov
 from nova_pipeline.run_events import DONE, PART, PHASE, TOTAL, UNIT, progress_reporter
 
 
-@dg.asset(kinds={"python", "parquet"}, group_name="index")
-def source_chunks(
-    context: dg.AssetExecutionContext,
-    nova: NovaSettings,
-    embedder: EmbedderResource,
-    source_files: pd.DataFrame,
-):
+@dg.asset(kinds={"python", "parquet"}, group_name="index", deps=[SOURCE_FILES])
+def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedder: EmbedderResource):
     """Code-aware chunks: ``chunk_id, path, start_line, end_line, symbol, language, content_blake3, n_tokens,
     truncated`` (plus ``file_blake3`` and the embedded ``text``). Unchanged files keep their chunks."""
     settings = nova.settings()
+    source_files = require_table(settings.layout, SOURCE_FILES)
     tokenizer = embedder.tokenizer()
     previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
     last = context.instance.get_latest_materialization_event(context.asset_key)
@@ -84,12 +85,26 @@ def source_chunks(
     )
 
 
-@dg.asset(kinds={"python", "bm25s"}, group_name="index", ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)})
-def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings, source_chunks: pd.DataFrame):
+LEXICAL_CHECK = dg.AssetCheckSpec(
+    "lexical_index_matches_chunks",
+    asset="lexical_index",
+    blocking=True,
+    description="The live lexical index holds exactly the chunk ids of source_chunks.",
+)
+
+
+@dg.asset(
+    kinds={"python", "bm25s"},
+    group_name="index",
+    deps=[SOURCE_CHUNKS],
+    check_specs=[LEXICAL_CHECK],
+)
+def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings):
     """The BM25 index of the chunks under ``NOVA_HOME/lexical/`` (core/lexical.py): the lexical side of
     hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a changed one is
-    built beside the live index and switched to atomically."""
+    built beside the live index and switched to atomically. Its check runs in the same step."""
     home = nova.settings(require_source=False).home
+    source_chunks = require_table(home, SOURCE_CHUNKS)
     stats = lexical.update(home, source_chunks)
     context.log.info(
         f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
@@ -104,25 +119,21 @@ def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings, source_
             "path": dg.MetadataValue.path(str(stats.path)),
             "tokenizer": lexical.TOKENIZER_VERSION,
             "duration_s": round(stats.seconds, 3),
-        }
+        },
+        check_results=[lexical_index_matches_chunks(home, source_chunks)],
     )
 
 
-@dg.asset_check(
-    asset=lexical_index,
-    blocking=True,
-    additional_ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)},
-    description="The live lexical index holds exactly the chunk ids of source_chunks.",
-)
-def lexical_index_matches_chunks(nova: NovaSettings, source_chunks: pd.DataFrame) -> dg.AssetCheckResult:
-    home = nova.settings(require_source=False).home
+def lexical_index_matches_chunks(home, chunks: pd.DataFrame) -> dg.AssetCheckResult:
+    """The live lexical index under ``home`` against ``chunks``: fails naming ids missing or extra."""
     path = lexical.current_path(home)
     failures = ["there is no live lexical index"] if path is None else lexical.id_failures(
-        path, source_chunks["chunk_id"].tolist()
+        path, chunks["chunk_id"].tolist()
     )
     return dg.AssetCheckResult(
+        check_name=LEXICAL_CHECK.name,
         passed=not failures,
-        metadata={"documents": len(source_chunks), "failures": len(failures)},
+        metadata={"documents": len(chunks), "failures": len(failures)},
         description="; ".join(failures) or None,
     )
 
@@ -131,16 +142,18 @@ class VectorIndexConfig(dg.Config):
     """``batch_size``: chunks per batch (a killed run redoes at most the batches in flight); ``slices``: how
     many steps share the embedding, each reconciling its own buckets of the collection (1, the default, is
     one step over the whole collection; set ``NOVA_INDEX_SLICES`` or this field to spread the work over the
-    executor's workers)."""
+    executor's workers); ``self_retrieval_sample``: chunks that ``chunks_find_themselves`` queries with
+    their own embedding."""
 
     batch_size: int = DEFAULT_BATCH
     slices: int = max(1, min(BUCKETS, int(os.environ.get("NOVA_INDEX_SLICES", "1") or 1)))
+    self_retrieval_sample: int = 25
 
 
 @dg.config_mapping
 def _vector_index_config(config: VectorIndexConfig) -> dict:
     """The asset's one config block (``ops: {vector_index: {config: {...}}}``), handed to its planning op."""
-    return {"plan_vector_slices": {"config": {"batch_size": config.batch_size, "slices": config.slices}}}
+    return {"plan_vector_slices": {"config": config.model_dump()}}
 
 
 def _verification(settings, fingerprint: str, chunks: pd.DataFrame, store: ActiveStore):
@@ -175,6 +188,7 @@ _STEP_OUT = "step_io_manager"
 
 
 @dg.op(
+    ins={"source_chunks": dg.In(dg.Nothing)},
     out={"plan": dg.Out(dict, io_manager_key=_STEP_OUT),
          "slices": dg.DynamicOut(dict, io_manager_key=_STEP_OUT)},
 )
@@ -184,17 +198,18 @@ def plan_vector_slices(
     nova: NovaSettings,
     embedder: EmbedderResource,
     guard: DeletionGuardResource,
-    source_chunks: pd.DataFrame,
 ):
     """Decide the slices of this run: none when the verified-state record says the collection already holds
     exactly these chunks (Chroma is not opened), else ``slices`` tasks. The mass-deletion guard runs here,
     on the whole collection, before any slice writes."""
     settings = nova.settings(require_source=False)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
     fingerprint = embedder.fingerprint()
     store = active_store(settings.home, settings.chroma_url)
     verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
     if verified.all_match(digest, state):
-        yield dg.Output({"verified": verified.matching("reconcile", digest, state)}, "plan")
+        yield dg.Output({"verified": verified.matching("reconcile", digest, state),
+                         "checks": {c: verified.matching(c, digest, state) for c in CHECK_NAMES}}, "plan")
         return
     collection = store.collection(fingerprint)
     try:
@@ -203,7 +218,8 @@ def plan_vector_slices(
         raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
     guard.guard().check_vectors(present, len(source_chunks), collection.name)
     n = config.slices
-    yield dg.Output({"verified": None, "slices": n, "present_before": present}, "plan")
+    yield dg.Output({"verified": None, "slices": n, "present_before": present,
+                     "self_retrieval_sample": config.self_retrieval_sample}, "plan")
     for i in range(n):
         task = {"index": i, "slices": n, "batch_size": config.batch_size,
                 "buckets": None if n == 1 else slice_buckets(i, n)}
@@ -216,12 +232,12 @@ def reconcile_vector_slice(
     nova: NovaSettings,
     embedder: EmbedderResource,
     task: dict,
-    source_chunks: pd.DataFrame,
 ) -> dict:
     """Reconcile one slice: its buckets' vectors in the collection against its buckets' chunks (upsert what
     is missing, embedding only what the cache lacks; delete its own stale vectors). Each committed batch is
     observed in the run's event log. Returns the slice's :class:`IndexStats` as a dict."""
     settings = nova.settings(require_source=False)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
     model = embedder.get_embedder()
     store = active_store(settings.home, settings.chroma_url)
     if store.journal is not None:
@@ -274,32 +290,63 @@ def reconcile_vector_slice(
     }
 
 
-@dg.op(out=dg.Out(io_manager_key=_STEP_OUT))
+COUNT_CHECK = dg.AssetCheckSpec(
+    "vector_count_matches_chunks",
+    asset="vector_index",
+    blocking=True,
+    description="The collection holds one vector per chunk.",
+)
+SELF_CHECK = dg.AssetCheckSpec(
+    "chunks_find_themselves",
+    asset="vector_index",
+    blocking=True,
+    description="A sample of chunks each find themselves as the top-1 result.",
+)
+CHECK_NAMES = (COUNT_CHECK.name, SELF_CHECK.name)
+
+
+@dg.op(
+    out={
+        "result": dg.Out(dg.Nothing),  # nothing reads the asset's value: its downstream assets use deps
+        # the graph asset's check outputs come from this op (they carry no value)
+        **{spec.get_python_identifier(): dg.Out(dg.Nothing, is_required=False)
+           for spec in (COUNT_CHECK, SELF_CHECK)},
+    }
+)
 def finish_vector_index(
     context: dg.OpExecutionContext,
     nova: NovaSettings,
     embedder: EmbedderResource,
     plan: dict,
     results: list[dict],
-    source_chunks: pd.DataFrame,
 ):
     """Close the run: with slices, delete what no slice owns (vectors with no bucket, written before
-    buckets existed, whose chunks are gone); count the collection; record the verified state; report."""
+    buckets existed, whose chunks are gone); count the collection; evaluate the asset's two checks; record
+    the verified state; report. Unchanged (the plan found every record matching): no store is opened and
+    the checks report the runs that verified them."""
     settings = nova.settings(require_source=False)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
     fingerprint = embedder.fingerprint()
     name = collection_name(fingerprint)
     if plan.get("verified") is not None:
-        rec = plan["verified"]
+        rec, checks = plan["verified"], plan["checks"]
         context.log.info(
             f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"
         )
-        return dg.Output(None, metadata={
+        yield dg.Output(None, "result", metadata={
             "collection": name, "model_fingerprint": fingerprint, "mode": "embedded",
             "vectors": int(rec.get("count", len(source_chunks))), "chunks": len(source_chunks),
             "unchanged": len(source_chunks), "upserted": 0, "embedded": 0, "cache_hits": 0, "deleted": 0,
             "batches": 0, "slices": 0, "verified": _unchanged_since(rec), "model_loaded": False,
             "model_load_s": 0.0, "torch_imported": "torch" in sys.modules, "duration_s": 0.0,
         })
+        count_rec, self_rec = checks[COUNT_CHECK.name], checks[SELF_CHECK.name]
+        yield dg.AssetCheckResult(check_name=COUNT_CHECK.name, passed=True, metadata={
+            "vectors": count_rec["count"], "chunks": count_rec["count"],
+            "verified": _unchanged_since(count_rec)})
+        yield dg.AssetCheckResult(check_name=SELF_CHECK.name, passed=True, metadata={
+            "checked": self_rec["checked"], "failures": 0, "verified": _unchanged_since(self_rec)})
+        return
     started = time.perf_counter()
     store = active_store(settings.home, settings.chroma_url)
     collection = store.collection(fingerprint)
@@ -313,10 +360,9 @@ def finish_vector_index(
             swept = len(stale)
             count = collection.count()
         context.log.info(f"deleted {swept} stale vectors that no slice owned (written before buckets)")
+    verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
     if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
-        verified, digest, _ = _verification(settings, fingerprint, source_chunks, store)
-        verified.record("reconcile", digest, store_state(settings.home, fingerprint), context.run_id,
-                        count=count)
+        verified.record("reconcile", digest, state, context.run_id, count=count)
     total = {k: sum(r[k] for r in results) for k in
              ("unchanged", "upserted", "embedded", "cache_hits", "deleted", "batches", "embed_seconds")}
     if total["embedded"] == 0:
@@ -326,7 +372,7 @@ def finish_vector_index(
     workers = sorted({f"{r['host']}:{r['pid']}" for r in results})
     by_slice = pd.DataFrame([{k: r[k] for k in ("slice", "wanted", "upserted", "embedded", "cache_hits",
                                                   "deleted", "seconds", "host", "pid")} for r in results])
-    return dg.Output(None, metadata={
+    yield dg.Output(None, "result", metadata={
         "collection": name,
         "model_fingerprint": fingerprint,
         "mode": ("backup (failed over; journaled)" if store.journal is not None
@@ -347,12 +393,58 @@ def finish_vector_index(
         "torch_imported": "torch" in sys.modules,
         "duration_s": round(wall, 2),
     })
+    yield vector_count_matches_chunks(collection, source_chunks, verified, digest, state, context.run_id)
+    yield chunks_find_themselves(collection, source_chunks, settings.home, fingerprint,
+                                 plan["self_retrieval_sample"], verified, digest, state, context.run_id)
+
+
+def vector_count_matches_chunks(collection, chunks: pd.DataFrame, verified: VerifiedRecord, digest: str,
+                                state: str | None, run_id: str) -> dg.AssetCheckResult:
+    """One vector per chunk (:func:`~nova_pipeline.core.vector_store.count_failures`): fails naming up to
+    three chunks with no vector and three vectors that are no chunk's. A pass is recorded in ``verified``."""
+    count, missing, extra, named = count_failures(collection, chunks)
+    if not named:
+        verified.record(COUNT_CHECK.name, digest, state, run_id, count=count)
+        return dg.AssetCheckResult(
+            check_name=COUNT_CHECK.name, passed=True,
+            metadata={"vectors": count, "chunks": len(chunks), "verified": "counted now"},
+        )
+    return dg.AssetCheckResult(
+        check_name=COUNT_CHECK.name,
+        passed=False,
+        metadata={"vectors": count, "chunks": len(chunks), "missing": missing, "extra": extra,
+                  "verified": "counted now"},
+        description=f"{collection.name} holds {count} vectors for {len(chunks)} chunks: " + "; ".join(named),
+    )
+
+
+def chunks_find_themselves(collection, chunks: pd.DataFrame, home, fingerprint: str, sample: int,
+                           verified: VerifiedRecord, digest: str, state: str | None,
+                           run_id: str) -> dg.AssetCheckResult:
+    """``sample`` chunks queried with their own cached embedding each come back first
+    (:func:`~nova_pipeline.core.vector_store.self_retrieval_failures`); fails naming the first three that
+    did not. A pass is recorded in ``verified``."""
+    cache = EmbeddingCache(home, fingerprint)
+    try:
+        checked, failures = self_retrieval_failures(collection, chunks, cache, sample)
+    finally:
+        cache.close()
+    if not failures:
+        verified.record(SELF_CHECK.name, digest, state, run_id, checked=checked)
+    return dg.AssetCheckResult(
+        check_name=SELF_CHECK.name,
+        passed=not failures,
+        metadata={"checked": checked, "failures": len(failures), "verified": "queried now"},
+        description="; ".join(failures[:3]) if failures else None,
+    )
 
 
 @dg.graph_asset(
     kinds={"chromadb"},
     group_name="index",
+    ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS, dagster_type=dg.Nothing)},
     config=_vector_index_config,
+    check_specs=[COUNT_CHECK, SELF_CHECK],
     description="""A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.
 
 Upserts wanted chunks missing from Chroma (embedding only what the cache lacks; the model is loaded only
@@ -360,116 +452,16 @@ then), then deletes ids that are no longer wanted. The work is split into ``slic
 fixed buckets of chunk ids (a ``bucket`` metadata field, selected with a ``where`` filter), so an executor
 with several workers (multiprocess, Celery) embeds in parallel while no slice touches another's vectors.
 Each batch is observed in the run's event log as it commits. Refuses, before writing, a run that would
-shrink the collection by a mass deletion. When the chunks are the same and nothing wrote to the (embedded)
-collection since this asset and both its checks last passed, Chroma is not even opened.""",
+shrink the collection by a mass deletion. Its two blocking checks run in the last step. When the chunks are
+the same and nothing wrote to the (embedded) collection since this asset and both its checks last passed,
+Chroma is not even opened.""",
 )
 def vector_index(source_chunks):
     plan, slices = plan_vector_slices(source_chunks)
-    results = slices.map(lambda task: reconcile_vector_slice(task, source_chunks)).collect()
-    return finish_vector_index(plan, results, source_chunks)
+    results = slices.map(reconcile_vector_slice).collect()
+    result, count_check, self_check = finish_vector_index(plan, results)
+    return {"result": result, COUNT_CHECK.get_python_identifier(): count_check,
+            SELF_CHECK.get_python_identifier(): self_check}
 
 
 vector_index = vector_index.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=DAILY))
-
-
-_CHUNKS_IN = {"source_chunks": dg.AssetIn(SOURCE_CHUNKS)}
-
-
-def _check_inputs(nova: NovaSettings, embedder: EmbedderResource, chunks: pd.DataFrame, check: str):
-    """What a check of vector_index starts from: ``(settings, fingerprint, active store, verified-state
-    record, ids digest, store state, the record of ``check`` when it still matches, else None)``."""
-    settings = nova.settings(require_source=False)
-    fingerprint = embedder.fingerprint()
-    store = active_store(settings.home, settings.chroma_url)
-    verified, digest, state = _verification(settings, fingerprint, chunks, store)
-    return settings, fingerprint, store, verified, digest, state, verified.matching(check, digest, state)
-
-
-@dg.asset_check(
-    asset=vector_index,
-    blocking=True,
-    additional_ins=_CHUNKS_IN,
-    description="The collection holds one vector per chunk.",
-)
-def vector_count_matches_chunks(
-    context: dg.AssetCheckExecutionContext,
-    nova: NovaSettings,
-    embedder: EmbedderResource,
-    source_chunks: pd.DataFrame,
-) -> dg.AssetCheckResult:
-    chunks = source_chunks
-    settings, fingerprint, store, verified, digest, state, rec = _check_inputs(
-        nova, embedder, chunks, "vector_count_matches_chunks"
-    )
-    if rec is not None:
-        return dg.AssetCheckResult(
-            passed=True,
-            metadata={"vectors": rec["count"], "chunks": rec["count"], "verified": _unchanged_since(rec)},
-        )
-    collection = store.collection(fingerprint, create=False)
-    count, wanted = collection.count(), len(chunks)
-    if count == wanted:
-        verified.record("vector_count_matches_chunks", digest, state, context.run.run_id, count=count)
-        return dg.AssetCheckResult(
-            passed=True, metadata={"vectors": count, "chunks": wanted, "verified": "counted now"}
-        )
-    have = existing_ids(collection)
-    missing = chunks[~chunks["chunk_id"].isin(have)]
-    extra = sorted(have - set(chunks["chunk_id"]))
-    named = [
-        f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
-        for r in missing.head(3).itertuples()
-    ]
-    named += [f"vector {i} is no chunk's" for i in extra[:3]]
-    return dg.AssetCheckResult(
-        passed=False,
-        metadata={
-            "vectors": count,
-            "chunks": wanted,
-            "missing": len(missing),
-            "extra": len(extra),
-            "verified": "counted now",
-        },
-        description=f"{collection.name} holds {count} vectors for {wanted} chunks: " + "; ".join(named),
-    )
-
-
-class SelfRetrievalConfig(dg.Config):
-    """Chunks queried with their own embedding; each must be its own nearest neighbour."""
-
-    sample_size: int = 25
-
-
-@dg.asset_check(
-    asset=vector_index,
-    blocking=True,
-    additional_ins=_CHUNKS_IN,
-    description="A sample of chunks each find themselves as the top-1 result.",
-)
-def chunks_find_themselves(
-    context: dg.AssetCheckExecutionContext,
-    config: SelfRetrievalConfig,
-    nova: NovaSettings,
-    embedder: EmbedderResource,
-    source_chunks: pd.DataFrame,
-) -> dg.AssetCheckResult:
-    chunks = source_chunks
-    settings, fingerprint, store, verified, digest, state, rec = _check_inputs(
-        nova, embedder, chunks, "chunks_find_themselves"
-    )
-    if rec is not None:
-        return dg.AssetCheckResult(
-            passed=True,
-            metadata={"checked": rec["checked"], "failures": 0, "verified": _unchanged_since(rec)},
-        )
-    collection = store.collection(fingerprint, create=False)
-    cache = EmbeddingCache(settings.home, fingerprint)
-    checked, failures = self_retrieval_failures(collection, chunks, cache, config.sample_size)
-    cache.close()
-    if not failures:
-        verified.record("chunks_find_themselves", digest, state, context.run.run_id, checked=checked)
-    return dg.AssetCheckResult(
-        passed=not failures,
-        metadata={"checked": checked, "failures": len(failures), "verified": "queried now"},
-        description="; ".join(failures[:3]) if failures else None,
-    )

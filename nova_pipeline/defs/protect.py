@@ -1,12 +1,15 @@
 """Protecting the index: the golden copy and backups (assets and checks), and the ops of the reset,
-restore and restore-drill jobs (the jobs themselves are in ``jobs.py``)."""
+restore and restore-drill jobs (the jobs themselves are in ``jobs.py``).
+
+``golden_copy_verifies`` runs inside golden_copy's step (``check_specs``, as the checks of the other assets of
+``rebuild``); the checks of ``backups`` are their own steps, since the backup job is not on the warm path and
+the restore drill is worth running on its own from the UI."""
 
 import dagster as dg
-import pandas as pd
 
 from nova_pipeline.core import audit, backup, golden
 from nova_pipeline.core.failover import FailoverSettings, active_store, estimate_for_version
-from nova_pipeline.core.tables import SOURCE_CHUNKS
+from nova_pipeline.core.tables import SOURCE_CHUNKS, require_table
 from nova_pipeline.defs.metadata import DAILY
 from nova_pipeline.instance import postgres_url
 from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
@@ -19,11 +22,19 @@ class GoldenConfig(dg.Config):
     keep: int = golden.DEFAULT_KEEP
 
 
+GOLDEN_CHECK = dg.AssetCheckSpec(
+    "golden_copy_verifies",
+    asset="golden_copy",
+    blocking=True,
+    description="The CURRENT golden version verifies against its manifest.",
+)
+
+
 @dg.asset(
     kinds={"chromadb"},
     group_name="protect",
-    deps=["vector_index", "compressed_store", "lexical_index"],
-    ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS)},
+    deps=["vector_index", "compressed_store", "lexical_index", SOURCE_CHUNKS],
+    check_specs=[GOLDEN_CHECK],
 )
 def golden_copy(
     context: dg.AssetExecutionContext,
@@ -31,7 +42,6 @@ def golden_copy(
     nova: NovaSettings,
     embedder: EmbedderResource,
     guard: DeletionGuardResource,
-    source_chunks: pd.DataFrame,
 ):
     """A verified, read-only snapshot of the index, dictionaries and manifests under ``NOVA_HOME/golden``.
 
@@ -42,6 +52,7 @@ def golden_copy(
     runtime copy (``NOVA_HOME/runtime/vectors``) to CURRENT.
     """
     settings = nova.settings(require_source=False)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
     store = active_store(settings.home, settings.chroma_url)  # while failed over: the backup store
     p = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep,
                        chunks=source_chunks, guard=guard.guard(), open_store=lambda: store.client,
@@ -81,20 +92,22 @@ def golden_copy(
             "backup_required_mb": round(estimate.required_bytes / 2**20, 1),
             "backup_store": estimate.choice,
             "duration_s": round(p.seconds + runtime.seconds, 3),
-        }
+        },
+        check_results=[golden_copy_verifies(settings.home)],
     )
 
 
-@dg.asset_check(
-    asset=golden_copy, blocking=True, description="The CURRENT golden version verifies against its manifest."
-)
-def golden_copy_verifies(nova: NovaSettings) -> dg.AssetCheckResult:
-    home = nova.settings(require_source=False).home
+def golden_copy_verifies(home) -> dg.AssetCheckResult:
+    """The CURRENT golden version against its manifest (every file's size and blake3); fails naming the
+    first three files that differ, or when there is no golden copy."""
     cur = golden.current_version(home)
     if cur is None:
-        return dg.AssetCheckResult(passed=False, description="there is no golden copy")
+        return dg.AssetCheckResult(
+            check_name=GOLDEN_CHECK.name, passed=False, description="there is no golden copy"
+        )
     failures = golden.verify_tree(cur.path)
     return dg.AssetCheckResult(
+        check_name=GOLDEN_CHECK.name,
         passed=not failures,
         metadata={"version": cur.name, "failures": len(failures)},
         description="; ".join(failures[:3]) if failures else None,

@@ -9,8 +9,7 @@ def materialize(src, home, instance):
     resources = resources_for(src, home)
     return dg.materialize(
         [ingest.source_files, compression.frequent_patterns, compression.compression_dictionary,
-         compression.compressed_store, compression.dictionary_beats_no_dictionary,
-         compression.store_round_trip],
+         compression.compressed_store],
         resources=resources, instance=instance, raise_on_error=False,
     )
 

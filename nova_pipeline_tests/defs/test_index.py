@@ -23,8 +23,7 @@ from nova_pipeline_tests.conftest import resources_for, run_dagster_cli
 
 pytestmark = pytest.mark.integration
 
-ASSETS = [ingest.source_files, index.source_chunks, index.vector_index, index.lexical_index,
-          index.vector_count_matches_chunks, index.chunks_find_themselves, index.lexical_index_matches_chunks]
+ASSETS = [ingest.source_files, index.source_chunks, index.vector_index, index.lexical_index]
 
 
 def build(src, home, instance, batch_size=64):

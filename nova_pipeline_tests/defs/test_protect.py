@@ -21,7 +21,7 @@ def resources(h, src=None):
 def test_golden_copy_and_backup_assets_with_their_checks(home):
     with dg.instance_for_test() as instance:
         res = dg.materialize(
-            [protect.golden_copy, protect.backups, protect.golden_copy_verifies,
+            [protect.golden_copy, protect.backups,
              protect.backup_structure, protect.backup_full_read, protect.backup_restore_drill,
              dg.AssetSpec("source_chunks")],
             resources=resources(home), instance=instance, selection=dg.AssetSelection.groups("protect"),
@@ -86,7 +86,6 @@ def test_golden_copy_does_not_run_when_a_blocking_check_fails(home, json_tree):
             [
                 ingest.source_files,
                 compression.compressed_store,
-                compression.store_round_trip,
                 protect.golden_copy,
                 dg.AssetSpec("source_chunks"),
             ],

@@ -143,47 +143,53 @@ def test_an_unchanged_run_skips_chroma_until_something_writes_to_it(json_tree, t
     )
 
 
-def run_vector_checks(json_tree, home, instance, **kwargs):
-    """Only the two checks of vector_index (so the asset cannot repair the damage first)."""
-    from nova_pipeline_tests.conftest import rebuild_graph, resources_for
-
-    return dg.materialize(
-        rebuild_graph(),
-        resources=resources_for(json_tree, home),
-        instance=instance,
-        selection=dg.AssetSelection.checks_for_assets(dg.AssetKey("vector_index")),
-        raise_on_error=False,
-        **kwargs,
-    )
-
-
-def test_the_vector_checks_fail_naming_the_chunk(json_tree, tmp_path):
+def test_the_vector_checks_fail_naming_the_chunk_and_block_the_golden_copy(json_tree, tmp_path):
+    """Damage the reconcile cannot see (a chunk's entry holding another chunk's embedding) fails
+    chunks_find_themselves inside vector_index's step, and golden_copy does not run; a deleted vector, which
+    reconcile can see, is repaired in the same run, so the count check passes."""
     from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
 
     home = tmp_path / "home"
     with dg.instance_for_test() as instance:
         assert materialize_rebuild(json_tree, home, instance).success
+        before = golden.current_version(home).name
         chunks = read_table(home, SOURCE_CHUNKS)
         col = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
         gone, wrong = chunks.iloc[3], chunks.iloc[7]
         col.delete(ids=[gone.chunk_id])
-        # a wrong vector: the chunk's entry now holds another chunk's embedding
         other = col.get(ids=[chunks.iloc[20].chunk_id], include=["embeddings"])["embeddings"]
         col.update(ids=[wrong.chunk_id], embeddings=other)
-        res = run_vector_checks(
-            json_tree,
-            home,
-            instance,
-            run_config={
-                "ops": {"vector_index_chunks_find_themselves": {"config": {"sample_size": len(chunks)}}}
-            },
+        res = materialize_rebuild(
+            json_tree, home, instance, raise_on_error=False,
+            run_config={"ops": {"vector_index": {"config": {"self_retrieval_sample": len(chunks)}}}},
         )
+    assert not res.success
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
-    assert not checks["vector_count_matches_chunks"].passed
-    assert f"{gone.path}:{gone.start_line}-{gone.end_line} ({gone.chunk_id}) has no vector" in (
-        checks["vector_count_matches_chunks"].description
-    )
+    assert checks["vector_count_matches_chunks"].passed
+    assert asset_metadata(res, "vector_index")["upserted"] == 1
     assert not checks["chunks_find_themselves"].passed
     assert f"{wrong.path}:{wrong.start_line}-{wrong.end_line} ({wrong.chunk_id})" in (
         checks["chunks_find_themselves"].description
     )
+    assert res.asset_materializations_for_node("golden_copy") == []
+    assert golden.current_version(home).name == before
+
+
+def test_count_failures_names_the_missing_chunk_and_the_extra_vector(json_tree, tmp_path):
+    from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
+    from nova_pipeline.core.vector_store import count_failures
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+    chunks = read_table(home, SOURCE_CHUNKS)
+    col = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
+    assert count_failures(col, chunks) == (len(chunks), 0, 0, [])
+    gone = chunks.iloc[3]
+    col.delete(ids=[gone.chunk_id])
+    count, missing, extra, named = count_failures(col, chunks)
+    assert (count, missing, extra) == (len(chunks) - 1, 1, 0)
+    assert named == [f"{gone.path}:{gone.start_line}-{gone.end_line} ({gone.chunk_id}) has no vector"]
+    count, missing, extra, named = count_failures(col, chunks.drop(index=chunks.index[5:7]))
+    assert (count, missing, extra) == (len(chunks) - 1, 1, 2)
+    assert f"vector {min(chunks.iloc[5].chunk_id, chunks.iloc[6].chunk_id)} is no chunk's" in named
