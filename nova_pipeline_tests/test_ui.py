@@ -27,17 +27,12 @@ pytestmark = [
         CHROMIUM is None, reason="no chromium installed (apt-get install chromium; .ci/run does)"
     ),
 ]
-ASSETS = [
-    "source_files",
-    "frequent_patterns",
-    "compression_dictionary",
-    "compressed_store",
-    "source_chunks",
-    "lexical_index",
-    "vector_index",
-    "golden_copy",
-    "backups",
-]
+GROUPS = {  # the asset groups of the lineage tree and their assets
+    "ingest": ["source_files"],
+    "compression": ["frequent_patterns", "compression_dictionary", "compressed_store"],
+    "index": ["source_chunks", "lexical_index", "vector_index"],
+    "protect": ["golden_copy", "backups"],
+}
 
 
 def test_the_asset_graph_and_the_vector_index_page(json_tree, tmp_path, monkeypatch):
@@ -84,16 +79,21 @@ def test_the_asset_graph_and_the_vector_index_page(json_tree, tmp_path, monkeypa
             )
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(f"{base}/asset-groups", wait_until="networkidle")  # the global asset lineage
-            skip = page.get_by_role("button", name="Skip")  # Dagster's community dialog on a fresh instance
-            if skip.count():
-                skip.first.click()
-            for group in ("ingest", "compression", "index", "protect"):  # expand each group of the tree
+            skip = page.get_by_role("button", name="Skip")  # Dagster's community dialog on a fresh instance,
+            # which can open a moment after the page loads and then swallows clicks on the tree
+            for group, names in GROUPS.items():  # expand each group of the tree until its assets show
                 row = page.get_by_text(group, exact=True).first
                 row.wait_for(timeout=60_000)
-                box = row.bounding_box()
-                page.mouse.click(box["x"] - 40, box["y"] + box["height"] / 2)  # its caret
-            for name in ASSETS:
-                page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
+                for _ in range(4):  # a click can land while the tree still re-renders, or on an open group
+                    if skip.count() and skip.first.is_visible():
+                        skip.first.click()
+                    if page.get_by_text(names[0], exact=True).first.is_visible():
+                        break
+                    box = row.bounding_box()
+                    page.mouse.click(box["x"] - 40, box["y"] + box["height"] / 2)  # its caret
+                    page.wait_for_timeout(1_500)
+                for name in names:
+                    page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "asset_graph.png"), full_page=True)
 
             page.goto(f"{base}/assets/vector_index", wait_until="networkidle")
