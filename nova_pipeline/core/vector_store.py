@@ -520,12 +520,13 @@ def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) ->
 
 
 def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[int, int, int, list[str]]:
-    """Compare the collection with the wanted chunks: one vector per chunk id, no other.
+    """Compare the collection's count with the wanted chunks' (equal counts pass); when they differ, name
+    what differs by id.
 
     Returns:
         ``(count, missing, extra, named)``: the collection's count, how many chunks have no vector, how many
         vectors are no chunk's, and up to ``limit`` of each named (``path:start-end (chunk_id) has no
-        vector``; ``vector <id> is no chunk's``). Lists the collection's ids only when the count differs.
+        vector``; ``vector <id> is no chunk's``). The collection's ids are listed only when the counts differ.
     """
     count = collection.count()
     if count == len(chunks):

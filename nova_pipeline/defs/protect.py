@@ -93,23 +93,29 @@ def golden_copy(
             "backup_store": estimate.choice,
             "duration_s": round(p.seconds + runtime.seconds, 3),
         },
-        check_results=[golden_copy_verifies(settings.home)],
+        # unchanged: promote has just verified CURRENT against its manifest; that is this check's work
+        check_results=[golden_copy_verifies(settings.home, verified=None if p.promoted else v.name)],
     )
 
 
-def golden_copy_verifies(home) -> dg.AssetCheckResult:
+def golden_copy_verifies(home, verified: str | None = None) -> dg.AssetCheckResult:
     """The CURRENT golden version against its manifest (every file's size and blake3); fails naming the
-    first three files that differ, or when there is no golden copy."""
+    first three files that differ, or when there is no golden copy. ``verified``: the name of a version
+    that :func:`~nova_pipeline.core.golden.promote` verified against its manifest in this same step (an
+    unchanged CURRENT); it is not read a second time."""
     cur = golden.current_version(home)
     if cur is None:
         return dg.AssetCheckResult(
             check_name=GOLDEN_CHECK.name, passed=False, description="there is no golden copy"
         )
+    if cur.name == verified:
+        return dg.AssetCheckResult(check_name=GOLDEN_CHECK.name, passed=True,
+                                   metadata={"version": cur.name, "failures": 0, "verified": "by promote"})
     failures = golden.verify_tree(cur.path)
     return dg.AssetCheckResult(
         check_name=GOLDEN_CHECK.name,
         passed=not failures,
-        metadata={"version": cur.name, "failures": len(failures)},
+        metadata={"version": cur.name, "failures": len(failures), "verified": "now"},
         description="; ".join(failures[:3]) if failures else None,
     )
 

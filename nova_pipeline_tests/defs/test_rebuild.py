@@ -24,7 +24,27 @@ def test_an_unchanged_rebuild_promotes_no_golden_version(json_tree, tmp_path):
     assert md["promoted"] is False and md["reason"] == f"unchanged: CURRENT {first.name} still matches"
     assert md["bytes_written"] == 0 and md["version"] == first.name
     assert [v.name for v in golden.list_versions(home)] == [first.name]
-    assert {e.check_name: e.passed for e in again.get_asset_check_evaluations()}["golden_copy_verifies"]
+    check = {e.check_name: e for e in again.get_asset_check_evaluations()}["golden_copy_verifies"]
+    assert check.passed and check.metadata["verified"].value == "by promote"  # not read a second time
+
+
+def test_a_damaged_current_is_not_passed_on_promote_s_word(json_tree, tmp_path):
+    """CURRENT damaged on disk: promote does not reuse it, promotes a fresh version, and the check reads the
+    new CURRENT for real."""
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+        first = golden.current_version(home)
+        victim = first.path / "model.json"
+        victim.chmod(0o644)
+        victim.write_bytes(victim.read_bytes() + b" ")
+        again = materialize_rebuild(json_tree, home, instance)
+    assert again.success
+    md = asset_metadata(again, "golden_copy")
+    assert md["promoted"] is True and md["version"] != first.name
+    check = {e.check_name: e for e in again.get_asset_check_evaluations()}["golden_copy_verifies"]
+    assert check.passed and check.metadata["verified"].value == "now"
+    assert check.metadata["version"].value == md["version"]
 
 
 def test_an_empty_source_dir_fails_at_the_guard_and_the_override_empties_on_purpose(json_tree, tmp_path):
