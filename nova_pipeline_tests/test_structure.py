@@ -28,13 +28,23 @@ def test_the_io_manager_takes_its_home_from_the_settings_and_writes_where_core_r
     assert tables.read_table(Layout(home), tables.SOURCE_FILES)["path"].str.startswith("json/").all()
 
 
-def test_every_dataframe_asset_is_a_named_table():
-    io_assets = {
-        k.to_user_string() for a in defs.assets for k in a.keys
-        if a.get_io_manager_key_for_asset_key(k) == "io_manager"
+def test_every_dataframe_asset_is_a_named_table(json_tree, tmp_path):
+    """In a whole rebuild, the assets whose values the table IO manager stored are exactly the DataFrame
+    assets, each a table named in core.tables and written there; every other asset hands on no value."""
+    from nova_pipeline_tests.conftest import materialize_rebuild
+
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        res = materialize_rebuild(json_tree, home, instance)
+    assert res.success
+    stored = {
+        e.step_key for e in res.all_events
+        if e.event_type == dg.DagsterEventType.HANDLED_OUTPUT
+        and e.event_specific_data.manager_key == "io_manager"
     }
-    assert {"source_files", "frequent_patterns", "source_chunks"} <= set(tables.TABLES)
-    assert {"source_files", "frequent_patterns", "source_chunks"} <= io_assets
+    assert stored == {tables.SOURCE_FILES, tables.FREQUENT_PATTERNS, tables.SOURCE_CHUNKS}
+    assert stored <= set(tables.TABLES)
+    assert all(Layout(home).table(name).is_file() for name in stored)
 
 
 def test_run_config_defaults_are_core_defaults():
