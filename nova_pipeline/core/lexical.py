@@ -8,7 +8,10 @@ terms the way code is written:
   ``read_table``), so a query naming it matches exactly;
 * and split into its words at ``_`` and case changes (``IgnoreRules`` → ``ignore``, ``rules``;
   ``HTTPServer`` → ``http``, ``server``), stemmed with the Snowball English stemmer (PyStemmer), English stop
-  words left out, so ``decoded JSON documents`` meets ``JSONDecoder.decode``.
+  words left out, so ``decoded JSON documents`` meets ``JSONDecoder.decode``;
+* a lower-case compound of 5 or more characters is also split into its words by wordninja (``isclosed`` →
+  ``is``, ``closed``; ``rfc2231`` → ``rfc``, ``2231``), so ``True if the connection is closed`` meets
+  ``HTTPResponse.isclosed`` (see :func:`_compound_words`).
 
 Scores are BM25 (Lucene's variant, ``k1=1.2, b=0.75`` as Lucene and Elasticsearch default) computed by bm25s
 (Lù, 2024, "BM25S: Orders of magnitude faster lexical search via eager sparse scoring").
@@ -44,7 +47,7 @@ from nova_pipeline.core.layout import Layout
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_VERSION = "code-tokens-1"  # part of every index's digest: a tokenizer change rebuilds the index
+TOKENIZER_VERSION = "code-tokens-2"  # part of every index's digest: a tokenizer change rebuilds the index
 K1, B = 1.2, 0.75
 DOC_COLUMNS = ["chunk_id", "path", "symbol", "language", "start_line", "end_line"]
 META = "meta.json"
@@ -78,14 +81,35 @@ def _identifier_terms(word: str) -> tuple[str, ...]:
     whole = word.lower()
     if word[0].isdigit():
         return (whole,)
-    parts = [p for chunk in word.split("_") for p in _CAMEL.split(chunk) if p]
-    words = [p.lower() for p in parts if p.lower() not in _stopwords()]
+    parts = [p.lower() for chunk in word.split("_") for p in _CAMEL.split(chunk) if p]
+    words = [w for p in parts for w in _compound_words(p) if w not in _stopwords()]
     stems = _stemmer().stemWords(words) if words else []
     out = [whole] if whole.strip("_") and whole not in _stopwords() else []
     for s in stems:
         if s != whole and len(s) > 1:
             out.append(s)
     return tuple(out)
+
+
+MIN_COMPOUND = 5  # shorter lower-case words (``cwd``, ``hdr``, ``msg``) are abbreviations, not compounds
+
+
+@lru_cache(maxsize=200_000)
+def _compound_words(part: str) -> tuple[str, ...]:
+    """``part`` and, for a lower-case compound (``isclosed``, ``getvalue``, ``rfc2231``), its words.
+
+    The split is wordninja's (the most probable sequence of English words under a Zipf model of word
+    frequency, Wikipedia's unigram counts): kept only when every piece has at least 2 characters, so an
+    abbreviation it cannot read (``getaddrinfo`` → ``get a ddr info``) stays whole.
+    """
+    if len(part) < MIN_COMPOUND:
+        return (part,)
+    import wordninja
+
+    pieces = wordninja.split(part)
+    if len(pieces) < 2 or any(len(p) < 2 for p in pieces):
+        return (part,)
+    return (part, *pieces)
 
 
 def code_tokens(text: str) -> list[str]:

@@ -29,6 +29,16 @@ def test_code_tokens_keep_identifiers_whole_and_split_them_into_stemmed_words():
     assert "the" not in lexical.code_tokens("the value of the key")  # English stop words are left out
 
 
+def test_lower_case_compounds_are_split_into_their_words_and_abbreviations_are_not():
+    # "True if the connection is closed." is HTTPResponse.isclosed's docstring: the words must meet
+    assert {"isclosed", "close"} <= set(lexical.code_tokens("def isclosed(self):"))
+    assert {"close"} <= set(lexical.code_tokens("True if the connection is closed."))
+    assert {"getvalu", "get", "valu"} <= set(lexical.code_tokens("buf.getvalue()"))
+    assert {"encode_rfc2231", "rfc", "2231"} <= set(lexical.code_tokens("encode_rfc2231(s)"))
+    # short words are abbreviations, and a split with a one-letter piece is a misreading: both stay whole
+    assert set(lexical.code_tokens("cwd hdr getaddrinfo")) == {"cwd", "hdr", "getaddrinfo"}
+
+
 @pytest.fixture
 def chunks(json_tree):
     tok = Tokenizer()
