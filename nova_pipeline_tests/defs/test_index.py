@@ -87,13 +87,18 @@ def test_incremental_edit_delete_add_then_search(json_tree, tmp_path):
     )
     assert hits[0].path == "json/extra.py" and hits[0].symbol == "def dumps_sorted"
     assert hits[0].vector_score > 0.5 and hits[0].lexical_score > 0 and "sort" in hits[0].matched_terms
-    # the package-level API reads the same settings from the environment
+    # the package-level API reads the same settings from the environment, and takes the same mode and filters
     os.environ["NOVA_HOME"] = str(home)
     try:
         api_hits = nova_pipeline.search("serialize an object with its keys sorted", 2)
+        lexical_hits = nova_pipeline.search("decode twice", 3, mode="lexical", path="json/decoder.py")
+        with pytest.raises(ValueError, match="mode"):
+            nova_pipeline.search("dumps_sorted", 3, mode="fuzzy")
     finally:
         del os.environ["NOVA_HOME"]
     assert [h.chunk_id for h in api_hits] == [h.chunk_id for h in hits[:2]]
+    assert "def decode_twice" in lexical_hits[0].symbol  # merged with its small neighbour
+    assert all(h.path == "json/decoder.py" and h.vector_score is None for h in lexical_hits)
 
 
 def test_search_before_the_first_build_says_to_run_rebuild(tmp_path):
