@@ -11,7 +11,7 @@ from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.settings import Settings
 
 app = typer.Typer(help="nova_pipeline: build, search, serve and manage the knowledge store of a source tree.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode="markdown")
 console = Console()
 
 

@@ -46,8 +46,9 @@ def _age(ts: float | None) -> str:
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="print the state as JSON")) -> None:
-    """Summarise what the pipeline has built, where it lives, and how old each asset's last
-    materialization is."""
+    """What the pipeline has built, where it lives, and how old each asset is.
+
+    One row per asset with the age of its last materialization."""
     import time
 
     from nova_pipeline.core.embedding import bundled_fingerprint
@@ -99,8 +100,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the state a
 
 @app.command()
 def stats(as_json: bool = typer.Option(False, "--json", help="print the stats as JSON")) -> None:
-    """Vector store, embedding cache (and the last run's hit rate), compressed store, patterns, dictionary,
-    and system numbers."""
+    """Numbers of the vector store, embedding cache, compressed store, patterns, dictionary and system.
+
+    The embedding cache's line includes the last run's hit rate."""
     from nova_pipeline.core.embedding import bundled_fingerprint
     from nova_pipeline.core.stats import collect_stats
 
@@ -124,8 +126,10 @@ def health(
     as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
     skip_model: bool = typer.Option(False, "--skip-model", help="do not load the model (the slowest check)"),
 ) -> None:
-    """Check NOVA_HOME, disk, memory, the model, the primary vector store, PostgreSQL, the golden copy, the
-    newest backup and the last rebuild run; exit 0 when healthy, 1 when not."""
+    """Check every part of the deployment; exit 0 when healthy, 1 when not.
+
+    NOVA_HOME, disk, memory, the model, the primary vector store, PostgreSQL, the golden copy, the newest
+    backup and the last rebuild run."""
     from nova_pipeline.core.embedding import bundled_fingerprint
     from nova_pipeline.core.failover import FailoverSettings
     from nova_pipeline.core.health import Check, healthy, run_checks
@@ -225,9 +229,10 @@ def plan(
         False, "--allow-mass-delete", help="plan as a run with the mass-deletion override would"
     ),
 ) -> None:
-    """Dry run of the rebuild job: files added, changed and deleted; chunks to embed; vectors to delete;
-    whether a golden version would be promoted; whether the mass-deletion guard would refuse.
-    Writes nothing."""
+    """Dry run of the rebuild job: what it would add, embed, delete and promote. Writes nothing.
+
+    Files added, changed and deleted; chunks to embed; vectors to delete; whether a golden version would be
+    promoted; whether the mass-deletion guard would refuse."""
     from dataclasses import asdict
 
     from nova_pipeline.core.guard import DeletionGuard

@@ -67,8 +67,9 @@ def golden_reset(
 
 @backup_app.command("create")
 def backup_create(keep: int = typer.Option(DEFAULT_KEEP, help="verified backups to keep")) -> None:
-    """Back up the CURRENT golden copy and its store objects, and the Dagster database when the instance of
-    DAGSTER_HOME is on PostgreSQL (the same as the `backup` job)."""
+    """Back up the CURRENT golden copy and its store objects (the same as the `backup` job).
+
+    The Dagster database is included when the instance of DAGSTER_HOME is on PostgreSQL."""
     from nova_pipeline.core import backup
 
     pg_url = instance_postgres_url()

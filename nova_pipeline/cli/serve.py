@@ -24,8 +24,10 @@ def serve(
         "SIGUSR1 raises it one step, SIGUSR2 lowers it",
     ),
 ) -> None:
-    """Serve search over HTTP with failover (GET /search?q=&k=, /healthz, /status) and the admin API
-    (/api/v1/admin/...). Logs as JSON lines to NOVA_HOME/logs/nova.jsonl."""
+    """Serve search over HTTP with failover, and the admin API.
+
+    GET /search?q=&k=&mode=&path=&language=, /healthz, /status and /api/v1/admin/...; logs as JSON lines
+    to NOVA_HOME/logs/nova.jsonl."""
     import logging
     import signal
 
