@@ -110,18 +110,37 @@ def launch_job(
     return run_id
 
 
+QUEUED_RUN_DAEMON = "QUEUED_RUN_COORDINATOR"  # Dagster's QueuedRunCoordinatorDaemon.daemon_type()
+NO_DAEMON = (
+    "dagster-daemon run: the instance queues runs and no daemon is running on it, so this run starts only "
+    "when one does (or use a DefaultRunCoordinator in dagster.yaml to start runs at once)"
+)
+
+
+def queued_runs_wait_for_a_daemon(instance) -> bool:
+    """True when the instance queues runs (``QueuedRunCoordinator``) and no daemon has dequeued them lately:
+    no heartbeat of the queued-run daemon within Dagster's own tolerance (``get_daemon_statuses``, as the
+    UI's daemon page judges it)."""
+    status = instance.get_daemon_statuses([QUEUED_RUN_DAEMON]).get(QUEUED_RUN_DAEMON)
+    return bool(status is not None and status.required and not status.healthy)
+
+
 def run_status(instance, run_id: str) -> dict | None:
-    """``{"run_id", "job", "status", "start", "end"}`` of a run, or None."""
+    """``{"run_id", "job", "status", "start", "end"}`` of a run, or None; a queued run on an instance whose
+    daemon is not running also has ``waiting_for`` (what to start)."""
     import dagster as dg
 
     records = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]), limit=1)
     if not records:
         return None
     r = records[0]
-    return {
+    out = {
         "run_id": run_id,
         "job": r.dagster_run.job_name,
         "status": r.dagster_run.status.value,
         "start": r.start_time,
         "end": r.end_time,
     }
+    if r.dagster_run.status == dg.DagsterRunStatus.QUEUED and queued_runs_wait_for_a_daemon(instance):
+        out["waiting_for"] = NO_DAEMON
+    return out

@@ -84,3 +84,25 @@ def test_nova_backup_create_dumps_postgres_when_the_instance_uses_it(pg_home, ho
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pg_dump: included" in out.stdout
     assert archive_manifest(backup.newest_backup(home))["pg_dump"] == "included"
+
+
+
+def test_a_queued_run_says_when_no_daemon_will_start_it(tmp_path, monkeypatch):
+    import time
+
+    from dagster._daemon.types import DaemonHeartbeat
+
+    from nova_pipeline.instance import QUEUED_RUN_DAEMON, launch_job, run_status
+
+    dhome = tmp_path / "dagster_home"
+    dhome.mkdir()
+    (dhome / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())  # the queued coordinator
+    monkeypatch.setenv("DAGSTER_HOME", str(dhome))
+    monkeypatch.setenv("NOVA_HOME", str(tmp_path / "home"))
+    run_id = launch_job("backup")  # as the admin API does; no daemon runs here, so it stays queued
+    with dg.DagsterInstance.from_config(str(dhome)) as instance:
+        found = run_status(instance, run_id)
+        assert found["status"] == "QUEUED" and "dagster-daemon run" in found["waiting_for"]
+        # a daemon that has just dequeued: the run waits for its turn, not for a daemon
+        instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), QUEUED_RUN_DAEMON, "d-1", []))
+        assert "waiting_for" not in run_status(instance, run_id)

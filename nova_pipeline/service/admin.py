@@ -164,10 +164,22 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
             ]
         }, 200
 
+    def launched(job: str, run_id: str, **extra) -> tuple[dict, int]:
+        """The 202 answer of a launched run, with its status (and ``waiting_for`` when no daemon will
+        dequeue it)."""
+        import dagster as dg
+
+        from nova_pipeline.instance import run_status
+
+        with dg.DagsterInstance.get() as instance:
+            found = run_status(instance, run_id) or {}
+        return {"run_id": run_id, "job": job, **extra, **{k: found[k] for k in ("status", "waiting_for")
+                                                           if k in found}}, 202
+
     def launch_backup(request):
         from nova_pipeline.instance import launch_job
 
-        return {"run_id": launch_job("backup", tags={"nova/requested_by": "admin api"}), "job": "backup"}, 202
+        return launched("backup", launch_job("backup", tags={"nova/requested_by": "admin api"}))
 
     def backup_run(request):
         from nova_pipeline.instance import run_status
@@ -190,7 +202,7 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
             {"ops": {"restore_op": {"config": {"backup_id": backup_id, "confirm": True}}}},
             tags={"nova/requested_by": "admin api"},
         )
-        return {"run_id": run_id, "job": "restore", "backup_id": backup_id}, 202
+        return launched("restore", run_id, backup_id=backup_id)
 
     def clear(request):
         from nova_pipeline.core.vector_store import VerifiedRecord, existing_ids, writer_lock
