@@ -16,7 +16,13 @@ else
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 INSTANCE_YAML := $(CURDIR)/dagster.yaml
 endif
+# One knowledge store per tree: .nova for this checkout, .nova-<name> for another SOURCE (re-pointing a built
+# store at a different tree would delete it all, which the mass-deletion guard refuses).
+ifeq ($(abspath $(SOURCE)),$(CURDIR))
 export NOVA_HOME ?= $(CURDIR)/.nova
+else
+export NOVA_HOME ?= $(CURDIR)/.nova-$(notdir $(abspath $(SOURCE)))
+endif
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 

@@ -42,6 +42,15 @@ def test_resume_re_executes_the_failed_runs_own_job(json_tree, tmp_path):
 
 
 @pytest.mark.integration
+def test_the_search_hint_names_nova_home_unless_it_is_the_default(tmp_path, monkeypatch):
+    from nova_pipeline.cli.common import search_hint
+
+    monkeypatch.chdir(tmp_path)
+    assert search_hint(tmp_path / ".nova") == 'nova search "your question" -k 5'
+    other = tmp_path / ".nova-email"
+    assert search_hint(other) == f'NOVA_HOME={other} nova search "your question" -k 5'
+
+
 def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeypatch):
     import json
 
@@ -59,6 +68,7 @@ def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeyp
     for phase in ("scan", "patterns", "dictionary", "compress", "chunk", "embed", "golden copy"):
         assert any(line.startswith(phase) for line in lines), phase  # one line per phase without a terminal
     assert "DEBUG" not in first.stdout + first.stderr and "succeeded" in first.stdout
+    assert "NOVA_HOME=" in first.stdout  # a store other than ./.nova: the search hint names it
     with dg.DagsterInstance.from_config(str(dhome)) as instance:
         run = instance.get_runs()[0]
         assert run.job_name == "rebuild" and run.is_success and run.tags["nova/command"] == "nova rebuild"

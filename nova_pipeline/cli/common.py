@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from nova_pipeline.core.errors import NovaError
-from nova_pipeline.core.settings import Settings
+from nova_pipeline.core.settings import DEFAULT_HOME, Settings
 
 app = typer.Typer(help="nova_pipeline: build, search, serve and manage the knowledge store of a source tree.",
                   no_args_is_help=True, rich_markup_mode="markdown")
@@ -22,6 +23,14 @@ def _root() -> None:
 
 def settings_from_env() -> Settings:
     return Settings.from_env(require_source=False)
+
+
+def search_hint(home: Path) -> str:
+    """The command that searches the store at ``home``: it names ``NOVA_HOME`` unless ``home`` is the one
+    a bare ``nova search`` would open here (``./.nova``), so the hint never searches another tree's store."""
+    default = Path(DEFAULT_HOME).expanduser().resolve()
+    prefix = "" if Path(home).resolve() == default else f"NOVA_HOME={home} "
+    return f'{prefix}nova search "your question" -k 5'
 
 
 def require_dagster_home() -> None:

@@ -8,7 +8,7 @@ import json
 import typer
 from rich.table import Table
 
-from nova_pipeline.cli.common import app, console, settings_from_env
+from nova_pipeline.cli.common import app, console, search_hint, settings_from_env
 from nova_pipeline.core.errors import NovaError
 
 ASSETS = ("source_files", "frequent_patterns", "compression_dictionary", "compressed_store", "source_chunks",
@@ -95,7 +95,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the state a
     console.print(table)
     if s.source_dir is not None:
         console.print(f"source: {s.source_dir}")
-    console.print('search it: nova search "your question" -k 5')
+    console.print(f"search it: {search_hint(s.home)}", highlight=False)
 
 
 @app.command()

@@ -70,7 +70,7 @@ def rebuild(
     import dagster as dg
 
     from nova_pipeline import logs, run_events
-    from nova_pipeline.cli.common import require_dagster_home, settings_from_env
+    from nova_pipeline.cli.common import require_dagster_home, search_hint, settings_from_env
     from nova_pipeline.cli.progress import RebuildDisplay
 
     require_dagster_home()
@@ -78,7 +78,8 @@ def rebuild(
         src = Path(source).expanduser().resolve()
         os.environ["NOVA_SOURCE_DIR"] = str(src)  # before the definitions are loaded, which read it
     level = logs.resolve_level(log_level, "ERROR" if quiet else "WARNING")
-    logs.configure(settings_from_env().home, level)
+    home = settings_from_env().home
+    logs.configure(home, level)
     loggers = {"nova_events": {}}
     if verbose:
         loggers["console"] = {"config": {"log_level": "DEBUG"}}
@@ -109,6 +110,6 @@ def rebuild(
         if failed:
             console.print(f"resume it, once fixed: [bold]nova resume {result.run_id}[/bold]")
         else:
-            console.print(f"run {result.run_id} succeeded; search it: nova search \"your question\"")
+            console.print(f"run {result.run_id} succeeded; search it: {search_hint(home)}", highlight=False)
     if failed:
         raise typer.Exit(1)
