@@ -51,6 +51,15 @@ def test_the_search_hint_names_nova_home_unless_it_is_the_default(tmp_path, monk
     assert search_hint(other) == f'NOVA_HOME={other} nova search "your question" -k 5'
 
 
+def test_the_scan_line_counts_what_was_skipped_and_why():
+    from nova_pipeline.cli.progress import describe
+
+    m = {"files": 3, "bytes": 64, "status_added": 3, "bytes_rehashed": 64}
+    assert "skipped" not in describe("scan", {**m, "skipped": {"binary": 0}})
+    line = describe("scan", {**m, "skipped": {"too_large": 1, "binary": 2, "broken_symlink": 0}})
+    assert line.endswith("; skipped 3 (binary 2, too_large 1)")
+
+
 def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeypatch):
     import json
 

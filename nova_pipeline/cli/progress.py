@@ -65,10 +65,13 @@ def describe(phase: str, m: dict) -> str:
     """One line of what a phase did, from its materialization metadata."""
     g = m.get
     if phase == "scan":
+        skipped = {k: v for k, v in sorted((g("skipped") or {}).items()) if v}
         return (
             f"{g('files', 0):,} files, {_size(g('bytes', 0))}; added {g('status_added', 0)}, changed "
             f"{g('status_changed', 0)}, deleted {g('status_deleted', 0)}; "
             f"re-hashed {_size(g('bytes_rehashed', 0))}"
+            + (f"; skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in skipped.items())})"
+               if skipped else "")
         )
     if phase == "patterns":
         return (f"{g('patterns', 0)} patterns; shards analysed {g('shards_analysed', 0)}, "
