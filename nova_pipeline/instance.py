@@ -119,8 +119,8 @@ NO_DAEMON = (
 
 def queued_runs_wait_for_a_daemon(instance) -> bool:
     """True when the instance queues runs (``QueuedRunCoordinator``) and no daemon has dequeued them lately:
-    no heartbeat of the queued-run daemon within Dagster's own tolerance (``get_daemon_statuses``, as the
-    UI's daemon page judges it)."""
+    Dagster's own daemon status (``DagsterInstance.get_daemon_statuses``) finds no heartbeat of the
+    queued-run daemon within its default tolerance."""
     status = instance.get_daemon_statuses([QUEUED_RUN_DAEMON]).get(QUEUED_RUN_DAEMON)
     return bool(status is not None and status.required and not status.healthy)
 
