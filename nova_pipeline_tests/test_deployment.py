@@ -212,13 +212,17 @@ def test_the_deployment_runs_a_rebuild_over_two_celery_workers(
             assert {w.split("@")[0] for w in by_worker} == {"w1", "w2"}, by_worker
             slices = {k for keys in by_worker.values() for k in keys if "reconcile_vector_slice" in k}
             assert len(slices) == 2
-            # the daemon ticks the sensors that are on (the health sensor, on with NOVA_CHROMA_URL)
-            def sensor_ticks():
+            # the daemon ticks the sensors that are on (the health sensor, on with NOVA_CHROMA_URL); a tick
+            # still in progress (STARTED) has no outcome yet, so wait for one that has finished
+            def finished_ticks():
                 states = [s for s in instance.all_instigator_state()
                           if s.name == "primary_vector_store_health"]
-                return states and instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id)
+                if not states:
+                    return None
+                ticks = instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id)
+                return [t for t in ticks if t.status.value != "STARTED"] or None
 
-            ticks = wait_until(sensor_ticks, 60, what="a tick of primary_vector_store_health")
+            ticks = wait_until(finished_ticks, 60, what="a finished tick of primary_vector_store_health")
             assert ticks[0].status.value in ("SKIPPED", "SUCCESS"), ticks[0]
         # the vectors are in the Chroma server: exactly the chunks
         chunks = read_table(home, "source_chunks")
