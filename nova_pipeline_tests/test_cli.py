@@ -60,6 +60,17 @@ def test_the_scan_line_counts_what_was_skipped_and_why():
     assert line.endswith("; skipped 3 (binary 2, too_large 1)")
 
 
+def test_nova_stats_shows_nested_values_as_text_not_python_reprs():
+    from nova_pipeline.cli.explore import _cell
+
+    assert _cell({"cache_hits": 1200, "hit_rate": None}) == "cache hits: 1,200, hit rate: -"
+    assert _cell([1.09, 1.35]) == "1.09, 1.35"
+    assert _cell([{"pattern": "`x`", "files": 2}, {"pattern": "`y`", "files": 1}]) == (
+        "pattern: `x`, files: 2\npattern: `y`, files: 1"
+    )
+    assert _cell(3.62345) == "3.623" and _cell(True) == "yes" and _cell([]) == "-" and _cell({}) == "-"
+
+
 def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeypatch):
     import json
 

@@ -117,8 +117,27 @@ def stats(as_json: bool = typer.Option(False, "--json", help="print the stats as
         table.add_column("key")
         table.add_column("value")
         for k, v in values.items():
-            table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+            table.add_row(k.replace("_", " "), _cell(v))
         console.print(table)
+
+
+def _cell(v) -> str:
+    """One value of ``nova stats`` as text: integers with thousands separators, a dict as ``key: value``
+    pairs, a list of dicts one per line and of numbers on one line, None as ``-``."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k.replace('_', ' ')}: {_cell(x)}" for k, x in v.items()) or "-"
+    if isinstance(v, list):
+        sep = "\n" if any(isinstance(x, dict) for x in v) else ", "
+        return sep.join(_cell(x) for x in v) or "-"
+    return str(v)
 
 
 @app.command()
