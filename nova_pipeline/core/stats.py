@@ -160,10 +160,14 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
 
 
 def vector_store_stats(settings: Settings, fingerprint: str) -> dict:
-    """Collections (name: vectors), the vectors and documents of ours, bytes on disk (embedded mode)."""
+    """Collections (name: vectors), the vectors and documents of ours, bytes on disk (embedded mode).
+    Reads only: an embedded data dir that does not exist yet is reported empty, not created."""
     from nova_pipeline.core.vector_store import collection_name, open_client
 
     out: dict = {"where": settings.chroma_url or str(settings.layout.vectors)}
+    if not settings.chroma_url and not settings.layout.vectors.exists():
+        # nothing built yet: opening the embedded client would create an empty data dir, and stats only read
+        return {**out, "collections": {}, "vectors": 0, "documents": 0, "bytes_on_disk": 0}
     try:
         client = open_client(settings.home, settings.chroma_url)
         cols = {

@@ -57,4 +57,7 @@ def test_stats_and_state_describe_what_is_built(json_tree, tmp_path):
     assert stats["compressed_store"]["objects"] == 5 and stats["compressed_store"]["ratio"] > 1
     assert stats["lexical_index"]["documents"] == len(chunks) and stats["lexical_index"]["bytes"] > 0
     assert stats["system"]["cpus"] >= 1 and stats["system"]["memory_available"] > 0
-    assert describe_state(Settings.build(None, tmp_path / "empty", require_source=False), FP, 2048) == []
+    empty = Settings.build(None, tmp_path / "empty", require_source=False)
+    assert describe_state(empty, FP, 2048) == []
+    assert collect_stats(empty, FP, None)["vector_store"]["vectors"] == 0
+    assert not empty.layout.vectors.exists()  # reading stats created no Chroma data dir
