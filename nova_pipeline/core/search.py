@@ -335,7 +335,7 @@ class Searcher:
     def _primary_collection(self):
         with self._lock:
             if self._primary is None:
-                client = open_client(self.settings.home, self.settings.chroma_url)
+                client = open_client(self.settings.home, self.settings.chroma_url, create=False)
                 self._primary = get_collection(client, self.fingerprint, create=False)
             return self._primary
 

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from nova_pipeline.core.errors import NovaError
+from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
 from nova_pipeline.core.scanning import DELETED
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES, read_table, table_path
@@ -98,7 +98,7 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
         )
         where = s.chroma_url or str(s.layout.vectors)
         try:
-            col = get_collection(open_client(s.home, s.chroma_url), fingerprint, create=False)
+            col = get_collection(open_client(s.home, s.chroma_url, create=False), fingerprint, create=False)
             rows.append(
                 {
                     "asset": "vector_index",
@@ -165,11 +165,8 @@ def vector_store_stats(settings: Settings, fingerprint: str) -> dict:
     from nova_pipeline.core.vector_store import collection_name, open_client
 
     out: dict = {"where": settings.chroma_url or str(settings.layout.vectors)}
-    if not settings.chroma_url and not settings.layout.vectors.exists():
-        # nothing built yet: opening the embedded client would create an empty data dir, and stats only read
-        return {**out, "collections": {}, "vectors": 0, "documents": 0, "bytes_on_disk": 0}
     try:
-        client = open_client(settings.home, settings.chroma_url)
+        client = open_client(settings.home, settings.chroma_url, create=False)
         cols = {
             c.name: c.count()
             for c in (
@@ -177,6 +174,8 @@ def vector_store_stats(settings: Settings, fingerprint: str) -> dict:
                 for x in client.list_collections()
             )
         }
+    except IndexNotBuiltError:  # nothing built yet, and opening did not create a data dir
+        return {**out, "collections": {}, "vectors": 0, "documents": 0, "bytes_on_disk": 0}
     except Exception as exc:  # noqa: BLE001 - an unreachable store is a fact to report
         return {**out, "error": str(exc)}
     ours = cols.get(collection_name(fingerprint), 0)

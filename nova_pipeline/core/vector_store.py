@@ -50,14 +50,16 @@ def collection_name(fingerprint: str) -> str:
     return f"nova-{fingerprint}"
 
 
-def open_client(home: Path, chroma_url: str | None = None):
+def open_client(home: Path, chroma_url: str | None = None, create: bool = True):
     """A Chroma client: ``HttpClient`` at ``chroma_url``, else ``PersistentClient`` under ``home/vectors``.
+    ``create=False`` is for readers: a missing data dir is not created (see :func:`open_client_at`).
 
     Raises:
+        IndexNotBuiltError: ``create`` is False and there is no data dir yet.
         VectorStoreError: the server is unreachable or the data dir cannot be opened.
     """
     if not chroma_url:
-        return open_client_at(Layout.of(home).vectors)
+        return open_client_at(Layout.of(home).vectors, create=create)
     import chromadb
 
     try:
@@ -71,15 +73,22 @@ def open_client(home: Path, chroma_url: str | None = None):
     return client
 
 
-def open_client_at(path: Path):
-    """A ``PersistentClient`` on the data dir ``path`` (created if missing).
+def open_client_at(path: Path, create: bool = True):
+    """A ``PersistentClient`` on the data dir ``path``, created if missing unless ``create`` is False
+    (opening a missing dir would write an empty Chroma database there).
 
     Raises:
+        IndexNotBuiltError: ``create`` is False and ``path`` does not exist.
         VectorStoreError: the data dir cannot be opened.
     """
     import chromadb
 
     path = Path(path)
+    if not create and not path.exists():
+        raise IndexNotBuiltError(
+            f"no vector index at {path} yet: run the rebuild job "
+            "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())

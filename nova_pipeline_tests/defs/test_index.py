@@ -104,6 +104,7 @@ def test_incremental_edit_delete_add_then_search(json_tree, tmp_path):
 def test_search_before_the_first_build_says_to_run_rebuild(tmp_path):
     with pytest.raises(IndexNotBuiltError, match="rebuild"):
         search("anything", settings=Settings.build(None, tmp_path / "empty", require_source=False))
+    assert not (tmp_path / "empty" / "vectors").exists()  # a search writes nothing, not even an empty store
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOVA_")}
     env["NOVA_HOME"] = str(tmp_path / "empty")
     proc = subprocess.run(
