@@ -15,9 +15,7 @@ from nova_pipeline.core import audit
 from nova_pipeline.core.failover import (
     FailoverSettings,
     activate_backup,
-    evaluate,
     fail_back,
-    make_breaker,
     probe,
     read_state,
     set_breaker,
@@ -46,6 +44,8 @@ def _probe(nova: NovaSettings, embedder: EmbedderResource):
 def primary_vector_store_health(
     context: dg.SensorEvaluationContext, nova: NovaSettings, embedder: EmbedderResource
 ):
+    from nova_pipeline.core.breaker import evaluate, make_breaker  # pybreaker: only the sensor needs it
+
     home = nova.settings(require_source=False).home
     breaker, storage = make_breaker(json.loads(context.cursor) if context.cursor else None, FAILOVER)
     tick = evaluate(breaker, _probe(nova, embedder))

@@ -2,11 +2,13 @@
 
 import datetime as dt
 import json
+import time
 
 import dagster as dg
 import pytest
 
 from nova_pipeline.core import failover
+from nova_pipeline.core.breaker import evaluate, make_breaker
 from nova_pipeline.core.failover import Probe, read_state, write_state
 from nova_pipeline.defs import serving
 from nova_pipeline.resources import NovaSettings
@@ -28,7 +30,7 @@ class ScriptedProbe:
 
 @pytest.fixture
 def probes(monkeypatch):
-    monkeypatch.setattr(failover.time, "sleep", lambda s: None)  # the in-tick confirmation pause
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the in-tick confirmation pause
 
     def install(results):
         p = ScriptedProbe(results)
@@ -90,17 +92,17 @@ def test_half_open_opens_again_on_failure(tmp_path, probes):
 
 
 def test_the_trial_probe_runs_while_half_open(tmp_path, monkeypatch):
-    monkeypatch.setattr(failover.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
     settings = failover.FailoverSettings()
     opened = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=31)).isoformat()
-    breaker, storage = failover.make_breaker({"state": "open", "counter": 3, "opened_at": opened}, settings)
+    breaker, storage = make_breaker({"state": "open", "counter": 3, "opened_at": opened}, settings)
     seen = []
 
     def probe():
         seen.append(storage.state)
         return Probe(ok=True, seconds=0.0, count=1)
 
-    t = failover.evaluate(breaker, probe)
+    t = evaluate(breaker, probe)
     assert seen == ["half-open"] and t.before == "open" and t.after == "closed" and t.closed
 
 
