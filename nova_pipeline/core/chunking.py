@@ -262,12 +262,15 @@ def chunk_file(
 
 @dataclass
 class ChunkStats:
-    """Counts of one :func:`chunk_manifest` call."""
+    """Counts of one :func:`chunk_manifest` call: ``truncated`` over all chunks, ``truncated_new`` over the
+    chunks of the files chunked by this call (the ones worth a warning: the others were reported when they
+    were made)."""
 
     files_chunked: int = 0
     files_reused: int = 0
     chunks: int = 0
     truncated: int = 0
+    truncated_new: int = 0
     skipped: int = 0
 
 
@@ -332,15 +335,17 @@ def chunk_manifest(
         stats.files_chunked += 1
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=CHUNK_COLUMNS))
+        stats.truncated_new = sum(1 for r in records if r["truncated"])
     df = pd.concat(frames, ignore_index=True) if frames else empty_chunks()
     df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
     df = df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})
     stats.chunks = len(df)
     stats.truncated = int(df["truncated"].sum())
-    if stats.truncated:
+    if stats.truncated_new:
         log.warning(
-            "%d chunks exceed the model's %d word pieces and will be truncated by it",
-            stats.truncated,
+            "%d new chunks exceed the model's %d word pieces and will be truncated by it (%d in all)",
+            stats.truncated_new,
             max_tokens,
+            stats.truncated,
         )
     return df, stats

@@ -63,10 +63,10 @@ def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedde
         tokenizer.max_seq_length,
         progress=progress_reporter(context, "chunk", "files"),
     )
-    if stats.truncated:
+    if stats.truncated_new:  # chunks reused from the last run were reported when they were made
         context.log.warning(
-            f"{stats.truncated} chunks exceed {tokenizer.max_seq_length} word pieces: "
-            "the model sees only their start"
+            f"{stats.truncated_new} new chunks exceed {tokenizer.max_seq_length} word pieces: the model sees "
+            f"only their start ({stats.truncated} such chunks in all)"
         )
     by_language = df.groupby("language").agg(chunks=("chunk_id", "size"), tokens=("n_tokens", "sum"))
     return dg.MaterializeResult(

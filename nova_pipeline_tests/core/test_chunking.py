@@ -67,9 +67,18 @@ def test_a_line_longer_than_the_budget_is_truncated_and_counted(tok, tmp_path):
     (tmp_path / "ok.py").write_text("x = 1\n")
     manifest = scan(ScanOptions(tmp_path)).manifest
     df, stats = chunk_manifest(tmp_path, manifest, None, tok.count, tok.max_seq_length)
-    assert stats.truncated == 1
+    assert stats.truncated == 1 and stats.truncated_new == 1
     row = df[df["path"] == "long.txt"].iloc[0]
     assert row["truncated"] and row["n_tokens"] > tok.max_seq_length
+    # chunked again with nothing changed: still counted, but not new (no warning on every nightly run)
+    manifest["status"] = "unchanged"
+    _, again = chunk_manifest(tmp_path, manifest, df, tok.count, tok.max_seq_length)
+    assert again.truncated == 1 and again.truncated_new == 0 and again.files_reused == 2
+    # another file changes: the long line is reused, not new
+    (tmp_path / "ok.py").write_text("x = 2\n")
+    manifest = scan(ScanOptions(tmp_path)).manifest
+    _, edit = chunk_manifest(tmp_path, manifest, df, tok.count, tok.max_seq_length)
+    assert edit.truncated == 1 and edit.truncated_new == 0 and edit.files_chunked == 1
 
 
 def test_syntax_error_falls_back_to_paragraphs(tok):
