@@ -4,7 +4,13 @@
 * ``shape_floor``: no-op assets and checks with the exact shape of ``rebuild``'s unchanged run (8 assets,
   one of them a graph of two steps; 6 checks inside their assets' steps; the same dependencies), under a
   ``floor/`` key prefix: what Dagster itself costs for that graph.
+
+With ``NOVA_BENCH_GC_FREEZE=1`` this module ends as ``nova_pipeline.definitions`` does, with ``gc.freeze()``
+(README, "The warm path"), so the bench can show how much of the rebuild's gain that setting alone gives.
 """
+
+import gc
+import os
 
 import dagster as dg
 
@@ -86,3 +92,6 @@ shape_floor = dg.define_asset_job(
     "shape_floor", selection=dg.AssetSelection.key_prefixes("floor"), executor_def=dg.in_process_executor
 )
 defs = dg.Definitions(assets=[floor_a, floor_b, *shape_assets], jobs=[floor, shape_floor])
+
+if os.environ.get("NOVA_BENCH_GC_FREEZE") == "1":
+    gc.freeze()

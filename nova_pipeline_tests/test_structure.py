@@ -2,6 +2,8 @@
 
 import dataclasses
 import pkgutil
+import subprocess
+import sys
 
 import dagster as dg
 
@@ -96,3 +98,16 @@ def test_names_follow_one_convention():
         if not job.asset_layer.executable_asset_keys
     }
     assert ops and all(name.endswith("_op") for name in ops), ops
+
+
+def test_loading_the_definitions_freezes_what_they_loaded_and_leaves_the_collector_as_it_was():
+    """definitions.py pauses the cyclic GC while it imports, then freezes; the GC must be on again after (or
+    stay off, when the importing program had turned it off)."""
+    code = ("import gc, sys\n"
+            "if sys.argv[1] == 'off': gc.disable()\n"
+            "import nova_pipeline.definitions\n"
+            "print(gc.isenabled(), gc.get_freeze_count())")
+    for before, enabled in (("on", "True"), ("off", "False")):
+        out = subprocess.run([sys.executable, "-c", code, before], capture_output=True, text=True, check=True)
+        state, frozen = out.stdout.split()
+        assert state == enabled and int(frozen) > 50_000, out.stdout
