@@ -34,6 +34,10 @@ CHUNK_COLUMNS = [
     "chunk_id", "path", "start_line", "end_line", "symbol", "language", "content_blake3", "n_tokens",
     "truncated", "file_blake3", "text",
 ]
+# The chunks table without the texts: what every reader of it needs but the embedder, the lexical index's
+# builder and the self-retrieval check. The texts are most of the table's bytes (about 85 % of the 1 MB file
+# of 2,895 stdlib chunks; reading it took 10 ms with them and 1.6 ms without).
+META_COLUMNS = [c for c in CHUNK_COLUMNS if c != "text"]
 SPECIAL_TOKENS = 2  # [CLS] and [SEP]
 MIN_CHUNK_TOKENS = 48  # neighbours smaller than this are merged
 _HEADING = re.compile(r"^#{1,6}\s")

@@ -341,6 +341,13 @@ def load_current(home: Path) -> LexicalIndex:
     return load(path)
 
 
+def holds(home: Path, chunks: pd.DataFrame) -> bool:
+    """Whether ``home``'s live lexical index is the index of ``chunks`` (which need only
+    :data:`DIGEST_COLUMNS`, no texts)."""
+    cur = current_path(home)
+    return cur is not None and cur.name == chunks_digest(chunks)
+
+
 def update(home: Path, chunks: pd.DataFrame, keep: int = 2) -> BuildStats:
     """Make ``home``'s live lexical index the index of ``chunks``: nothing is done when CURRENT already
     holds exactly these chunks (same digest); else a new directory is built and CURRENT switched to it.

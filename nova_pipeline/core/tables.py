@@ -37,21 +37,23 @@ def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:
     return path
 
 
-def read_table(home: Path | Layout, name: str) -> pd.DataFrame | None:
-    """The last committed version of table ``name``, or ``None`` if it was never written."""
+def read_table(home: Path | Layout, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The last committed version of table ``name`` (only ``columns``, when given), or ``None`` if it was
+    never written."""
     path = table_path(home, name)
     if not path.exists():
         return None
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, columns=columns)
 
 
-def require_table(home: Path | Layout, name: str) -> pd.DataFrame:
-    """The last committed version of table ``name``: what a downstream asset reads of its upstream asset.
+def require_table(home: Path | Layout, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The last committed version of table ``name`` (only ``columns``, when given): what a downstream asset
+    reads of its upstream asset.
 
     Raises:
         FileNotFoundError: the table was never written; the message names its path and the job to run.
     """
-    df = read_table(home, name)
+    df = read_table(home, name, columns)
     if df is None:
         raise FileNotFoundError(
             f"table {name} has not been materialized ({table_path(home, name)} is missing); "

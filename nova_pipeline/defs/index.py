@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core import lexical
-from nova_pipeline.core.chunking import CHUNKER_VERSION, chunk_manifest
+from nova_pipeline.core.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest
 from nova_pipeline.core.embedding import EmbeddingCache
 from nova_pipeline.core.errors import VectorStoreError
 from nova_pipeline.core.failover import PRIMARY, ActiveStore, active_store
@@ -104,7 +104,9 @@ def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings):
     hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a changed one is
     built beside the live index and switched to atomically. Its check runs in the same step."""
     home = nova.settings(require_source=False).home
-    source_chunks = require_table(home, SOURCE_CHUNKS)
+    source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
+    if not lexical.holds(home, source_chunks):  # the texts are read only to build
+        source_chunks = require_table(home, SOURCE_CHUNKS)
     stats = lexical.update(home, source_chunks)
     context.log.info(
         f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
@@ -203,7 +205,7 @@ def plan_vector_slices(
     exactly these chunks (Chroma is not opened), else ``slices`` tasks. The mass-deletion guard runs here,
     on the whole collection, before any slice writes."""
     settings = nova.settings(require_source=False)
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=["chunk_id"])
     fingerprint = embedder.fingerprint()
     store = active_store(settings.home, settings.chroma_url)
     verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
@@ -325,10 +327,12 @@ def finish_vector_index(
     the verified state; report. Unchanged (the plan found every record matching): no store is opened and
     the checks report the runs that verified them."""
     settings = nova.settings(require_source=False)
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
+    unchanged = plan.get("verified") is not None
+    # unchanged, only the count is reported; else the self-retrieval check compares texts of duplicates
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=["chunk_id"] if unchanged else None)
     fingerprint = embedder.fingerprint()
     name = collection_name(fingerprint)
-    if plan.get("verified") is not None:
+    if unchanged:
         rec, checks = plan["verified"], plan["checks"]
         context.log.info(
             f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"

@@ -59,8 +59,10 @@ def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: No
     lost = deletion_guard.check_files(previous, result.manifest)
     write_table(settings.layout, SOURCE_FILES_BINARIES, result.binaries)
     st = result.stats
+    statuses = ", ".join(f"{k} {v:,}" for k, v in st.status_counts.items())
+    skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(st.skipped.items())) or "none"
     context.log.info(
-        f"{settings.source_dir}: {st.files} files, {st.bytes:,} bytes; {st.status_counts}; "
-        f"re-hashed {st.bytes_hashed:,} bytes; skipped {dict(st.skipped)}"
+        f"{settings.source_dir}: {st.files:,} files, {st.bytes:,} bytes; {statuses}; "
+        f"re-hashed {st.bytes_hashed:,} bytes; skipped {skipped}"
     )
     return dg.MaterializeResult(value=result.manifest, metadata={**scan_metadata(result), "files_lost": lost})

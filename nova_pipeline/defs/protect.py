@@ -8,6 +8,7 @@ the restore drill is worth running on its own from the UI."""
 import dagster as dg
 
 from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.core.chunking import META_COLUMNS
 from nova_pipeline.core.failover import FailoverSettings, active_store, estimate_for_version
 from nova_pipeline.core.tables import SOURCE_CHUNKS, require_table
 from nova_pipeline.defs.metadata import DAILY
@@ -52,7 +53,7 @@ def golden_copy(
     runtime copy (``NOVA_HOME/runtime/vectors``) to CURRENT.
     """
     settings = nova.settings(require_source=False)
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)  # no texts needed
     store = active_store(settings.home, settings.chroma_url)  # while failed over: the backup store
     p = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep,
                        chunks=source_chunks, guard=guard.guard(), open_store=lambda: store.client,
