@@ -776,9 +776,9 @@ def promote(
 def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
     """The live lexical index directory when it holds exactly ``chunks`` (else None, logged)."""
     path = lexical.current_path(home)
-    if path is None or not {"content_blake3", "symbol", "language", "start_line"} <= set(chunks.columns):
+    if path is None or not set(lexical.DIGEST_COLUMNS) <= set(chunks.columns):
         return None
-    if path.name != lexical.chunks_digest(chunks):
+    if not lexical.holds(home, chunks):
         log.warning("the lexical index %s does not index these chunks: left out of the golden copy", path)
         return None
     return path
