@@ -30,6 +30,7 @@ import tenacity
 
 from nova_pipeline.core.errors import EmbeddingError
 from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.loading import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,19 @@ class SentenceTransformerEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.model_dir = Path(model_dir) if model_dir else bundled_model_dir()
+        with gc_paused():  # torch and the weights live as long as the process (core/loading.py)
+            self._load(device, threads)
+        self.batch_size = batch_size
+        self.max_seq_length = int(self.model.max_seq_length)
+        self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
+        self.dimension = int(get_dim())
+        self.fingerprint = model_fingerprint(self.model_dir, self.max_seq_length, self.normalize)
+
+    def _load(self, device: str | None, threads: int) -> None:
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -156,15 +170,6 @@ class SentenceTransformerEmbedder:
             raise EmbeddingError(f"could not load the model from {self.model_dir}: {exc}") from exc
         self.load_seconds = time.perf_counter() - started
         self.device = device
-        self.batch_size = batch_size
-        self.max_seq_length = int(self.model.max_seq_length)
-        self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
-        get_dim = (
-            getattr(self.model, "get_embedding_dimension", None)
-            or self.model.get_sentence_embedding_dimension
-        )
-        self.dimension = int(get_dim())
-        self.fingerprint = model_fingerprint(self.model_dir, self.max_seq_length, self.normalize)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
