@@ -9,13 +9,9 @@ run process); the package loader does the discovery alone. It is marked preview;
 release in pyproject.toml, so its preview warning is silenced here rather than printed by every command.
 
 Every run process and code server imports this module (``nova rebuild`` too), so it imports with the cyclic
-garbage collector paused and then freezes what it loaded (:func:`~nova_pipeline.core.loading.gc_paused`:
-the modules, classes and definitions live as long as the process, so later collections need not walk
-them). With pandas, pyarrow
-and Dagster loaded, CPython's full collections during these imports took 0.3-0.5 s of every
-``dagster job execute`` here (of 2.9 s for an unchanged rebuild), and with the objects frozen the process
-also exits about 0.4 s sooner (``benchmarks/bench_warm.py`` prints the phases); the garbage those
-collections would have found is a few hundred objects.
+garbage collector paused and then freezes what it loaded (:func:`~nova_pipeline.core.loading.gc_paused`,
+which gives the measurements): the modules, classes and definitions live as long as the process, so later
+collections need not walk them.
 """
 
 import warnings

@@ -778,7 +778,7 @@ def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
     path = lexical.current_path(home)
     if path is None or not set(lexical.DIGEST_COLUMNS) <= set(chunks.columns):
         return None
-    if not lexical.holds(home, chunks):
+    if path.name != lexical.chunks_digest(chunks):
         log.warning("the lexical index %s does not index these chunks: left out of the golden copy", path)
         return None
     return path

@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -341,17 +341,16 @@ def load_current(home: Path) -> LexicalIndex:
     return load(path)
 
 
-def holds(home: Path, chunks: pd.DataFrame) -> bool:
-    """Whether ``home``'s live lexical index is the index of ``chunks`` (which need only
-    :data:`DIGEST_COLUMNS`, no texts)."""
-    cur = current_path(home)
-    return cur is not None and cur.name == chunks_digest(chunks)
-
-
-def update(home: Path, chunks: pd.DataFrame, keep: int = 2) -> BuildStats:
+def update(
+    home: Path, chunks: pd.DataFrame, keep: int = 2, with_texts: Callable[[], pd.DataFrame] | None = None
+) -> BuildStats:
     """Make ``home``'s live lexical index the index of ``chunks``: nothing is done when CURRENT already
     holds exactly these chunks (same digest); else a new directory is built and CURRENT switched to it.
     Older directories beyond ``keep`` are removed (CURRENT and the one before stay).
+
+    ``chunks`` needs only :data:`DIGEST_COLUMNS` to decide; when it has no ``text`` column, ``with_texts()``
+    returns the same chunks with their texts and is called only when a build is needed (the texts are most
+    of the chunks table's bytes).
 
     Raises:
         OSError: the index cannot be written; the live one is untouched.
@@ -362,6 +361,8 @@ def update(home: Path, chunks: pd.DataFrame, keep: int = 2) -> BuildStats:
     if cur is not None and cur.name == digest:
         return BuildStats(digest, len(chunks), json.loads((cur / META).read_text()).get("vocabulary", 0),
                           False, 0.0, cur)
+    if "text" not in chunks.columns and with_texts is not None:
+        chunks = with_texts()
     layout.lexical.mkdir(parents=True, exist_ok=True)
     stats = build(chunks, layout.lexical / digest, digest)
     set_current(home, digest)

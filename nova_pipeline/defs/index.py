@@ -105,9 +105,7 @@ def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings):
     built beside the live index and switched to atomically. Its check runs in the same step."""
     home = nova.settings(require_source=False).home
     source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
-    if not lexical.holds(home, source_chunks):  # the texts are read only to build
-        source_chunks = require_table(home, SOURCE_CHUNKS)
-    stats = lexical.update(home, source_chunks)
+    stats = lexical.update(home, source_chunks, with_texts=lambda: require_table(home, SOURCE_CHUNKS))
     context.log.info(
         f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
         + (f"built in {stats.seconds:.2f} s" if stats.built else "(unchanged: no work)")
