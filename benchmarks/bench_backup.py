@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nova_pipeline.core import backup, golden  # noqa: E402
+from nova_pipeline.core.protect import backup, golden  # noqa: E402
 from nova_pipeline_tests.conftest import FakeEmbedder, build_home  # noqa: E402
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zstandard as zstd
 
-from nova_pipeline.core.dictionary import (
+from nova_pipeline.core.compression.dictionary import (
     SAMPLE_FACTOR,
     DictionaryOptions,
     DictionaryRegistry,
@@ -32,9 +32,11 @@ from nova_pipeline.core.dictionary import (
     heldout_ratio,
     is_heldout,
 )
-from nova_pipeline.core.patterns import PatternOptions, find_patterns
-from nova_pipeline.core.scanning import ScanOptions, read_verified, scan, unique_contents
-from nova_pipeline.core.store import ContentStore
+from nova_pipeline.core.compression.patterns import find_patterns
+from nova_pipeline.core.compression.repeats import PatternOptions
+from nova_pipeline.core.compression.store import ContentStore
+from nova_pipeline.core.ingest.manifest import read_verified, scan, unique_contents
+from nova_pipeline.core.ingest.walk import ScanOptions
 
 
 def main() -> None:

@@ -23,10 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from nova_pipeline.core.chunking import chunk_manifest
-from nova_pipeline.core.embedding import EmbeddingCache, SentenceTransformerEmbedder, Tokenizer
-from nova_pipeline.core.scanning import ScanOptions, scan
-from nova_pipeline.core.vector_store import get_collection, open_client, query, reconcile
+from nova_pipeline.core.index.chunking import chunk_manifest
+from nova_pipeline.core.index.embedding import SentenceTransformerEmbedder, Tokenizer
+from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+from nova_pipeline.core.index.reconcile import reconcile
+from nova_pipeline.core.index.vector_store import get_collection, open_client, query
+from nova_pipeline.core.ingest.manifest import scan
+from nova_pipeline.core.ingest.walk import ScanOptions
 
 DEFAULT_PACKAGES = (
     "email,json,http,logging,asyncio,concurrent,importlib,xml,urllib,collections,unittest,sqlite3"

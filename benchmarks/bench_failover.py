@@ -49,7 +49,7 @@ def measure_memory(version, fingerprint):
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    from nova_pipeline.core import golden
+    from nova_pipeline.core.protect import golden
 
     files = golden.export_files(version.path)
     half = files[: len(files) // 2]
@@ -123,18 +123,18 @@ def main() -> None:
 def run(src, home, dhome, url, port, chroma, work, procs, args):
     import dagster as dg
 
-    from nova_pipeline.core import golden
-    from nova_pipeline.core.embedding import SentenceTransformerEmbedder
-    from nova_pipeline.core.failover import (
+    from nova_pipeline.core.index.embedding import SentenceTransformerEmbedder
+    from nova_pipeline.core.index.vector_store import get_collection, open_client, open_client_at
+    from nova_pipeline.core.protect import golden
+    from nova_pipeline.core.serving.estimate import (
         CHROMA_FIXED_BYTES,
         CHROMA_MEMORY_FACTOR,
-        FailoverSettings,
         estimate_for_version,
-        read_state,
     )
+    from nova_pipeline.core.serving.failover import FailoverSettings
+    from nova_pipeline.core.serving.pointer import read_state
     from nova_pipeline.core.settings import Settings
-    from nova_pipeline.core.vector_store import get_collection, open_client, open_client_at
-    from nova_pipeline.resources import EmbedderResource
+    from nova_pipeline.defs.resources import EmbedderResource
     from nova_pipeline_tests.conftest import rebuild_graph, resources_for
 
     started = time.perf_counter()

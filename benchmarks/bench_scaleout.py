@@ -63,9 +63,10 @@ RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 def build_tree(dst: Path, want_chunks: int) -> tuple[Path, "object"]:
     """Copy stdlib packages (tests left out) into ``dst`` until chunking them gives about ``want_chunks``
     chunks; returns ``(tree, chunks DataFrame)``."""
-    from nova_pipeline.core.chunking import chunk_manifest
-    from nova_pipeline.core.embedding import Tokenizer
-    from nova_pipeline.core.scanning import ScanOptions, scan
+    from nova_pipeline.core.index.chunking import chunk_manifest
+    from nova_pipeline.core.index.embedding import Tokenizer
+    from nova_pipeline.core.ingest.manifest import scan
+    from nova_pipeline.core.ingest.walk import ScanOptions
 
     tok = Tokenizer()
     tree = dst / "src"
@@ -168,8 +169,8 @@ def run_mode(
 ) -> dict:
     """One ``dagster asset materialize --select vector_index`` on a copy of the template home, into a fresh
     Chroma server; returns the times and the collection's ``{id: document}``."""
-    from nova_pipeline.core.embedding import bundled_fingerprint
-    from nova_pipeline.core.vector_store import get_collection, open_client
+    from nova_pipeline.core.index.embedding import bundled_fingerprint
+    from nova_pipeline.core.index.vector_store import get_collection, open_client
 
     mode_dir = work / name
     home = mode_dir / "home"
@@ -291,7 +292,7 @@ def raw_encode_rate(texts: list[str], threads: int = 0) -> float:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from nova_pipeline.core.embedding import bundled_model_dir
+    from nova_pipeline.core.index.embedding import bundled_model_dir
 
     if threads:
         torch.set_num_threads(threads)
@@ -306,7 +307,7 @@ def bench_executors(args) -> None:
     import dagster as dg
 
     from nova_pipeline.defs import index, ingest
-    from nova_pipeline.resources import EmbedderResource
+    from nova_pipeline.defs.resources import EmbedderResource
     from nova_pipeline_tests.conftest import resources_for
 
     work = Path(tempfile.mkdtemp(prefix="bench_scaleout_"))
@@ -379,14 +380,9 @@ class FreeEmbedder:
 
 
 def bench_free(args) -> None:
-    from nova_pipeline.core.embedding import EmbeddingCache
-    from nova_pipeline.core.vector_store import (
-        chunk_metadata,
-        existing_ids,
-        get_collection,
-        open_client,
-        reconcile,
-    )
+    from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+    from nova_pipeline.core.index.reconcile import chunk_metadata, reconcile
+    from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
 
     work = Path(tempfile.mkdtemp(prefix="bench_free_"))
     chroma = None

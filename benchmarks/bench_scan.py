@@ -21,7 +21,8 @@ from pathlib import Path
 
 import blake3
 
-from nova_pipeline.core.scanning import DELETED, ScanOptions, scan
+from nova_pipeline.core.ingest.manifest import DELETED, scan
+from nova_pipeline.core.ingest.walk import ScanOptions
 
 
 def bare_hash(files: list[str]) -> int:

@@ -121,7 +121,7 @@ def qualified_defs(tree: ast.AST) -> dict[str, ast.AST]:
 
 def build_tree(dst: Path, target_chunks: int, tok) -> tuple[list[Query], list[Query], list[Query]]:
     """Copy the packages (docstrings removed) into ``dst``; return the candidate queries of each kind."""
-    from nova_pipeline.core.chunking import chunk_file
+    from nova_pipeline.core.index.chunking import chunk_file
 
     files = [p for pkg in PACKAGES for p in sorted((STDLIB / pkg).rglob("*.py"))
              if "test" not in p.relative_to(STDLIB).parts and "tests" not in p.relative_to(STDLIB).parts]
@@ -180,7 +180,7 @@ def build_tree(dst: Path, target_chunks: int, tok) -> tuple[list[Query], list[Qu
 def add_distractors(dst: Path, have: set[str], target_chunks: int, tok) -> int:
     """Copy the rest of the stdlib (tests included; again under ``copy-N/`` until ``target_chunks``), never
     the corpus's own files (``have``) with their docstrings."""
-    from nova_pipeline.core.chunking import chunk_file
+    from nova_pipeline.core.index.chunking import chunk_file
 
     files = sorted(p for p in STDLIB.rglob("*.py") if "site-packages" not in p.parts)
     corpus = set(have)
@@ -228,12 +228,14 @@ class FreeEmbedder:
 
 def index_home(src: Path, home: Path, embedder, tok):
     """Scan, chunk, embed (cache first) and BM25-index ``src`` into ``home``; the chunks table."""
-    from nova_pipeline.core import lexical
-    from nova_pipeline.core.chunking import chunk_manifest
-    from nova_pipeline.core.embedding import EmbeddingCache
-    from nova_pipeline.core.scanning import ScanOptions, scan
+    from nova_pipeline.core.index import lexical
+    from nova_pipeline.core.index.chunking import chunk_manifest
+    from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+    from nova_pipeline.core.index.reconcile import reconcile
+    from nova_pipeline.core.index.vector_store import get_collection, open_client
+    from nova_pipeline.core.ingest.manifest import scan
+    from nova_pipeline.core.ingest.walk import ScanOptions
     from nova_pipeline.core.tables import write_table
-    from nova_pipeline.core.vector_store import get_collection, open_client, reconcile
 
     manifest = scan(ScanOptions(src)).manifest
     chunks, _ = chunk_manifest(src, manifest, None, tok.count, tok.max_seq_length)
@@ -326,8 +328,9 @@ def main() -> None:
     parser.add_argument("--show-misses", type=int, default=0)
     args = parser.parse_args()
 
-    from nova_pipeline.core.embedding import EmbeddingCache, SentenceTransformerEmbedder, Tokenizer
-    from nova_pipeline.core.search import Searcher
+    from nova_pipeline.core.index.embedding import SentenceTransformerEmbedder, Tokenizer
+    from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+    from nova_pipeline.core.serving.searcher import Searcher
     from nova_pipeline.core.settings import Settings
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_search_"))

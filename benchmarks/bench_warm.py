@@ -157,7 +157,7 @@ def main() -> None:
 
 
 def run(src: Path, work: Path, dhome: Path, env: dict, repeat: int) -> None:
-    from nova_pipeline.core import golden
+    from nova_pipeline.core.protect import golden
     from nova_pipeline.core.tables import read_table
 
     home = work / "nova_home"

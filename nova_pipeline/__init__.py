@@ -16,9 +16,9 @@ def search(
     ``mode`` is ``hybrid`` (vector and BM25 fused), ``vector`` or ``lexical``; ``path`` (a glob over
     root-relative paths) and ``language`` filter every mode. Returns ``list[Hit]``; the arguments, and the
     errors raised (``ValueError``, ``IndexNotBuiltError``, ``VectorStoreError``), are those of
-    :func:`nova_pipeline.core.search.search`.
+    :func:`nova_pipeline.core.serving.searcher.search`.
     """
-    from nova_pipeline.core.search import search as _search
+    from nova_pipeline.core.serving.searcher import search as _search
 
     return _search(query, k, mode=mode, path=path, language=language)
 

@@ -2,7 +2,7 @@
 
 Every asset, check, job, schedule and sensor defined at module level under ``nova_pipeline/defs`` is
 discovered by Dagster's package loader (no hand-written list), and bound to the resources configured
-from the environment, and run by :data:`~nova_pipeline.executor.nova_executor` (in one process unless
+from the environment, and run by :data:`~nova_pipeline.deploy.executor.nova_executor` (in one process unless
 ``NOVA_EXECUTOR`` or the run config says otherwise). ``load_from_defs_folder`` would find the same
 objects, but it also scans every installed package's entry points for components (about 0.12 s in every
 run process); the package loader does the discovery alone. It is marked preview; Dagster is pinned to one
@@ -22,9 +22,9 @@ with gc_paused():  # the collector is on again after this block, also when an im
     import dagster as dg
 
     import nova_pipeline.defs
-    from nova_pipeline.executor import nova_executor
-    from nova_pipeline.resources import default_resources
-    from nova_pipeline.run_events import nova_events
+    from nova_pipeline.defs.resources import default_resources
+    from nova_pipeline.deploy.executor import nova_executor
+    from nova_pipeline.deploy.run_events import nova_events
 
     # Loggers a run may select in its run config: Dagster's console logger (the default when a run selects
     # none) and nova_events, which `nova rebuild` selects to draw its live display from the run's events.

@@ -130,7 +130,7 @@ def fake_embedder():
 
 def fake_embedder_resource():
     """An EmbedderResource whose model is FakeEmbedder (the tokenizer stays the real one)."""
-    from nova_pipeline.resources import EmbedderResource
+    from nova_pipeline.defs.resources import EmbedderResource
 
     class FakeEmbedderResource(EmbedderResource):
         def get_embedder(self):
@@ -167,14 +167,21 @@ def run_dagster_cli(args, env_extra, cwd, timeout=900, **popen):
 def build_home(src: Path, home: Path, embedder=None):
     """Scan, store and index ``src`` into ``home`` with the real store, tokenizer and Chroma, and the fake
     embedder (fast): the state golden copies and backups are made from. Returns the chunks table."""
-    from nova_pipeline.core import lexical
-    from nova_pipeline.core.chunking import chunk_manifest
-    from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
-    from nova_pipeline.core.embedding import EmbeddingCache, Tokenizer
-    from nova_pipeline.core.scanning import ScanOptions, scan, unique_contents
-    from nova_pipeline.core.store import ContentStore, update_store
+    from nova_pipeline.core.compression.dictionary import (
+        DictionaryOptions,
+        DictionaryRegistry,
+        build_for_tree,
+    )
+    from nova_pipeline.core.compression.store import ContentStore, update_store
+    from nova_pipeline.core.index import lexical
+    from nova_pipeline.core.index.chunking import chunk_manifest
+    from nova_pipeline.core.index.embedding import Tokenizer
+    from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+    from nova_pipeline.core.index.reconcile import reconcile
+    from nova_pipeline.core.index.vector_store import get_collection, open_client
+    from nova_pipeline.core.ingest.manifest import scan, unique_contents
+    from nova_pipeline.core.ingest.walk import ScanOptions
     from nova_pipeline.core.tables import write_table
-    from nova_pipeline.core.vector_store import get_collection, open_client, reconcile
 
     embedder = embedder or _FAKE
     manifest = scan(ScanOptions(src)).manifest
@@ -222,7 +229,7 @@ def start_chroma(data_dir: Path, log_path: Path, port: int | None = None, timeou
     Raises:
         RuntimeError: it did not answer a heartbeat within ``timeout`` seconds (its log is in the message).
     """
-    from nova_pipeline.core.vector_store import open_client
+    from nova_pipeline.core.index.vector_store import open_client
 
     port = port or free_port()
     chroma = Path(sys.executable).with_name("chroma")
@@ -281,7 +288,7 @@ def rebuild_graph():
 def resources_for(src, home, embedder=None, **nova_fields) -> dict:
     """The resources of a job, for tests: ``src`` and ``home`` as the settings, the IO manager on the same
     settings, the guard, and the fake embedder unless ``embedder`` (e.g. the real ``EmbedderResource()``)."""
-    from nova_pipeline.resources import NovaSettings, resources_on
+    from nova_pipeline.defs.resources import NovaSettings, resources_on
 
     nova = NovaSettings(source_dir=str(src) if src else "", nova_home=str(home), **nova_fields)
     return resources_on(nova, embedder or fake_embedder_resource())

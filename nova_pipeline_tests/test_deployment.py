@@ -125,9 +125,9 @@ def test_the_deployment_runs_a_rebuild_over_two_celery_workers(
 ):
     from dagster_graphql import DagsterGraphQLClient
 
-    from nova_pipeline.core.embedding import bundled_fingerprint
+    from nova_pipeline.core.index.embedding import bundled_fingerprint
+    from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
     from nova_pipeline.core.tables import read_table
-    from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client
 
     redis_server = shutil.which("redis-server")
     if redis_server is None:

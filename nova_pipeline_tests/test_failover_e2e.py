@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from nova_pipeline.core.failover import read_state
-from nova_pipeline.resources import EmbedderResource
+from nova_pipeline.core.serving.pointer import read_state
+from nova_pipeline.defs.resources import EmbedderResource
 from nova_pipeline_tests.conftest import (
     REPO_ROOT,
     free_port,

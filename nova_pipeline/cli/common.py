@@ -50,7 +50,7 @@ def instance_postgres_url() -> str | None:
         return None
     import dagster as dg
 
-    from nova_pipeline.instance import postgres_url
+    from nova_pipeline.deploy.instance import postgres_url
 
     with dg.DagsterInstance.get() as instance:
         return postgres_url(instance)

@@ -10,9 +10,7 @@ from rich.table import Table
 
 from nova_pipeline.cli.common import app, console, search_hint, settings_from_env
 from nova_pipeline.core.errors import NovaError
-
-ASSETS = ("source_files", "frequent_patterns", "compression_dictionary", "compressed_store", "source_chunks",
-          "lexical_index", "vector_index", "golden_copy", "backups")
+from nova_pipeline.core.keys import ASSETS, VECTOR_INDEX
 
 
 def _instance_facts() -> tuple[dict, tuple, str | None]:
@@ -23,7 +21,7 @@ def _instance_facts() -> tuple[dict, tuple, str | None]:
         return {}, (None, None), None
     import dagster as dg
 
-    from nova_pipeline.instance import last_materializations, last_run, postgres_url
+    from nova_pipeline.deploy.instance import last_materializations, last_run, postgres_url
 
     with dg.DagsterInstance.get() as instance:
         return last_materializations(instance, ASSETS), last_run(instance, "rebuild"), postgres_url(instance)
@@ -51,9 +49,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the state a
     One row per asset with the age of its last materialization."""
     import time
 
-    from nova_pipeline.core.embedding import bundled_fingerprint
-    from nova_pipeline.core.failover import FailoverSettings
-    from nova_pipeline.core.stats import describe_state
+    from nova_pipeline.core.index.embedding import bundled_fingerprint
+    from nova_pipeline.core.serving.failover import FailoverSettings
+    from nova_pipeline.core.serving.stats import describe_state
 
     s = settings_from_env()
     rows = describe_state(s, bundled_fingerprint(), FailoverSettings.from_env().max_memory_mb)
@@ -103,12 +101,12 @@ def stats(as_json: bool = typer.Option(False, "--json", help="print the stats as
     """Numbers of the vector store, embedding cache, compressed store, patterns, dictionary and system.
 
     The embedding cache's line includes the last run's hit rate."""
-    from nova_pipeline.core.embedding import bundled_fingerprint
-    from nova_pipeline.core.stats import collect_stats
+    from nova_pipeline.core.index.embedding import bundled_fingerprint
+    from nova_pipeline.core.serving.stats import collect_stats
 
     s = settings_from_env()
     mats, _, _ = _instance_facts()
-    data = collect_stats(s, bundled_fingerprint(), mats.get("vector_index", {}).get("metadata"))
+    data = collect_stats(s, bundled_fingerprint(), mats.get(VECTOR_INDEX, {}).get("metadata"))
     if as_json:
         print(json.dumps(data, indent=1, default=str))
         return
@@ -149,9 +147,9 @@ def health(
 
     NOVA_HOME, disk, memory, the model, the primary vector store, PostgreSQL, the golden copy, the newest
     backup and the last rebuild run."""
-    from nova_pipeline.core.embedding import bundled_fingerprint
-    from nova_pipeline.core.failover import FailoverSettings
-    from nova_pipeline.core.health import Check, healthy, run_checks
+    from nova_pipeline.core.index.embedding import bundled_fingerprint
+    from nova_pipeline.core.serving.failover import FailoverSettings
+    from nova_pipeline.core.serving.health import Check, healthy, run_checks
 
     s = settings_from_env()
     try:
@@ -200,8 +198,9 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="print the hits as a JSON list"),
 ) -> None:
     """Search the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL): hybrid by default."""
-    from nova_pipeline.core.search import MODES, hit_json
-    from nova_pipeline.core.search import search as run_search
+    from nova_pipeline.core.index.ranking import MODES
+    from nova_pipeline.core.serving.searcher import hit_json
+    from nova_pipeline.core.serving.searcher import search as run_search
 
     if mode not in MODES:
         raise typer.BadParameter(f"use one of {', '.join(MODES)}", param_hint="--mode")
@@ -254,8 +253,8 @@ def plan(
     promoted; whether the mass-deletion guard would refuse."""
     from dataclasses import asdict
 
-    from nova_pipeline.core.guard import DeletionGuard
-    from nova_pipeline.core.plan import make_plan, plan_table
+    from nova_pipeline.core.protect.guard import DeletionGuard
+    from nova_pipeline.core.serving.plan import make_plan, plan_table
 
     s = settings_from_env()
     if s.source_dir is None:

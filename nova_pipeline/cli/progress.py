@@ -1,4 +1,4 @@
-"""The live display of ``nova rebuild``, built from the run's events (:mod:`nova_pipeline.run_events`).
+"""The live display of ``nova rebuild``, built from the run's events (:mod:`nova_pipeline.deploy.run_events`).
 
 Each phase is a step of the ``rebuild`` job. Its bar starts at the step's start event, moves with the
 progress observations the asset emits (``nova/phase``, ``nova/done``, ``nova/total``), and ends at the
@@ -24,21 +24,31 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from nova_pipeline import run_events
+from nova_pipeline.core.keys import (
+    COMPRESSED_STORE,
+    COMPRESSION_DICTIONARY,
+    FREQUENT_PATTERNS,
+    GOLDEN_COPY,
+    LEXICAL_INDEX,
+    SOURCE_CHUNKS,
+    SOURCE_FILES,
+    VECTOR_INDEX,
+)
+from nova_pipeline.deploy import run_events
 
 PHASES = {  # step key -> phase
-    "source_files": "scan",
-    "frequent_patterns": "patterns",
-    "compression_dictionary": "dictionary",
-    "compressed_store": "compress",
-    "source_chunks": "chunk",
-    "vector_index": "embed",
-    "lexical_index": "lexical",
-    "golden_copy": "golden copy",
+    SOURCE_FILES: "scan",
+    FREQUENT_PATTERNS: "patterns",
+    COMPRESSION_DICTIONARY: "dictionary",
+    COMPRESSED_STORE: "compress",
+    SOURCE_CHUNKS: "chunk",
+    VECTOR_INDEX: "embed",
+    LEXICAL_INDEX: "lexical",
+    GOLDEN_COPY: "golden copy",
 }
 # vector_index is a graph of ops: plan_vector_slices, reconcile_vector_slice[slice_i], finish_vector_index.
 # Its phase starts with the first and ends with the last.
-LAST_STEP = {"vector_index": "vector_index.finish_vector_index"}
+LAST_STEP = {VECTOR_INDEX: "vector_index.finish_vector_index"}
 
 
 def phase_of(step_key: str | None) -> tuple[str | None, bool, bool]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from nova_pipeline.cli.common import app, console, instance_postgres_url, settings_from_env
-from nova_pipeline.core.backup import DEFAULT_KEEP
 from nova_pipeline.core.errors import NovaError
+from nova_pipeline.core.protect.backup.archive import DEFAULT_KEEP
 
 golden_app = typer.Typer(
     help="Golden copies: list, verify, reset the index from CURRENT.", no_args_is_help=True
@@ -28,7 +28,7 @@ def _report(what: str, failures: list[str]) -> None:
 @golden_app.command("list")
 def golden_list() -> None:
     """Committed golden versions, oldest first; * marks CURRENT."""
-    from nova_pipeline.core import golden
+    from nova_pipeline.core.protect import golden
 
     s = settings_from_env()
     cur = golden.current_version(s.home)
@@ -40,7 +40,7 @@ def golden_list() -> None:
 @golden_app.command("verify")
 def golden_verify() -> None:
     """Check every file of the CURRENT golden version against its manifest."""
-    from nova_pipeline.core import golden
+    from nova_pipeline.core.protect import golden
 
     s = settings_from_env()
     cur = golden.current_version(s.home)
@@ -55,7 +55,7 @@ def golden_reset(
     yes: bool = typer.Option(False, "--yes", help="confirm: replace the index from the golden copy"),
 ) -> None:
     """Rebuild the primary index from the CURRENT golden copy without re-embedding (audited)."""
-    from nova_pipeline.core import audit, golden
+    from nova_pipeline.core.protect import audit, golden
 
     s = settings_from_env()
     entry = golden.reset_index(s.home, s.chroma_url, yes, audit.actor())
@@ -70,7 +70,7 @@ def backup_create(keep: int = typer.Option(DEFAULT_KEEP, help="verified backups 
     """Back up the CURRENT golden copy and its store objects (the same as the `backup` job).
 
     The Dagster database is included when the instance of DAGSTER_HOME is on PostgreSQL."""
-    from nova_pipeline.core import backup
+    from nova_pipeline.core.protect import backup
 
     pg_url = instance_postgres_url()
     with console.status("writing backup…"):
@@ -86,7 +86,7 @@ def backup_create(keep: int = typer.Option(DEFAULT_KEEP, help="verified backups 
 @backup_app.command("list")
 def backup_list() -> None:
     """Published backups, newest first."""
-    from nova_pipeline.core import backup
+    from nova_pipeline.core.protect import backup
 
     for b in backup.list_backups(settings_from_env().home):
         console.print(f"{b.id}  {b.size:,} bytes  {b.path}")
@@ -98,7 +98,7 @@ def backup_verify(
     level: int = typer.Option(2, "--level", min=1, max=3, help="1 structure, 2 full read, 3 restore drill"),
 ) -> None:
     """Verify a backup at level 1, 2 or 3."""
-    from nova_pipeline.core import backup
+    from nova_pipeline.core.protect import backup
 
     s = settings_from_env()
     newest = backup.newest_backup(s.home)
@@ -116,7 +116,7 @@ def backup_restore(
     yes: bool = typer.Option(False, "--yes", help="confirm: replace the golden copy and index"),
 ) -> None:
     """Restore a backup: verify it in a new location, switch atomically, rebuild the index (audited)."""
-    from nova_pipeline.core import audit, backup
+    from nova_pipeline.core.protect import audit, backup
 
     s = settings_from_env()
     with console.status(f"restoring {backup_id}…"):

@@ -69,9 +69,10 @@ def rebuild(
 
     import dagster as dg
 
-    from nova_pipeline import logs, run_events
+    from nova_pipeline.cli import logs
     from nova_pipeline.cli.common import require_dagster_home, search_hint, settings_from_env
     from nova_pipeline.cli.progress import RebuildDisplay
+    from nova_pipeline.deploy import run_events
 
     require_dagster_home()
     if source:

@@ -33,9 +33,9 @@ def serve(
 
     import uvicorn
 
-    from nova_pipeline import logs
-    from nova_pipeline.core.failover import FailoverSettings
-    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.cli import logs
+    from nova_pipeline.core.serving.failover import FailoverSettings
+    from nova_pipeline.core.serving.tokens import TokenStore
     from nova_pipeline.service.app import create_app
 
     settings = settings_from_env()
@@ -65,8 +65,8 @@ def token_create(
     role: str = typer.Option("viewer", "--role", help="viewer (search, read) or admin (also change things)"),
 ) -> None:
     """Create a token and print it once (only its salted scrypt hash is stored)."""
-    from nova_pipeline.core import audit
-    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.core.protect import audit
+    from nova_pipeline.core.serving.tokens import TokenStore
 
     s = settings_from_env()
     token = TokenStore(s.home).create(name, role)
@@ -78,7 +78,7 @@ def token_create(
 @token_app.command("list")
 def token_list() -> None:
     """Token names, roles and creation times (never the tokens)."""
-    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.core.serving.tokens import TokenStore
 
     for e in TokenStore(settings_from_env().home).entries():
         console.print(f"{e.name}  {e.role}  created {e.created_at}", highlight=False)
@@ -87,8 +87,8 @@ def token_list() -> None:
 @token_app.command("revoke")
 def token_revoke(name: str = typer.Argument(..., help="the token's name")) -> None:
     """Delete a token; a running service refuses it from its next request."""
-    from nova_pipeline.core import audit
-    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.core.protect import audit
+    from nova_pipeline.core.serving.tokens import TokenStore
 
     s = settings_from_env()
     if not TokenStore(s.home).revoke(name):

@@ -11,6 +11,11 @@ class NovaError(Exception):
     """Base class for every error raised by ``nova_pipeline.core``."""
 
 
+class InvalidRequestError(NovaError, ValueError):
+    """An argument is outside what the call accepts (an unknown search mode, a bad name); also a
+    ``ValueError``, so callers that catch that keep working."""
+
+
 class SettingsError(NovaError):
     """A setting (environment variable or config field) is missing or invalid."""
 
@@ -43,6 +48,10 @@ class VectorStoreError(NovaError):
     """The vector store (Chroma) is unreachable or returned something inconsistent."""
 
 
+class QueryTimeoutError(VectorStoreError):
+    """A query to the vector store did not finish within its deadline (``NOVA_QUERY_TIMEOUT``)."""
+
+
 class EmbeddingError(NovaError):
     """The embedding model cannot be loaded or failed on a batch."""
 
@@ -65,6 +74,14 @@ class ConfirmationRequired(NovaError):
 
 class MassDeletionError(NovaError):
     """A run would delete most of what is indexed (an unmounted volume looks like an empty tree); refused."""
+
+
+class LockTimeoutError(NovaError):
+    """A lock of ``NOVA_HOME`` (see :mod:`nova_pipeline.core.locks`) stayed held by another writer too long."""
+
+
+class TableNotMaterializedError(NovaError):
+    """A table asset that a step reads has never been materialized under this ``NOVA_HOME``."""
 
 
 class FailoverError(NovaError):

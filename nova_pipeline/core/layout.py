@@ -6,12 +6,13 @@ instead of joining strings, so the layout can change in one place and two parts 
     NOVA_HOME/
       tables/<name>.parquet          DataFrame assets (names in nova_pipeline.core.tables)
       store/objects/ab/cdef...       compressed content-addressed store; store/index.parquet commits it
+      store/pins/<name>.parquet      the store's GC roots (one per golden version)
       dictionaries/<blake3>.zdict    zstd dictionaries; current.json names the current one
       cache/embeddings/<fp>.sqlite3  embedding cache per model fingerprint
       cache/patterns/                pattern-analysis shard cache
       vectors/                       embedded Chroma data dir (unless NOVA_CHROMA_URL)
-      vectors.lock                   the one-writer lock (embedded Chroma)
-      locks/vectors-bucket-NN.lock   one writer per bucket (Chroma server, sliced vector_index)
+      vectors.lock                   the writer lock; locks/vectors-bucket-NN.lock the bucket locks
+                                     (the one lock order: nova_pipeline.core.locks)
       steps/<run id>/                outputs of the inner ops of vector_index (small pickles)
       lexical/<digest>/, lexical/CURRENT   BM25 indexes of the chunks; CURRENT names the live one
       vectors.verified.json          what was verified against the collection, at which state
@@ -67,6 +68,11 @@ class Layout:
     @property
     def store_index(self) -> Path:
         return self.store / "index.parquet"
+
+    @property
+    def store_pins(self) -> Path:
+        """The store's GC roots: one ``<name>.parquet`` of ``key, dict_blake3`` per pin."""
+        return self.store / "pins"
 
     @property
     def dictionaries(self) -> Path:

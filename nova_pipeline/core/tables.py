@@ -1,8 +1,8 @@
 """DataFrame tables (manifests, patterns, chunks) kept as Parquet under ``NOVA_HOME/tables``.
 
 Each table is one file, written atomically (see :mod:`nova_pipeline.core.atomic`), so a reader sees the
-last committed version or nothing. The names below are the only table names: a DataFrame asset's table
-is named by its asset key (the IO manager writes it), so these are also those assets' keys.
+last committed version or nothing. :data:`TABLES` are the only table names: a DataFrame asset's table is
+named by its asset key (:mod:`nova_pipeline.core.keys`; the IO manager writes it).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from nova_pipeline.core.atomic import atomic_write_with
+from nova_pipeline.core.errors import TableNotMaterializedError
+from nova_pipeline.core.keys import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.layout import Layout
 
-SOURCE_FILES = "source_files"  # the manifest (asset)
 SOURCE_FILES_BINARIES = "source_files_binaries"  # binary files seen by the scan, so they are not read again
-FREQUENT_PATTERNS = "frequent_patterns"  # asset
-SOURCE_CHUNKS = "source_chunks"  # asset
+__all__ = ["SOURCE_FILES_BINARIES", "TABLES", "read_table", "require_table", "table_path", "write_table",
+           "FREQUENT_PATTERNS", "SOURCE_CHUNKS", "SOURCE_FILES"]
 TABLES = (SOURCE_FILES, SOURCE_FILES_BINARIES, FREQUENT_PATTERNS, SOURCE_CHUNKS)
 
 
@@ -51,12 +52,12 @@ def require_table(home: Path | Layout, name: str, columns: list[str] | None = No
     reads of its upstream asset.
 
     Raises:
-        FileNotFoundError: the table was never written; the message names its path and the job to run.
+        TableNotMaterializedError: the table was never written; the message names it and the job to run.
     """
     df = read_table(home, name, columns)
     if df is None:
-        raise FileNotFoundError(
-            f"table {name} has not been materialized ({table_path(home, name)} is missing); "
-            "run the rebuild job"
+        raise TableNotMaterializedError(
+            f"table {name} has not been materialized ({Layout.of(home).table(name).name} is missing under "
+            "NOVA_HOME/tables): run the rebuild job"
         )
     return df

@@ -15,21 +15,29 @@ at which ``compressed_store`` then compresses.
 import dagster as dg
 import pandas as pd
 
-from nova_pipeline.core.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
-from nova_pipeline.core.patterns import PatternOptions, display_pattern, find_patterns, pattern_sources
-from nova_pipeline.core.scanning import unique_contents
-from nova_pipeline.core.store import DEFAULT_THREADS, ContentStore, update_store
-from nova_pipeline.core.tables import FREQUENT_PATTERNS, SOURCE_FILES, read_table, require_table
+from nova_pipeline.core.compression.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
+from nova_pipeline.core.compression.patterns import display_pattern, find_patterns, pattern_sources
+from nova_pipeline.core.compression.repeats import PatternOptions
+from nova_pipeline.core.compression.store import DEFAULT_THREADS, ContentStore, update_store
+from nova_pipeline.core.ingest.manifest import unique_contents
+from nova_pipeline.core.keys import (
+    COMPRESSED_STORE,
+    COMPRESSION,
+    COMPRESSION_DICTIONARY,
+    FREQUENT_PATTERNS,
+    SOURCE_FILES,
+)
+from nova_pipeline.core.tables import read_table, require_table
 from nova_pipeline.defs.metadata import md_table
-from nova_pipeline.resources import NovaSettings
-from nova_pipeline.run_events import progress_reporter
+from nova_pipeline.defs.resources import NovaSettings
+from nova_pipeline.deploy.run_events import progress_reporter
 
 _PATTERNS = PatternOptions()
 _DICTIONARY = DictionaryOptions()
 
 
 class PatternsConfig(dg.Config):
-    """Pattern analysis settings (see :class:`~nova_pipeline.core.patterns.PatternOptions`); lengths in
+    """Pattern analysis settings (see :class:`~nova_pipeline.core.compression.repeats.PatternOptions`); lengths in
     bytes, memory in MB (2^20 bytes)."""
 
     min_length: int = _PATTERNS.min_length
@@ -40,7 +48,7 @@ class PatternsConfig(dg.Config):
     memory_limit_mb: int = _PATTERNS.memory_limit_mb
 
 
-@dg.asset(kinds={"python", "parquet"}, group_name="compression", deps=[SOURCE_FILES])
+@dg.asset(kinds={"python", "parquet"}, group_name=COMPRESSION, deps=[SOURCE_FILES])
 def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig, nova: NovaSettings):
     """Top repeated byte substrings (maximal repeats) across the tree.
 
@@ -94,7 +102,7 @@ def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig,
 
 
 class DictionaryConfig(dg.Config):
-    """Dictionary settings (see :class:`~nova_pipeline.core.dictionary.DictionaryOptions`): size in bytes;
+    """Dictionary settings (see :class:`~nova_pipeline.core.compression.dictionary.DictionaryOptions`): size in bytes;
     ``level``, the zstd level of the held-out measurement and of the store; held-out share in percent;
     drift as a share (0.05 = 5%)."""
 
@@ -106,14 +114,14 @@ class DictionaryConfig(dg.Config):
 
 DICTIONARY_CHECK = dg.AssetCheckSpec(
     "dictionary_beats_no_dictionary",
-    asset="compression_dictionary",
+    asset=COMPRESSION_DICTIONARY,
     description="The dictionary beats no dictionary on held-out files.",
 )
 
 
 @dg.asset(
     kinds={"zstd"},
-    group_name="compression",
+    group_name=COMPRESSION,
     deps=[SOURCE_FILES, frequent_patterns],
     check_specs=[DICTIONARY_CHECK],
 )
@@ -122,7 +130,7 @@ def compression_dictionary(context: dg.AssetExecutionContext, config: Dictionary
 
     Retrained only when the held-out ratio falls by more than ``drift_threshold``; otherwise the current
     dictionary is kept, because the store refers to it. Runs after ``frequent_patterns`` but does not seed
-    from them (see :mod:`nova_pipeline.core.dictionary`).
+    from them (see :mod:`nova_pipeline.core.compression.dictionary`).
     """
     settings = nova.settings()
     source_files = require_table(settings.layout, SOURCE_FILES)
@@ -192,7 +200,7 @@ class StoreConfig(dg.Config):
 
 ROUND_TRIP_CHECK = dg.AssetCheckSpec(
     "store_round_trip",
-    asset="compressed_store",
+    asset=COMPRESSED_STORE,
     blocking=True,
     description="Stored objects decompress and match their blake3 keys.",
 )
@@ -200,7 +208,7 @@ ROUND_TRIP_CHECK = dg.AssetCheckSpec(
 
 @dg.asset(
     kinds={"zstd"},
-    group_name="compression",
+    group_name=COMPRESSION,
     deps=[SOURCE_FILES, compression_dictionary],
     check_specs=[ROUND_TRIP_CHECK],
 )

@@ -14,33 +14,36 @@ import time
 import dagster as dg
 import pandas as pd
 
-from nova_pipeline.core import lexical
-from nova_pipeline.core.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest
-from nova_pipeline.core.embedding import EmbeddingCache
-from nova_pipeline.core.errors import VectorStoreError
-from nova_pipeline.core.failover import PRIMARY, ActiveStore, active_store
-from nova_pipeline.core.tables import SOURCE_CHUNKS, SOURCE_FILES, read_table, require_table
-from nova_pipeline.core.vector_store import (
+from nova_pipeline.core.errors import SettingsError, VectorStoreError
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest
+from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+from nova_pipeline.core.index.reconcile import reconcile
+from nova_pipeline.core.index.vector_store import (
     BUCKETS,
     DEFAULT_BATCH,
-    VerifiedRecord,
-    bucket_locks,
     collection_name,
-    count_failures,
     existing_ids,
-    ids_digest,
-    reconcile,
-    self_retrieval_failures,
     slice_buckets,
-    store_state,
-    writer_lock,
 )
+from nova_pipeline.core.index.verification import (
+    VerifiedRecord,
+    count_failures,
+    ids_digest,
+    self_retrieval_failures,
+    store_state,
+)
+from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES, VECTOR_INDEX
+from nova_pipeline.core.locks import bucket_locks, writer_lock
+from nova_pipeline.core.serving.failover import ActiveStore, active_store
+from nova_pipeline.core.serving.pointer import PRIMARY
+from nova_pipeline.core.tables import read_table, require_table
 from nova_pipeline.defs.metadata import DAILY, md_table
-from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
-from nova_pipeline.run_events import DONE, PART, PHASE, TOTAL, UNIT, progress_reporter
+from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+from nova_pipeline.deploy.run_events import DONE, PART, PHASE, TOTAL, UNIT, progress_reporter
 
 
-@dg.asset(kinds={"python", "parquet"}, group_name="index", deps=[SOURCE_FILES])
+@dg.asset(kinds={"python", "parquet"}, group_name=INDEX, deps=[SOURCE_FILES])
 def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedder: EmbedderResource):
     """Code-aware chunks: ``chunk_id, path, start_line, end_line, symbol, language, content_blake3, n_tokens,
     truncated`` (plus ``file_blake3`` and the embedded ``text``). Unchanged files keep their chunks."""
@@ -87,7 +90,7 @@ def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedde
 
 LEXICAL_CHECK = dg.AssetCheckSpec(
     "lexical_index_matches_chunks",
-    asset="lexical_index",
+    asset=LEXICAL_INDEX,
     blocking=True,
     description="The live lexical index holds exactly the chunk ids of source_chunks.",
 )
@@ -95,7 +98,7 @@ LEXICAL_CHECK = dg.AssetCheckSpec(
 
 @dg.asset(
     kinds={"python", "bm25s"},
-    group_name="index",
+    group_name=INDEX,
     deps=[SOURCE_CHUNKS],
     check_specs=[LEXICAL_CHECK],
 )
@@ -146,8 +149,24 @@ class VectorIndexConfig(dg.Config):
     their own embedding."""
 
     batch_size: int = DEFAULT_BATCH
-    slices: int = max(1, min(BUCKETS, int(os.environ.get("NOVA_INDEX_SLICES", "1") or 1)))
+    slices: int = 0  # 0: NOVA_INDEX_SLICES when the run starts, else 1
     self_retrieval_sample: int = 25
+
+
+def resolve_slices(slices: int, env=None) -> int:
+    """The slices of a run: ``slices`` when it is set (> 0), else ``NOVA_INDEX_SLICES``, else 1; at most
+    :data:`BUCKETS`.
+
+    Raises:
+        SettingsError: ``NOVA_INDEX_SLICES`` is not a whole number.
+    """
+    if slices <= 0:
+        raw = ((os.environ if env is None else env).get("NOVA_INDEX_SLICES") or "1").strip()
+        try:
+            slices = int(raw)
+        except ValueError:
+            raise SettingsError(f"NOVA_INDEX_SLICES={raw!r} is not a whole number of slices") from None
+    return max(1, min(BUCKETS, slices))
 
 
 @dg.config_mapping
@@ -188,7 +207,7 @@ _STEP_OUT = "step_io_manager"
 
 
 @dg.op(
-    ins={"source_chunks": dg.In(dg.Nothing)},
+    ins={SOURCE_CHUNKS: dg.In(dg.Nothing)},
     out={"plan": dg.Out(dict, io_manager_key=_STEP_OUT),
          "slices": dg.DynamicOut(dict, io_manager_key=_STEP_OUT)},
 )
@@ -217,7 +236,7 @@ def plan_vector_slices(
     except Exception as exc:  # noqa: BLE001
         raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
     guard.guard().check_vectors(present, len(source_chunks), collection.name)
-    n = config.slices
+    n = resolve_slices(config.slices)
     yield dg.Output({"verified": None, "slices": n, "present_before": present,
                      "self_retrieval_sample": config.self_retrieval_sample}, "plan")
     for i in range(n):
@@ -250,7 +269,7 @@ def reconcile_vector_slice(
     def on_batch(n, stats):
         context.log_event(
             dg.AssetObservation(
-                asset_key="vector_index",
+                asset_key=VECTOR_INDEX,
                 metadata={
                     "slice": part,
                     "batch": n,
@@ -292,13 +311,13 @@ def reconcile_vector_slice(
 
 COUNT_CHECK = dg.AssetCheckSpec(
     "vector_count_matches_chunks",
-    asset="vector_index",
+    asset=VECTOR_INDEX,
     blocking=True,
     description="The collection holds one vector per chunk.",
 )
 SELF_CHECK = dg.AssetCheckSpec(
     "chunks_find_themselves",
-    asset="vector_index",
+    asset=VECTOR_INDEX,
     blocking=True,
     description="A sample of chunks each find themselves as the top-1 result.",
 )
@@ -402,7 +421,7 @@ def finish_vector_index(
 
 def vector_count_matches_chunks(collection, chunks: pd.DataFrame, verified: VerifiedRecord, digest: str,
                                 state: str | None, run_id: str) -> dg.AssetCheckResult:
-    """One vector per chunk (:func:`~nova_pipeline.core.vector_store.count_failures`): fails naming up to
+    """One vector per chunk (:func:`~nova_pipeline.core.index.verification.count_failures`): fails naming up to
     three chunks with no vector and three vectors that are no chunk's. A pass is recorded in ``verified``."""
     count, missing, extra, named = count_failures(collection, chunks)
     if not named:
@@ -424,7 +443,7 @@ def chunks_find_themselves(collection, chunks: pd.DataFrame, home, fingerprint: 
                            verified: VerifiedRecord, digest: str, state: str | None,
                            run_id: str) -> dg.AssetCheckResult:
     """``sample`` chunks queried with their own cached embedding each come back first
-    (:func:`~nova_pipeline.core.vector_store.self_retrieval_failures`); fails naming the first three that
+    (:func:`~nova_pipeline.core.index.verification.self_retrieval_failures`); fails naming the first three that
     did not. A pass is recorded in ``verified``."""
     cache = EmbeddingCache(home, fingerprint)
     try:
@@ -443,8 +462,8 @@ def chunks_find_themselves(collection, chunks: pd.DataFrame, home, fingerprint: 
 
 @dg.graph_asset(
     kinds={"chromadb"},
-    group_name="index",
-    ins={"source_chunks": dg.AssetIn(SOURCE_CHUNKS, dagster_type=dg.Nothing)},
+    group_name=INDEX,
+    ins={SOURCE_CHUNKS: dg.AssetIn(SOURCE_CHUNKS, dagster_type=dg.Nothing)},
     config=_vector_index_config,
     check_specs=[COUNT_CHECK, SELF_CHECK],
     description="""A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.

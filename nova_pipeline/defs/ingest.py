@@ -2,11 +2,13 @@
 
 import dagster as dg
 
-from nova_pipeline.core.scanning import DEFAULT_MAX_FILE_SIZE, ScanOptions, ScanResult, scan
-from nova_pipeline.core.tables import SOURCE_FILES, SOURCE_FILES_BINARIES, read_table, write_table
+from nova_pipeline.core.ingest.manifest import ScanResult, scan
+from nova_pipeline.core.ingest.walk import DEFAULT_MAX_FILE_SIZE, ScanOptions
+from nova_pipeline.core.keys import INGEST, SOURCE_FILES
+from nova_pipeline.core.tables import SOURCE_FILES_BINARIES, read_table, write_table
 from nova_pipeline.defs.metadata import md_table
-from nova_pipeline.resources import DeletionGuardResource, NovaSettings
-from nova_pipeline.run_events import progress_reporter
+from nova_pipeline.defs.resources import DeletionGuardResource, NovaSettings
+from nova_pipeline.deploy.run_events import progress_reporter
 
 
 class ScanConfig(dg.Config):
@@ -31,7 +33,7 @@ def scan_metadata(result: ScanResult) -> dict[str, object]:
         "languages": md_table(result.language_table()),
     }
 
-@dg.asset(kinds={"python", "parquet"}, group_name="ingest")
+@dg.asset(kinds={"python", "parquet"}, group_name=INGEST)
 def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: NovaSettings,
                  guard: DeletionGuardResource):
     """Manifest of the source tree: ``path, size, mtime_ns, blake3, language, status``.

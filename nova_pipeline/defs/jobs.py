@@ -5,6 +5,7 @@ Asset jobs select assets by key, so this module needs no asset objects from the 
 
 import dagster as dg
 
+from nova_pipeline.core.keys import BACKUPS
 from nova_pipeline.defs.protect import reset_index_op, restore_drill_op, restore_op
 from nova_pipeline.defs.serving import failback_op, failover_op
 
@@ -13,13 +14,13 @@ from nova_pipeline.defs.serving import failback_op, failover_op
 # parallelise inside themselves, and a process per step only paid for imports again), or on Celery workers.
 rebuild_job = dg.define_asset_job(
     "rebuild",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("backups"),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(BACKUPS),
     description="Incremental rebuild of every asset, ending with a verified golden copy.",
 )
 
 backup_job = dg.define_asset_job(
     "backup",
-    selection=dg.AssetSelection.assets("backups"),
+    selection=dg.AssetSelection.assets(BACKUPS),
     description="Archive the CURRENT golden copy and its store objects; verify; apply retention.",
 )
 

@@ -7,14 +7,24 @@ the restore drill is worth running on its own from the UI."""
 
 import dagster as dg
 
-from nova_pipeline.core import audit, backup, golden
-from nova_pipeline.core.chunking import META_COLUMNS
-from nova_pipeline.core.failover import FailoverSettings, active_store, estimate_for_version
-from nova_pipeline.core.tables import SOURCE_CHUNKS, require_table
+from nova_pipeline.core.index.chunking import META_COLUMNS
+from nova_pipeline.core.keys import (
+    BACKUPS,
+    COMPRESSED_STORE,
+    GOLDEN_COPY,
+    LEXICAL_INDEX,
+    PROTECT,
+    SOURCE_CHUNKS,
+    VECTOR_INDEX,
+)
+from nova_pipeline.core.protect import audit, backup, golden
+from nova_pipeline.core.serving.estimate import estimate_for_version
+from nova_pipeline.core.serving.failover import FailoverSettings, active_store
+from nova_pipeline.core.tables import require_table
 from nova_pipeline.defs.metadata import DAILY
-from nova_pipeline.instance import postgres_url
-from nova_pipeline.resources import DeletionGuardResource, EmbedderResource, NovaSettings
-from nova_pipeline.run_events import progress_reporter
+from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+from nova_pipeline.deploy.instance import postgres_url
+from nova_pipeline.deploy.run_events import progress_reporter
 
 
 class GoldenConfig(dg.Config):
@@ -25,7 +35,7 @@ class GoldenConfig(dg.Config):
 
 GOLDEN_CHECK = dg.AssetCheckSpec(
     "golden_copy_verifies",
-    asset="golden_copy",
+    asset=GOLDEN_COPY,
     blocking=True,
     description="The CURRENT golden version verifies against its manifest.",
 )
@@ -33,8 +43,8 @@ GOLDEN_CHECK = dg.AssetCheckSpec(
 
 @dg.asset(
     kinds={"chromadb"},
-    group_name="protect",
-    deps=["vector_index", "compressed_store", "lexical_index", SOURCE_CHUNKS],
+    group_name=PROTECT,
+    deps=[VECTOR_INDEX, COMPRESSED_STORE, LEXICAL_INDEX, SOURCE_CHUNKS],
     check_specs=[GOLDEN_CHECK],
 )
 def golden_copy(
@@ -102,7 +112,7 @@ def golden_copy(
 def golden_copy_verifies(home, verified: str | None = None) -> dg.AssetCheckResult:
     """The CURRENT golden version against its manifest (every file's size and blake3); fails naming the
     first three files that differ, or when there is no golden copy. ``verified``: the name of a version
-    that :func:`~nova_pipeline.core.golden.promote` verified against its manifest in this same step (an
+    that :func:`~nova_pipeline.core.protect.golden.promotion.promote` verified against its manifest in this same step (an
     unchanged CURRENT); it is not read a second time."""
     cur = golden.current_version(home)
     if cur is None:
@@ -129,7 +139,7 @@ class BackupConfig(dg.Config):
     threads: int = backup.DEFAULT_THREADS
 
 
-@dg.asset(kinds={"zstd"}, group_name="protect", deps=[golden_copy], freshness_policy=DAILY)
+@dg.asset(kinds={"zstd"}, group_name=PROTECT, deps=[golden_copy], freshness_policy=DAILY)
 def backups(context: dg.AssetExecutionContext, config: BackupConfig, nova: NovaSettings):
     """``backup_<UTC>.tar.zst`` of the CURRENT golden version, its store objects and dictionaries, and a
     ``pg_dump -Fc`` of the Dagster database when the instance is on PostgreSQL; retention applied."""
@@ -209,7 +219,7 @@ def reset_index_op(context: dg.OpExecutionContext, config: ConfirmConfig, nova: 
     entry = golden.reset_index(settings.home, settings.chroma_url, config.confirm, _who(context))
     context.log_event(
         dg.AssetObservation(
-            asset_key="vector_index",
+            asset_key=VECTOR_INDEX,
             metadata={
                 "reset_from_golden": entry["details"]["version"],
                 "vectors": entry["details"]["count"],
@@ -235,7 +245,7 @@ def restore_drill_op(context: dg.OpExecutionContext, config: DrillConfig, nova: 
     failures = backup.restore_drill(home, b, postgres_url(context.instance))
     context.log_event(
         dg.AssetObservation(
-            asset_key="backups",
+            asset_key=BACKUPS,
             metadata={
                 "restore_drill": b.id,
                 "passed": not failures,
@@ -263,7 +273,7 @@ def restore_op(context: dg.OpExecutionContext, config: RestoreConfig, nova: Nova
     )
     context.log_event(
         dg.AssetObservation(
-            asset_key="golden_copy",
+            asset_key=GOLDEN_COPY,
             metadata={"restored_from": config.backup_id, "audit": dg.MetadataValue.json(entry)},
         )
     )

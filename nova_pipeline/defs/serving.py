@@ -1,5 +1,5 @@
 """Keeping search answering: the health sensors of the primary vector store and the ops of the failover and
-failback jobs (the jobs are in ``jobs.py``). The logic is in :mod:`nova_pipeline.core.failover`.
+failback jobs (the jobs are in ``jobs.py``). The logic is in :mod:`nova_pipeline.core.serving.failover`.
 
 The sensors are RUNNING by default when ``NOVA_CHROMA_URL`` names a Chroma server (each tick probes it in a
 subprocess), and STOPPED for the embedded store (turn them on in the UI to guard an embedded data dir).
@@ -11,50 +11,53 @@ import os
 
 import dagster as dg
 
-from nova_pipeline.core import audit
-from nova_pipeline.core.failover import (
-    FailoverSettings,
-    activate_backup,
-    fail_back,
-    probe,
-    read_state,
-    set_breaker,
-)
-from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
-from nova_pipeline.resources import EmbedderResource, NovaSettings
+from nova_pipeline.core.keys import SOURCE_CHUNKS, VECTOR_INDEX
+from nova_pipeline.core.protect import audit
+from nova_pipeline.core.serving.failover import FailoverSettings, activate_backup, fail_back
+from nova_pipeline.core.serving.pointer import read_state, set_breaker
+from nova_pipeline.core.serving.probe import probe
+from nova_pipeline.core.tables import require_table
+from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
 
-FAILOVER = FailoverSettings.from_env()
+# Read when the definitions load, on purpose: Dagster needs a sensor's interval and default status then.
+# Everything else (thresholds, timeouts, delays) is read when a tick or an op runs.
+PROBE_INTERVAL_S = FailoverSettings.from_env().probe_interval_s
 DEFAULT_STATUS = (dg.DefaultSensorStatus.RUNNING if os.environ.get("NOVA_CHROMA_URL")
                   else dg.DefaultSensorStatus.STOPPED)
 
 
 def _probe(nova: NovaSettings, embedder: EmbedderResource):
     settings = nova.settings(require_source=False)
-    return lambda: probe(settings.home, settings.chroma_url, embedder.fingerprint(), FAILOVER.probe_timeout_s)
+    timeout = FailoverSettings.from_env().probe_timeout_s
+    return lambda: probe(settings.home, settings.chroma_url, embedder.fingerprint(), timeout)
 
 
 @dg.sensor(
     name="primary_vector_store_health",
     job_name="failover",
     default_status=DEFAULT_STATUS,
-    minimum_interval_seconds=FAILOVER.probe_interval_s,
+    minimum_interval_seconds=PROBE_INTERVAL_S,
     description="Probes the primary vector store (heartbeat, count, one query, in a subprocess) through "
     "a circuit breaker kept in the cursor; requests the failover job when it opens.",
 )
 def primary_vector_store_health(
     context: dg.SensorEvaluationContext, nova: NovaSettings, embedder: EmbedderResource
 ):
-    from nova_pipeline.core.breaker import evaluate, make_breaker  # pybreaker: only the sensor needs it
+    from nova_pipeline.core.serving.breaker import (  # pybreaker: only the sensor needs it
+        evaluate,
+        make_breaker,
+    )
 
     home = nova.settings(require_source=False).home
-    breaker, storage = make_breaker(json.loads(context.cursor) if context.cursor else None, FAILOVER)
+    failover = FailoverSettings.from_env()
+    breaker, storage = make_breaker(json.loads(context.cursor) if context.cursor else None, failover)
     tick = evaluate(breaker, _probe(nova, embedder))
     context.update_cursor(json.dumps(storage.data))
     state = set_breaker(home, tick.after)
     if tick.skipped:
         return dg.SkipReason(
             f"breaker open since {storage.data['opened_at']}: no probe until it half-opens "
-            f"({FAILOVER.half_open_after_s:g} s)"
+            f"({failover.half_open_after_s:g} s)"
         )
     if tick.opened:
         context.log.warning(f"primary vector store failed {len(tick.probes)} probes: {tick.errors[-1]}")
@@ -67,7 +70,7 @@ def primary_vector_store_health(
         return dg.SkipReason(f"primary healthy (breaker {tick.after})")
     return dg.SkipReason(
         f"primary failed a probe ({tick.errors[-1] if tick.errors else '?'}); "
-        f"breaker {tick.after}, {storage.counter} of {FAILOVER.failure_threshold} failures"
+        f"breaker {tick.after}, {storage.counter} of {failover.failure_threshold} failures"
     )
 
 
@@ -75,7 +78,7 @@ def primary_vector_store_health(
     name="primary_recovered",
     job_name="failback",
     default_status=DEFAULT_STATUS,
-    minimum_interval_seconds=FAILOVER.probe_interval_s,
+    minimum_interval_seconds=PROBE_INTERVAL_S,
     description="While failed over, requests the failback job once the primary has passed every probe "
     "for the restore delay.",
 )
@@ -91,10 +94,11 @@ def primary_recovered(context: dg.SensorEvaluationContext, nova: NovaSettings, e
     now = dt.datetime.now(dt.timezone.utc)
     since = dt.datetime.fromisoformat(context.cursor) if context.cursor else now
     healthy_for = (now - since).total_seconds()
-    if healthy_for < FAILOVER.restore_delay_s:
+    restore_delay_s = FailoverSettings.from_env().restore_delay_s
+    if healthy_for < restore_delay_s:
         context.update_cursor(since.isoformat())
         return dg.SkipReason(
-            f"primary healthy for {healthy_for:.0f} s of the {FAILOVER.restore_delay_s:g} s restore delay"
+            f"primary healthy for {healthy_for:.0f} s of the {restore_delay_s:g} s restore delay"
         )
     context.update_cursor(None)
     return dg.RunRequest(run_key=f"failback-{since.isoformat()}")
@@ -111,11 +115,11 @@ def failover_op(context: dg.OpExecutionContext, nova: NovaSettings):
     why."""
     home = nova.settings(require_source=False).home
     reason = context.run.tags.get("nova/reason", "requested by hand")
-    entry = activate_backup(home, FAILOVER, reason, _who(context))
+    entry = activate_backup(home, FailoverSettings.from_env(), reason, _who(context))
     context.log.warning(f"failover: {entry['outcome']}; searches now come from the backup store")
     context.log_event(
         dg.AssetObservation(
-            asset_key="vector_index",
+            asset_key=VECTOR_INDEX,
             metadata={"failover": entry["outcome"], "audit": dg.MetadataValue.json(entry)},
         )
     )
@@ -126,16 +130,12 @@ def failback_op(context: dg.OpExecutionContext, nova: NovaSettings, embedder: Em
     """Replay the journal into the primary (refilling an empty one from the golden copy first), check count
     and self-retrieval against the chunks, flip the pointer back, audit. Nothing is embedded again."""
     settings = nova.settings(require_source=False)
-    chunks = read_table(settings.layout, SOURCE_CHUNKS)
-    if chunks is None:
-        raise FileNotFoundError(
-            f"{settings.layout.table(SOURCE_CHUNKS)} is missing: nothing to check against"
-        )
+    chunks = require_table(settings.layout, SOURCE_CHUNKS)  # what the primary must hold after the replay
     entry = fail_back(settings.home, settings.chroma_url, embedder.fingerprint(), chunks, _who(context))
     context.log.info(f"failback: {entry['outcome']}")
     context.log_event(
         dg.AssetObservation(
-            asset_key="vector_index",
+            asset_key=VECTOR_INDEX,
             metadata={"failback": entry["outcome"], "audit": dg.MetadataValue.json(entry)},
         )
     )

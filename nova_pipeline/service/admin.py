@@ -34,11 +34,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from nova_pipeline.core import audit, backup
-from nova_pipeline.core.embedding import bundled_fingerprint
-from nova_pipeline.core.failover import FailoverSettings, active_store, read_state
+from nova_pipeline.core.index.embedding import bundled_fingerprint
+from nova_pipeline.core.keys import VECTOR_INDEX
+from nova_pipeline.core.protect import audit, backup
+from nova_pipeline.core.serving.failover import FailoverSettings, active_store
+from nova_pipeline.core.serving.pointer import read_state
+from nova_pipeline.core.serving.tokens import TokenEntry, TokenStore
 from nova_pipeline.core.settings import Settings
-from nova_pipeline.core.tokens import TokenEntry, TokenStore
 
 log = logging.getLogger("nova_pipeline.service.admin")
 PREFIX = "/api/v1/admin"
@@ -99,7 +101,7 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         return endpoint
 
     def status(request):
-        from nova_pipeline.core.stats import describe_state
+        from nova_pipeline.core.serving.stats import describe_state
 
         return {
             "pointer": asdict(read_state(home)),
@@ -107,8 +109,8 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         }, 200
 
     def health(request):
-        from nova_pipeline.core.health import healthy, run_checks
-        from nova_pipeline.instance import last_run, postgres_url
+        from nova_pipeline.core.serving.health import healthy, run_checks
+        from nova_pipeline.deploy.instance import last_run, postgres_url
 
         last, pg = (None, None), None
         if _has_instance():
@@ -129,8 +131,8 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         return {"healthy": ok, "checks": [c.as_dict() for c in checks]}, 200 if ok else 503
 
     def stats(request):
-        from nova_pipeline.core.stats import collect_stats
-        from nova_pipeline.instance import last_materializations
+        from nova_pipeline.core.serving.stats import collect_stats
+        from nova_pipeline.deploy.instance import last_materializations
 
         last = None
         if _has_instance():
@@ -138,7 +140,7 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
 
             with dg.DagsterInstance.get() as instance:
                 last = (
-                    last_materializations(instance, ["vector_index"]).get("vector_index", {}).get("metadata")
+                    last_materializations(instance, [VECTOR_INDEX]).get(VECTOR_INDEX, {}).get("metadata")
                 )
         return collect_stats(settings, fingerprint, last), 200
 
@@ -169,7 +171,7 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         dequeue it)."""
         import dagster as dg
 
-        from nova_pipeline.instance import run_status
+        from nova_pipeline.deploy.instance import run_status
 
         with dg.DagsterInstance.get() as instance:
             found = run_status(instance, run_id) or {}
@@ -177,12 +179,12 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
                                                            if k in found}}, 202
 
     def launch_backup(request):
-        from nova_pipeline.instance import launch_job
+        from nova_pipeline.deploy.instance import launch_job
 
         return launched("backup", launch_job("backup", tags={"nova/requested_by": "admin api"}))
 
     def backup_run(request):
-        from nova_pipeline.instance import run_status
+        from nova_pipeline.deploy.instance import run_status
 
         if not _has_instance():
             return {"error": "DAGSTER_HOME is not set: no Dagster instance to ask"}, 503
@@ -193,7 +195,7 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         return (found, 200) if found else ({"error": f"no run {request.path_params['run_id']}"}, 404)
 
     def restore(request):
-        from nova_pipeline.instance import launch_job
+        from nova_pipeline.deploy.instance import launch_job
 
         backup_id = request.path_params["backup_id"]
         backup.find_backup(home, backup_id)  # a clear 500 now rather than a failed run later
@@ -205,7 +207,9 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         return launched("restore", run_id, backup_id=backup_id)
 
     def clear(request):
-        from nova_pipeline.core.vector_store import VerifiedRecord, existing_ids, writer_lock
+        from nova_pipeline.core.index.vector_store import existing_ids
+        from nova_pipeline.core.index.verification import VerifiedRecord
+        from nova_pipeline.core.locks import writer_lock
 
         store = active_store(home, settings.chroma_url)
         with writer_lock(home):
@@ -223,8 +227,8 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
         }, 200
 
     def vacuum(request):
-        from nova_pipeline.core.vector_store import writer_lock
-        from nova_pipeline.instance import postgres_url
+        from nova_pipeline.core.locks import writer_lock
+        from nova_pipeline.deploy.instance import postgres_url
 
         done = {}
         pg = None

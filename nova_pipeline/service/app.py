@@ -7,7 +7,7 @@
 ``GET /status``        the failover pointer, the service's breaker, the backup store and its resource
                        estimate.
 
-The model is loaded once, at startup. Searches go through one :class:`~nova_pipeline.core.search.Searcher`:
+The model is loaded once, at startup. Searches go through one :class:`~nova_pipeline.core.serving.searcher.Searcher`:
 a primary query that fails or exceeds ``NOVA_QUERY_TIMEOUT`` is answered from the backup store in the same
 request, so a dead primary costs no failed search.
 """
@@ -25,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from nova_pipeline.core import golden
 from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
-from nova_pipeline.core.failover import FailoverSettings, read_state
-from nova_pipeline.core.search import MODES, Searcher, SearchResult, hit_json
+from nova_pipeline.core.index.ranking import MODES
+from nova_pipeline.core.protect import golden
+from nova_pipeline.core.serving.failover import FailoverSettings
+from nova_pipeline.core.serving.pointer import read_state
+from nova_pipeline.core.serving.searcher import Searcher, SearchResult, hit_json
 from nova_pipeline.core.settings import Settings
 
 log = logging.getLogger("nova_pipeline.service")
@@ -59,7 +61,7 @@ def create_app(
     When ``NOVA_HOME/tokens.json`` exists, ``/search`` and ``/status`` need a viewer token too; ``/healthz``
     stays open (for load balancers). See :mod:`nova_pipeline.service.admin` for the admin API.
     """
-    from nova_pipeline.core.tokens import TokenStore
+    from nova_pipeline.core.serving.tokens import TokenStore
     from nova_pipeline.service.admin import admin_routes, authorize
 
     searcher = Searcher(settings, embedder, failover, prefer_memory=True)

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from nova_pipeline.core.store import ContentStore
+from nova_pipeline.core.compression.store import ContentStore
 from nova_pipeline.defs import compression, ingest
 from nova_pipeline_tests.conftest import resources_for
 

@@ -11,14 +11,14 @@ import dagster as dg
 import pytest
 
 import nova_pipeline
-from nova_pipeline.core.embedding import bundled_fingerprint
 from nova_pipeline.core.errors import IndexNotBuiltError
-from nova_pipeline.core.search import search
+from nova_pipeline.core.index.embedding import bundled_fingerprint
+from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
+from nova_pipeline.core.serving.searcher import search
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
-from nova_pipeline.core.vector_store import existing_ids, get_collection, open_client
 from nova_pipeline.defs import index, ingest
-from nova_pipeline.resources import EmbedderResource
+from nova_pipeline.defs.resources import EmbedderResource
 from nova_pipeline_tests.conftest import resources_for, run_dagster_cli
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 import dagster as dg
 import pytest
 
-from nova_pipeline.core import audit, backup, golden
+from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.defs import protect
 from nova_pipeline.defs.jobs import backup_job, rebuild_job, reset_index_job, restore_drill_job, restore_job
 from nova_pipeline_tests.conftest import build_home, resources_for
@@ -73,7 +73,7 @@ def test_rebuild_ends_with_the_golden_copy_and_backup_is_its_own_job():
 
 
 def test_golden_copy_does_not_run_when_a_blocking_check_fails(home, json_tree):
-    from nova_pipeline.core.store import ContentStore
+    from nova_pipeline.core.compression.store import ContentStore
     from nova_pipeline.defs import compression, ingest
 
     store = ContentStore(home)

@@ -5,9 +5,9 @@ import shutil
 import dagster as dg
 import pytest
 
-from nova_pipeline.core import golden
 from nova_pipeline.core.errors import MassDeletionError
-from nova_pipeline.core.vector_store import get_collection, open_client
+from nova_pipeline.core.index.vector_store import get_collection, open_client
+from nova_pipeline.core.protect import golden
 from nova_pipeline_tests.conftest import FakeEmbedder, asset_metadata, materialize_rebuild
 
 ALLOW = {"resources": {"guard": {"config": {"allow_mass_delete": True}}}}
@@ -90,7 +90,7 @@ def snapshot(root):
 
 
 def test_plan_predicts_the_next_build_and_writes_nothing(json_tree, tmp_path):
-    from nova_pipeline.core.plan import make_plan
+    from nova_pipeline.core.serving.plan import make_plan
     from nova_pipeline.core.settings import Settings
 
     home = tmp_path / "home"
@@ -130,7 +130,7 @@ def test_plan_predicts_the_next_build_and_writes_nothing(json_tree, tmp_path):
 
 
 def test_plan_lists_the_guard_refusal_for_an_empty_tree(json_tree, tmp_path):
-    from nova_pipeline.core.plan import make_plan
+    from nova_pipeline.core.serving.plan import make_plan
     from nova_pipeline.core.settings import Settings
 
     home = tmp_path / "home"
@@ -167,7 +167,8 @@ def test_the_vector_checks_fail_naming_the_chunk_and_block_the_golden_copy(json_
     """Damage the reconcile cannot see (a chunk's entry holding another chunk's embedding) fails
     chunks_find_themselves inside vector_index's step, and golden_copy does not run; a deleted vector, which
     reconcile can see, is repaired in the same run, so the count check passes."""
-    from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
+    from nova_pipeline.core.keys import SOURCE_CHUNKS
+    from nova_pipeline.core.tables import read_table
 
     home = tmp_path / "home"
     with dg.instance_for_test() as instance:
@@ -196,8 +197,9 @@ def test_the_vector_checks_fail_naming_the_chunk_and_block_the_golden_copy(json_
 
 
 def test_count_failures_names_the_missing_chunk_and_the_extra_vector(json_tree, tmp_path):
-    from nova_pipeline.core.tables import SOURCE_CHUNKS, read_table
-    from nova_pipeline.core.vector_store import count_failures
+    from nova_pipeline.core.index.verification import count_failures
+    from nova_pipeline.core.keys import SOURCE_CHUNKS
+    from nova_pipeline.core.tables import read_table
 
     home = tmp_path / "home"
     with dg.instance_for_test() as instance:

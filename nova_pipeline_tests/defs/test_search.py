@@ -4,8 +4,10 @@ matched, filters in every mode, and the chunker version that re-chunks (but does
 import dagster as dg
 import pytest
 
-from nova_pipeline.core import golden, lexical
-from nova_pipeline.core.search import MODES, Searcher
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.ranking import MODES
+from nova_pipeline.core.protect import golden
+from nova_pipeline.core.serving.searcher import Searcher
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
 from nova_pipeline_tests.conftest import FakeEmbedder, asset_metadata, materialize_rebuild
@@ -90,7 +92,7 @@ def test_lexical_mode_without_a_lexical_index_says_to_rebuild(tmp_path):
 
 def test_a_new_chunker_version_re_chunks_every_file_but_re_embeds_only_changed_texts(json_tree, tmp_path,
                                                                                      monkeypatch):
-    from nova_pipeline.core import chunking
+    from nova_pipeline.core.index import chunking
     from nova_pipeline.defs import index
 
     home = tmp_path / "home"

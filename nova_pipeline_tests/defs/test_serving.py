@@ -7,11 +7,12 @@ import time
 import dagster as dg
 import pytest
 
-from nova_pipeline.core import failover
-from nova_pipeline.core.breaker import evaluate, make_breaker
-from nova_pipeline.core.failover import Probe, read_state, write_state
+from nova_pipeline.core.serving.breaker import evaluate, make_breaker
+from nova_pipeline.core.serving.failover import FailoverSettings
+from nova_pipeline.core.serving.pointer import FailoverState, read_state, write_state
+from nova_pipeline.core.serving.probe import Probe
 from nova_pipeline.defs import serving
-from nova_pipeline.resources import NovaSettings
+from nova_pipeline.defs.resources import NovaSettings
 from nova_pipeline_tests.conftest import fake_embedder_resource
 
 
@@ -93,7 +94,7 @@ def test_half_open_opens_again_on_failure(tmp_path, probes):
 
 def test_the_trial_probe_runs_while_half_open(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "sleep", lambda s: None)
-    settings = failover.FailoverSettings()
+    settings = FailoverSettings()
     opened = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=31)).isoformat()
     breaker, storage = make_breaker({"state": "open", "counter": 3, "opened_at": opened}, settings)
     seen = []
@@ -107,7 +108,7 @@ def test_the_trial_probe_runs_while_half_open(tmp_path, monkeypatch):
 
 
 def test_recovered_waits_for_the_restore_delay(tmp_path, probes):
-    write_state(tmp_path, failover.FailoverState(active="backup"))
+    write_state(tmp_path, FailoverState(active="backup"))
     probes([True, True])
     result, cursor = tick(serving.primary_recovered, tmp_path)
     assert isinstance(result, dg.SkipReason) and "restore delay" in result.skip_message

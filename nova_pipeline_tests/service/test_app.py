@@ -10,11 +10,11 @@ import dagster as dg
 import httpx
 import pytest
 
-from nova_pipeline.core import audit, backup
-from nova_pipeline.core.embedding import bundled_fingerprint
-from nova_pipeline.core.tokens import TokenStore
-from nova_pipeline.core.vector_store import get_collection, open_client
-from nova_pipeline.resources import EmbedderResource
+from nova_pipeline.core.index.embedding import bundled_fingerprint
+from nova_pipeline.core.index.vector_store import get_collection, open_client
+from nova_pipeline.core.protect import audit, backup
+from nova_pipeline.core.serving.tokens import TokenStore
+from nova_pipeline.defs.resources import EmbedderResource
 from nova_pipeline_tests.conftest import free_port, materialize_rebuild, start_process, stop_group, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -115,7 +115,7 @@ def test_admin_api_roles_confirmations_runs_and_audit(json_tree, tmp_path):
 
 
 def test_serve_refuses_a_public_interface_without_tokens(tmp_path):
-    from nova_pipeline_tests.test_cli import nova
+    from nova_pipeline_tests.cli.test_cli import nova
 
     out = nova(
         ["serve", "--host", "0.0.0.0", "--port", str(free_port())],

@@ -1,0 +1,160 @@
+"""Reconciliation: make a collection hold exactly the wanted chunks.
+
+It compares what Chroma *actually* holds with the wanted chunks: wanted ids missing from Chroma are embedded
+(through the cache) and upserted in batches; then ids in Chroma that are not wanted are deleted. New data
+always lands before stale data goes, so a half-finished run or outside damage is repaired by the next run,
+and a killed run loses at most the batches in flight (one embedding, one being written).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from nova_pipeline.core.errors import VectorStoreError
+from nova_pipeline.core.index.embedding import Embedder
+from nova_pipeline.core.index.embedding_cache import EmbeddingCache, embed_with_cache
+from nova_pipeline.core.index.vector_store import DEFAULT_BATCH, bucket_of, buckets_of, existing_ids
+
+
+class ShrinkGuard(Protocol):
+    """What :func:`reconcile` asks before it writes: may the collection shrink from ``before`` to ``after``
+    vectors? The ``protect`` group's mass-deletion guard (``DeletionGuard``) is one; it raises to refuse."""
+
+    def check_vectors(self, before: int, after: int, collection: str) -> None: ...
+
+
+def chunk_metadata(row) -> dict:
+    """Flat scalar metadata of a chunk row."""
+    return {
+        "path": row.path,
+        "start_line": int(row.start_line),
+        "end_line": int(row.end_line),
+        "symbol": row.symbol or "",
+        "language": row.language,
+        "content_blake3": row.content_blake3,
+        "bucket": bucket_of(row.chunk_id),
+    }
+
+@dataclass
+class IndexStats:
+    """Counts of :func:`reconcile`. ``embedded`` counts model calls (unique texts)."""
+
+    wanted: int = 0
+    present_before: int = 0
+    unchanged: int = 0
+    to_upsert: int = 0
+    upserted: int = 0
+    embedded: int = 0
+    cache_hits: int = 0
+    deleted: int = 0
+    batches: int = 0
+    count_after: int = 0
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+
+def reconcile(
+    collection,
+    chunks: pd.DataFrame,
+    embedder: Embedder,
+    cache: EmbeddingCache,
+    batch_size: int = DEFAULT_BATCH,
+    max_batch: int | None = None,
+    on_batch: Callable[[int, IndexStats], None] | None = None,
+    guard: ShrinkGuard | None = None,
+    buckets: Sequence[int] | None = None,
+) -> IndexStats:
+    """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
+
+    The next batch is embedded while the previous one is written (one writer thread): on a fast embedder
+    the run costs about the slower of the two, not their sum. A killed run loses at most the two batches
+    in flight; everything committed to the cache or Chroma before stays.
+
+    Args:
+        collection: the Chroma collection of ``embedder.fingerprint``.
+        chunks: the ``source_chunks`` table (needs ``chunk_id, text, content_blake3`` and the metadata).
+        embedder: the model; called only for texts the cache lacks.
+        cache: the embedding cache of the same fingerprint.
+        batch_size: chunks per batch (capped by Chroma's ``get_max_batch_size``).
+        on_batch: called after each committed batch with its number and the running stats (in the
+            caller's thread).
+        guard: refuses, before anything is written, a run that would shrink the collection by a mass
+            deletion (see :mod:`nova_pipeline.core.protect.guard`).
+        buckets: reconcile only these buckets (see :func:`bucket_of`): ``chunks`` must hold only their
+            chunks, and only the collection's vectors of these buckets are listed, upserted or deleted,
+            so concurrent slices never touch each other's vectors.
+
+    Raises:
+        VectorStoreError: Chroma failed; everything committed so far stays.
+        MassDeletionError: the guard refused the run; nothing was written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    where = None
+    if buckets is not None:
+        buckets = sorted({int(b) for b in buckets})
+        chunks = chunks[np.isin(buckets_of(chunks["chunk_id"]), buckets)]
+        where = {"bucket": {"$in": buckets}}
+    stats = IndexStats(wanted=len(chunks))
+    try:
+        have = existing_ids(collection, where)
+    except Exception as exc:  # noqa: BLE001
+        raise VectorStoreError(f"cannot list the collection {collection.name}: {exc}") from exc
+    stats.present_before = len(have)
+    wanted_ids = set(chunks["chunk_id"])
+    if guard is not None:
+        guard.check_vectors(len(have), len(wanted_ids), collection.name)
+    todo = chunks[~chunks["chunk_id"].isin(have)]
+    # Shortest texts first across all batches, so each forward pass pads little (as encode() does).
+    todo = todo.iloc[np.argsort(todo["text"].str.len().to_numpy(), kind="stable")]
+    stats.unchanged = len(chunks) - len(todo)
+    stats.to_upsert = len(todo)
+    size = max(1, min(batch_size, max_batch or batch_size))
+
+    def write(b: int, part: pd.DataFrame, vecs: np.ndarray) -> int:
+        try:
+            collection.upsert(ids=part["chunk_id"].tolist(), embeddings=vecs, documents=part["text"].tolist(),
+                              metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)])
+        except Exception as exc:  # noqa: BLE001
+            raise VectorStoreError(f"upsert of batch {b} into {collection.name} failed: {exc}") from exc
+        return len(part)
+
+    def committed(b: int, future) -> None:
+        stats.upserted += future.result()
+        stats.batches = b
+        if on_batch is not None:
+            on_batch(b, stats)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chroma-writer") as writer:
+        pending = None
+        for b, start in enumerate(range(0, len(todo), size), 1):
+            part = todo.iloc[start : start + size]
+            texts, keys = part["text"].tolist(), part["content_blake3"].tolist()
+            vecs, es = embed_with_cache(texts, keys, embedder, cache)
+            stats.embedded += es.embedded
+            stats.cache_hits += es.cache_hits
+            stats.embed_seconds += es.seconds
+            if pending is not None:
+                committed(*pending)
+            pending = (b, writer.submit(write, b, part, vecs))
+        if pending is not None:
+            committed(*pending)
+    stale = sorted(have - wanted_ids)
+    for start in range(0, len(stale), size):
+        try:
+            collection.delete(ids=stale[start : start + size])
+        except Exception as exc:  # noqa: BLE001
+            raise VectorStoreError(f"deleting stale vectors from {collection.name} failed: {exc}") from exc
+    stats.deleted = len(stale)  # Chroma's own delete count cannot be trusted: count what we asked for
+    if buckets is None:
+        stats.count_after = collection.count()
+    else:  # the slice's own vectors; counting them in Chroma would list the slice again
+        stats.count_after = len(have) + stats.upserted - stats.deleted
+    stats.seconds = time.perf_counter() - started
+    return stats

@@ -1,0 +1,223 @@
+"""The Chroma vector index: clients, one collection per model fingerprint, buckets and queries.
+
+Every vector carries its ``bucket`` (:func:`bucket_of`, 16 fixed buckets of chunk ids), so the work can be
+split into slices that each reconcile their own buckets and never touch another slice's vectors. Writers
+take the locks of :mod:`nova_pipeline.core.locks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
+from nova_pipeline.core.layout import Layout
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 256  # chunks per batch: small enough to redo, well under Chroma's max batch size
+
+PAGE = 5000
+
+def collection_name(fingerprint: str) -> str:
+    """The collection of a model fingerprint (3-512 characters of ``[a-zA-Z0-9._-]``)."""
+    return f"nova-{fingerprint}"
+
+def open_client(home: Path, chroma_url: str | None = None, create: bool = True):
+    """A Chroma client: ``HttpClient`` at ``chroma_url``, else ``PersistentClient`` under ``home/vectors``.
+    ``create=False`` is for readers: a missing data dir is not created (see :func:`open_client_at`).
+
+    Raises:
+        IndexNotBuiltError: ``create`` is False and there is no data dir yet.
+        VectorStoreError: the server is unreachable or the data dir cannot be opened.
+    """
+    if not chroma_url:
+        return open_client_at(Layout.of(home).vectors, create=create)
+    import chromadb
+
+    try:
+        u = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
+        client = chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
+                                     ssl=u.scheme == "https", settings=_chroma_settings())
+    except Exception as exc:  # noqa: BLE001 - chroma raises many types for "cannot connect"
+        raise VectorStoreError(f"the Chroma server at {chroma_url} is unreachable ({exc}): is it running, "
+                               "is NOVA_CHROMA_URL right?") from exc
+    client.nova_location = f"the Chroma server at {chroma_url}"
+    return client
+
+def open_client_at(path: Path, create: bool = True):
+    """A ``PersistentClient`` on the data dir ``path``, created if missing unless ``create`` is False
+    (opening a missing dir would write an empty Chroma database there).
+
+    Raises:
+        IndexNotBuiltError: ``create`` is False and ``path`` does not exist.
+        VectorStoreError: the data dir cannot be opened.
+    """
+    import chromadb
+
+    path = Path(path)
+    if not create and not path.exists():
+        raise IndexNotBuiltError(
+            f"no vector index at {path} yet: run the rebuild job "
+            "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+    except Exception as exc:  # noqa: BLE001
+        raise VectorStoreError(f"the Chroma data dir {path} cannot be opened ({exc}): it may be damaged; "
+                               "`nova golden reset --yes` rebuilds it from the golden copy") from exc
+    client.nova_location = f"the Chroma data dir {path}"
+    return client
+
+def _chroma_settings():
+    from chromadb.config import Settings as ChromaSettings
+
+    return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+
+def get_collection(client, fingerprint: str, create: bool = True):
+    """The collection of ``fingerprint`` (cosine space, embeddings supplied by us).
+
+    Raises:
+        IndexNotBuiltError: ``create`` is False and the collection does not exist (only then does the
+            message say to run the rebuild job).
+        VectorStoreError: the store is unreachable (a server that stopped answering) or damaged (a data
+            dir Chroma cannot read); the message says which, and where.
+    """
+    from chromadb.errors import NotFoundError
+
+    name = collection_name(fingerprint)
+    try:
+        if create:
+            return client.get_or_create_collection(
+                name,
+                metadata={"model_fingerprint": fingerprint, "created_by": "nova_pipeline"},
+                configuration={"hnsw": {"space": "cosine"}},
+                embedding_function=None,
+            )
+        return client.get_collection(name, embedding_function=None)
+    except NotFoundError as exc:
+        raise IndexNotBuiltError(
+            f"no vector index {name!r} yet: run the rebuild job "
+            "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - transport and storage errors come in many types
+        raise describe_failure(client, exc, f"collection {name!r}") from exc
+
+def describe_failure(client, exc: Exception, what: str) -> VectorStoreError:
+    """A :class:`VectorStoreError` that says whether the store is unreachable or damaged, and where."""
+    where = getattr(client, "nova_location", "the vector store")
+    if _is_transport_error(exc):
+        return VectorStoreError(
+            f"{where} is unreachable while reading {what} ({type(exc).__name__}: {exc}): "
+            "is the server running?"
+        )
+    return VectorStoreError(
+        f"{where} failed reading {what} ({type(exc).__name__}: {exc}): the store may be "
+        "damaged; `nova golden reset --yes` rebuilds it from the golden copy"
+    )
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import httpx
+
+    for _ in range(10):  # the exception and its causes
+        if exc is None:
+            return False
+        if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+def existing_ids(collection, where: dict | None = None) -> set[str]:
+    """Every id the collection holds (matching the metadata filter ``where``, when given), paged."""
+    ids: set[str] = set()
+    offset = 0
+    while True:
+        got = collection.get(include=[], limit=PAGE, offset=offset, where=where)["ids"]
+        ids.update(got)
+        if len(got) < PAGE:
+            return ids
+        offset += len(got)
+
+BUCKETS = 16  # fixed: a vector's bucket must not change when the number of slices does
+
+def bucket_of(chunk_id: str) -> int:
+    """The bucket (0-15) of a chunk: its id's first 16 bits modulo :data:`BUCKETS` (ids are blake3 hex)."""
+    return int(chunk_id[:4], 16) % BUCKETS
+
+def buckets_of(chunk_ids: pd.Series) -> np.ndarray:
+    """:func:`bucket_of` of every id of a Series, vectorised (int array, same order)."""
+    if len(chunk_ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return chunk_ids.str.slice(0, 4).map(lambda h: int(h, 16)).to_numpy(dtype=np.int64) % BUCKETS
+
+def slice_buckets(slice_index: int, slices: int) -> list[int]:
+    """The buckets slice ``slice_index`` of ``slices`` reconciles (every bucket belongs to exactly one)."""
+    return [b for b in range(BUCKETS) if b % slices == slice_index]
+
+@dataclass
+class Hit:
+    """A search result. Lines are 1-based and inclusive; ``score`` is cosine similarity (1 is identical)."""
+
+    path: str
+    start_line: int
+    end_line: int
+    symbol: str
+    language: str
+    score: float
+    text: str
+    chunk_id: str
+    store: str = ""  # which store answered: primary or backup
+    stale_as_of: str | None = None  # a backup answer: when the golden version it came from was made
+    vector_score: float | None = None  # cosine similarity, when the vector side ranked it
+    lexical_score: float | None = None  # BM25 score, when the lexical side ranked it
+    matched_terms: list[str] = field(default_factory=list)  # query terms (code_tokens) the chunk contains
+    exact: bool = False  # the query names this chunk's symbol or path exactly (boosted)
+
+    def snippet(self, lines: int = 3) -> str:
+        """The first non-blank lines of the chunk body (its header line left out)."""
+        body = self.text.split("\n", 1)[1] if "\n" in self.text else self.text
+        return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
+
+def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
+    """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
+    chunks whose metadata matches the Chroma ``where`` filter when one is given."""
+    res = collection.query(
+        query_embeddings=np.asarray(vectors, dtype=np.float32),
+        n_results=k,
+        where=where or None,
+        include=["metadatas", "documents", "distances"],
+    )
+    out = []
+    for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], res["documents"], res["distances"]):
+        out.append(
+            [
+                Hit(
+                    path=m["path"],
+                    start_line=int(m["start_line"]),
+                    end_line=int(m["end_line"]),
+                    symbol=m.get("symbol", ""),
+                    language=m.get("language", ""),
+                    score=1.0 - float(d),
+                    text=doc or "",
+                    chunk_id=i,
+                    vector_score=1.0 - float(d),
+                )
+                for i, m, doc, d in zip(ids, metas, docs, dists)
+            ]
+        )
+    return out
+
+def top_ids(collection, vectors: Sequence[np.ndarray], k: int) -> list[list[str]]:
+    """Ids of the top ``k`` hits per query vector (for comparisons in tests and restores)."""
+    return [[h.chunk_id for h in hits] for hits in query(collection, np.stack(vectors), k)]

@@ -1,0 +1,165 @@
+"""Verifying a collection against the chunks, and remembering what was verified.
+
+:func:`count_failures` and :func:`self_retrieval_failures` are the two checks of ``vector_index``;
+:class:`VerifiedRecord` and :func:`store_state` let an unchanged rebuild skip Chroma entirely when nothing
+wrote to the embedded collection since both checks passed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import blake3
+import numpy as np
+import pandas as pd
+
+from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+from nova_pipeline.core.index.vector_store import collection_name, existing_ids, query
+from nova_pipeline.core.layout import Layout
+
+
+def ids_digest(chunk_ids, fingerprint: str) -> str:
+    """blake3 of a model fingerprint and a set of chunk ids: what a collection should hold."""
+    return blake3.blake3("\n".join([fingerprint, *sorted(chunk_ids)]).encode()).hexdigest()
+
+def store_state(home: Path, fingerprint: str) -> str | None:
+    """A fingerprint of the embedded collection's state, read without importing Chroma; None if unknown.
+
+    It covers the collection's id, the ids and write sequence numbers of its segments (Chroma's own
+    ``max_seq_id``: every upsert and delete raises it, reads do not), and the size and mtime of the
+    segments' index files. Reads (count, get, query) leave it unchanged; any write changes it. It reads
+    Chroma's SQLite catalogue read-only; anything unexpected (server mode, no store, another schema)
+    gives None, which callers treat as "unknown: verify for real".
+    """
+    data_dir = Layout.of(home).vectors
+    db_path = data_dir / "chroma.sqlite3"
+    if not db_path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = db.execute(
+                "SELECT c.id, s.id, s.scope, m.seq_id FROM collections c "
+                "JOIN segments s ON s.collection = c.id "
+                "LEFT JOIN max_seq_id m ON m.segment_id = s.id WHERE c.name = ? ORDER BY s.id",
+                (collection_name(fingerprint),),
+            ).fetchall()
+        finally:
+            db.close()
+        if not rows:
+            return None
+        files = []
+        for _, segment, _, _ in rows:
+            seg_dir = data_dir / segment
+            if seg_dir.is_dir():
+                files += [
+                    (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                    for f in sorted(seg_dir.iterdir())
+                    if f.is_file()
+                ]
+    except (sqlite3.Error, OSError):
+        return None
+    return blake3.blake3(json.dumps([rows, files]).encode()).hexdigest()
+
+class VerifiedRecord:
+    """``NOVA_HOME/vectors.verified.json``: which verifications of the embedded collection passed, at which
+    (chunk ids digest, :func:`store_state`), in which run.
+
+    ``vector_index`` and its checks skip Chroma entirely when all three records match the current digest
+    and state (nothing was written to the collection since it was fully verified, and the chunks are the
+    same), unless the records are older than ``max_age_hours``. This is the scan's rule (re-hash only what
+    changed) applied to verification; a failed check writes no record, so the next run verifies for real.
+    """
+
+    NAMES = ("reconcile", "vector_count_matches_chunks", "chunks_find_themselves")
+    MAX_AGE_HOURS = 168.0
+
+    def __init__(self, home: Path):
+        self.path = Layout.of(home).verified_record
+
+    def read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def matching(
+        self, name: str, digest: str, state: str | None, max_age_hours: float | None = None
+    ) -> dict | None:
+        """The record of ``name`` if it was made at this digest and state and is fresh enough, else None."""
+        if state is None:
+            return None
+        rec = self.read().get(name)
+        max_age = self.MAX_AGE_HOURS if max_age_hours is None else max_age_hours
+        if not rec or rec.get("digest") != digest or rec.get("state") != state:
+            return None
+        if time.time() - float(rec.get("at", 0)) > max_age * 3600:
+            return None
+        return rec
+
+    def all_match(self, digest: str, state: str | None) -> bool:
+        return all(self.matching(n, digest, state) for n in self.NAMES)
+
+    def record(self, name: str, digest: str, state: str | None, run_id: str = "", **details) -> None:
+        """Record that ``name`` passed at (digest, state); a None state (unknown) records nothing."""
+        from nova_pipeline.core.atomic import atomic_write_bytes
+
+        if state is None:
+            return
+        records = self.read()
+        records[name] = {"digest": digest, "state": state, "run_id": run_id, "at": time.time(), **details}
+        atomic_write_bytes(self.path, json.dumps(records, indent=1).encode())
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[int, int, int, list[str]]:
+    """Compare the collection's count with the wanted chunks' (equal counts pass); when they differ, name
+    what differs by id.
+
+    Returns:
+        ``(count, missing, extra, named)``: the collection's count, how many chunks have no vector, how many
+        vectors are no chunk's, and up to ``limit`` of each named (``path:start-end (chunk_id) has no
+        vector``; ``vector <id> is no chunk's``). The collection's ids are listed only when the counts differ.
+    """
+    count = collection.count()
+    if count == len(chunks):
+        return count, 0, 0, []
+    have = existing_ids(collection)
+    missing = chunks[~chunks["chunk_id"].isin(have)]
+    extra = sorted(have - set(chunks["chunk_id"]))
+    named = [f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
+             for r in missing.head(limit).itertuples()]
+    named += [f"vector {i} is no chunk's" for i in extra[:limit]]
+    return count, len(missing), len(extra), named
+
+def self_retrieval_failures(
+    collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int, seed: int = 0
+) -> tuple[int, list[str]]:
+    """Query a sample of chunks with their own (cached) embeddings; each must come back first.
+
+    A chunk whose text is duplicated elsewhere passes when the top hit has the same content.
+
+    Returns:
+        ``(checked, failures)``, one message per chunk that did not find itself.
+    """
+    if len(chunks) == 0:
+        return 0, []
+    part = chunks.sample(n=min(sample, len(chunks)), random_state=seed)
+    vecs = cache.get_many(part["content_blake3"].tolist())
+    rows = [r for r in part.itertuples(index=False) if r.content_blake3 in vecs]
+    if not rows:
+        return 0, ["no cached embeddings for the sampled chunks"]
+    hits = query(collection, np.stack([vecs[r.content_blake3] for r in rows]), 1)
+    failures = []
+    for r, h in zip(rows, hits):
+        top = h[0] if h else None
+        if top is None or (top.chunk_id != r.chunk_id and top.text != r.text):
+            failures.append(
+                f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) found "
+                f"{top.chunk_id if top else 'nothing'} first"
+            )
+    return len(rows), failures

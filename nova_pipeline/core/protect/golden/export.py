@@ -1,0 +1,169 @@
+"""The portable export of a golden version: the vectors in ``EXPORT_SHARDS`` Parquet shards.
+
+``export/part-NN.parquet`` holds the chunks whose path falls in shard ``NN`` (blake3 of the path modulo
+:data:`EXPORT_SHARDS`): ``id, embedding (float32), document, metadata (JSON)``; the same in both Chroma
+modes. A shard whose chunk ids did not change is linked from CURRENT without being read from Chroma, so an
+edit of one file rewrites one shard. Applying an export to a Chroma store is a diff (:func:`import_export`):
+ids are derived from content, so only missing ids are upserted and extra ones deleted, without
+re-embedding.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import blake3
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nova_pipeline.core.errors import GoldenCopyError
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.vector_store import (
+    existing_ids,
+)
+from nova_pipeline.core.protect.golden.versions import LEXICAL_DIR
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"
+
+EXPORT_SHARDS = 64
+
+FETCH_PAGE = 1000
+
+def shard_of(path: str) -> int:
+    """The export shard of a chunk of file ``path``: its blake3 modulo :data:`EXPORT_SHARDS`."""
+    return int.from_bytes(blake3.blake3(path.encode()).digest(length=4), "big") % EXPORT_SHARDS
+
+def shard_name(shard: int) -> str:
+    return f"{EXPORT_DIR}/part-{shard:02d}.parquet"
+
+def export_files(version_dir: Path) -> list[Path]:
+    """The export's Parquet files of a version (both the sharded and the earlier one-file layout)."""
+    return sorted((Path(version_dir) / EXPORT_DIR).glob("*.parquet"))
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column of an export table as a float32 matrix ``(rows, dimension)``."""
+    col = table.column("embedding").combine_chunks()
+    flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(len(table), -1) if len(table) else np.zeros((0, 0), dtype=np.float32)
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One export file as an Arrow table."""
+    return pq.read_table(path, columns=columns)
+
+def fetch_rows(collection, ids: list[str]) -> pa.Table:
+    """``id, embedding, document, metadata`` of ``ids`` from ``collection``, sorted by id.
+
+    Raises:
+        GoldenCopyError: an id is not in the collection (the index does not match the chunks table).
+    """
+    got_ids, embs, docs, metas = [], [], [], []
+    for start in range(0, len(ids), FETCH_PAGE):
+        got = collection.get(
+            ids=ids[start : start + FETCH_PAGE], include=["embeddings", "documents", "metadatas"]
+        )
+        got_ids += got["ids"]
+        embs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(len(got["ids"]), -1))
+        docs += got["documents"]
+        metas += [json.dumps(m, sort_keys=True) for m in got["metadatas"]]
+    missing = set(ids) - set(got_ids)
+    if missing:
+        raise GoldenCopyError(
+            f"{collection.name} lacks {len(missing)} chunks of the chunks table (e.g. {sorted(missing)[0]}): "
+            "run the rebuild job so that vector_index reconciles it"
+        )
+    order = np.argsort(np.asarray(got_ids, dtype=object), kind="stable")
+    mat = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
+    dim = mat.shape[1] if mat.size else 0
+    return pa.table(
+        {
+            "id": pa.array([got_ids[i] for i in order], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(mat[order].ravel(), pa.float32()), dim),
+            "document": pa.array([docs[i] for i in order], pa.string()),
+            "metadata": pa.array([metas[i] for i in order], pa.string()),
+        }
+    )
+
+def table_bytes(table: pa.Table) -> bytes:
+    """Deterministic Parquet bytes of ``table`` (same rows, same library: same bytes, so same blake3)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+def import_export(collection, version_dir: Path, batch: int = 1000) -> tuple[int, int]:
+    """Make ``collection`` hold exactly a version's vectors, as a diff and without re-embedding.
+
+    Ids are derived from content, so an id present on both sides is the same vector: only missing ids are
+    upserted (shard by shard, each read only if it has any), then ids the export lacks are deleted.
+
+    Returns:
+        ``(upserted, deleted)``.
+    """
+    files = export_files(version_dir)
+    have = existing_ids(collection)
+    wanted: set[str] = set()
+    upserted = 0
+    for f in files:
+        ids = read_shard(f, ["id"]).column("id").to_pylist()
+        wanted.update(ids)
+        if all(i in have for i in ids):
+            continue
+        t = read_shard(f)
+        keep = np.flatnonzero([i not in have for i in t.column("id").to_pylist()])
+        t = t.take(pa.array(keep))
+        mat = embedding_matrix(t)
+        for start in range(0, len(t), batch):
+            part = t.slice(start, batch)
+            collection.upsert(
+                ids=part.column("id").to_pylist(),
+                embeddings=mat[start : start + len(part)],
+                documents=part.column("document").to_pylist(),
+                metadatas=[json.loads(m) for m in part.column("metadata").to_pylist()],
+            )
+        upserted += len(t)
+    stale = sorted(have - wanted)
+    for start in range(0, len(stale), batch):
+        collection.delete(ids=stale[start : start + batch])
+    return upserted, len(stale)
+
+
+def chunks_from_export(version_dir: Path) -> pd.DataFrame:
+    """The chunks a golden version's export holds, as the table :func:`~nova_pipeline.core.index.lexical.build` indexes (ids, documents and
+    their metadata); for a golden version made before lexical indexes were part of it."""
+    frames = []
+    for f in export_files(Path(version_dir)):
+        t = read_shard(f, ["id", "document", "metadata"]).to_pandas()
+        meta = pd.DataFrame([json.loads(m) for m in t["metadata"]], index=t.index)
+        frames.append(pd.DataFrame({
+            "chunk_id": t["id"], "text": t["document"].fillna(""), "path": meta["path"],
+            "symbol": meta.get("symbol", pd.Series("", index=t.index)).fillna(""),
+            "language": meta["language"], "start_line": meta["start_line"].astype("int64"),
+            "end_line": meta["end_line"].astype("int64"),
+            "content_blake3": meta["content_blake3"],
+        }))
+    if not frames:
+        return pd.DataFrame({c: [] for c in ["chunk_id", "text", "content_blake3", *lexical.DOC_COLUMNS[1:]]})
+    return pd.concat(frames, ignore_index=True).sort_values(["path", "start_line"], ignore_index=True)
+
+
+def restore_lexical(home: Path, version_dir: Path) -> lexical.BuildStats:
+    """Make ``home``'s live lexical index the one of a golden version: installed from its ``lexical/``, or
+    built from its export when it has none (or the copy does not match the export).
+
+    Raises:
+        OSError: the index cannot be written.
+    """
+    src = Path(version_dir) / LEXICAL_DIR
+    if (src / lexical.META).exists():
+        ids = [i for f in export_files(version_dir) for i in read_shard(f, ["id"]).column("id").to_pylist()]
+        failures = lexical.id_failures(src, ids)
+        if not failures:
+            return lexical.install(home, src)
+        log.warning("the golden lexical index does not match the export (%s): rebuilding it", failures[0])
+    return lexical.update(home, chunks_from_export(version_dir))

@@ -1,0 +1,366 @@
+"""Promotion: snapshot the built index into a new golden version, verify it, switch ``CURRENT``.
+
+A version holds::
+
+    export/part-NN.parquet   the vectors (:mod:`.export`)
+    tables/*.parquet         the manifest and patterns tables
+    store_index.parquet      the store's index (the objects themselves stay in the store, or go in backups)
+    dictionaries/*.zdict     the dictionaries the store index refers to
+    lexical/                 the BM25 index of the same chunks, when the rebuild made one
+    model.json               model fingerprint, collection name, vector count, mode, per-shard digests,
+                             the content key
+    MANIFEST.json            blake3 and size of every file above; written last: the commit marker
+
+**Only on change.** The content key is the blake3 of the model fingerprint, the chunk ids of every shard,
+the store's keys and the dictionaries in use. When it equals CURRENT's and CURRENT verifies, nothing is
+promoted: an unchanged nightly rebuild leaves the history (and its retention) alone.
+
+**Shared files.** A file whose bytes equal the same file of CURRENT is a hard link to it (a copy across file
+systems).
+
+**Promotion** is built in ``golden/.partial-<version>/``, flushed (``syncfs``), verified (every shard
+readable, counts and ids consistent, and a sample of vectors finding themselves as exact nearest neighbours
+over all shards), made read-only, renamed into place, and only then does ``CURRENT`` switch (atomically).
+The version's store objects are pinned in the store (its GC roots) before it is committed, and unpinned
+when retention removes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+import pandas as pd
+
+from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir, syncfs
+from nova_pipeline.core.compression.dictionary import DictionaryRegistry
+from nova_pipeline.core.compression.store import ContentStore
+from nova_pipeline.core.errors import GoldenCopyError
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.vector_store import (
+    collection_name,
+    get_collection,
+    open_client,
+)
+from nova_pipeline.core.keys import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES
+from nova_pipeline.core.locks import writer_lock
+from nova_pipeline.core.protect.golden.export import fetch_rows, shard_name, shard_of, table_bytes
+from nova_pipeline.core.protect.golden.verify import verify_tree, verify_with_cache
+from nova_pipeline.core.protect.golden.versions import (
+    CURRENT,
+    DEFAULT_KEEP,
+    LEXICAL_DIR,
+    MANIFEST,
+    PARTIAL_PREFIX,
+    GoldenVersion,
+    apply_retention,
+    clean_partials,
+    current_version,
+    golden_root,
+    list_versions,
+    new_version_name,
+    pin_name,
+    pin_version,
+    read_manifest,
+    remove_tree,
+    set_read_only,
+    sync_pins,
+)
+from nova_pipeline.core.protect.guard import DeletionGuard
+from nova_pipeline.core.tables import read_table, table_path
+
+log = logging.getLogger(__name__)
+
+
+FORMAT = 2
+
+TABLES = (SOURCE_FILES, FREQUENT_PATTERNS)
+
+def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
+    """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
+    by_shard: dict[int, list[str]] = {}
+    for cid, path in zip(chunk_ids, paths):
+        by_shard.setdefault(shard_of(path), []).append(cid)
+    return {
+        s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
+        for s, ids in sorted(by_shard.items())
+    }
+
+def content_key(
+    fingerprint: str,
+    shards: dict[int, str],
+    store_keys: Iterable[str],
+    dictionaries: Iterable[str],
+    lexical_digest: str | None = None,
+) -> str:
+    """blake3 over what a golden version must capture: model, chunk ids per shard, store keys,
+    dictionaries and, when there is one, the lexical index's digest (:func:`lexical.chunks_digest`)."""
+    fields = {
+        "fingerprint": fingerprint,
+        "shards": {str(k): v for k, v in sorted(shards.items())},
+        "store": blake3.blake3("\n".join(sorted(store_keys)).encode()).hexdigest(),
+        "dictionaries": sorted(dictionaries),
+        "format": FORMAT,
+    }
+    if lexical_digest:
+        fields["lexical"] = lexical_digest
+    body = json.dumps(fields, sort_keys=True)
+    return blake3.blake3(body.encode()).hexdigest()
+
+@dataclass
+class Promotion:
+    """What :func:`promote` did. Bytes are bytes; ``seconds`` wall-clock.
+
+    ``promoted`` is False when the index still matched CURRENT (``version`` is then CURRENT). Linked files
+    are hard links to CURRENT's identical files: they cost a directory entry, not their bytes.
+    """
+
+    version: GoldenVersion
+    promoted: bool
+    reason: str
+    bytes_written: int = 0
+    bytes_linked: int = 0
+    files_written: int = 0
+    files_linked: int = 0
+    shards_written: int = 0
+    shards_linked: int = 0
+    seconds: float = 0.0
+    removed: list[str] = field(default_factory=list)
+
+class _Placer:
+    """Puts files into a staging version: a hard link to CURRENT's file when the bytes are the same."""
+
+    def __init__(self, stage: Path, previous: Path | None, previous_files: dict[str, dict]):
+        self.stage, self.previous, self.previous_files = stage, previous, previous_files
+        self.files: dict[str, dict] = {}
+        self.bytes_written = self.bytes_linked = self.files_written = self.files_linked = 0
+
+    def can_link(self, rel: str) -> bool:
+        return self.previous is not None and rel in self.previous_files
+
+    def link(self, rel: str) -> None:
+        """Link CURRENT's ``rel`` (recorded with CURRENT's digest); copy when a link is impossible."""
+        src, dest = self.previous / rel, self.stage / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        want = self.previous_files[rel]
+        try:
+            os.link(src, dest)
+            self.bytes_linked += want["size"]
+            self.files_linked += 1
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            _write_file(dest, src.read_bytes())  # another file system, or links not allowed
+            self.bytes_written += want["size"]
+            self.files_written += 1
+        self.files[rel] = {"blake3": want["blake3"], "size": want["size"]}
+
+    def put(self, rel: str, data: bytes) -> None:
+        digest = blake3.blake3(data).hexdigest()
+        if self.can_link(rel) and self.previous_files[rel] == {"blake3": digest, "size": len(data)}:
+            self.link(rel)
+            return
+        dest = self.stage / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(dest, data)
+        self.files[rel] = {"blake3": digest, "size": len(data)}
+        self.bytes_written += len(data)
+        self.files_written += 1
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write a new staging file (flushed to disk later by one ``syncfs`` of the version)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+def promote(
+    home: Path,
+    fingerprint: str,
+    chroma_url: str | None = None,
+    keep: int = DEFAULT_KEEP,
+    chunks: pd.DataFrame | None = None,
+    guard: DeletionGuard | None = None,
+    checker: Callable[[Path], dict] | None = None,
+    open_store: Callable[[], object] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Promotion:
+    """Snapshot the index into a new golden version, verify it and make it CURRENT, unless nothing changed.
+
+    Args:
+        home: ``NOVA_HOME``.
+        fingerprint: the model fingerprint (names the collection).
+        chroma_url: the Chroma server, or None for the embedded store.
+        keep: versions kept by retention (CURRENT is never removed).
+        chunks: the ``source_chunks`` table the index was reconciled with (default: read from ``home``);
+            it says which chunk ids each export shard holds.
+        guard: refuses replacing a non-empty CURRENT with an empty index (default: a guard without override).
+        checker: verifies the staged version before it is committed (default :func:`verify_export`, with
+            the embedding cache of ``fingerprint`` when there is one).
+        open_store: returns the Chroma client to snapshot, called only when a promotion is needed (default:
+            the primary of ``home``/``chroma_url``; while failed over, the caller passes the active store's).
+        progress: called as ``progress(shards_done, shards)`` as export shards are written or linked.
+
+    Raises:
+        GoldenCopyError: the collection does not match the chunks, or the snapshot failed verification;
+            nothing is listed and CURRENT is unchanged.
+        MassDeletionError: the guard refused an empty index.
+    """
+    started = time.perf_counter()
+    home = Path(home)
+    guard = guard or DeletionGuard()
+    root = golden_root(home)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_partials(root)
+    sync_pins(home)  # every committed version pinned in the store, no pin without a version
+    if chunks is None:
+        chunks = read_table(home, SOURCE_CHUNKS)
+        chunks = chunks if chunks is not None else pd.DataFrame({"chunk_id": [], "path": []})
+    store = ContentStore(home)
+    store_index = store.index()
+    dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
+    digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
+    lexical_dir = _lexical_for(home, chunks)
+    key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries,
+                      lexical_dir.name if lexical_dir is not None else None)
+
+    cur = current_version(home)
+    cur_failures = verify_tree(cur.path) if cur is not None else []
+    if cur_failures:
+        log.warning(
+            "CURRENT %s does not verify (%s): promoting a new version without sharing its files",
+            cur.name,
+            cur_failures[0],
+        )
+    usable = cur if cur is not None and not cur_failures else None
+    if usable is not None and usable.content_key == key:
+        return Promotion(
+            version=usable,
+            promoted=False,
+            reason=f"unchanged: CURRENT {usable.name} still matches",
+            seconds=time.perf_counter() - started,
+        )
+    if cur is not None:
+        guard.check_golden(cur.count, len(chunks), cur.name)
+    prev_files = read_manifest(usable.path)["files"] if usable else {}
+    prev_shards = json.loads((usable.path / "model.json").read_text()).get("shards", {}) if usable else {}
+
+    name = new_version_name(root)
+    stage = root / f"{PARTIAL_PREFIX}{name}"
+    stage.mkdir()
+    placer = _Placer(stage, usable.path if usable else None, prev_files)
+    shards_written = shards_linked = 0
+    try:
+        by_shard: dict[int, list[str]] = {}
+        for cid, path in zip(chunks["chunk_id"].tolist(), chunks["path"].tolist()):
+            by_shard.setdefault(shard_of(path), []).append(cid)
+        with writer_lock(home):
+            client = open_store() if open_store is not None else open_client(home, chroma_url)
+            collection = get_collection(client, fingerprint, create=False)
+            count = collection.count()
+            if count != len(chunks):
+                raise GoldenCopyError(
+                    f"{collection.name} holds {count} vectors for {len(chunks)} chunks: run the rebuild job "
+                    "(its blocking check vector_count_matches_chunks keeps such an index from being promoted)"
+                )
+            for shard, ids in sorted(by_shard.items()):
+                rel = shard_name(shard)
+                if prev_shards.get(str(shard)) == digests[shard] and placer.can_link(rel):
+                    placer.link(rel)  # same chunk ids, same model: the same rows; not even read from Chroma
+                    shards_linked += 1
+                else:
+                    placer.put(rel, table_bytes(fetch_rows(collection, sorted(ids))))
+                    shards_written += 1
+                if progress is not None:
+                    progress(shards_written + shards_linked, len(by_shard))
+        for t in TABLES:
+            if table_path(home, t).exists():
+                placer.put(f"tables/{t}.parquet", table_path(home, t).read_bytes())
+        if store.index_path.exists():
+            placer.put("store_index.parquet", store.index_path.read_bytes())
+        if lexical_dir is not None:
+            for f in lexical.index_files(lexical_dir):
+                placer.put(f"{LEXICAL_DIR}/{f.name}", f.read_bytes())
+        registry = DictionaryRegistry(home)
+        for digest in dictionaries:
+            placer.put(f"dictionaries/{registry.path(digest).name}", registry.path(digest).read_bytes())
+        placer.put(
+            "model.json",
+            json.dumps(
+                {
+                    "fingerprint": fingerprint,
+                    "collection": collection_name(fingerprint),
+                    "count": count,
+                    "mode": "server" if chroma_url else "embedded",
+                    "format": FORMAT,
+                    "content_key": key,
+                    "shards": {str(k): v for k, v in digests.items()},
+                    "lexical": lexical_dir.name if lexical_dir is not None else None,
+                },
+                indent=1,
+            ).encode(),
+        )
+        syncfs(stage)
+        result = checker(stage) if checker is not None else verify_with_cache(stage, home, fingerprint)
+        if result["failures"]:
+            raise GoldenCopyError(
+                f"golden copy {name} failed verification: {'; '.join(result['failures'][:3])}"
+            )
+        manifest = {
+            "version": name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "count": count,
+            "fingerprint": fingerprint,
+            "content_key": key,
+            "format": FORMAT,
+            "files": dict(sorted(placer.files.items())),
+        }
+        atomic_write_bytes(stage / MANIFEST, json.dumps(manifest, indent=1).encode())
+        pin_version(home, stage)  # before the commit: a committed version always has its objects pinned
+        set_read_only(stage)
+        os.rename(stage, root / name)
+        fsync_dir(root)
+    except BaseException:
+        remove_tree(stage)
+        if not (root / name / MANIFEST).exists():
+            store.unpin(pin_name(name))
+        raise
+    atomic_write_bytes(root / CURRENT, (name + "\n").encode())
+    removed = apply_retention(home, keep)
+    version = next(v for v in list_versions(home) if v.name == name)
+    reason = "first golden version" if cur is None else f"changed since {cur.name}"
+    log.info(
+        "golden version %s: %s; wrote %d bytes, linked %d bytes",
+        name,
+        reason,
+        placer.bytes_written,
+        placer.bytes_linked,
+    )
+    return Promotion(
+        version=version,
+        promoted=True,
+        reason=reason,
+        bytes_written=placer.bytes_written,
+        bytes_linked=placer.bytes_linked,
+        files_written=placer.files_written,
+        files_linked=placer.files_linked,
+        shards_written=shards_written,
+        shards_linked=shards_linked,
+        seconds=time.perf_counter() - started,
+        removed=removed,
+    )
+
+def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
+    """The live lexical index directory when it holds exactly ``chunks`` (else None, logged)."""
+    path = lexical.current_path(home)
+    if path is None or not set(lexical.DIGEST_COLUMNS) <= set(chunks.columns):
+        return None
+    if path.name != lexical.chunks_digest(chunks):
+        log.warning("the lexical index %s does not index these chunks: left out of the golden copy", path)
+        return None
+    return path

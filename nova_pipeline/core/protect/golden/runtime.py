@@ -1,0 +1,201 @@
+"""The runtime copy and reset: a golden version applied to a writable Chroma store, as a diff.
+
+Nothing writes into a golden version again: resets and the runtime copy (``NOVA_HOME/runtime/vectors``, the
+local stand-in for a dead primary) apply its export to a Chroma store as a diff (upsert what is missing,
+delete what is extra), so a reset after a small change costs little, and a lost store rebuilds without
+re-embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
+from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError
+from nova_pipeline.core.index.vector_store import (
+    get_collection,
+    open_client,
+    open_client_at,
+)
+from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.locks import writer_lock
+from nova_pipeline.core.protect import audit
+from nova_pipeline.core.protect.golden.export import import_export, restore_lexical
+from nova_pipeline.core.protect.golden.verify import verify_tree
+from nova_pipeline.core.protect.golden.versions import (
+    LEXICAL_DIR,
+    GoldenVersion,
+    current_version,
+    remove_tree,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Applied:
+    """A version applied to a Chroma store: where, which version, and the diff it took."""
+
+    path: str
+    version: str
+    count: int
+    upserted: int
+    deleted: int
+    rebuilt: bool
+    seconds: float
+
+def _require_current(home: Path) -> GoldenVersion:
+    cur = current_version(home)
+    if cur is None:
+        raise GoldenCopyError("no golden copy yet: run the rebuild job, whose last step promotes one")
+    return cur
+
+def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
+    """Make the embedded store at ``dest`` hold exactly ``version``: a diff when it opens, else a fresh
+    store built beside it and swapped in by rename."""
+    started = time.perf_counter()
+    model = json.loads((version.path / "model.json").read_text())
+    rebuilt = False
+    try:
+        col = get_collection(open_client_at(dest), model["fingerprint"])
+        upserted, deleted = import_export(col, version.path)
+        count = col.count()
+    except Exception as exc:  # noqa: BLE001 - a damaged data dir raises anything; rebuild it from the export
+        log.warning(
+            "the Chroma store at %s cannot be updated (%s): rebuilding it from %s", dest, exc, version.name
+        )
+        rebuilt = True
+        new = dest.with_name(dest.name + ".new")
+        forget_cached_clients()
+        remove_tree(new)
+        col = get_collection(open_client_at(new), model["fingerprint"])
+        upserted, deleted = import_export(col, version.path)
+        count = col.count()
+        forget_cached_clients()
+        old = dest.with_name(dest.name + ".old")
+        remove_tree(old)
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(new, dest)
+        fsync_dir(dest.parent)
+        remove_tree(old)
+        forget_cached_clients()
+    if count != model["count"]:
+        raise GoldenCopyError(
+            f"{dest} holds {count} vectors after applying {version.name}, which has {model['count']}"
+        )
+    return Applied(
+        path=str(dest),
+        version=version.name,
+        count=count,
+        upserted=upserted,
+        deleted=deleted,
+        rebuilt=rebuilt,
+        seconds=time.perf_counter() - started,
+    )
+
+def runtime_dir(home: Path | Layout) -> Path:
+    return Layout.of(home).runtime_vectors
+
+def make_runtime_copy(home: Path, force: bool = False) -> Applied:
+    """Bring ``NOVA_HOME/runtime/vectors``, a writable embedded Chroma store, to the CURRENT version.
+
+    In both modes (it is the local stand-in for a dead server). After a small change it costs a small
+    diff; when ``runtime/version.json`` already names CURRENT it costs nothing, unless ``force`` (whoever
+    writes into the runtime copy, e.g. while failed over, removes that record first).
+
+    Raises:
+        GoldenCopyError: there is no golden copy, or the store does not hold the version's count after.
+    """
+    cur = _require_current(home)
+    dest = runtime_dir(home)
+    held = runtime_version(home)
+    if not force and held is not None and held.get("version") == cur.name and dest.is_dir():
+        return Applied(
+            path=str(dest),
+            version=cur.name,
+            count=int(held.get("count", cur.count)),
+            upserted=0,
+            deleted=0,
+            rebuilt=False,
+            seconds=0.0,
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Layout.of(home).runtime_version.unlink(missing_ok=True)
+    applied = _apply_to_data_dir(cur, dest)
+    atomic_write_bytes(
+        Layout.of(home).runtime_version,
+        json.dumps({"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode(),
+    )
+    return applied
+
+def runtime_version(home: Path) -> dict | None:
+    """``{"version", "created_at", "count"}`` of the golden version the runtime copy holds, or None."""
+    try:
+        return json.loads(Layout.of(home).runtime_version.read_text())
+    except (OSError, ValueError):
+        return None
+
+def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> dict:
+    """Bring the primary index back to CURRENT without re-embedding, and audit it.
+
+    The export is applied as a diff (server mode: into the server's collection; embedded mode: into
+    ``NOVA_HOME/vectors``, rebuilt beside and swapped in when the data dir cannot be opened).
+
+    Raises:
+        ConfirmationRequired: ``confirm`` is False.
+        GoldenCopyError: there is no golden copy, or it fails verification.
+    """
+    if not confirm:
+        audit.record(home, "reset_index", "refused: confirm is not true", who)
+        raise ConfirmationRequired(
+            "resetting the index replaces it from the golden copy: pass confirm: true "
+            "(nova golden reset --yes)"
+        )
+    cur = current_version(home)
+    if cur is None:
+        audit.record(home, "reset_index", "failed: no golden copy", who)
+        raise GoldenCopyError("no golden copy yet: run the rebuild job, whose last step promotes one")
+    failures = verify_tree(cur.path)
+    if failures:
+        audit.record(
+            home,
+            "reset_index",
+            "failed: golden copy does not verify",
+            who,
+            version=cur.name,
+            failures=failures[:5],
+        )
+        raise GoldenCopyError(f"golden version {cur.name} does not verify: {'; '.join(failures[:3])}")
+    model = json.loads((cur.path / "model.json").read_text())
+    with writer_lock(home):
+        if chroma_url:
+            col = get_collection(open_client(home, chroma_url), model["fingerprint"])
+            upserted, deleted = import_export(col, cur.path)
+            details = {"mode": "server", "upserted": upserted, "deleted": deleted}
+        else:
+            applied = _apply_to_data_dir(cur, Layout.of(home).vectors)
+            details = {
+                "mode": "embedded (rebuilt)" if applied.rebuilt else "embedded",
+                "upserted": applied.upserted,
+                "deleted": applied.deleted,
+            }
+    count = get_collection(open_client(home, chroma_url), model["fingerprint"], create=False).count()
+    lex = restore_lexical(home, cur.path)
+    how = "installed" if (cur.path / LEXICAL_DIR).exists() else "rebuilt from the export"
+    details["lexical"] = f"{lex.docs} documents, {how}"
+    outcome = "ok" if count == model["count"] else f"count {count} != {model['count']}"
+    return audit.record(home, "reset_index", outcome, who, version=cur.name, count=count, **details)
+
+def forget_cached_clients() -> None:
+    """Chroma caches one system per data dir and process; drop it before and after swapping the dir."""
+    with contextlib.suppress(Exception):
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()

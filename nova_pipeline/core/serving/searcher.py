@@ -1,0 +1,456 @@
+"""Search: one path for the Python API, ``nova search`` and ``nova serve``; hybrid by default, with
+failover.
+
+**Modes and ranking** are in :mod:`nova_pipeline.core.index.ranking`. **Filters**: ``path`` (a glob: ``*``
+crosses ``/``, as in ``json/*`` or ``*.md``) and ``language`` apply in every mode: on the vector side as a
+Chroma ``where`` on the chunk metadata (``language`` equal, ``path`` in the paths the glob matches), on the
+lexical side as a mask over the BM25 scores.
+
+**Failover.** A :class:`Searcher` reads the failover pointer (``NOVA_HOME/failover/state.json``) on every
+query:
+
+* primary active: the primary is queried, bounded by ``query_timeout_s``; a query that fails or times out
+  is answered from the backup store in the same call, and counts as a failure on the searcher's circuit
+  breaker (3 failures open it, so the next queries go straight to the backup until it half-opens after
+  30 s and a trial query decides);
+* backup active: the backup store answers.
+
+The backup store is made from the CURRENT golden copy: in memory (a Chroma ``EphemeralClient`` loaded from
+CURRENT's export) when the resource estimate allows it, else the on-disk runtime copy; it is reloaded when
+CURRENT changes, and built on first use. Every hit says which store answered, and a backup answer carries
+``stale_as_of``: when the golden version it came from was made.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pybreaker
+
+from nova_pipeline.core.errors import (
+    FailoverError,
+    IndexNotBuiltError,
+    InvalidRequestError,
+    NovaError,
+    QueryTimeoutError,
+)
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.embedding import Embedder, SentenceTransformerEmbedder, bundled_fingerprint
+from nova_pipeline.core.index.ranking import (
+    HYBRID,
+    LEXICAL,
+    MODES,
+    VECTOR,
+    SearchSettings,
+    boost_shares,
+    exact_targets,
+    fuse,
+    phrase_of,
+)
+from nova_pipeline.core.index.vector_store import Hit, get_collection, open_client, open_client_at, query
+from nova_pipeline.core.serving.estimate import DISK, MEMORY, estimate_for_version
+from nova_pipeline.core.serving.failover import FailoverSettings
+from nova_pipeline.core.serving.pointer import BACKUP, PRIMARY, read_state
+from nova_pipeline.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class SearchResult:
+    """Hits, best first, and where they came from.
+
+    ``fell_back`` is True when the primary was active but failed or timed out on this query
+    (``primary_error`` says how).
+    """
+
+    hits: list[Hit]
+    store: str
+    stale_as_of: str | None = None
+    fell_back: bool = False
+    primary_error: str = ""
+    mode: str = "hybrid"
+
+class BackupStore:
+    """The backup store: CURRENT's export in memory when the estimate allows (and ``prefer_memory``), else
+    the on-disk runtime copy. Thread-safe; reloaded when CURRENT changes."""
+
+    def __init__(self, settings: Settings, fingerprint: str, failover: FailoverSettings,
+                 prefer_memory: bool = True):
+        self.settings, self.fingerprint, self.failover = settings, fingerprint, failover
+        self.prefer_memory = prefer_memory
+        self._lock = threading.Lock()
+        self._collection = None
+        self.version: str | None = None
+        self.created_at: str | None = None
+        self.kind: str | None = None
+        self.estimate = None
+
+    def collection(self):
+        """``(collection, golden version created_at)``, loading or reloading as needed.
+
+        Raises:
+            IndexNotBuiltError: there is no golden copy yet.
+            FailoverError: the estimate refuses both kinds of backup store.
+        """
+        from nova_pipeline.core.protect import golden
+
+        cur = golden.current_version(self.settings.home)
+        if cur is None:
+            raise IndexNotBuiltError(
+                "no golden copy to answer from: run the rebuild job while the primary is up"
+            )
+        with self._lock:
+            if self._collection is None or self.version != cur.name:
+                self._load(cur)
+            return self._collection, self.created_at
+
+    def _load(self, cur) -> None:
+        from nova_pipeline.core.protect import golden
+
+        runtime = self.settings.layout.runtime_vectors
+        est = estimate_for_version(cur, max_memory_mb=self.failover.max_memory_mb, disk_copy=runtime.is_dir())
+        if est.choice == MEMORY and self.prefer_memory:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
+            name = f"backup-{self.fingerprint}"
+            if self._collection is not None:
+                client.delete_collection(self._collection.name)
+            col = client.get_or_create_collection(
+                name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            )
+            golden.import_export(col, cur.path)
+            kind = MEMORY
+        elif est.choice in (MEMORY, DISK):
+            col = get_collection(open_client_at(runtime), self.fingerprint, create=False)
+            kind = DISK
+        else:
+            raise FailoverError(est.message)
+        self._collection, self.version, self.created_at, self.kind, self.estimate = (
+            col,
+            cur.name,
+            cur.created_at,
+            kind,
+            est,
+        )
+        log.info(
+            "backup store: golden version %s %s (%s)",
+            cur.name,
+            "in memory" if kind == MEMORY else f"on disk at {runtime}",
+            est.message,
+        )
+
+class Searcher:
+    """Searches with failover (see the module docstring). One per process is enough; thread-safe.
+
+    Args:
+        settings: ``NOVA_HOME`` and ``NOVA_CHROMA_URL``.
+        embedder: the query embedder (default: the bundled model, loaded on the first query that needs it).
+        failover: timeouts and breaker settings (default: from the environment).
+        prefer_memory: let the backup store live in memory when the estimate allows (``nova serve``); the
+            one-shot API and CLI use the on-disk runtime copy.
+        ranking: hybrid weights (default: from the environment).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        failover: FailoverSettings | None = None,
+        prefer_memory: bool = False,
+        ranking: SearchSettings | None = None,
+    ):
+        self.settings = settings
+        self.failover = failover or FailoverSettings.from_env()
+        self.ranking = ranking or SearchSettings.from_env()
+        self._embedder = embedder
+        self.fingerprint = embedder.fingerprint if embedder is not None else bundled_fingerprint()
+        self.backup = BackupStore(settings, self.fingerprint, self.failover, prefer_memory)
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=self.failover.failure_threshold,
+            reset_timeout=self.failover.half_open_after_s,
+            name="search",
+        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="primary-query")
+        self._primary = None
+        self._lexical: dict[str, lexical.LexicalIndex] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = SentenceTransformerEmbedder()
+            return self._embedder
+
+    def _primary_collection(self):
+        with self._lock:
+            if self._primary is None:
+                client = open_client(self.settings.home, self.settings.chroma_url, create=False)
+                self._primary = get_collection(client, self.fingerprint, create=False)
+            return self._primary
+
+    def lexical_index(self, store: str = PRIMARY) -> lexical.LexicalIndex | None:
+        """The BM25 index that goes with ``store``: the live one (``NOVA_HOME/lexical``) for the primary,
+        the CURRENT golden version's for the backup, each falling back to the other; None when there is
+        neither. Loaded once per directory (directories are immutable; a rebuild makes a new one)."""
+        from nova_pipeline.core.protect import golden
+
+        def frozen() -> Path | None:  # CURRENT's, read from the pointer without listing the versions
+            root = golden.golden_root(self.settings.home)
+            try:
+                p = root / (root / golden.CURRENT).read_text().strip() / golden.LEXICAL_DIR
+            except OSError:
+                return None
+            return p if (p / lexical.META).exists() else None
+
+        order = ((lambda: lexical.current_path(self.settings.home)), frozen)
+        path = next((p for p in (f() for f in (order if store == PRIMARY else order[::-1])) if p), None)
+        if path is None:
+            return None
+        key = str(path)
+        with self._lock:
+            if key not in self._lexical:
+                self._lexical.clear()  # an older directory is no longer current
+                self._lexical[key] = lexical.load(path)
+            return self._lexical[key]
+
+    def _on_primary(self, op: Callable):
+        def run():
+            try:
+                return op(self._primary_collection())
+            except IndexNotBuiltError:
+                raise
+            except Exception:
+                with self._lock:
+                    self._primary = None  # a client in a bad state is opened again next time
+                raise
+
+        future = self._pool.submit(run)
+        try:
+            return future.result(timeout=self.failover.query_timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise QueryTimeoutError(
+                f"the primary did not answer within {self.failover.query_timeout_s:g} s"
+            ) from None
+
+    def _run(self, op: Callable, failed_over: bool):
+        """``(op(collection), store, stale_as_of, fell_back, error)`` on the store the pointer names, with
+        the per-query fallback to the backup store."""
+        error = ""
+        if not failed_over:
+            try:
+                return self.breaker.call(self._on_primary, op), PRIMARY, None, False, ""
+            except IndexNotBuiltError:
+                raise
+            except pybreaker.CircuitBreakerError as exc:
+                error = f"the search breaker is open ({exc})"
+            except Exception as exc:  # noqa: BLE001 - any failure of the primary falls back
+                error = f"{type(exc).__name__}: {exc}"
+            log.warning("primary query failed, answering from the backup store: %s", error)
+        try:
+            col, stale = self.backup.collection()
+        except NovaError:
+            if error:
+                raise FailoverError(f"the primary failed ({error}) and no backup store can answer") from None
+            raise
+        return op(col), BACKUP, stale, not failed_over, error
+
+    def search(
+        self,
+        text: str,
+        k: int = 5,
+        mode: str = HYBRID,
+        path: str | None = None,
+        language: str | None = None,
+    ) -> SearchResult:
+        """The ``k`` best chunks for ``text`` (see the module docstring for modes and filters), from the
+        store the pointer names, with the per-query fallback.
+
+        Args:
+            text: the query, in words or code.
+            k: number of hits.
+            mode: ``hybrid`` (default), ``vector`` or ``lexical``.
+            path: a glob over root-relative paths (``*`` crosses ``/``); None: every path.
+            language: the manifest's language (``python``, ``markdown``, ...); None: every language.
+
+        Raises:
+            ValueError: an unknown mode.
+            IndexNotBuiltError: nothing was indexed yet, or ``lexical`` mode without a lexical index (the
+                message says to run the rebuild job).
+            VectorStoreError, FailoverError: neither the primary nor a backup store can answer.
+        """
+        if mode not in MODES:
+            raise InvalidRequestError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+        state = read_state(self.settings.home)
+        lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY) if mode != VECTOR else None
+        if lex is None and mode == LEXICAL:
+            raise IndexNotBuiltError("no lexical index yet: run the rebuild job (make rebuild, or dagster "
+                                     "job execute -m nova_pipeline.definitions -j rebuild)")
+        if lex is None and mode == HYBRID:
+            log.warning("no lexical index yet: hybrid search answers from the vector side only")
+        n = max(k, self.ranking.candidates) if mode == HYBRID else k
+        where, paths = _filters(lex, path, language)
+        if paths is not None and not paths:
+            return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
+        lex_hits = lex.search(text, n, lex.mask(path, language)) if lex is not None else []
+        lex_ids = [lex.docs["chunk_id"].iat[h.row] for h in lex_hits]
+        vectors = self.embedder.embed([text]) if mode != LEXICAL else None
+        targets = exact_targets(text) if mode == HYBRID else set()
+        phrase = phrase_of(text) if mode == HYBRID else ""
+        over = 4 if path and paths is None else 1  # a glob without a lexical index: filter after the query
+
+        def op(col):
+            vhits = []
+            if vectors is not None:
+                vhits = query(col, vectors, n * over, where)[0]
+                if path and paths is None:
+                    vhits = [h for h in vhits if lexical.glob_match(h.path, path)][:n]
+            by_id = {h.chunk_id: h for h in vhits}
+            if mode == VECTOR:
+                order = [(h.chunk_id, h.score) for h in vhits]
+            elif mode == LEXICAL:
+                order = [(i, h.score) for i, h in zip(lex_ids, lex_hits)]
+            else:
+                # the lexical candidates' texts: for the phrase match now, and for the hits shown
+                need = [i for i in lex_ids if i not in by_id]
+                texts = _documents(col, need)
+                candidates = [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits] + [
+                    (i, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row],
+                     by_id[i].text if i in by_id else texts.get(i)) for i, h in zip(lex_ids, lex_hits)
+                ]
+                boosted = boost_shares(targets, phrase, candidates)
+                order = fuse([([h.chunk_id for h in vhits], self.ranking.vector_weight),
+                              (lex_ids, self.ranking.lexical_weight)], boosted, self.ranking)[:k]
+                for cid, _ in order:
+                    if cid in by_id:
+                        by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
+                return order, by_id, texts, boosted
+            order = order[:k]
+            texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
+            return order, by_id, texts, {}
+
+        (order, by_id, texts, boosted), store, stale, fell_back, error = self._run(op, state.failed_over)
+        lex_by_id = {i: h for i, h in zip(lex_ids, lex_hits)}
+        terms = [t for t in dict.fromkeys(lexical.code_tokens(text)) if lex is not None and t in lex.vocab]
+        hits = []
+        for cid, score in order:
+            h = by_id.get(cid)
+            lh = lex_by_id.get(cid)
+            if h is None:  # found by the lexical side only
+                row = lh.row
+                d = lex.docs.iloc[row]
+                h = Hit(path=d["path"], start_line=int(d["start_line"]), end_line=int(d["end_line"]),
+                        symbol=d["symbol"] or "", language=d["language"], score=score,
+                        text=texts.get(cid) or "", chunk_id=cid, exact=boosted.get(cid, 0.0) >= 1.0)
+            h.score = score
+            h.lexical_score = lh.score if lh is not None else None
+            if lh is not None:
+                h.matched_terms = lh.matched
+            elif lex is not None and terms and (row := lex.row_of(cid)) is not None:
+                h.matched_terms = lex.matched_terms(row, terms)
+            hits.append(h)
+        return SearchResult(
+            hits=_label(hits, store, stale), store=store, stale_as_of=stale, fell_back=fell_back,
+            primary_error=error, mode=mode,
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+def _documents(col, ids: list[str]) -> dict[str, str]:
+    """Chunk id → document, for ``ids`` (one ``get``; none when ``ids`` is empty)."""
+    if not ids:
+        return {}
+    got = col.get(ids=ids, include=["documents"])
+    return {i: d or "" for i, d in zip(got["ids"], got["documents"])}
+
+def _filters(lex, path: str | None, language: str | None) -> tuple[dict | None, list[str] | None]:
+    """``(where, paths)``: the Chroma filter for ``path``/``language``, and the paths the glob matches
+    (None when there is no glob, or no lexical index to list paths from)."""
+    clauses = []
+    paths = None
+    if language:
+        clauses.append({"language": {"$eq": language}})
+    if path and lex is not None:
+        paths = lex.paths_matching(path)
+        if paths and len(paths) < lex.distinct_paths:
+            clauses.append({"path": {"$in": paths}})
+    where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return where, paths
+
+def hit_json(h: Hit) -> dict:
+    """A hit as JSON (``nova search --json`` and ``nova serve``'s ``/search``)."""
+    return {
+        "path": h.path,
+        "start_line": h.start_line,
+        "end_line": h.end_line,
+        "symbol": h.symbol,
+        "language": h.language,
+        "score": round(h.score, 6),
+        "vector_score": None if h.vector_score is None else round(h.vector_score, 4),
+        "lexical_score": None if h.lexical_score is None else round(h.lexical_score, 4),
+        "matched_terms": h.matched_terms,
+        "exact": h.exact,
+        "snippet": h.snippet(),
+        "chunk_id": h.chunk_id,
+        "store": h.store,
+        "stale_as_of": h.stale_as_of,
+    }
+
+def _label(hits: list[Hit], store: str, stale: str | None) -> list[Hit]:
+    for h in hits:
+        h.store, h.stale_as_of = store, stale
+    return hits
+
+def search(
+    text: str,
+    k: int = 5,
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    mode: str = HYBRID,
+    path: str | None = None,
+    language: str | None = None,
+) -> list[Hit]:
+    """The ``k`` best chunks for ``text``, best first (hybrid by default; see the module docstring); each
+    hit says which store answered (``store``), from the backup ``stale_as_of``, and why it matched
+    (``vector_score``, ``lexical_score``, ``matched_terms``).
+
+    Args:
+        text: the query, in natural language or code.
+        k: number of hits.
+        settings: default: from the environment (``NOVA_HOME``, ``NOVA_CHROMA_URL``).
+        embedder: default: the bundled all-MiniLM-L6-v2, loaded only once the index is known to exist.
+        mode: ``hybrid``, ``vector`` or ``lexical``.
+        path: a glob over root-relative paths; language: a manifest language. Both filter every mode.
+
+    Raises:
+        ValueError: an unknown mode.
+        IndexNotBuiltError: nothing has been indexed yet; the message says to run the rebuild job.
+        VectorStoreError: the vector store is unreachable and no backup store can answer.
+    """
+    settings = settings or Settings.from_env(require_source=False)
+    searcher = Searcher(settings, embedder)
+    try:
+        if not read_state(settings.home).failed_over:
+            try:  # before loading the model: say early when nothing is built
+                col = searcher._primary_collection()
+                empty = col.count() == 0
+            except IndexNotBuiltError:
+                raise
+            except NovaError:
+                empty = False  # unreachable or damaged: the search falls back to the backup store
+            if empty:
+                raise IndexNotBuiltError(
+                    f"the vector index {col.name} is empty: run the rebuild job "
+                    "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+                )
+        return searcher.search(text, k, mode=mode, path=path, language=language).hits
+    finally:
+        searcher.close()

@@ -1,0 +1,158 @@
+import errno
+import os
+
+import blake3
+import pytest
+import zstandard as zstd
+
+from nova_pipeline.core.compression import store as store_mod
+from nova_pipeline.core.compression.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
+from nova_pipeline.core.compression.store import ContentStore, update_store
+from nova_pipeline.core.errors import StoreCorruptError, StoreError
+from nova_pipeline.core.ingest.manifest import scan, unique_contents
+from nova_pipeline.core.ingest.walk import ScanOptions
+
+
+@pytest.fixture
+def built(stdlib_tree, tmp_path):
+    home = tmp_path / "home"
+    manifest = scan(ScanOptions(stdlib_tree)).manifest
+    info, _, _ = build_for_tree(unique_contents(stdlib_tree, manifest), DictionaryRegistry(home),
+                                DictionaryOptions(dict_size=16_384))
+    store = ContentStore(home)
+    update = update_store(store, stdlib_tree, manifest, info.blake3)
+    return store, manifest, info, update, stdlib_tree
+
+
+def test_round_trip_frames_and_dedup(built):
+    store, manifest, info, update, root = built
+    assert update.put.written == update.objects == manifest["blake3"].nunique()
+    for key, rel in list(zip(manifest["blake3"], manifest["path"]))[:20]:
+        assert store.get(key) == (root / rel).read_bytes()
+        frame = open(store.object_path(key), "rb").read()
+        params = zstd.get_frame_parameters(frame)
+        assert params.dict_id == info.dict_id and not params.has_checksum
+        assert params.content_size == (root / rel).stat().st_size
+    assert update.ratio > 3.0
+    assert store.verify(store.sample_keys(0)) == []
+
+
+def test_identical_files_are_stored_once(tmp_path):
+    (tmp_path / "src").mkdir()
+    for name in ("a.py", "b.py", "c.py"):
+        (tmp_path / "src" / name).write_text("print('same')\n" * 50)
+    (tmp_path / "src" / "d.py").write_text("print('other')\n")
+    manifest = scan(ScanOptions(tmp_path / "src")).manifest
+    update = update_store(ContentStore(tmp_path / "h"), tmp_path / "src", manifest, "")
+    assert update.objects == 2
+    assert update.dedup_saved_bytes == 2 * len("print('same')\n" * 50)
+
+
+def test_second_run_compresses_nothing(built):
+    store, manifest, info, update, root = built
+    again = update_store(ContentStore(store.home), root, manifest, info.blake3)
+    assert again.put.written == 0 and again.put.already_stored == update.objects
+    assert again.put.bytes_in == 0
+
+
+def test_bit_flip_is_detected_and_named(built):
+    store, manifest, info, update, root = built
+    key = manifest["blake3"].iloc[0]
+    path = store.object_path(key)
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0x01
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    with pytest.raises(StoreCorruptError, match=key):
+        ContentStore(store.home).get(key)
+    failures = ContentStore(store.home).verify(store.sample_keys(0))
+    assert len(failures) == 1 and key in failures[0] and path in failures[0]
+
+
+def test_file_changed_after_scan_is_not_stored_under_a_wrong_key(stdlib_tree, tmp_path, caplog):
+    manifest = scan(ScanOptions(stdlib_tree)).manifest
+    rel = manifest["path"].iloc[0]
+    old_key = manifest["blake3"].iloc[0]
+    (stdlib_tree / rel).write_text("# changed after the scan\n")
+    store = ContentStore(tmp_path / "h")
+    update = update_store(store, stdlib_tree, manifest, "")
+    assert update.put.skipped == {"changed_since_scan": 1}
+    assert old_key not in set(store.index()["key"])
+    assert not os.path.exists(store.object_path(old_key))
+    new_key = blake3.blake3(b"# changed after the scan\n").hexdigest()
+    assert not os.path.exists(store.object_path(new_key))
+    assert "changed since the scan" in caplog.text
+
+
+def test_enospc_fails_cleanly_and_the_store_still_verifies(built, monkeypatch, tmp_path):
+    store, manifest, info, update, root = built
+    # add new content, then make the disk "fill up" after a few object writes
+    for i in range(20):
+        (root / f"new_{i}.py").write_text(f"value_{i} = {i}\n" * 40)
+    manifest2 = scan(ScanOptions(root), manifest).manifest
+    calls = {"n": 0}
+    real_write = os.write
+
+    def full_disk(fd, data):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store_mod.os, "write", full_disk)
+    with pytest.raises(StoreError, match="No space left on device"):
+        update_store(ContentStore(store.home), root, manifest2, info.blake3)
+    monkeypatch.setattr(store_mod.os, "write", real_write)
+    leftovers = [p for p in (store.home / "store").rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+    fresh = ContentStore(store.home)
+    assert len(fresh.index()) == update.objects  # the previous index stays committed
+    assert fresh.verify(fresh.sample_keys(0)) == []
+    # and the next run completes the work
+    done = update_store(fresh, root, manifest2, info.blake3)
+    assert done.put.written == 20 and fresh.verify(fresh.sample_keys(0)) == []
+
+
+def test_garbage_is_collected_only_after_commit(built):
+    store, manifest, info, update, root = built
+    rel = manifest["path"].iloc[0]
+    key = manifest["blake3"].iloc[0]
+    os.unlink(root / rel)
+    manifest2 = scan(ScanOptions(root), manifest).manifest
+    again = update_store(ContentStore(store.home), root, manifest2, info.blake3)
+    assert again.removed_objects == 1
+    assert not os.path.exists(store.object_path(key))
+    assert key not in set(ContentStore(store.home).index()["key"])
+
+
+def test_objects_of_a_golden_version_survive_an_update_that_dropped_them(stdlib_tree, tmp_path):
+    import shutil
+
+    from nova_pipeline.core.protect import backup, golden
+    from nova_pipeline_tests.conftest import FakeEmbedder, build_home
+
+    home = tmp_path / "home"
+    build_home(stdlib_tree, home)
+    v1 = golden.promote(home, FakeEmbedder.fingerprint).version
+    old_keys = set(ContentStore(home).index()["key"])
+    shutil.rmtree(stdlib_tree / "email")  # the tree moves on: most contents are gone from it
+    manifest = scan(ScanOptions(stdlib_tree)).manifest
+    # the plain core call, no extra argument: the store itself spares what golden versions refer to
+    update_store(ContentStore(home), stdlib_tree, manifest, "")
+    store = ContentStore(home)
+    dropped = old_keys - set(store.index()["key"])
+    assert len(dropped) > 20
+    assert store.verify(sorted(dropped)) == []  # still stored, still decompressing with their dictionary
+    b = backup.create_backup(home).info
+    assert backup.verify(home, b.id, 3) == []
+    assert golden.current_version(home).name == v1.name
+
+
+def test_objects_no_golden_version_needs_are_collected(stdlib_tree, tmp_path):
+    home = tmp_path / "home"
+    update_store(ContentStore(home), stdlib_tree, scan(ScanOptions(stdlib_tree)).manifest, "")
+    import shutil
+
+    shutil.rmtree(stdlib_tree / "email")
+    update = update_store(ContentStore(home), stdlib_tree, scan(ScanOptions(stdlib_tree)).manifest, "")
+    assert update.removed_objects > 20  # without a golden version, nothing holds them

@@ -1,0 +1,190 @@
+"""The lexical index (BM25 over code-aware terms) and the pure parts of hybrid ranking."""
+
+import json
+
+import pytest
+
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.chunking import chunk_manifest
+from nova_pipeline.core.index.embedding import Tokenizer
+from nova_pipeline.core.index.ranking import (
+    SearchSettings,
+    boost_shares,
+    defined_names,
+    enclosing_names,
+    exact_targets,
+    exact_weight,
+    fuse,
+    is_exact,
+    phrase_in,
+    phrase_of,
+)
+from nova_pipeline.core.ingest.manifest import scan
+from nova_pipeline.core.ingest.walk import ScanOptions
+
+
+def test_code_tokens_keep_identifiers_whole_and_split_them_into_stemmed_words():
+    toks = lexical.code_tokens("class HTTPServer(read_table): raise JSONDecodeError('Expecting value')")
+    assert {"httpserver", "http", "server", "read_table", "read", "tabl", "jsondecodeerror", "json",
+            "decod", "error", "expect", "valu"} <= set(toks)
+    assert "the" not in lexical.code_tokens("the value of the key")  # English stop words are left out
+
+
+def test_lower_case_compounds_are_split_into_their_words_and_abbreviations_are_not():
+    # "True if the connection is closed." is HTTPResponse.isclosed's docstring: the words must meet
+    assert {"isclosed", "close"} <= set(lexical.code_tokens("def isclosed(self):"))
+    assert {"close"} <= set(lexical.code_tokens("True if the connection is closed."))
+    assert {"getvalu", "get", "valu"} <= set(lexical.code_tokens("buf.getvalue()"))
+    assert {"encode_rfc2231", "rfc", "2231"} <= set(lexical.code_tokens("encode_rfc2231(s)"))
+    # short words are abbreviations, and a split with a one-letter piece is a misreading: both stay whole
+    assert set(lexical.code_tokens("cwd hdr getaddrinfo")) == {"cwd", "hdr", "getaddrinfo"}
+
+
+@pytest.fixture
+def chunks(json_tree):
+    tok = Tokenizer()
+    manifest = scan(ScanOptions(json_tree)).manifest
+    df, _ = chunk_manifest(json_tree, manifest, None, tok.count, tok.max_seq_length)
+    return df
+
+
+def test_identifier_and_error_string_queries_find_their_chunk(chunks, tmp_path):
+    stats = lexical.build(chunks, tmp_path / "idx")
+    idx = lexical.load(tmp_path / "idx")
+    assert stats.docs == len(idx) == len(chunks) and stats.vocabulary > 100
+
+    top = idx.docs.iloc[idx.search("JSONDecodeError", 1)[0].row]
+    assert top["path"] == "json/decoder.py" and "JSONDecodeError" in top["symbol"]
+    hit = idx.search("Expecting ',' delimiter", 3)
+    text = chunks.set_index("chunk_id")["text"]
+    assert any("Expecting ',' delimiter" in text[idx.docs["chunk_id"].iat[h.row]] for h in hit)
+    assert {"expect", "delimit"} <= set(hit[0].matched)
+    assert idx.search("zzzz_not_a_word", 5) == []  # no term in the vocabulary: no hits, not arbitrary ones
+
+
+def test_filters_mask_by_path_glob_and_language(chunks, tmp_path):
+    lexical.build(chunks, tmp_path / "idx")
+    idx = lexical.load(tmp_path / "idx")
+    hits = idx.search("decode", 50, idx.mask("json/encoder.py", None))
+    assert hits and {idx.docs["path"].iat[h.row] for h in hits} == {"json/encoder.py"}
+    assert idx.search("decode", 50, idx.mask(None, "markdown")) == []
+    assert idx.paths_matching("json/*.py") == sorted(set(chunks["path"]))
+    assert idx.paths_matching("*/tool.py") == ["json/tool.py"]
+
+
+def test_update_does_no_work_when_unchanged_and_switches_current_on_change(chunks, tmp_path):
+    home = tmp_path / "home"
+    loads = []
+
+    def with_texts():
+        loads.append(1)
+        return chunks
+
+    first = lexical.update(home, chunks.drop(columns=["text"]), with_texts=with_texts)
+    assert first.built and lexical.current_path(home).name == first.digest and loads == [1]
+    again = lexical.update(home, chunks.drop(columns=["text"]), with_texts=with_texts)
+    assert not again.built and again.seconds == 0.0 and loads == [1]  # no build: the texts are not read
+
+    fewer = chunks[chunks["path"] != "json/tool.py"]
+    second = lexical.update(home, fewer)
+    assert second.built and second.digest != first.digest
+    live = lexical.load_current(home)
+    assert live.digest == second.digest and len(live) == len(fewer)
+    assert lexical.id_failures(lexical.current_path(home), fewer["chunk_id"]) == []
+    failures = lexical.id_failures(lexical.current_path(home), chunks["chunk_id"])
+    assert failures and "lacks" in failures[0]
+    # a third build prunes the oldest directory, never CURRENT or the one before
+    lexical.update(home, chunks.iloc[:10])
+    dirs = {p.name for p in (home / "lexical").iterdir() if p.is_dir()}
+    assert dirs == {second.digest, lexical.chunks_digest(chunks.iloc[:10])}
+
+
+def test_a_damaged_index_says_how_to_recover(chunks, tmp_path):
+    lexical.build(chunks, tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    (tmp_path / "idx" / "docs.parquet").write_bytes(b"not parquet")
+    with pytest.raises(lexical.LexicalIndexError, match="rebuild"):
+        lexical.load(tmp_path / "idx")
+    assert meta["docs"] == len(chunks)
+
+
+def test_an_empty_chunk_set_builds_an_empty_index(chunks, tmp_path):
+    lexical.build(chunks.iloc[:0], tmp_path / "idx")
+    assert lexical.load(tmp_path / "idx").search("decode", 5) == []
+
+
+def test_reciprocal_rank_fusion_weights_and_the_exact_match_boost():
+    s = SearchSettings()
+    fused = fuse([(["a", "b", "c"], 1.0), (["c", "d"], 1.0)], set(), s)
+    assert [i for i, _ in fused] == ["c", "a", "b", "d"]  # c is in both lists
+    assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
+    lexical_heavy = fuse([(["a", "b"], 0.1), (["b", "a"], 1.0)], set(), s)
+    assert lexical_heavy[0][0] == "b"
+    boosted = fuse([(["a", "b", "c"], 1.0)], {"c"}, s)
+    assert boosted[0][0] == "c"
+    assert fuse([(["a"], 1.0)], {"zzz"}, s) == [("a", pytest.approx(1 / 61))]  # boost only for candidates
+
+
+def test_exact_targets_and_symbol_or_path_matches():
+    assert exact_targets("IgnoreRules") == {"IgnoreRules"}
+    assert exact_targets("where is read_table used by HTTPServer") == {"read_table", "HTTPServer"}
+    assert exact_targets("decode a json document") == set()
+    names = defined_names("def JSONDecoder.raw_decode(self, s, idx=0)")
+    assert names == {"JSONDecoder.raw_decode", "raw_decode"}
+    assert enclosing_names("def Outer.Inner.run(self)") == {"Outer", "Outer.Inner", "Inner"}
+    assert exact_weight({"JSONDecoder"}, "class JSONDecoder", "json/decoder.py") == 1.0
+    assert exact_weight({"JSONDecoder"}, "def JSONDecoder.decode(self, s)", "json/decoder.py") == 0.5
+    assert exact_weight({"JSONDecoder"}, "def loads(s)", "json/__init__.py") == 0.0
+    half = fuse([(["a", "b"], 1.0)], {"b": 0.5}, SearchSettings())
+    assert half[0] == ("b", pytest.approx(1 / 62 + 0.5 / 61)) and half[1][0] == "a"
+    assert defined_names("def a, def b") == {"a", "b"}
+    assert is_exact({"raw_decode"}, "def JSONDecoder.raw_decode(self, s, idx=0)", "json/decoder.py")
+    assert is_exact({"decoder.py"}, "", "json/decoder.py")
+    assert is_exact({"json/decoder.py"}, "", "json/decoder.py")
+    assert not is_exact({"decode"}, "def JSONDecoder.raw_decode(self)", "json/decoder.py")
+
+
+def test_search_settings_from_the_environment():
+    s = SearchSettings.from_env({"NOVA_SEARCH_LEXICAL_WEIGHT": "2.5", "NOVA_SEARCH_RRF_K": "10"})
+    assert (s.lexical_weight, s.rrf_k, s.vector_weight) == (2.5, 10, 1.0)
+    from nova_pipeline.core.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="NOVA_SEARCH_VECTOR_WEIGHT"):
+        SearchSettings.from_env({"NOVA_SEARCH_VECTOR_WEIGHT": "lots"})
+
+
+
+def test_a_quoted_error_message_is_a_phrase_matched_across_white_space():
+    p = phrase_of('"Expecting property name  enclosed in double quotes"')
+    assert p == "expecting property name enclosed in double quotes"
+    assert phrase_in(p, 'raise JSONDecodeError(\n    "Expecting property name enclosed in double quotes", s)')
+    assert not phrase_in(p, "Expecting property name")
+    assert phrase_of("JSONDecoder") == "" and phrase_of("two words") == ""  # names go by exact_targets
+
+
+def test_boost_shares_take_the_larger_reason_per_chunk():
+    cands = [
+        ("head", "class JSONDecoder", "json/decoder.py", "class JSONDecoder(object):"),
+        ("method", "def JSONDecoder.decode(self, s)", "json/decoder.py", "def decode(self, s): ..."),
+        ("other", "def loads(s)", "json/__init__.py", "def loads(s): ..."),
+        ("method", "def JSONDecoder.decode(self, s)", "json/decoder.py", None),  # seen on both sides
+    ]
+    assert boost_shares({"JSONDecoder"}, "", cands) == {"head": 1.0, "method": 0.5}
+    phrase = phrase_of("Expecting value: line 1")
+    assert boost_shares(set(), phrase, [("x", "", "a.py", 'raise E("Expecting value: line 1 column")')]) == {
+        "x": 1.0}
+
+
+def test_the_chunks_digest_ignores_row_order_and_dtypes_and_sees_any_change(chunks):
+    base = lexical.chunks_digest(chunks)
+    assert len(base) == 32
+    assert lexical.chunks_digest(chunks.sample(frac=1.0, random_state=7)) == base  # row order
+    as_objects = chunks.astype({c: object for c in ("chunk_id", "path", "symbol", "language")})
+    assert lexical.chunks_digest(as_objects.astype({"start_line": "int32"})) == base  # dtypes
+    assert lexical.chunks_digest(chunks.assign(n_tokens=0, text="other")) == base  # not what an index holds
+    for column in lexical.DIGEST_COLUMNS:
+        changed = chunks.copy()
+        cell = changed[column].iloc[3]  # one cell changes
+        changed.loc[changed.index[3], column] = cell + 1 if column.endswith("_line") else cell + "x"
+        assert lexical.chunks_digest(changed) != base, column
+    assert lexical.chunks_digest(chunks.iloc[1:]) != base
