@@ -60,6 +60,7 @@ test: install bytecode lint
 
 lint: install
 	$(BIN)/ruff check nova_pipeline nova_pipeline_tests benchmarks
+	$(BIN)/ruff format --check nova_pipeline nova_pipeline_tests benchmarks
 
 ui: install bytecode dagster-home
 	NOVA_SOURCE_DIR="$(SOURCE)" $(BIN)/dagster dev -m nova_pipeline.definitions

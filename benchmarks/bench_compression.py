@@ -58,8 +58,10 @@ def run(root: Path, work: Path) -> None:
     pairs, _ = read_verified([(p, d) for d, p in unique])
     train = [(d, c) for d, c in pairs if not is_heldout(d, opts.heldout_percent)]
     held = [c for d, c in pairs if is_heldout(d, opts.heldout_percent)]
-    print(f"tree: {root}  unique contents: {len(pairs):,} ({sum(map(len, (c for _, c in pairs))):,} bytes)  "
-          f"held out: {len(held):,} ({sum(map(len, held)):,} bytes)")
+    print(
+        f"tree: {root}  unique contents: {len(pairs):,} ({sum(map(len, (c for _, c in pairs))):,} bytes)  "
+        f"held out: {len(held):,} ({sum(map(len, held)):,} bytes)"
+    )
 
     # --- dictionary: ours (the asset's code path) ------------------------------------------------------
     registry = DictionaryRegistry(work / "home")
@@ -67,8 +69,10 @@ def run(root: Path, work: Path) -> None:
     ours = registry.load(info.blake3)
     r_none = heldout_ratio(held, None, opts.level)
     r_ours = heldout_ratio(held, ours, opts.level)
-    print(f"dictionary: {len(ours):,} B, trained in {info.training_seconds:.2f} s on {info.samples} samples "
-          f"({info.sample_bytes:,} B)")
+    print(
+        f"dictionary: {len(ours):,} B, trained in {info.training_seconds:.2f} s on {info.samples} samples "
+        f"({info.sample_bytes:,} B)"
+    )
     print(f"held-out ratio, zstd -{opts.level} no dictionary: {r_none:.3f}x")
     print(f"held-out ratio, our dictionary:          {r_ours:.3f}x")
     print(f"  ours / no dictionary:  {r_ours / r_none:.3f}x   target >= 1.06x")

@@ -57,10 +57,11 @@ def measure_memory(version, fingerprint):
     gc.collect()
     rss0 = proc.memory_info().rss
     client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
-    col = client.get_or_create_collection(f"bench-{fingerprint}", configuration={"hnsw": {"space": "cosine"}},
-                                          embedding_function=None)
+    col = client.get_or_create_collection(
+        f"bench-{fingerprint}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    )
     counts = []
-    for part in (half, files[len(half):]):
+    for part in (half, files[len(half) :]):
         for f in part:
             t = golden.read_shard(f)
             mat = golden.embedding_matrix(t)

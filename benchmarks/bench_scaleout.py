@@ -53,9 +53,33 @@ from nova_pipeline_tests.conftest import (  # noqa: E402 - the same process help
 )
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-PACKAGES = ["json", "email", "http", "logging", "importlib", "concurrent", "xml", "urllib", "unittest",
-            "asyncio", "multiprocessing", "tomllib", "sqlite3", "ctypes", "curses", "dbm", "wsgiref",
-            "zoneinfo", "html", "encodings", "idlelib", "lib2to3", "pydoc_data", "venv", "ensurepip"]
+PACKAGES = [
+    "json",
+    "email",
+    "http",
+    "logging",
+    "importlib",
+    "concurrent",
+    "xml",
+    "urllib",
+    "unittest",
+    "asyncio",
+    "multiprocessing",
+    "tomllib",
+    "sqlite3",
+    "ctypes",
+    "curses",
+    "dbm",
+    "wsgiref",
+    "zoneinfo",
+    "html",
+    "encodings",
+    "idlelib",
+    "lib2to3",
+    "pydoc_data",
+    "venv",
+    "ensurepip",
+]
 BIN = Path(sys.executable).parent
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -75,8 +99,11 @@ def build_tree(dst: Path, want_chunks: int) -> tuple[Path, "object"]:
     for pkg in PACKAGES:
         if not (STDLIB / pkg).is_dir():
             continue
-        shutil.copytree(STDLIB / pkg, tree / pkg,
-                        ignore=shutil.ignore_patterns("__pycache__", "test", "tests", "idle_test"))
+        shutil.copytree(
+            STDLIB / pkg,
+            tree / pkg,
+            ignore=shutil.ignore_patterns("__pycache__", "test", "tests", "idle_test"),
+        )
         manifest = scan(ScanOptions(tree)).manifest
         chunks, _ = chunk_manifest(tree, manifest, None, tok.count, tok.max_seq_length)
         if len(chunks) >= want_chunks:
@@ -273,8 +300,9 @@ def run_mode(
         proc.wait(timeout=3600)
         wall = time.perf_counter() - started
         text = (mode_dir / "run.log").read_text()
-        run_id = next(m.group() for line in text.splitlines() if "RUN_START" in line
-                      for m in [RUN_ID.search(line)] if m)
+        run_id = next(
+            m.group() for line in text.splitlines() if "RUN_START" in line for m in [RUN_ID.search(line)] if m
+        )
         times = run_times(dhome, pg, run_id)
         if proc.returncode != 0 or times["failed"]:
             raise RuntimeError(f"{name}: the run failed; see {mode_dir / 'run.log'}:\n{text[-3000:]}")
@@ -306,7 +334,8 @@ def raw_encode_rate(texts: list[str], threads: int = 0) -> float:
 def bench_executors(args) -> None:
     import dagster as dg
 
-    from nova_pipeline.defs import index, ingest
+    from nova_pipeline.defs import ingest
+    from nova_pipeline.defs.index import chunks
     from nova_pipeline.defs.resources import EmbedderResource
     from nova_pipeline_tests.conftest import resources_for
 
@@ -317,7 +346,7 @@ def bench_executors(args) -> None:
         template = work / "template"
         with dg.instance_for_test() as instance:
             assert dg.materialize(
-                [ingest.source_files, index.source_chunks],
+                [ingest.source_files, chunks.source_chunks],
                 instance=instance,
                 resources=resources_for(tree, template, EmbedderResource()),
             ).success
@@ -436,14 +465,20 @@ def bench_free(args) -> None:
         # log), then with our metadata (a row per key in its SQLite metadata segment), then with the
         # document (also indexed by SQLite full-text search): the last is what the product writes.
         ids = chunks["chunk_id"].tolist()
-        for label, with_meta, with_docs in (("vector only", False, False), ("+ metadata", True, False),
-                                            ("+ metadata + document", True, True)):
+        for label, with_meta, with_docs in (
+            ("vector only", False, False),
+            ("+ metadata", True, False),
+            ("+ metadata + document", True, True),
+        ):
             col = get_collection(open_client(work / f"shape-{len(parts)}"), f"shape-{len(parts)}")
             t = time.perf_counter()
             for i in range(0, len(texts), 1024):
-                col.upsert(ids=ids[i : i + 1024], embeddings=vecs[i : i + 1024],
-                           metadatas=metas[i : i + 1024] if with_meta else None,
-                           documents=texts[i : i + 1024] if with_docs else None)
+                col.upsert(
+                    ids=ids[i : i + 1024],
+                    embeddings=vecs[i : i + 1024],
+                    metadatas=metas[i : i + 1024] if with_meta else None,
+                    documents=texts[i : i + 1024] if with_docs else None,
+                )
             parts[f"Chroma record: {label}"] = time.perf_counter() - t
         print("where the time goes (each part alone, all chunks, batches of 256; record shapes 1,024):")
         for k, v in parts.items():

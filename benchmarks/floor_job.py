@@ -44,18 +44,26 @@ VECTOR_CHECKS = [True, True]  # vector_index: a graph of two steps on the unchan
 
 
 def _specs(asset, blocking):
-    return [dg.AssetCheckSpec(f"check_{i}", asset=dg.AssetKey(["floor", asset]), blocking=b)
-            for i, b in enumerate(blocking)]
+    return [
+        dg.AssetCheckSpec(f"check_{i}", asset=dg.AssetKey(["floor", asset]), blocking=b)
+        for i, b in enumerate(blocking)
+    ]
 
 
 def _asset(name, upstream):
-    @dg.asset(name=name, key_prefix="floor", deps=[dg.AssetKey(["floor", u]) for u in upstream],
-              check_specs=_specs(name, CHECKS.get(name, [])))
+    @dg.asset(
+        name=name,
+        key_prefix="floor",
+        deps=[dg.AssetKey(["floor", u]) for u in upstream],
+        check_specs=_specs(name, CHECKS.get(name, [])),
+    )
     def _noop() -> dg.MaterializeResult:
         return dg.MaterializeResult(
             metadata={"rows": 0},
-            check_results=[dg.AssetCheckResult(check_name=c.name, passed=True) for c in
-                           _specs(name, CHECKS.get(name, []))],
+            check_results=[
+                dg.AssetCheckResult(check_name=c.name, passed=True)
+                for c in _specs(name, CHECKS.get(name, []))
+            ],
         )
 
     return _noop
@@ -66,8 +74,15 @@ def _plan() -> int:
     return 0
 
 
-@dg.op(out={"result": dg.Out(), **{s.get_python_identifier(): dg.Out(dg.Nothing, is_required=False)
-                                    for s in _specs("vector_index", VECTOR_CHECKS)}})
+@dg.op(
+    out={
+        "result": dg.Out(),
+        **{
+            s.get_python_identifier(): dg.Out(dg.Nothing, is_required=False)
+            for s in _specs("vector_index", VECTOR_CHECKS)
+        },
+    }
+)
 def _finish(plan: int):
     yield dg.Output(plan, "result")
     for spec in _specs("vector_index", VECTOR_CHECKS):
@@ -81,8 +96,10 @@ def _finish(plan: int):
 )
 def _vector_index(upstream):
     outs = _finish(_plan(upstream))
-    return {"result": outs[0], **{s.get_python_identifier(): o for s, o in
-                                  zip(_specs("vector_index", VECTOR_CHECKS), outs[1:])}}
+    return {
+        "result": outs[0],
+        **{s.get_python_identifier(): o for s, o in zip(_specs("vector_index", VECTOR_CHECKS), outs[1:])},
+    }
 
 
 shape_assets = [_asset(n, u) for n, u in SHAPE.items()] + [_vector_index]

@@ -32,5 +32,6 @@ with gc_paused():  # the collector is on again after this block, also when an im
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        defs = dg.load_definitions_from_package_module(nova_pipeline.defs, resources=default_resources(),
-                                                       loggers=LOGGERS, executor=nova_executor)
+        defs = dg.load_definitions_from_package_module(
+            nova_pipeline.defs, resources=default_resources(), loggers=LOGGERS, executor=nova_executor
+        )

@@ -160,8 +160,15 @@ def run_dagster_cli(args, env_extra, cwd, timeout=900, **popen):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}
     env.update({k: str(v) for k, v in env_extra.items()})
-    return subprocess.run([sys.executable, "-m", "dagster", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
 def build_home(src: Path, home: Path, embedder=None):
@@ -186,8 +193,9 @@ def build_home(src: Path, home: Path, embedder=None):
     embedder = embedder or _FAKE
     manifest = scan(ScanOptions(src)).manifest
     write_table(home, "source_files", manifest)
-    info, _, _ = build_for_tree(unique_contents(src, manifest), DictionaryRegistry(home),
-                                DictionaryOptions(dict_size=16_384))
+    info, _, _ = build_for_tree(
+        unique_contents(src, manifest), DictionaryRegistry(home), DictionaryOptions(dict_size=16_384)
+    )
     update_store(ContentStore(home), src, manifest, info.blake3)
     tok = Tokenizer()
     chunks, _ = chunk_manifest(src, manifest, None, tok.count, tok.max_seq_length)
@@ -234,8 +242,11 @@ def start_chroma(data_dir: Path, log_path: Path, port: int | None = None, timeou
     port = port or free_port()
     chroma = Path(sys.executable).with_name("chroma")
     log = open(log_path, "a")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(data_dir), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(data_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -298,8 +309,13 @@ def materialize_rebuild(src, home, instance, embedder=None, run_config=None, **k
     """Materialize the whole ``rebuild`` selection on ``src`` into ``home`` (fake embedder by default)."""
     import dagster as dg
 
-    return dg.materialize(rebuild_graph(), resources=resources_for(src, home, embedder), instance=instance,
-                          run_config=run_config or {}, **kwargs)
+    return dg.materialize(
+        rebuild_graph(),
+        resources=resources_for(src, home, embedder),
+        instance=instance,
+        run_config=run_config or {},
+        **kwargs,
+    )
 
 
 def asset_metadata(result, asset: str) -> dict:
@@ -313,8 +329,14 @@ def start_process(args: list[str], env: dict, log_path: Path, cwd: Path | None =
     environment (no NOVA_/DAGSTER_ variables of the caller); its output goes to ``log_path``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}
     log = open(log_path, "a")
-    return subprocess.Popen(args, env={**base, **{k: str(v) for k, v in env.items()}}, cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        args,
+        env={**base, **{k: str(v) for k, v in env.items()}},
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "a condition"):

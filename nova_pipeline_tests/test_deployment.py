@@ -65,7 +65,7 @@ def test_compose_names_every_service_with_a_real_entry_point_of_the_image():
             if flag == "-A":
                 assert value == "dagster_celery.app"
             if value.startswith(IMAGE_HOME):  # files baked into the image from docker/
-                assert (DOCKER / value[len(IMAGE_HOME):]).is_file(), f"{name}: {value} is not in docker/"
+                assert (DOCKER / value[len(IMAGE_HOME) :]).is_file(), f"{name}: {value} is not in docker/"
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on a missing service {dep}"
         for vol in svc.get("volumes", []):
@@ -80,7 +80,8 @@ def test_compose_names_every_service_with_a_real_entry_point_of_the_image():
 def test_compose_variables_come_from_env_example_and_the_instance_reads_them():
     text = (DOCKER / "docker-compose.yml").read_text()
     example = dict(
-        line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )
     needed = set(re.findall(r"(?<!\$)\$\{(\w+)\}", text))  # ${VAR} with no default ($$ escapes)
@@ -120,9 +121,7 @@ def _graphql_run_status(client, run_id):
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_the_deployment_runs_a_rebuild_over_two_celery_workers(
-    json_tree, tmp_path, pg_database, monkeypatch
-):
+def test_the_deployment_runs_a_rebuild_over_two_celery_workers(json_tree, tmp_path, pg_database, monkeypatch):
     from dagster_graphql import DagsterGraphQLClient
 
     from nova_pipeline.core.index.embedding import bundled_fingerprint
@@ -159,49 +158,131 @@ def test_the_deployment_runs_a_rebuild_over_two_celery_workers(
     for k, v in env.items():  # this process reads the same instance
         monkeypatch.setenv(k, v)
     procs = [
-        start_process([redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--dir", str(tmp_path)], env, tmp_path / "redis.log"),
-        start_process([str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(code_port),
-                       "-m", "nova_pipeline.definitions"], env, tmp_path / "code-server.log", cwd=tmp_path),
+        start_process(
+            [
+                redis_server,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            env,
+            tmp_path / "redis.log",
+        ),
+        start_process(
+            [
+                str(BIN / "dagster"),
+                "code-server",
+                "start",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(code_port),
+                "-m",
+                "nova_pipeline.definitions",
+            ],
+            env,
+            tmp_path / "code-server.log",
+            cwd=tmp_path,
+        ),
     ]
     try:
-        wait_until(lambda: "Started Dagster code server" in (tmp_path / "code-server.log").read_text(), 180,
-                   what="the code server")
+        wait_until(
+            lambda: "Started Dagster code server" in (tmp_path / "code-server.log").read_text(),
+            180,
+            what="the code server",
+        )
         procs += [
-            start_process([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(web_port), "-w",
-                           str(dhome / "workspace.yaml")], env, tmp_path / "webserver.log", cwd=tmp_path),
-            start_process([str(BIN / "dagster-daemon"), "run", "-w", str(dhome / "workspace.yaml")], env,
-                          tmp_path / "daemon.log", cwd=tmp_path),
+            start_process(
+                [
+                    str(BIN / "dagster-webserver"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(web_port),
+                    "-w",
+                    str(dhome / "workspace.yaml"),
+                ],
+                env,
+                tmp_path / "webserver.log",
+                cwd=tmp_path,
+            ),
+            start_process(
+                [str(BIN / "dagster-daemon"), "run", "-w", str(dhome / "workspace.yaml")],
+                env,
+                tmp_path / "daemon.log",
+                cwd=tmp_path,
+            ),
         ]
         for worker in ("w1", "w2"):  # one step at a time each, one torch thread each
-            procs.append(start_process(
-                [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y",
-                 str(dhome / "celery.yaml"), "-n", worker, "--", "--concurrency=1"],
-                {**env, "NOVA_EMBED_THREADS": "1"}, tmp_path / f"celery-{worker}.log", cwd=tmp_path))
-        wait_until(lambda: all("ready." in (tmp_path / f"celery-{w}.log").read_text() for w in ("w1", "w2")),
-                   120, what="two Celery workers")
+            procs.append(
+                start_process(
+                    [
+                        str(BIN / "dagster-celery"),
+                        "worker",
+                        "start",
+                        "-A",
+                        "dagster_celery.app",
+                        "-y",
+                        str(dhome / "celery.yaml"),
+                        "-n",
+                        worker,
+                        "--",
+                        "--concurrency=1",
+                    ],
+                    {**env, "NOVA_EMBED_THREADS": "1"},
+                    tmp_path / f"celery-{worker}.log",
+                    cwd=tmp_path,
+                )
+            )
+        wait_until(
+            lambda: all("ready." in (tmp_path / f"celery-{w}.log").read_text() for w in ("w1", "w2")),
+            120,
+            what="two Celery workers",
+        )
         client = DagsterGraphQLClient("127.0.0.1", port_number=web_port, timeout=60)
-        wait_until(lambda: _graphql_run_status(client, "00000000-0000-0000-0000-000000000000") is not None
-                   or "Serving dagster-webserver" in (tmp_path / "webserver.log").read_text(), 180,
-                   what="the webserver")
+        wait_until(
+            lambda: (
+                _graphql_run_status(client, "00000000-0000-0000-0000-000000000000") is not None
+                or "Serving dagster-webserver" in (tmp_path / "webserver.log").read_text()
+            ),
+            180,
+            what="the webserver",
+        )
         run_id = client.submit_job_execution(
             "rebuild",
-            run_config={"execution": {"config": {"celery": {"broker": broker, "backend": env[
-                "NOVA_CELERY_BACKEND"]}}}},
+            run_config={
+                "execution": {"config": {"celery": {"broker": broker, "backend": env["NOVA_CELERY_BACKEND"]}}}
+            },
         )
         final = wait_until(
-            lambda: (s := _graphql_run_status(client, run_id)) in (dg.DagsterRunStatus.SUCCESS,
-                                                                    dg.DagsterRunStatus.FAILURE,
-                                                                    dg.DagsterRunStatus.CANCELED) and s,
-            420, interval=2, what="the rebuild run",
+            lambda: (
+                (s := _graphql_run_status(client, run_id))
+                in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+                and s
+            ),
+            420,
+            interval=2,
+            what="the rebuild run",
         )
         with dg.DagsterInstance.get() as instance:
             logs = instance.all_logs(run_id)
             if final != dg.DagsterRunStatus.SUCCESS:
-                errors = [e.dagster_event.event_specific_data for e in logs
-                          if e.dagster_event and e.dagster_event.is_step_failure]
-                pytest.fail(f"rebuild ended {final}: {errors[:2]}\n"
-                            + (tmp_path / "celery-w1.log").read_text()[-3000:])
+                errors = [
+                    e.dagster_event.event_specific_data
+                    for e in logs
+                    if e.dagster_event and e.dagster_event.is_step_failure
+                ]
+                pytest.fail(
+                    f"rebuild ended {final}: {errors[:2]}\n"
+                    + (tmp_path / "celery-w1.log").read_text()[-3000:]
+                )
             # every step ran as a Celery task, and both workers took some
             by_worker: dict[str, set] = {}
             for e in logs:
@@ -212,11 +293,13 @@ def test_the_deployment_runs_a_rebuild_over_two_celery_workers(
             assert {w.split("@")[0] for w in by_worker} == {"w1", "w2"}, by_worker
             slices = {k for keys in by_worker.values() for k in keys if "reconcile_vector_slice" in k}
             assert len(slices) == 2
+
             # the daemon ticks the sensors that are on (the health sensor, on with NOVA_CHROMA_URL); a tick
             # still in progress (STARTED) has no outcome yet, so wait for one that has finished
             def finished_ticks():
-                states = [s for s in instance.all_instigator_state()
-                          if s.name == "primary_vector_store_health"]
+                states = [
+                    s for s in instance.all_instigator_state() if s.name == "primary_vector_store_health"
+                ]
                 if not states:
                     return None
                 ticks = instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id)

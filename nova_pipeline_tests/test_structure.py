@@ -24,9 +24,9 @@ from nova_pipeline.core import keys, tables
 from nova_pipeline.core.compression.dictionary import DictionaryOptions
 from nova_pipeline.core.compression.repeats import PatternOptions
 from nova_pipeline.core.layout import Layout
+from nova_pipeline.definitions import defs
 from nova_pipeline.defs import compression, ingest
 from nova_pipeline.defs.resources import ParquetTableIOManager
-from nova_pipeline.definitions import defs
 from nova_pipeline_tests.conftest import resources_for
 
 PACKAGE = Path(nova_pipeline.__file__).parent
@@ -137,8 +137,12 @@ def layer_of(module: str) -> int:
 
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
-    return [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
-            for m, deps in sorted(graph.items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    return [
+        f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if layer_of(d) > layer_of(m)
+    ]
 
 
 def test_the_import_graph_has_no_cycles_and_every_import_goes_down_or_sideways():
@@ -151,13 +155,18 @@ def test_the_import_graph_has_no_cycles_and_every_import_goes_down_or_sideways()
 def test_the_structure_check_fails_on_a_cycle_and_on_an_upward_import():
     """The checks above on a graph with a circle added on purpose, and with core importing the CLI."""
     graph = import_graph(module_files())
-    circular = {**graph, "nova_pipeline.core.compression.store": graph["nova_pipeline.core.compression.store"]
-                | {"nova_pipeline.core.protect.golden.versions"}}
+    circular = {
+        **graph,
+        "nova_pipeline.core.compression.store": graph["nova_pipeline.core.compression.store"]
+        | {"nova_pipeline.core.protect.golden.versions"},
+    }
     assert ["nova_pipeline.core.compression.store", "nova_pipeline.core.protect.golden.versions"] in cycles(
-        circular)
+        circular
+    )
     upward = {**graph, "nova_pipeline.core.tables": {"nova_pipeline.cli.common"}}
     assert layer_violations(upward) == [
-        "nova_pipeline.core.tables (core root) imports nova_pipeline.cli.common (cli and the Python API)"]
+        "nova_pipeline.core.tables (core root) imports nova_pipeline.cli.common (cli and the Python API)"
+    ]
     sideways_up = {**graph, "nova_pipeline.core.index.reconcile": {"nova_pipeline.core.protect.guard"}}
     assert any("core.index.reconcile" in v for v in layer_violations(sideways_up))
 
@@ -166,8 +175,13 @@ def test_nothing_imports_dagster_internals_and_core_imports_no_dagster():
     internals, in_core = [], []
     for name, path in module_files().items():
         for node in ast.walk(ast.parse(path.read_text())):
-            mods = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
-                    else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            mods = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             for m in mods:
                 if m.startswith("dagster._") or m.startswith("dagster_celery._"):
                     internals.append(f"{name}: {m}")
@@ -177,26 +191,37 @@ def test_nothing_imports_dagster_internals_and_core_imports_no_dagster():
 
 
 def test_one_vocabulary_from_the_ui_groups_to_the_test_folders():
-    ui_groups = {defs.get_repository_def().asset_graph.get(k).group_name
-                 for k in defs.get_repository_def().asset_graph.get_all_asset_keys()}
+    ui_groups = {
+        defs.get_repository_def().asset_graph.get(k).group_name
+        for k in defs.get_repository_def().asset_graph.get_all_asset_keys()
+    }
     assert ui_groups == set(keys.GROUPS) - {keys.SERVING}  # serving has sensors and jobs, no asset
     glue = {m.name for m in pkgutil.iter_modules(nova_pipeline.defs.__path__)}
     core_groups = {p.name for p in (PACKAGE / "core").iterdir() if (p / "__init__.py").exists()}
     test_groups = {p.name for p in (TESTS / "core").iterdir() if (p / "__init__.py").exists()}
     assert set(keys.GROUPS) <= glue and core_groups == set(keys.GROUPS) == test_groups
     for group in keys.GROUPS:
-        pkg = sys.modules.get(f"nova_pipeline.core.{group}") or __import__(f"nova_pipeline.core.{group}",
-                                                                          fromlist=["x"])
+        pkg = sys.modules.get(f"nova_pipeline.core.{group}") or __import__(
+            f"nova_pipeline.core.{group}", fromlist=["x"]
+        )
         assert pkg.__doc__ and pkg.__all__, group  # says what it owns and what it may import
 
 
 def test_a_module_name_means_one_module_and_names_follow_one_convention():
-    leaves = [name.rsplit(".", 1)[-1] for name in module_files() if name.startswith("nova_pipeline.core.")
-              and not module_files()[name].name == "__init__.py"]
+    leaves = [
+        name.rsplit(".", 1)[-1]
+        for name in module_files()
+        if name.startswith("nova_pipeline.core.") and not module_files()[name].name == "__init__.py"
+    ]
     assert len(leaves) == len(set(leaves)), sorted({n for n in leaves if leaves.count(n) > 1})
     repo = defs.get_repository_def()
-    ops = {node.definition.name for job in repo.get_all_jobs() if not job.name.startswith("__")
-           for node in job.graph.nodes if not job.asset_layer.executable_asset_keys}
+    ops = {
+        node.definition.name
+        for job in repo.get_all_jobs()
+        if not job.name.startswith("__")
+        for node in job.graph.nodes
+        if not job.asset_layer.executable_asset_keys
+    }
     assert ops and all(name.endswith("_op") for name in ops), ops
 
 
@@ -220,14 +245,21 @@ def test_every_error_raised_from_core_is_a_nova_error():
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
                 f = node.exc.func
                 raised = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "?"
-                if raised[0].isupper() and raised not in ours | local and (path.name, raised) not in RAISE_ALLOWED:
+                if (
+                    raised[0].isupper()
+                    and raised not in ours | local
+                    and (path.name, raised) not in RAISE_ALLOWED
+                ):
                     foreign.append(f"{path.relative_to(PACKAGE)}:{node.lineno} raises {raised}")
     assert foreign == []
 
 
 def test_modules_stay_small():
-    long = {name: n for name, p in module_files().items()
-            if (n := len(p.read_text().splitlines())) > MAX_LINES and name not in LONG_MODULES}
+    long = {
+        name: n
+        for name, p in module_files().items()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES and name not in LONG_MODULES
+    }
     assert long == {}
 
 
@@ -240,27 +272,42 @@ ASSETS = {
     keys.SOURCE_CHUNKS: (keys.INDEX, [keys.SOURCE_FILES]),
     keys.LEXICAL_INDEX: (keys.INDEX, [keys.SOURCE_CHUNKS]),
     keys.VECTOR_INDEX: (keys.INDEX, [keys.SOURCE_CHUNKS]),
-    keys.GOLDEN_COPY: (keys.PROTECT, [keys.COMPRESSED_STORE, keys.LEXICAL_INDEX, keys.SOURCE_CHUNKS,
-                                      keys.VECTOR_INDEX]),
+    keys.GOLDEN_COPY: (
+        keys.PROTECT,
+        [keys.COMPRESSED_STORE, keys.LEXICAL_INDEX, keys.SOURCE_CHUNKS, keys.VECTOR_INDEX],
+    ),
     keys.BACKUPS: (keys.PROTECT, [keys.GOLDEN_COPY]),
 }
 CHECKS = {
-    (keys.BACKUPS, "backup_full_read"), (keys.BACKUPS, "backup_restore_drill"), (keys.BACKUPS, "backup_structure"),
-    (keys.COMPRESSED_STORE, "store_round_trip"), (keys.COMPRESSION_DICTIONARY, "dictionary_beats_no_dictionary"),
-    (keys.GOLDEN_COPY, "golden_copy_verifies"), (keys.LEXICAL_INDEX, "lexical_index_matches_chunks"),
-    (keys.VECTOR_INDEX, "chunks_find_themselves"), (keys.VECTOR_INDEX, "vector_count_matches_chunks"),
+    (keys.BACKUPS, "backup_full_read"),
+    (keys.BACKUPS, "backup_restore_drill"),
+    (keys.BACKUPS, "backup_structure"),
+    (keys.COMPRESSED_STORE, "store_round_trip"),
+    (keys.COMPRESSION_DICTIONARY, "dictionary_beats_no_dictionary"),
+    (keys.GOLDEN_COPY, "golden_copy_verifies"),
+    (keys.LEXICAL_INDEX, "lexical_index_matches_chunks"),
+    (keys.VECTOR_INDEX, "chunks_find_themselves"),
+    (keys.VECTOR_INDEX, "vector_count_matches_chunks"),
 }
 JOBS = {"backup", "failback", "failover", "rebuild", "reset_index", "restore", "restore_drill"}
 SENSORS = {"primary_recovered", "primary_vector_store_health"}
-SCHEDULES = {("daily_backup", "0 3 * * *", "backup"), ("nightly_rebuild", "0 2 * * *", "rebuild"),
-             ("weekly_restore_drill", "0 4 * * 0", "restore_drill")}
+SCHEDULES = {
+    ("daily_backup", "0 3 * * *", "backup"),
+    ("nightly_rebuild", "0 2 * * *", "rebuild"),
+    ("weekly_restore_drill", "0 4 * * 0", "restore_drill"),
+}
 
 
 def test_the_definitions_are_exactly_these():
     repo = defs.get_repository_def()
     graph = repo.asset_graph
-    got = {k.to_user_string(): (graph.get(k).group_name, sorted(p.to_user_string() for p in graph.get(k).parent_keys))
-           for k in graph.get_all_asset_keys()}
+    got = {
+        k.to_user_string(): (
+            graph.get(k).group_name,
+            sorted(p.to_user_string() for p in graph.get(k).parent_keys),
+        )
+        for k in graph.get_all_asset_keys()
+    }
     assert got == ASSETS
     assert all(graph.get(k).is_materializable for k in graph.get_all_asset_keys())  # none external
     assert {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys} == CHECKS
@@ -273,11 +320,14 @@ def test_the_definitions_are_exactly_these():
 @pytest.mark.parametrize("variable, value", [("NOVA_INDEX_SLICES", "3"), ("NOVA_FAILOVER_THRESHOLD", "7")])
 def test_settings_are_read_when_a_run_starts_not_when_the_definitions_load(variable, value, monkeypatch):
     from nova_pipeline.core.serving.failover import FailoverSettings
-    from nova_pipeline.defs.index import resolve_slices
+    from nova_pipeline.defs.index.vectors import resolve_slices
 
     monkeypatch.setenv(variable, value)  # after the definitions were loaded by this module's imports
-    assert (resolve_slices(0) if variable == "NOVA_INDEX_SLICES"
-            else FailoverSettings.from_env().failure_threshold) == int(value)
+    assert (
+        resolve_slices(0)
+        if variable == "NOVA_INDEX_SLICES"
+        else FailoverSettings.from_env().failure_threshold
+    ) == int(value)
 
 
 def test_the_io_manager_takes_its_home_from_the_settings_and_writes_where_core_reads(json_tree, tmp_path):
@@ -301,7 +351,8 @@ def test_every_dataframe_asset_is_a_named_table(json_tree, tmp_path):
         res = materialize_rebuild(json_tree, home, instance)
     assert res.success
     stored = {
-        e.step_key for e in res.all_events
+        e.step_key
+        for e in res.all_events
         if e.event_type == dg.DagsterEventType.HANDLED_OUTPUT
         and e.event_specific_data.manager_key == "io_manager"
     }
@@ -349,10 +400,12 @@ def test_the_store_compresses_at_the_dictionarys_level(stdlib_tree, tmp_path):
 def test_loading_the_definitions_freezes_what_they_loaded_and_leaves_the_collector_as_it_was():
     """definitions.py pauses the cyclic GC while it imports, then freezes; the GC must be on again after (or
     stay off, when the importing program had turned it off)."""
-    code = ("import gc, sys\n"
-            "if sys.argv[1] == 'off': gc.disable()\n"
-            "import nova_pipeline.definitions\n"
-            "print(gc.isenabled(), gc.get_freeze_count())")
+    code = (
+        "import gc, sys\n"
+        "if sys.argv[1] == 'off': gc.disable()\n"
+        "import nova_pipeline.definitions\n"
+        "print(gc.isenabled(), gc.get_freeze_count())"
+    )
     for before, enabled in (("on", "True"), ("off", "False")):
         out = subprocess.run([sys.executable, "-c", code, before], capture_output=True, text=True, check=True)
         state, frozen = out.stdout.split()

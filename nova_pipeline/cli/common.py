@@ -11,8 +11,11 @@ from rich.console import Console
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.settings import DEFAULT_HOME, Settings
 
-app = typer.Typer(help="nova_pipeline: build, search, serve and manage the knowledge store of a source tree.",
-                  no_args_is_help=True, rich_markup_mode="markdown")
+app = typer.Typer(
+    help="nova_pipeline: build, search, serve and manage the knowledge store of a source tree.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 console = Console()
 
 
@@ -40,8 +43,10 @@ def require_dagster_home() -> None:
         NovaError: DAGSTER_HOME is unset.
     """
     if not os.environ.get("DAGSTER_HOME"):
-        raise NovaError("DAGSTER_HOME is not set: export DAGSTER_HOME=/path/to/dagster_home (runs are kept "
-                        "there, and a killed run is resumed from it)")
+        raise NovaError(
+            "DAGSTER_HOME is not set: export DAGSTER_HOME=/path/to/dagster_home (runs are kept "
+            "there, and a killed run is resumed from it)"
+        )
 
 
 def instance_postgres_url() -> str | None:

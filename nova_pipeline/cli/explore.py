@@ -215,9 +215,20 @@ def search(
             "(the primary is down or failed over)"
         )
     if not hits:
-        console.print("no hits" + (" (filters: " + ", ".join(
-            f for f in (f"path {path}" if path else "", f"language {language}" if language else "") if f
-        ) + ")" if path or language else ""))
+        console.print(
+            "no hits"
+            + (
+                " (filters: "
+                + ", ".join(
+                    f
+                    for f in (f"path {path}" if path else "", f"language {language}" if language else "")
+                    if f
+                )
+                + ")"
+                if path or language
+                else ""
+            )
+        )
     for rank, h in enumerate(hits, 1):
         symbol = f"  [bold]{h.symbol}[/bold]" if h.symbol else ""
         console.print(

@@ -51,7 +51,7 @@ PHASES = {  # step key -> phase
 LAST_STEP = {VECTOR_INDEX: "vector_index.finish_vector_index"}
 
 
-def phase_of(step_key: str | None) -> tuple[str | None, bool, bool]:
+def _phase_of(step_key: str | None) -> tuple[str | None, bool, bool]:
     """``(phase, first, last)`` of a step key: the phase it belongs to, and whether it opens or closes it
     (both, for a phase of one step)."""
     key = step_key or ""
@@ -80,12 +80,17 @@ def describe(phase: str, m: dict) -> str:
             f"{g('files', 0):,} files, {_size(g('bytes', 0))}; added {g('status_added', 0)}, changed "
             f"{g('status_changed', 0)}, deleted {g('status_deleted', 0)}; "
             f"re-hashed {_size(g('bytes_rehashed', 0))}"
-            + (f"; skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in skipped.items())})"
-               if skipped else "")
+            + (
+                f"; skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in skipped.items())})"
+                if skipped
+                else ""
+            )
         )
     if phase == "patterns":
-        return (f"{g('patterns', 0)} patterns; shards analysed {g('shards_analysed', 0)}, "
-                f"cached {g('shards_cached', 0)}")
+        return (
+            f"{g('patterns', 0)} patterns; shards analysed {g('shards_analysed', 0)}, "
+            f"cached {g('shards_cached', 0)}"
+        )
     if phase == "dictionary":
         return (
             f"{g('action', '?')}; held-out ratio {g('heldout_ratio_with_dictionary', 0):.2f}x vs "
@@ -125,7 +130,7 @@ def _ours() -> set[str]:
     return {n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.NovaError)}
 
 
-def root_cause(err) -> str:
+def _root_cause(err) -> str:
     """What to tell a person about a step failure, as ``Type: message``: the first of our own errors in the
     chain (Dagster wraps the step's error; ours say what to do), else the innermost error."""
     if err is None:
@@ -136,7 +141,7 @@ def root_cause(err) -> str:
         chosen = chosen.cause
     message = chosen.message.strip()
     if message.startswith(f"{chosen.cls_name}: "):
-        message = message[len(chosen.cls_name) + 2:]
+        message = message[len(chosen.cls_name) + 2 :]
     return f"{chosen.cls_name}: {message.splitlines()[0] if message else ''}".strip()
 
 
@@ -204,7 +209,7 @@ class RebuildDisplay:
             return
         kind = ev.event_type_value
         self.run_id = self.run_id or (getattr(record, "dagster_meta", {}) or {}).get("run_id", "")
-        phase, first, last = phase_of(ev.step_key)
+        phase, first, last = _phase_of(ev.step_key)
         if kind == "STEP_START" and phase and first:
             self.phases[phase].started = time.monotonic()
             self._task(phase)
@@ -246,7 +251,7 @@ class RebuildDisplay:
                 duration / 1000 if duration is not None else time.monotonic() - (state.started or 0)
             )
             if kind == "STEP_FAILURE":
-                state.failed = root_cause(ev.event_specific_data.error)
+                state.failed = _root_cause(ev.event_specific_data.error)
                 self.failures.append((ev.step_key, state.failed))
             if self.live:
                 task = self._task(phase)
@@ -263,7 +268,7 @@ class RebuildDisplay:
                 )
                 self.console.print(line, highlight=False, soft_wrap=True)
         elif kind == "STEP_FAILURE" and ev.step_key:  # a step of no phase failed
-            self.failures.append((ev.step_key, root_cause(ev.event_specific_data.error)))
+            self.failures.append((ev.step_key, _root_cause(ev.event_specific_data.error)))
 
     def failed_checks(self, blocking_only: bool = True) -> list[str]:
         """Checks that failed; with ``blocking_only``, those of ERROR severity (what blocking checks use)."""

@@ -50,13 +50,17 @@ def resume(
 @app.command()
 def rebuild(
     source: str = typer.Option(None, "--source", help="the tree to index (default: NOVA_SOURCE_DIR)"),
-    log_level: str = typer.Option(None, "--log-level", help="console level: DEBUG, INFO, WARNING, ERROR "
-                                  "(default: NOVA_LOG_LEVEL, else WARNING)"),
+    log_level: str = typer.Option(
+        None,
+        "--log-level",
+        help="console level: DEBUG, INFO, WARNING, ERROR (default: NOVA_LOG_LEVEL, else WARNING)",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="also print Dagster's own event lines"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="print only errors and the final summary"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (no live display)"),
-    allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete",
-                                           help="let this run delete most of the index (see the guard)"),
+    allow_mass_delete: bool = typer.Option(
+        False, "--allow-mass-delete", help="let this run delete most of the index (see the guard)"
+    ),
 ) -> None:
     """Run the `rebuild` job in this process on the instance of DAGSTER_HOME, with live progress per phase.
 
@@ -87,21 +91,33 @@ def rebuild(
     run_config: dict = {"loggers": loggers}
     if allow_mass_delete:
         run_config["resources"] = {"guard": {"config": {"allow_mass_delete": True}}}
-    display = RebuildDisplay(console, live=console.is_terminal and not as_json and not verbose,
-                             quiet=quiet or as_json)
+    display = RebuildDisplay(
+        console, live=console.is_terminal and not as_json and not verbose, quiet=quiet or as_json
+    )
     job = dg.build_reconstructable_job("nova_pipeline.cli.common", "job_for_resume", ("rebuild",))
     unsubscribe = run_events.subscribe(display.on_record)
     try:
         with dg.DagsterInstance.get() as instance, display:
-            result = dg.execute_job(job, instance=instance, run_config=run_config,
-                                    tags={"nova/command": "nova rebuild"})
+            result = dg.execute_job(
+                job, instance=instance, run_config=run_config, tags={"nova/command": "nova rebuild"}
+            )
     finally:
         unsubscribe()
     blocking = display.failed_checks()
     failed = not result.success or bool(blocking)
     if as_json:
-        print(json.dumps({**display.as_json(), "run_id": result.run_id, "success": not failed,
-                          "failed_blocking_checks": blocking}, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    **display.as_json(),
+                    "run_id": result.run_id,
+                    "success": not failed,
+                    "failed_blocking_checks": blocking,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     else:
         console.print(display.summary())
         for step, error in display.failures:

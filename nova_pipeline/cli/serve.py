@@ -7,8 +7,9 @@ import typer
 from nova_pipeline.cli.common import app, console, settings_from_env
 from nova_pipeline.core.errors import NovaError
 
-token_app = typer.Typer(help="API tokens of nova serve (stored hashed in NOVA_HOME/tokens.json).",
-                        no_args_is_help=True)
+token_app = typer.Typer(
+    help="API tokens of nova serve (stored hashed in NOVA_HOME/tokens.json).", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+__all__ = ["TMP_PREFIX", "atomic_write_bytes", "atomic_write_with", "atomic_writer", "fsync_dir", "syncfs"]
+
 TMP_PREFIX = ".tmp-"
 
 _libc = None

@@ -6,6 +6,29 @@ last line of a failed run knows where to look.
 
 from __future__ import annotations
 
+__all__ = [
+    "BackupError",
+    "BackupVerifyError",
+    "ConfirmationRequired",
+    "DictionaryError",
+    "EmbeddingError",
+    "FailoverError",
+    "GoldenCopyError",
+    "IndexNotBuiltError",
+    "InvalidRequestError",
+    "LockTimeoutError",
+    "MassDeletionError",
+    "MemoryLimitError",
+    "NovaError",
+    "QueryTimeoutError",
+    "ScanError",
+    "SettingsError",
+    "StoreCorruptError",
+    "StoreError",
+    "TableNotMaterializedError",
+    "VectorStoreError",
+]
+
 
 class NovaError(Exception):
     """Base class for every error raised by ``nova_pipeline.core``."""
@@ -77,7 +100,7 @@ class MassDeletionError(NovaError):
 
 
 class LockTimeoutError(NovaError):
-    """A lock of ``NOVA_HOME`` (see :mod:`nova_pipeline.core.locks`) stayed held by another writer too long."""
+    """A lock of ``NOVA_HOME`` (:mod:`nova_pipeline.core.locks`) stayed held by another writer too long."""
 
 
 class TableNotMaterializedError(NovaError):

@@ -9,9 +9,22 @@ set. A DataFrame asset's table under ``NOVA_HOME/tables`` is named by its key to
 from __future__ import annotations
 
 __all__ = [
-    "ASSETS", "BACKUPS", "COMPRESSED_STORE", "COMPRESSION", "COMPRESSION_DICTIONARY", "FREQUENT_PATTERNS",
-    "GOLDEN_COPY", "GROUPS", "INDEX", "INGEST", "LEXICAL_INDEX", "PROTECT", "SERVING", "SOURCE_CHUNKS",
-    "SOURCE_FILES", "VECTOR_INDEX",
+    "ASSETS",
+    "BACKUPS",
+    "COMPRESSED_STORE",
+    "COMPRESSION",
+    "COMPRESSION_DICTIONARY",
+    "FREQUENT_PATTERNS",
+    "GOLDEN_COPY",
+    "GROUPS",
+    "INDEX",
+    "INGEST",
+    "LEXICAL_INDEX",
+    "PROTECT",
+    "SERVING",
+    "SOURCE_CHUNKS",
+    "SOURCE_FILES",
+    "VECTOR_INDEX",
 ]
 
 # asset groups, in the order data flows through them (core/<group>/ imports only the groups before it)
@@ -32,5 +45,14 @@ LEXICAL_INDEX = "lexical_index"  # index
 VECTOR_INDEX = "vector_index"  # index
 GOLDEN_COPY = "golden_copy"  # protect
 BACKUPS = "backups"  # protect
-ASSETS = (SOURCE_FILES, FREQUENT_PATTERNS, COMPRESSION_DICTIONARY, COMPRESSED_STORE, SOURCE_CHUNKS,
-          LEXICAL_INDEX, VECTOR_INDEX, GOLDEN_COPY, BACKUPS)
+ASSETS = (
+    SOURCE_FILES,
+    FREQUENT_PATTERNS,
+    COMPRESSION_DICTIONARY,
+    COMPRESSED_STORE,
+    SOURCE_CHUNKS,
+    LEXICAL_INDEX,
+    VECTOR_INDEX,
+    GOLDEN_COPY,
+    BACKUPS,
+)

@@ -31,6 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["Layout"]
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -20,6 +20,8 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+__all__ = ["gc_paused"]
+
 
 @contextlib.contextmanager
 def gc_paused(freeze: bool = True) -> Iterator[None]:

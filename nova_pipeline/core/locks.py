@@ -41,8 +41,11 @@ from nova_pipeline.core.layout import Layout
 __all__ = ["LOCK_ORDER", "bucket_locks", "held", "pointer_lock", "writer_lock"]
 
 BUCKETS = 16  # the vector store's fixed buckets (index.vector_store.BUCKETS); one lock file each
-LOCK_ORDER = ("writer (vectors.lock)", "buckets ascending (locks/vectors-bucket-NN.lock)",
-              "pointer (failover/pointer.lock)")
+LOCK_ORDER = (
+    "writer (vectors.lock)",
+    "buckets ascending (locks/vectors-bucket-NN.lock)",
+    "pointer (failover/pointer.lock)",
+)
 POLL_S = 0.05
 
 
@@ -140,8 +143,13 @@ def bucket_locks(home: Path | Layout, buckets: Sequence[int], timeout: float = 6
     deadline = time.monotonic() + timeout
     with contextlib.ExitStack() as stack:
         for b in sorted({int(b) for b in buckets}):
-            stack.enter_context(_flock(layout.vectors_bucket_lock(b), max(0.0, deadline - time.monotonic()),
-                                       f"bucket {b} of the vector store"))
+            stack.enter_context(
+                _flock(
+                    layout.vectors_bucket_lock(b),
+                    max(0.0, deadline - time.monotonic()),
+                    f"bucket {b} of the vector store",
+                )
+            )
         yield
 
 

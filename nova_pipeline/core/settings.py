@@ -20,10 +20,12 @@ from pathlib import Path
 from nova_pipeline.core.errors import SettingsError
 from nova_pipeline.core.layout import Layout
 
+__all__ = ["DEFAULT_HOME", "Settings"]
+
 DEFAULT_HOME = ".nova"
 
 
-def split_patterns(value: str) -> tuple[str, ...]:
+def _split_patterns(value: str) -> tuple[str, ...]:
     """Split a comma- or newline-separated pattern list, dropping blanks."""
     return tuple(p.strip() for p in value.replace("\n", ",").split(",") if p.strip())
 
@@ -39,8 +41,12 @@ class Settings:
 
     @classmethod
     def build(
-        cls, source_dir: str | os.PathLike | None, home: str | os.PathLike | None = None,
-        ignore: str = "", chroma_url: str | None = None, require_source: bool = True,
+        cls,
+        source_dir: str | os.PathLike | None,
+        home: str | os.PathLike | None = None,
+        ignore: str = "",
+        chroma_url: str | None = None,
+        require_source: bool = True,
     ) -> Settings:
         """Resolve and validate settings.
 
@@ -73,7 +79,7 @@ class Settings:
         return cls(
             source_dir=src,
             home=home_path,
-            ignore=split_patterns(ignore or ""),
+            ignore=_split_patterns(ignore or ""),
             chroma_url=chroma_url or None,
         )
 

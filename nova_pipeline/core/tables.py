@@ -17,8 +17,17 @@ from nova_pipeline.core.keys import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FIL
 from nova_pipeline.core.layout import Layout
 
 SOURCE_FILES_BINARIES = "source_files_binaries"  # binary files seen by the scan, so they are not read again
-__all__ = ["SOURCE_FILES_BINARIES", "TABLES", "read_table", "require_table", "table_path", "write_table",
-           "FREQUENT_PATTERNS", "SOURCE_CHUNKS", "SOURCE_FILES"]
+__all__ = [
+    "SOURCE_FILES_BINARIES",
+    "TABLES",
+    "read_table",
+    "require_table",
+    "table_path",
+    "write_table",
+    "FREQUENT_PATTERNS",
+    "SOURCE_CHUNKS",
+    "SOURCE_FILES",
+]
 TABLES = (SOURCE_FILES, SOURCE_FILES_BINARIES, FREQUENT_PATTERNS, SOURCE_CHUNKS)
 
 

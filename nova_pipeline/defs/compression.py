@@ -37,8 +37,8 @@ _DICTIONARY = DictionaryOptions()
 
 
 class PatternsConfig(dg.Config):
-    """Pattern analysis settings (see :class:`~nova_pipeline.core.compression.repeats.PatternOptions`); lengths in
-    bytes, memory in MB (2^20 bytes)."""
+    """Pattern analysis settings (see :class:`~nova_pipeline.core.compression.repeats.PatternOptions`);
+    lengths in bytes, memory in MB (2^20 bytes)."""
 
     min_length: int = _PATTERNS.min_length
     max_length: int = _PATTERNS.max_length
@@ -102,9 +102,9 @@ def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig,
 
 
 class DictionaryConfig(dg.Config):
-    """Dictionary settings (see :class:`~nova_pipeline.core.compression.dictionary.DictionaryOptions`): size in bytes;
-    ``level``, the zstd level of the held-out measurement and of the store; held-out share in percent;
-    drift as a share (0.05 = 5%)."""
+    """Dictionary settings (see :class:`~nova_pipeline.core.compression.dictionary.DictionaryOptions`): size
+    in bytes; ``level``, the zstd level of the held-out measurement and of the store; held-out share in
+    percent; drift as a share (0.05 = 5%)."""
 
     dict_size: int = _DICTIONARY.dict_size
     level: int = _DICTIONARY.level
@@ -214,8 +214,12 @@ ROUND_TRIP_CHECK = dg.AssetCheckSpec(
 )
 def compressed_store(context: dg.AssetExecutionContext, config: StoreConfig, nova: NovaSettings):
     """Every unique content as one zstd frame under ``NOVA_HOME/store``, keyed by blake3, verified by round
-    trip,
-    at the zstd level the dictionary was measured at."""
+    trip, at the zstd level the dictionary was measured at.
+
+    Incremental: only contents the store lacks are compressed. Garbage collection then removes objects that
+    neither the new index nor a pin (a golden version) refers to. Fails, with committed objects intact, when
+    a write fails (``ENOSPC`` names the fix); its blocking check ``store_round_trip`` fails naming the
+    object."""
     settings = nova.settings()
     source_files = require_table(settings.layout, SOURCE_FILES)
     store = ContentStore(settings.layout)

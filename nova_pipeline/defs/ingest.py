@@ -16,7 +16,8 @@ class ScanConfig(dg.Config):
 
     max_file_size_bytes: int = DEFAULT_MAX_FILE_SIZE
 
-def scan_metadata(result: ScanResult) -> dict[str, object]:
+
+def _scan_metadata(result: ScanResult) -> dict[str, object]:
     """Materialization metadata of a scan: counts, bytes, skips, hashing throughput, languages."""
     st = result.stats
     return {
@@ -33,9 +34,11 @@ def scan_metadata(result: ScanResult) -> dict[str, object]:
         "languages": md_table(result.language_table()),
     }
 
+
 @dg.asset(kinds={"python", "parquet"}, group_name=INGEST)
-def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: NovaSettings,
-                 guard: DeletionGuardResource):
+def source_files(
+    context: dg.AssetExecutionContext, config: ScanConfig, nova: NovaSettings, guard: DeletionGuardResource
+):
     """Manifest of the source tree: ``path, size, mtime_ns, blake3, language, status``.
 
     Follows nested ``.gitignore`` files, the built-in ignore list and ``NOVA_IGNORE``; skips binary and
@@ -67,4 +70,6 @@ def source_files(context: dg.AssetExecutionContext, config: ScanConfig, nova: No
         f"{settings.source_dir}: {st.files:,} files, {st.bytes:,} bytes; {statuses}; "
         f"re-hashed {st.bytes_hashed:,} bytes; skipped {skipped}"
     )
-    return dg.MaterializeResult(value=result.manifest, metadata={**scan_metadata(result), "files_lost": lost})
+    return dg.MaterializeResult(
+        value=result.manifest, metadata={**_scan_metadata(result), "files_lost": lost}
+    )

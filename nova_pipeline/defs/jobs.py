@@ -49,16 +49,22 @@ def restore_drill_job():
     restore_drill_op()
 
 
-@dg.job(name="failover", executor_def=dg.in_process_executor,
-        description="Switch searches and writes to the backup store made from the golden copy "
-        "(requested by the primary_vector_store_health sensor when its breaker opens).")
+@dg.job(
+    name="failover",
+    executor_def=dg.in_process_executor,
+    description="Switch searches and writes to the backup store made from the golden copy "
+    "(requested by the primary_vector_store_health sensor when its breaker opens).",
+)
 def failover_job():
     failover_op()
 
 
-@dg.job(name="failback", executor_def=dg.in_process_executor,
-        description="Replay the failover journal into the primary, check it, switch back "
-        "(requested by the primary_recovered sensor).")
+@dg.job(
+    name="failback",
+    executor_def=dg.in_process_executor,
+    description="Replay the failover journal into the primary, check it, switch back "
+    "(requested by the primary_recovered sensor).",
+)
 def failback_job():
     failback_op()
 

@@ -1,6 +1,5 @@
 """Helpers that turn core results into Dagster materialization metadata."""
 
-
 import datetime as dt
 
 import dagster as dg

@@ -65,9 +65,16 @@ def golden_copy(
     settings = nova.settings(require_source=False)
     source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)  # no texts needed
     store = active_store(settings.home, settings.chroma_url)  # while failed over: the backup store
-    p = golden.promote(settings.home, embedder.fingerprint(), settings.chroma_url, keep=config.keep,
-                       chunks=source_chunks, guard=guard.guard(), open_store=lambda: store.client,
-                       progress=progress_reporter(context, "golden copy", "shards"))
+    p = golden.promote(
+        settings.home,
+        embedder.fingerprint(),
+        settings.chroma_url,
+        keep=config.keep,
+        chunks=source_chunks,
+        guard=guard.guard(),
+        open_store=lambda: store.client,
+        progress=progress_reporter(context, "golden copy", "shards"),
+    )
     v = p.version
     context.log.info(
         p.reason
@@ -112,16 +119,19 @@ def golden_copy(
 def golden_copy_verifies(home, verified: str | None = None) -> dg.AssetCheckResult:
     """The CURRENT golden version against its manifest (every file's size and blake3); fails naming the
     first three files that differ, or when there is no golden copy. ``verified``: the name of a version
-    that :func:`~nova_pipeline.core.protect.golden.promotion.promote` verified against its manifest in this same step (an
-    unchanged CURRENT); it is not read a second time."""
+    that :func:`~nova_pipeline.core.protect.golden.promotion.promote` verified against its manifest in this
+    same step (an unchanged CURRENT); it is not read a second time."""
     cur = golden.current_version(home)
     if cur is None:
         return dg.AssetCheckResult(
             check_name=GOLDEN_CHECK.name, passed=False, description="there is no golden copy"
         )
     if cur.name == verified:
-        return dg.AssetCheckResult(check_name=GOLDEN_CHECK.name, passed=True,
-                                   metadata={"version": cur.name, "failures": 0, "verified": "by promote"})
+        return dg.AssetCheckResult(
+            check_name=GOLDEN_CHECK.name,
+            passed=True,
+            metadata={"version": cur.name, "failures": 0, "verified": "by promote"},
+        )
     failures = golden.verify_tree(cur.path)
     return dg.AssetCheckResult(
         check_name=GOLDEN_CHECK.name,

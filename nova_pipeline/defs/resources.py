@@ -5,7 +5,6 @@ default of :mod:`nova_pipeline.core.settings` otherwise, so the Dagster UI shows
 came from.
 """
 
-
 import os
 
 import dagster as dg
@@ -16,7 +15,7 @@ from nova_pipeline.core.settings import DEFAULT_HOME, Settings
 from nova_pipeline.core.tables import require_table, write_table
 
 
-def env_or(name: str, default, kind=str):
+def _env_or(name: str, default, kind=str):
     """``EnvVar(name)`` (``EnvVar.int`` for ``kind=int``) when the variable is set, else ``default``: EnvVar
     itself has no default. Whether it is set is decided when the definitions load (Dagster builds the
     resources then); its value is read when a run starts, and the UI shows which variable it came from."""
@@ -64,11 +63,13 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
         name = context.asset_key.to_python_identifier()
         path = write_table(self._home(), name, obj)
         schema = dg.TableSchema(columns=[dg.TableColumn(str(c), str(t)) for c, t in obj.dtypes.items()])
-        context.add_output_metadata({
-            "table_path": dg.MetadataValue.path(str(path)),
-            "dagster/row_count": len(obj),
-            "dagster/column_schema": schema,
-        })
+        context.add_output_metadata(
+            {
+                "table_path": dg.MetadataValue.path(str(path)),
+                "dagster/row_count": len(obj),
+                "dagster/column_schema": schema,
+            }
+        )
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         return require_table(self._home(), context.upstream_output.asset_key.to_python_identifier())
@@ -134,8 +135,8 @@ _EMBEDDERS: dict[tuple, object] = {}
 
 
 class DeletionGuardResource(dg.ConfigurableResource):
-    """The guard against mass deletion (see :mod:`nova_pipeline.core.protect.guard`), shared by ``source_files``,
-    ``vector_index`` and ``golden_copy``.
+    """The guard against mass deletion (see :mod:`nova_pipeline.core.protect.guard`), shared by
+    ``source_files``, ``vector_index`` and ``golden_copy``.
 
     ``max_delete_fraction``: share (0-1) of indexed files or vectors one run may delete; ``min_deletions``:
     fewer deletions never count (small trees stay usable; emptying a non-empty index always counts);
@@ -167,13 +168,13 @@ def resources_on(
 def default_resources() -> dict[str, object]:
     """The resources every job of the code location uses, built from the current environment."""
     nova = NovaSettings(
-        source_dir=env_or("NOVA_SOURCE_DIR", ""),
-        nova_home=env_or("NOVA_HOME", DEFAULT_HOME),
-        ignore=env_or("NOVA_IGNORE", ""),
-        chroma_url=env_or("NOVA_CHROMA_URL", ""),
+        source_dir=_env_or("NOVA_SOURCE_DIR", ""),
+        nova_home=_env_or("NOVA_HOME", DEFAULT_HOME),
+        ignore=_env_or("NOVA_IGNORE", ""),
+        chroma_url=_env_or("NOVA_CHROMA_URL", ""),
     )
     embedder = EmbedderResource(
-        device=env_or("NOVA_EMBED_DEVICE", ""),
-        threads=env_or("NOVA_EMBED_THREADS", 0, int),
+        device=_env_or("NOVA_EMBED_DEVICE", ""),
+        threads=_env_or("NOVA_EMBED_THREADS", 0, int),
     )
     return resources_on(nova, embedder)

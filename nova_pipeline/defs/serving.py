@@ -22,8 +22,9 @@ from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
 # Read when the definitions load, on purpose: Dagster needs a sensor's interval and default status then.
 # Everything else (thresholds, timeouts, delays) is read when a tick or an op runs.
 PROBE_INTERVAL_S = FailoverSettings.from_env().probe_interval_s
-DEFAULT_STATUS = (dg.DefaultSensorStatus.RUNNING if os.environ.get("NOVA_CHROMA_URL")
-                  else dg.DefaultSensorStatus.STOPPED)
+DEFAULT_STATUS = (
+    dg.DefaultSensorStatus.RUNNING if os.environ.get("NOVA_CHROMA_URL") else dg.DefaultSensorStatus.STOPPED
+)
 
 
 def _probe(nova: NovaSettings, embedder: EmbedderResource):

@@ -32,13 +32,13 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-__all__ = ["MODES", "default_mode_config", "nova_executor"]
+__all__ = ["MODES", "_default_mode_config", "nova_executor"]
 
 MODES = ("in_process", "multiprocess", "celery")
 DEFAULT_BROKER = "redis://localhost:6379/0"
 
 
-def default_mode_config(env: Mapping[str, str] | None = None) -> dict:
+def _default_mode_config(env: Mapping[str, str] | None = None) -> dict:
     """The executor config a run gets when it gives none, from ``NOVA_EXECUTOR`` and ``NOVA_CELERY_*``.
 
     Raises:
@@ -60,7 +60,7 @@ def executor_for(env: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
     Raises:
         ValueError: ``NOVA_EXECUTOR`` names no mode of :data:`MODES`.
     """
-    default = default_mode_config(env)
+    default = _default_mode_config(env)
     if "celery" in default:
         from dagster_celery import celery_executor
 
@@ -70,10 +70,12 @@ def executor_for(env: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
             name="nova_executor",
             config_schema={
                 "celery": dg.Field(
-                    dg.Permissive({
-                        "broker": dg.Field(str, default_value=celery_default["broker"]),
-                        "backend": dg.Field(str, default_value=celery_default["backend"]),
-                    }),
+                    dg.Permissive(
+                        {
+                            "broker": dg.Field(str, default_value=celery_default["broker"]),
+                            "backend": dg.Field(str, default_value=celery_default["backend"]),
+                        }
+                    ),
                     default_value={},
                     description="dagster_celery's executor config (broker, backend, include, retries...).",
                 )

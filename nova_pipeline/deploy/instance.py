@@ -117,7 +117,7 @@ NO_DAEMON = (
 )
 
 
-def queued_runs_wait_for_a_daemon(instance) -> bool:
+def _queued_runs_wait_for_a_daemon(instance) -> bool:
     """True when the instance queues runs (``QueuedRunCoordinator``) and no daemon has dequeued them lately:
     Dagster's own daemon status (``DagsterInstance.get_daemon_statuses``) finds no heartbeat of the
     queued-run daemon within its default tolerance."""
@@ -141,6 +141,6 @@ def run_status(instance, run_id: str) -> dict | None:
         "start": r.start_time,
         "end": r.end_time,
     }
-    if r.dagster_run.status == dg.DagsterRunStatus.QUEUED and queued_runs_wait_for_a_daemon(instance):
+    if r.dagster_run.status == dg.DagsterRunStatus.QUEUED and _queued_runs_wait_for_a_daemon(instance):
         out["waiting_for"] = NO_DAEMON
     return out

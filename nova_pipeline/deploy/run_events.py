@@ -82,8 +82,18 @@ def progress_reporter(context, phase: str, unit: str, min_interval: float = 0.5)
         if done < total and now - last[0] < min_interval:
             return
         last[0] = now
-        context.log_event(dg.AssetObservation(asset_key=context.asset_key, metadata={
-            PHASE: phase, DONE: int(done), TOTAL: int(total), UNIT: unit, DONE_BYTES: int(done_bytes),
-            TOTAL_BYTES: int(total_bytes)}))
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={
+                    PHASE: phase,
+                    DONE: int(done),
+                    TOTAL: int(total),
+                    UNIT: unit,
+                    DONE_BYTES: int(done_bytes),
+                    TOTAL_BYTES: int(total_bytes),
+                },
+            )
+        )
 
     return report

@@ -44,8 +44,10 @@ from nova_pipeline.core.settings import Settings
 
 log = logging.getLogger("nova_pipeline.service.admin")
 PREFIX = "/api/v1/admin"
-NO_TOKENS = ("no API tokens exist, so admin calls are refused: create one with "
-             "`nova token create --name NAME --role admin` and send it as `Authorization: Bearer <token>`")
+NO_TOKENS = (
+    "no API tokens exist, so admin calls are refused: create one with "
+    "`nova token create --name NAME --role admin` and send it as `Authorization: Bearer <token>`"
+)
 
 
 def authorize(
@@ -139,9 +141,7 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
             import dagster as dg
 
             with dg.DagsterInstance.get() as instance:
-                last = (
-                    last_materializations(instance, [VECTOR_INDEX]).get(VECTOR_INDEX, {}).get("metadata")
-                )
+                last = last_materializations(instance, [VECTOR_INDEX]).get(VECTOR_INDEX, {}).get("metadata")
         return collect_stats(settings, fingerprint, last), 200
 
     def knowledge_base(request):
@@ -175,8 +175,12 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
 
         with dg.DagsterInstance.get() as instance:
             found = run_status(instance, run_id) or {}
-        return {"run_id": run_id, "job": job, **extra, **{k: found[k] for k in ("status", "waiting_for")
-                                                           if k in found}}, 202
+        return {
+            "run_id": run_id,
+            "job": job,
+            **extra,
+            **{k: found[k] for k in ("status", "waiting_for") if k in found},
+        }, 202
 
     def launch_backup(request):
         from nova_pipeline.deploy.instance import launch_job

@@ -7,9 +7,10 @@
 ``GET /status``        the failover pointer, the service's breaker, the backup store and its resource
                        estimate.
 
-The model is loaded once, at startup. Searches go through one :class:`~nova_pipeline.core.serving.searcher.Searcher`:
-a primary query that fails or exceeds ``NOVA_QUERY_TIMEOUT`` is answered from the backup store in the same
-request, so a dead primary costs no failed search.
+The model is loaded once, at startup. Searches go through one
+:class:`~nova_pipeline.core.serving.searcher.Searcher`: a primary query that fails or exceeds
+``NOVA_QUERY_TIMEOUT`` is answered from the backup store in the same request, so a dead primary costs no
+failed search.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ log = logging.getLogger("nova_pipeline.service")
 MAX_K = 100
 
 
-def result_json(query: str, result: SearchResult, seconds: float) -> dict:
+def _result_json(query: str, result: SearchResult, seconds: float) -> dict:
     """The JSON body of a search answer."""
     return {
         "query": query,
@@ -95,7 +96,7 @@ def create_app(
         except NovaError as exc:
             log.error("search failed: %s", exc)
             return JSONResponse({"error": str(exc)}, status_code=503)
-        return JSONResponse(result_json(q, result, time.perf_counter() - started))
+        return JSONResponse(_result_json(q, result, time.perf_counter() - started))
 
     def _status() -> dict:
         state = read_state(settings.home)

@@ -13,8 +13,14 @@ from nova_pipeline_tests.conftest import FakeEmbedder, build_home, run_dagster_c
 
 def nova(args, env, cwd, timeout=600):
     full = {**{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))}, **env}
-    return subprocess.run([sys.executable, "-m", "nova_pipeline.cli", *args], env=full, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nova_pipeline.cli", *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.integration
@@ -111,8 +117,11 @@ def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeyp
     assert "nova resume " in blocked.stdout
     open(path, "wb").write(bytes(raw[:-1]) + bytes([raw[-1] ^ 0x20]))  # repaired
 
-    dead = nova(["rebuild", "--source", str(json_tree)], {**env, "NOVA_CHROMA_URL": f"http://127.0.0.1:{free_port()}"},
-                tmp_path)
+    dead = nova(
+        ["rebuild", "--source", str(json_tree)],
+        {**env, "NOVA_CHROMA_URL": f"http://127.0.0.1:{free_port()}"},
+        tmp_path,
+    )
     assert dead.returncode == 1
     assert "step vector_index.plan_vector_slices failed" in dead.stdout and "unreachable" in dead.stdout
     with dg.DagsterInstance.from_config(str(dhome)) as instance:

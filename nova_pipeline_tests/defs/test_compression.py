@@ -8,9 +8,15 @@ from nova_pipeline_tests.conftest import resources_for
 def materialize(src, home, instance):
     resources = resources_for(src, home)
     return dg.materialize(
-        [ingest.source_files, compression.frequent_patterns, compression.compression_dictionary,
-         compression.compressed_store],
-        resources=resources, instance=instance, raise_on_error=False,
+        [
+            ingest.source_files,
+            compression.frequent_patterns,
+            compression.compression_dictionary,
+            compression.compressed_store,
+        ],
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
     )
 
 

@@ -17,13 +17,14 @@ from nova_pipeline.core.index.vector_store import existing_ids, get_collection, 
 from nova_pipeline.core.serving.searcher import search
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
-from nova_pipeline.defs import index, ingest
+from nova_pipeline.defs import ingest
+from nova_pipeline.defs.index import chunks, vectors
 from nova_pipeline.defs.resources import EmbedderResource
 from nova_pipeline_tests.conftest import resources_for, run_dagster_cli
 
 pytestmark = pytest.mark.integration
 
-ASSETS = [ingest.source_files, index.source_chunks, index.vector_index, index.lexical_index]
+ASSETS = [ingest.source_files, chunks.source_chunks, vectors.vector_index, chunks.lexical_index]
 
 
 def build(src, home, instance, batch_size=64):
@@ -226,8 +227,12 @@ def test_sliced_index_equals_the_one_slice_index_and_sweeps_what_no_slice_owns(j
     deletes its own stale vectors; a vector no slice owns (written before buckets) goes in the final step."""
 
     def run(home, slices, instance):
-        result = dg.materialize(ASSETS, resources=resources_for(json_tree, home), instance=instance,
-                                run_config={"ops": {"vector_index": {"config": {"slices": slices}}}})
+        result = dg.materialize(
+            ASSETS,
+            resources=resources_for(json_tree, home),
+            instance=instance,
+            run_config={"ops": {"vector_index": {"config": {"slices": slices}}}},
+        )
         assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
         return md(result)
 
@@ -241,8 +246,12 @@ def test_sliced_index_equals_the_one_slice_index_and_sweeps_what_no_slice_owns(j
         m1 = run(tmp_path / "one", 1, instance)
         assert (m3["slices"], m1["slices"]) == (3, 1) and m3["vectors"] == m1["vectors"] == m3["upserted"]
         assert state(tmp_path / "three")[1] == state(tmp_path / "one")[1]
-        steps = {e.step_key for e in instance.all_logs(instance.get_runs()[1].run_id,
-                                                        of_type=dg.DagsterEventType.STEP_SUCCESS)}
+        steps = {
+            e.step_key
+            for e in instance.all_logs(
+                instance.get_runs()[1].run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
+            )
+        }
         assert {f"vector_index.reconcile_vector_slice[slice_{i}]" for i in range(3)} <= steps
 
         os.unlink(json_tree / "json" / "tool.py")

@@ -21,15 +21,25 @@ def resources(h, src=None):
 def test_golden_copy_and_backup_assets_with_their_checks(home):
     with dg.instance_for_test() as instance:
         res = dg.materialize(
-            [protect.golden_copy, protect.backups,
-             protect.backup_structure, protect.backup_full_read, protect.backup_restore_drill,
-             dg.AssetSpec("source_chunks")],
-            resources=resources(home), instance=instance, selection=dg.AssetSelection.groups("protect"),
+            [
+                protect.golden_copy,
+                protect.backups,
+                protect.backup_structure,
+                protect.backup_full_read,
+                protect.backup_restore_drill,
+                dg.AssetSpec("source_chunks"),
+            ],
+            resources=resources(home),
+            instance=instance,
+            selection=dg.AssetSelection.groups("protect"),
         )
         assert res.success
         assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == {
-            "golden_copy_verifies": True, "backup_structure": True, "backup_full_read": True,
-            "backup_restore_drill": True}
+            "golden_copy_verifies": True,
+            "backup_structure": True,
+            "backup_full_read": True,
+            "backup_restore_drill": True,
+        }
         assert (home / "runtime" / "vectors").is_dir()
         version = res.asset_materializations_for_node("golden_copy")[0].metadata["version"].value
         assert golden.current_version(home).name == version
@@ -41,15 +51,20 @@ def test_reset_and_restore_jobs_need_confirm_and_are_audited(home):
     b = backup.create_backup(home).info
     with dg.instance_for_test() as instance:
         refused = reset_index_job.execute_in_process(
-            resources=resources(home), instance=instance, raise_on_error=False)
+            resources=resources(home), instance=instance, raise_on_error=False
+        )
         assert not refused.success
         ok = reset_index_job.execute_in_process(
-            resources=resources(home), instance=instance,
-            run_config={"ops": {"reset_index_op": {"config": {"confirm": True}}}})
+            resources=resources(home),
+            instance=instance,
+            run_config={"ops": {"reset_index_op": {"config": {"confirm": True}}}},
+        )
         assert ok.success
         restored = restore_job.execute_in_process(
-            resources=resources(home), instance=instance,
-            run_config={"ops": {"restore_op": {"config": {"backup_id": b.id, "confirm": True}}}})
+            resources=resources(home),
+            instance=instance,
+            run_config={"ops": {"restore_op": {"config": {"backup_id": b.id, "confirm": True}}}},
+        )
         assert restored.success
         drill = restore_drill_job.execute_in_process(resources=resources(home), instance=instance)
         assert drill.success

@@ -60,7 +60,8 @@ def test_an_empty_source_dir_fails_at_the_guard_and_the_override_empties_on_purp
         failure = next(e for e in refused.all_node_events if e.is_step_failure)
         assert failure.step_key == "source_files"
         assert "MassDeletionError" in str(failure.event_specific_data.error) and "allow_mass_delete" in str(
-            failure.event_specific_data.error)
+            failure.event_specific_data.error
+        )
         assert collection.count() == count and golden.current_version(home).name == current
         # the same through the guard's own error, raised in-process
         with pytest.raises(MassDeletionError, match=r"delete \d+ of \d+ \(100%"):
@@ -181,7 +182,10 @@ def test_the_vector_checks_fail_naming_the_chunk_and_block_the_golden_copy(json_
         other = col.get(ids=[chunks.iloc[20].chunk_id], include=["embeddings"])["embeddings"]
         col.update(ids=[wrong.chunk_id], embeddings=other)
         res = materialize_rebuild(
-            json_tree, home, instance, raise_on_error=False,
+            json_tree,
+            home,
+            instance,
+            raise_on_error=False,
             run_config={"ops": {"vector_index": {"config": {"self_retrieval_sample": len(chunks)}}}},
         )
     assert not res.success

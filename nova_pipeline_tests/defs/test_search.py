@@ -90,15 +90,16 @@ def test_lexical_mode_without_a_lexical_index_says_to_rebuild(tmp_path):
         s.close()
 
 
-def test_a_new_chunker_version_re_chunks_every_file_but_re_embeds_only_changed_texts(json_tree, tmp_path,
-                                                                                     monkeypatch):
+def test_a_new_chunker_version_re_chunks_every_file_but_re_embeds_only_changed_texts(
+    json_tree, tmp_path, monkeypatch
+):
     from nova_pipeline.core.index import chunking
-    from nova_pipeline.defs import index
+    from nova_pipeline.defs.index import chunks as chunks_defs
 
     home = tmp_path / "home"
     with dg.instance_for_test() as instance:
         assert materialize_rebuild(json_tree, home, instance).success
-        monkeypatch.setattr(index, "CHUNKER_VERSION", "test-next")
+        monkeypatch.setattr(chunks_defs, "CHUNKER_VERSION", "test-next")
         monkeypatch.setattr(chunking, "CHUNKER_VERSION", "test-next")
         again = materialize_rebuild(json_tree, home, instance)
     chunks = asset_metadata(again, "source_chunks")

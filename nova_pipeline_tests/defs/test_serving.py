@@ -42,8 +42,10 @@ def probes(monkeypatch):
 
 
 def tick(sensor, home, cursor=None):
-    ctx = dg.build_sensor_context(cursor=cursor, resources={"nova": NovaSettings(nova_home=str(home)),
-                                                            "embedder": fake_embedder_resource()})
+    ctx = dg.build_sensor_context(
+        cursor=cursor,
+        resources={"nova": NovaSettings(nova_home=str(home)), "embedder": fake_embedder_resource()},
+    )
     result = sensor(ctx)
     return result, ctx.cursor
 

@@ -86,7 +86,6 @@ def test_nova_backup_create_dumps_postgres_when_the_instance_uses_it(pg_home, ho
     assert archive_manifest(backup.newest_backup(home))["pg_dump"] == "included"
 
 
-
 def test_a_queued_run_says_when_no_daemon_will_start_it(tmp_path, monkeypatch):
     import time
 

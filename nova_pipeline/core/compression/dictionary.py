@@ -29,6 +29,25 @@ from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import DictionaryError
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "DEFAULT_DICT_SIZE",
+    "HELDOUT_BUDGET",
+    "MIN_SAMPLES",
+    "NO_DICTIONARY",
+    "SAMPLE_FACTOR",
+    "SAMPLE_MAX_BYTES",
+    "DictionaryInfo",
+    "DictionaryOptions",
+    "DictionaryRegistry",
+    "build_for_tree",
+    "build_or_keep",
+    "choose_sample",
+    "compressor",
+    "heldout_ratio",
+    "is_heldout",
+    "train",
+]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DICT_SIZE = 112_640  # zstd CLI's default --maxdict (110 KiB)
@@ -89,7 +108,7 @@ def is_heldout(digest: str, percent: int) -> bool:
     return int(digest[:8], 16) % 100 < percent
 
 
-def split_heldout(digests: Sequence[str], percent: int) -> tuple[list[int], list[int]]:
+def _split_heldout(digests: Sequence[str], percent: int) -> tuple[list[int], list[int]]:
     """Indices of ``digests`` in the training and the held-out set."""
     train, held = [], []
     for i, d in enumerate(digests):
@@ -217,7 +236,7 @@ class DictionaryRegistry:
         return n
 
 
-def heldout_key(heldout_digests: Sequence[str], dict_digest: str, level: int) -> str:
+def _heldout_key(heldout_digests: Sequence[str], dict_digest: str, level: int) -> str:
     """Identity of a held-out measurement: the held-out contents, the dictionary and the level."""
     body = ",".join(sorted(heldout_digests)) + f"|{dict_digest}|{level}"
     return blake3.blake3(body.encode()).hexdigest()
@@ -243,7 +262,7 @@ def build_or_keep(
     """
     current = registry.current()
     if current is not None and current.size <= options.dict_size and current.level == options.level:
-        key = heldout_key(heldout_digests, current.blake3, options.level)
+        key = _heldout_key(heldout_digests, current.blake3, options.level)
         if key == current.heldout_key:
             return current, "unchanged"
         if current.blake3 != NO_DICTIONARY:
@@ -287,7 +306,7 @@ def build_or_keep(
             training_seconds=seconds,
             samples=len(sample),
             sample_bytes=sample_bytes,
-            heldout_key=heldout_key(heldout_digests, NO_DICTIONARY, options.level),
+            heldout_key=_heldout_key(heldout_digests, NO_DICTIONARY, options.level),
             heldout_files=len(heldout_contents),
             heldout_bytes=sum(map(len, heldout_contents)),
             ratio_with=ratio_without,
@@ -306,7 +325,7 @@ def build_or_keep(
         training_seconds=seconds,
         samples=len(sample),
         sample_bytes=sample_bytes,
-        heldout_key=heldout_key(heldout_digests, digest, options.level),
+        heldout_key=_heldout_key(heldout_digests, digest, options.level),
         heldout_files=len(heldout_contents),
         heldout_bytes=sum(map(len, heldout_contents)),
         ratio_with=heldout_ratio(heldout_contents, dict_bytes, options.level),

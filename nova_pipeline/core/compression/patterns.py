@@ -37,6 +37,17 @@ from nova_pipeline.core.compression.repeats import (
 from nova_pipeline.core.errors import MemoryLimitError
 from nova_pipeline.core.ingest.manifest import read_verified
 
+__all__ = [
+    "BYTES_PER_SHARD_BYTE",
+    "PATTERN_COLUMNS",
+    "PatternStats",
+    "carry_timestamps",
+    "display_pattern",
+    "find_patterns",
+    "pattern_sources",
+    "plan_shards",
+]
+
 log = logging.getLogger(__name__)
 
 PATTERN_COLUMNS = ["pattern", "frequency", "file_count", "first_seen", "last_updated"]
@@ -44,6 +55,7 @@ PATTERN_COLUMNS = ["pattern", "frequency", "file_count", "first_seen", "last_upd
 # Bytes of memory per byte of shard text: the text, the int32 suffix array and LCP array, their Python
 # lists during the interval walk (measured: about 40 B per position at peak with the lists).
 BYTES_PER_SHARD_BYTE = 48
+
 
 @dataclass
 class PatternStats:
@@ -60,17 +72,18 @@ class PatternStats:
     duration_seconds: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)
 
+
 def _shard_worker(items: list[tuple[str, str]], options: PatternOptions):
     pairs, skipped = read_verified(items)
     return analyse_shard([c for _, c in pairs], options), skipped
+
 
 def _count_worker(items: list[tuple[str, str]], patterns: list[bytes]):
     pairs, skipped = read_verified(items)
     return count_patterns([c for _, c in pairs], patterns), skipped
 
-def plan_shards(
-    digests: Sequence[str], sizes: Sequence[int], shard_bytes: int
-) -> dict[int, list[int]]:
+
+def plan_shards(digests: Sequence[str], sizes: Sequence[int], shard_bytes: int) -> dict[int, list[int]]:
     """Assign contents to shards by their blake3: ``{shard: [content index]}``.
 
     The shard count is a power of two, ``>= total / shard_bytes``, so it changes only when the corpus
@@ -82,6 +95,7 @@ def plan_shards(
     for idx, d in enumerate(digests):
         shards.setdefault(int(d[:8], 16) % n, []).append(idx)
     return shards
+
 
 class _MemoryGuard:
     """Polls the memory the analysis adds: this process's RSS above its RSS at the start, plus the RSS of
@@ -111,7 +125,6 @@ class _MemoryGuard:
                 "raise memory_limit_mb, lower max_workers or shard_mb"
             )
 
-
     def stop_workers(self) -> None:
         """Kill the worker processes the analysis started, not multiprocessing's own helpers (the forkserver
         and the resource tracker serve the whole process, e.g. every step of an in-process run)."""
@@ -127,6 +140,7 @@ class _MemoryGuard:
             except psutil.Error:
                 pass
 
+
 def _mp_context() -> multiprocessing.context.BaseContext:
     """A forkserver context: libdivsufsort uses OpenMP, and GNU OpenMP hangs in a child forked after its
     thread pool started, so workers must come from a clean server process, not from a fork of this one."""
@@ -134,8 +148,11 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     ctx.set_forkserver_preload(["nova_pipeline.core.compression.patterns"])
     return ctx
 
+
 def _run_pool(
-    jobs: dict[object, tuple[Callable, tuple]], workers: int, guard: _MemoryGuard,
+    jobs: dict[object, tuple[Callable, tuple]],
+    workers: int,
+    guard: _MemoryGuard,
     on_done: Callable[[], None] | None = None,
 ) -> dict[object, object]:
     """Run ``{key: (fn, args)}`` in ``workers`` processes under the memory guard; ``on_done()`` after each."""
@@ -167,8 +184,10 @@ def _run_pool(
     pool.shutdown()
     return results
 
+
 def _shard_cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{key}.json"
+
 
 def _load_cached(path: Path) -> list[tuple[bytes, int]] | None:
     try:
@@ -177,9 +196,11 @@ def _load_cached(path: Path) -> list[tuple[bytes, int]] | None:
         return None
     return [(bytes.fromhex(p), c) for p, c in raw["candidates"]]
 
+
 def _save_cached(path: Path, candidates: list[tuple[bytes, int]]) -> None:
     body = json.dumps({"candidates": [(p.hex(), c) for p, c in candidates]}).encode()
     atomic_write_with(path, lambda fh: fh.write(body))
+
 
 def find_patterns(
     root: Path,
@@ -289,16 +310,13 @@ def find_patterns(
         skipped += nskip
         if nskip == 0:
             body = json.dumps(arr.tolist()).encode()
-            atomic_write_with(cache_dir / f"{shard_keys[sid]}.counts-{finalists_key}.json",
-                              lambda fh, b=body: fh.write(b))
+            atomic_write_with(
+                cache_dir / f"{shard_keys[sid]}.counts-{finalists_key}.json", lambda fh, b=body: fh.write(b)
+            )
     if skipped:
         stats.skipped = {"changed_or_vanished_since_scan": skipped}
 
-    rows = [
-        (p, int(f), int(fc))
-        for p, (f, fc) in zip(ranked, counts.tolist())
-        if f >= options.min_frequency
-    ]
+    rows = [(p, int(f), int(fc)) for p, (f, fc) in zip(ranked, counts.tolist()) if f >= options.min_frequency]
     rows.sort(key=lambda r: (-score(r[1], r[0]), r[0]))
     rows = drop_redundant(rows)[: options.top_k]
     df = pd.DataFrame(rows, columns=["pattern", "frequency", "file_count"])
@@ -311,6 +329,7 @@ def find_patterns(
     log.info("frequent_patterns: %s", asdict(stats))
     return df, stats
 
+
 def carry_timestamps(df: pd.DataFrame, previous: pd.DataFrame | None, now: pd.Timestamp) -> pd.DataFrame:
     """Add ``first_seen`` (kept from ``previous``) and ``last_updated`` (kept while the counts are equal).
 
@@ -322,9 +341,13 @@ def carry_timestamps(df: pd.DataFrame, previous: pd.DataFrame | None, now: pd.Ti
     if previous is not None and len(previous):
         prev = {
             bytes(p): (pd.Timestamp(fs), pd.Timestamp(lu), int(f), int(fc))
-            for p, fs, lu, f, fc in zip(previous["pattern"], previous["first_seen"],
-                                        previous["last_updated"], previous["frequency"],
-                                        previous["file_count"])
+            for p, fs, lu, f, fc in zip(
+                previous["pattern"],
+                previous["first_seen"],
+                previous["last_updated"],
+                previous["frequency"],
+                previous["file_count"],
+            )
         }
         for i, (p, f, fc) in enumerate(zip(df["pattern"], df["frequency"], df["file_count"])):
             old = prev.get(bytes(p))
@@ -338,6 +361,7 @@ def carry_timestamps(df: pd.DataFrame, previous: pd.DataFrame | None, now: pd.Ti
     out["last_updated"] = last_updated.astype("datetime64[us, UTC]")
     return out[PATTERN_COLUMNS]
 
+
 def _prune_cache(cache_dir: Path, live_keys: set[str]) -> None:
     """Drop cache files of shards that no longer exist."""
     for f in cache_dir.iterdir():
@@ -347,6 +371,7 @@ def _prune_cache(cache_dir: Path, live_keys: set[str]) -> None:
             except OSError:
                 pass
 
+
 def display_pattern(pattern: bytes, width: int = 60) -> str:
     """A pattern escaped and shortened for a Markdown table cell."""
     text = pattern.decode("utf-8", errors="backslashreplace")
@@ -355,6 +380,7 @@ def display_pattern(pattern: bytes, width: int = 60) -> str:
     if len(text) > width:
         text = text[: width - 1] + "…"
     return f"`{text}`"
+
 
 def pattern_sources(
     root: Path, manifest: pd.DataFrame, patterns: Sequence[bytes], max_files: int = 3

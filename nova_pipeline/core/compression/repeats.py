@@ -19,9 +19,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "ALGORITHM_VERSION",
+    "SEPARATOR",
+    "PatternOptions",
+    "analyse_shard",
+    "count_patterns",
+    "drop_redundant",
+    "score",
+]
+
 SEPARATOR = b"\x00"
 
 ALGORITHM_VERSION = "lcp-intervals-v1"
+
 
 @dataclass(frozen=True)
 class PatternOptions:
@@ -52,13 +63,15 @@ class PatternOptions:
         """What a cached shard result depends on besides its contents."""
         return f"{ALGORITHM_VERSION}:{self.min_length}:{self.max_length}:{self.min_frequency}:{self.top_k}"
 
-def suffix_structures(text: bytes) -> tuple[np.ndarray, np.ndarray]:
+
+def _suffix_structures(text: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Suffix array and LCP array of ``text`` (``lcp[i]`` = LCP of suffixes ``sa[i]`` and ``sa[i+1]``)."""
     from pydivsufsort import divsufsort, kasai
 
     sa = divsufsort(text)
     lcp = kasai(text, sa)
     return sa, lcp
+
 
 def _intervals(text: bytes, sa: np.ndarray, lcp: np.ndarray, min_length: int, min_frequency: int):
     """Enumerate reportable LCP intervals; see the module docstring. Returns (depth, lb, rb) arrays."""
@@ -106,8 +119,12 @@ def _intervals(text: bytes, sa: np.ndarray, lcp: np.ndarray, min_length: int, mi
                 popped_state = state
             if h > stack[-1][0]:
                 stack.append([h, lb, popped_state if popped_state is not None else c])
-    return (np.asarray(out_h, dtype=np.int64), np.asarray(out_lb, dtype=np.int64),
-            np.asarray(out_rb, dtype=np.int64))
+    return (
+        np.asarray(out_h, dtype=np.int64),
+        np.asarray(out_lb, dtype=np.int64),
+        np.asarray(out_rb, dtype=np.int64),
+    )
+
 
 def score(frequency: int, pattern: bytes) -> int:
     """Rank of a pattern: ``(frequency - 1) * length**2``.
@@ -116,6 +133,7 @@ def score(frequency: int, pattern: bytes) -> int:
     short idioms such as ``"        return "``, which repeat thousands of times but say little about a tree.
     """
     return (frequency - 1) * len(pattern) ** 2
+
 
 def drop_redundant(rows: list[tuple[bytes, int, int]], factor: float = 1.5) -> list[tuple[bytes, int, int]]:
     """Drop a ``(pattern, frequency, file_count)`` row that overlaps a better-ranked kept one.
@@ -131,8 +149,10 @@ def drop_redundant(rows: list[tuple[bytes, int, int]], factor: float = 1.5) -> l
         kept.append(row)
     return kept
 
+
 def _mostly_whitespace(pattern: bytes) -> bool:
     return len(pattern.strip()) < max(4, len(pattern) // 4)
+
 
 def analyse_shard(contents: Sequence[bytes], options: PatternOptions) -> list[tuple[bytes, int]]:
     """Top candidate patterns of one shard: ``[(pattern, occurrences in the shard)]``, best first.
@@ -142,7 +162,7 @@ def analyse_shard(contents: Sequence[bytes], options: PatternOptions) -> list[tu
     text = SEPARATOR.join(contents)
     if len(text) < options.min_length * 2:
         return []
-    sa, lcp = suffix_structures(text)
+    sa, lcp = _suffix_structures(text)
     depth, lb, rb = _intervals(text, sa, lcp, options.min_length, options.min_frequency)
     if len(depth) == 0:
         return []
@@ -163,6 +183,7 @@ def analyse_shard(contents: Sequence[bytes], options: PatternOptions) -> list[tu
         if len(out) >= keep:
             break
     return out
+
 
 def count_patterns(contents: Sequence[bytes], patterns: Sequence[bytes]) -> list[tuple[int, int]]:
     """Exact ``(non-overlapping occurrences, contents containing it)`` of each pattern over ``contents``."""

@@ -34,12 +34,24 @@ from nova_pipeline.core.compression.dictionary import NO_DICTIONARY, DictionaryR
 from nova_pipeline.core.errors import DictionaryError, InvalidRequestError, StoreCorruptError, StoreError
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "BATCH_BYTES",
+    "BATCH_FILES",
+    "DEFAULT_THREADS",
+    "INDEX_COLUMNS",
+    "ContentStore",
+    "PutStats",
+    "StoreUpdate",
+    "update_store",
+]
+
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["key", "dict_blake3", "dict_id", "size", "stored_size"]
 DEFAULT_THREADS = -1  # compression threads: every core
 BATCH_BYTES = 32 * 1024 * 1024
 BATCH_FILES = 1000
+
 
 @dataclass
 class PutStats:
@@ -367,8 +379,11 @@ class ContentStore:
             StoreCorruptError: a pin cannot be read; nothing was removed.
         """
         if not self.pins_dir.exists():
-            log.info("store garbage collection deferred: %s has no pin records yet (a store from before "
-                     "pins); the next golden_copy writes them", self.root)
+            log.info(
+                "store garbage collection deferred: %s has no pin records yet (a store from before "
+                "pins); the next golden_copy writes them",
+                self.root,
+            )
             return 0, 0
         pinned_keys, pinned_dictionaries = self.pinned()
         self.registry.remove_unreferenced(self.dictionaries_in_use() | pinned_dictionaries)

@@ -6,5 +6,12 @@ verification), the BM25 index and the ranking of hybrid search. Imports the ``co
 """
 
 __all__ = [
-    "chunking", "embedding", "embedding_cache", "lexical", "ranking", "reconcile", "vector_store", "verification",
+    "chunking",
+    "embedding",
+    "embedding_cache",
+    "lexical",
+    "ranking",
+    "reconcile",
+    "vector_store",
+    "verification",
 ]

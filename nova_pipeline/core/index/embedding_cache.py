@@ -18,6 +18,8 @@ import tenacity
 from nova_pipeline.core.index.embedding import Embedder
 from nova_pipeline.core.layout import Layout
 
+__all__ = ["EmbedStats", "EmbeddingCache", "embed_with_cache"]
+
 
 class EmbeddingCache:
     """``content blake3 -> float32 vector`` for one model fingerprint, in SQLite (WAL, one commit per
@@ -61,8 +63,9 @@ class EmbeddingCache:
         return out
 
     @tenacity.retry(
-        retry=tenacity.retry_if_exception(lambda e: isinstance(e, sqlite3.OperationalError)
-                                          and "locked" in str(e)),
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+        ),
         wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
         stop=tenacity.stop_after_attempt(8),
         reraise=True,
@@ -89,6 +92,7 @@ class EmbeddingCache:
     def close(self) -> None:
         self._db.close()
 
+
 @dataclass
 class EmbedStats:
     """Counts of :func:`embed_with_cache`. ``embedded`` counts model calls per unique text."""
@@ -98,6 +102,7 @@ class EmbedStats:
     cache_hits: int = 0
     embedded: int = 0
     seconds: float = 0.0
+
 
 def embed_with_cache(
     texts: Sequence[str],

@@ -45,6 +45,31 @@ from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "B",
+    "DIGEST_COLUMNS",
+    "DOC_COLUMNS",
+    "K1",
+    "META",
+    "MIN_COMPOUND",
+    "TOKENIZER_VERSION",
+    "BuildStats",
+    "LexicalHit",
+    "LexicalIndex",
+    "LexicalIndexError",
+    "build",
+    "chunks_digest",
+    "code_tokens",
+    "current_path",
+    "glob_match",
+    "id_failures",
+    "index_files",
+    "install",
+    "load",
+    "load_current",
+    "update",
+]
+
 log = logging.getLogger(__name__)
 
 TOKENIZER_VERSION = "code-tokens-2"  # part of every index's digest: a tokenizer change rebuilds the index
@@ -279,8 +304,15 @@ def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildS
         retriever.save(str(tmp), show_progress=False)
     docs = chunks[DOC_COLUMNS].reset_index(drop=True)
     docs.to_parquet(tmp / "docs.parquet", index=False)
-    meta = {"digest": digest, "docs": len(docs), "tokenizer": TOKENIZER_VERSION, "k1": K1, "b": B,
-            "vocabulary": len(retriever.vocab_dict) if len(corpus) else 0, "built_at": time.time()}
+    meta = {
+        "digest": digest,
+        "docs": len(docs),
+        "tokenizer": TOKENIZER_VERSION,
+        "k1": K1,
+        "b": B,
+        "vocabulary": len(retriever.vocab_dict) if len(corpus) else 0,
+        "built_at": time.time(),
+    }
     atomic_write_bytes(tmp / META, json.dumps(meta, sort_keys=True).encode())
     fsync_dir(tmp)
     if dest.exists():
@@ -308,11 +340,15 @@ def load(path: Path) -> LexicalIndex:
             retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
             retriever.vocab_dict = {}
     except (OSError, ValueError, KeyError) as exc:
-        raise LexicalIndexError(f"the lexical index at {path} cannot be read ({exc}): run the rebuild job, "
-                                "or `nova golden reset --yes` to bring it back from the golden copy") from exc
+        raise LexicalIndexError(
+            f"the lexical index at {path} cannot be read ({exc}): run the rebuild job, "
+            "or `nova golden reset --yes` to bring it back from the golden copy"
+        ) from exc
     if len(docs) != meta["docs"]:
-        raise LexicalIndexError(f"the lexical index at {path} has {len(docs)} documents, its meta says "
-                                f"{meta['docs']}: run the rebuild job")
+        raise LexicalIndexError(
+            f"the lexical index at {path} has {len(docs)} documents, its meta says "
+            f"{meta['docs']}: run the rebuild job"
+        )
     return LexicalIndex(path, retriever, docs, meta)
 
 
@@ -336,8 +372,10 @@ def load_current(home: Path) -> LexicalIndex:
     """
     path = current_path(home)
     if path is None:
-        raise IndexNotBuiltError("no lexical index yet: run the rebuild job (make rebuild, or dagster job "
-                                 "execute -m nova_pipeline.definitions -j rebuild)")
+        raise IndexNotBuiltError(
+            "no lexical index yet: run the rebuild job (make rebuild, or dagster job "
+            "execute -m nova_pipeline.definitions -j rebuild)"
+        )
     return load(path)
 
 
@@ -359,18 +397,19 @@ def update(
     digest = chunks_digest(chunks)
     cur = current_path(home)
     if cur is not None and cur.name == digest:
-        return BuildStats(digest, len(chunks), json.loads((cur / META).read_text()).get("vocabulary", 0),
-                          False, 0.0, cur)
+        return BuildStats(
+            digest, len(chunks), json.loads((cur / META).read_text()).get("vocabulary", 0), False, 0.0, cur
+        )
     if "text" not in chunks.columns and with_texts is not None:
         chunks = with_texts()
     layout.lexical.mkdir(parents=True, exist_ok=True)
     stats = build(chunks, layout.lexical / digest, digest)
-    set_current(home, digest)
+    _set_current(home, digest)
     _prune(layout, keep, digest, cur.name if cur is not None else None)
     return stats
 
 
-def set_current(home: Path, name: str) -> None:
+def _set_current(home: Path, name: str) -> None:
     """Point ``lexical/CURRENT`` at the directory ``name`` (atomically)."""
     atomic_write_bytes(Layout.of(home).lexical_current, (name + "\n").encode())
 
@@ -394,14 +433,18 @@ def install(home: Path, source: Path) -> BuildStats:
         shutil.rmtree(dest, ignore_errors=True)
         os.rename(tmp, dest)
         fsync_dir(layout.lexical)
-    set_current(home, meta["digest"])
-    return BuildStats(meta["digest"], meta["docs"], meta.get("vocabulary", 0), True,
-                      time.perf_counter() - started, dest)
+    _set_current(home, meta["digest"])
+    return BuildStats(
+        meta["digest"], meta["docs"], meta.get("vocabulary", 0), True, time.perf_counter() - started, dest
+    )
 
 
 def _prune(layout: Layout, keep: int, *protected: str | None) -> None:
-    dirs = sorted((p for p in layout.lexical.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
+    dirs = sorted(
+        (p for p in layout.lexical.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for p in dirs[keep:]:
         if p.name not in protected:
             shutil.rmtree(p, ignore_errors=True)

@@ -20,6 +20,23 @@ from dataclasses import dataclass
 
 from nova_pipeline.core.errors import SettingsError
 
+__all__ = [
+    "HYBRID",
+    "LEXICAL",
+    "MODES",
+    "VECTOR",
+    "SearchSettings",
+    "boost_shares",
+    "defined_names",
+    "enclosing_names",
+    "exact_targets",
+    "exact_weight",
+    "fuse",
+    "is_exact",
+    "phrase_in",
+    "phrase_of",
+]
+
 MODES = ("hybrid", "vector", "lexical")
 
 HYBRID, VECTOR, LEXICAL = MODES
@@ -30,6 +47,7 @@ _QUERY_WORD = re.compile(r"[A-Za-z_][\w./-]*")
 
 # snake_case, camelCase, CamelCase, HTTPServer, dotted.names and paths/with/slashes
 _IDENTIFIER_SHAPE = re.compile(r"_|[a-z][A-Z]|[A-Z]{2}[a-z]|\.|/")
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -51,8 +69,13 @@ class SearchSettings:
         """
         env = os.environ if env is None else env
         out = {}
-        for name, f in (("vector_weight", float), ("lexical_weight", float), ("exact_boost", float),
-                        ("rrf_k", int), ("candidates", int)):
+        for name, f in (
+            ("vector_weight", float),
+            ("lexical_weight", float),
+            ("exact_boost", float),
+            ("rrf_k", int),
+            ("candidates", int),
+        ):
             raw = env.get(f"NOVA_SEARCH_{name.upper()}")
             if raw in (None, ""):
                 continue
@@ -64,6 +87,7 @@ class SearchSettings:
                 raise SettingsError(f"NOVA_SEARCH_{name.upper()} must not be negative")
         return cls(**out)
 
+
 def defined_names(symbol: str) -> set[str]:
     """The names a chunk's symbol defines: ``"def Cls.run(self)"`` gives ``{"Cls.run", "run"}``; a merged
     symbol (``"def a, def b"``) gives each."""
@@ -73,6 +97,7 @@ def defined_names(symbol: str) -> set[str]:
         out.add(name)
         out.add(name.rsplit(".", 1)[-1])
     return out
+
 
 def enclosing_names(symbol: str) -> set[str]:
     """The classes a chunk's symbol belongs to: ``"def Outer.Inner.run(self)"`` gives
@@ -84,6 +109,7 @@ def enclosing_names(symbol: str) -> set[str]:
         out.update(parts)
     return out
 
+
 def exact_targets(text: str) -> set[str]:
     """What in a query may name a symbol or path exactly: the query itself when it is one word, else its
     words shaped like identifiers or paths (``read_table``, ``IgnoreRules``, ``json/decoder.py``)."""
@@ -92,6 +118,7 @@ def exact_targets(text: str) -> set[str]:
         return {words[0].rstrip(".")}
     return {w.rstrip(".") for w in words if _IDENTIFIER_SHAPE.search(w.rstrip("."))}
 
+
 def is_exact(targets: set[str], symbol: str, path: str) -> bool:
     """True when a target names ``symbol`` (one of its :func:`defined_names`) or ``path`` (the whole path,
     its last components, or its file name)."""
@@ -99,8 +126,11 @@ def is_exact(targets: set[str], symbol: str, path: str) -> bool:
         return False
     if targets & defined_names(symbol):
         return True
-    return any("/" in t or "." in t and not t.startswith(".") and (path == t or path.endswith("/" + t))
-               for t in targets)
+    return any(
+        "/" in t or "." in t and not t.startswith(".") and (path == t or path.endswith("/" + t))
+        for t in targets
+    )
+
 
 def exact_weight(targets: set[str], symbol: str, path: str) -> float:
     """How much of the exact-match boost a chunk gets: 1 when :func:`is_exact`, 0.5 when a target names
@@ -110,15 +140,18 @@ def exact_weight(targets: set[str], symbol: str, path: str) -> float:
         return 1.0
     return 0.5 if targets and targets & enclosing_names(symbol) else 0.0
 
+
 def phrase_of(text: str) -> str:
     """The query as a phrase to look for verbatim (case and runs of white space ignored): an error message
     or a sentence of at least 3 words and 12 characters, quotes around it dropped; else ``""``."""
     p = " ".join(text.strip().strip("'\"`").split()).lower()
     return p if len(p) >= 12 and len(p.split()) >= 3 else ""
 
+
 def phrase_in(phrase: str, document: str | None) -> bool:
     """True when ``phrase`` (from :func:`phrase_of`) occurs in ``document`` (white space runs ignored)."""
     return bool(phrase and document) and phrase in " ".join(document.split()).lower()
+
 
 def boost_shares(
     targets: set[str], phrase: str, candidates: list[tuple[str, str, str, str | None]]
@@ -131,6 +164,7 @@ def boost_shares(
         if share:
             out[cid] = max(share, out.get(cid, 0.0))
     return out
+
 
 def fuse(
     ranked: list[tuple[list[str], float]], boosted: set[str] | dict[str, float], settings: SearchSettings

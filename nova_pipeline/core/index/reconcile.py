@@ -21,6 +21,8 @@ from nova_pipeline.core.index.embedding import Embedder
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache, embed_with_cache
 from nova_pipeline.core.index.vector_store import DEFAULT_BATCH, bucket_of, buckets_of, existing_ids
 
+__all__ = ["IndexStats", "ShrinkGuard", "chunk_metadata", "reconcile"]
+
 
 class ShrinkGuard(Protocol):
     """What :func:`reconcile` asks before it writes: may the collection shrink from ``before`` to ``after``
@@ -41,6 +43,7 @@ def chunk_metadata(row) -> dict:
         "bucket": bucket_of(row.chunk_id),
     }
 
+
 @dataclass
 class IndexStats:
     """Counts of :func:`reconcile`. ``embedded`` counts model calls (unique texts)."""
@@ -57,6 +60,7 @@ class IndexStats:
     count_after: int = 0
     embed_seconds: float = 0.0
     seconds: float = 0.0
+
 
 def reconcile(
     collection,
@@ -119,8 +123,12 @@ def reconcile(
 
     def write(b: int, part: pd.DataFrame, vecs: np.ndarray) -> int:
         try:
-            collection.upsert(ids=part["chunk_id"].tolist(), embeddings=vecs, documents=part["text"].tolist(),
-                              metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)])
+            collection.upsert(
+                ids=part["chunk_id"].tolist(),
+                embeddings=vecs,
+                documents=part["text"].tolist(),
+                metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
+            )
         except Exception as exc:  # noqa: BLE001
             raise VectorStoreError(f"upsert of batch {b} into {collection.name} failed: {exc}") from exc
         return len(part)

@@ -20,6 +20,23 @@ import pandas as pd
 from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_BATCH",
+    "PAGE",
+    "Hit",
+    "bucket_of",
+    "buckets_of",
+    "collection_name",
+    "existing_ids",
+    "get_collection",
+    "open_client",
+    "open_client_at",
+    "query",
+    "slice_buckets",
+    "top_ids",
+]
+
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
@@ -29,9 +46,11 @@ DEFAULT_BATCH = 256  # chunks per batch: small enough to redo, well under Chroma
 
 PAGE = 5000
 
+
 def collection_name(fingerprint: str) -> str:
     """The collection of a model fingerprint (3-512 characters of ``[a-zA-Z0-9._-]``)."""
     return f"nova-{fingerprint}"
+
 
 def open_client(home: Path, chroma_url: str | None = None, create: bool = True):
     """A Chroma client: ``HttpClient`` at ``chroma_url``, else ``PersistentClient`` under ``home/vectors``.
@@ -47,13 +66,20 @@ def open_client(home: Path, chroma_url: str | None = None, create: bool = True):
 
     try:
         u = urlparse(chroma_url if "://" in chroma_url else f"http://{chroma_url}")
-        client = chromadb.HttpClient(host=u.hostname or "localhost", port=u.port or 8000,
-                                     ssl=u.scheme == "https", settings=_chroma_settings())
+        client = chromadb.HttpClient(
+            host=u.hostname or "localhost",
+            port=u.port or 8000,
+            ssl=u.scheme == "https",
+            settings=_chroma_settings(),
+        )
     except Exception as exc:  # noqa: BLE001 - chroma raises many types for "cannot connect"
-        raise VectorStoreError(f"the Chroma server at {chroma_url} is unreachable ({exc}): is it running, "
-                               "is NOVA_CHROMA_URL right?") from exc
+        raise VectorStoreError(
+            f"the Chroma server at {chroma_url} is unreachable ({exc}): is it running, "
+            "is NOVA_CHROMA_URL right?"
+        ) from exc
     client.nova_location = f"the Chroma server at {chroma_url}"
     return client
+
 
 def open_client_at(path: Path, create: bool = True):
     """A ``PersistentClient`` on the data dir ``path``, created if missing unless ``create`` is False
@@ -75,15 +101,19 @@ def open_client_at(path: Path, create: bool = True):
         path.mkdir(parents=True, exist_ok=True)
         client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
     except Exception as exc:  # noqa: BLE001
-        raise VectorStoreError(f"the Chroma data dir {path} cannot be opened ({exc}): it may be damaged; "
-                               "`nova golden reset --yes` rebuilds it from the golden copy") from exc
+        raise VectorStoreError(
+            f"the Chroma data dir {path} cannot be opened ({exc}): it may be damaged; "
+            "`nova golden reset --yes` rebuilds it from the golden copy"
+        ) from exc
     client.nova_location = f"the Chroma data dir {path}"
     return client
+
 
 def _chroma_settings():
     from chromadb.config import Settings as ChromaSettings
 
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+
 
 def get_collection(client, fingerprint: str, create: bool = True):
     """The collection of ``fingerprint`` (cosine space, embeddings supplied by us).
@@ -112,9 +142,10 @@ def get_collection(client, fingerprint: str, create: bool = True):
             "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - transport and storage errors come in many types
-        raise describe_failure(client, exc, f"collection {name!r}") from exc
+        raise _describe_failure(client, exc, f"collection {name!r}") from exc
 
-def describe_failure(client, exc: Exception, what: str) -> VectorStoreError:
+
+def _describe_failure(client, exc: Exception, what: str) -> VectorStoreError:
     """A :class:`VectorStoreError` that says whether the store is unreachable or damaged, and where."""
     where = getattr(client, "nova_location", "the vector store")
     if _is_transport_error(exc):
@@ -127,6 +158,7 @@ def describe_failure(client, exc: Exception, what: str) -> VectorStoreError:
         "damaged; `nova golden reset --yes` rebuilds it from the golden copy"
     )
 
+
 def _is_transport_error(exc: BaseException) -> bool:
     import httpx
 
@@ -137,6 +169,7 @@ def _is_transport_error(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
 
 def existing_ids(collection, where: dict | None = None) -> set[str]:
     """Every id the collection holds (matching the metadata filter ``where``, when given), paged."""
@@ -149,11 +182,14 @@ def existing_ids(collection, where: dict | None = None) -> set[str]:
             return ids
         offset += len(got)
 
+
 BUCKETS = 16  # fixed: a vector's bucket must not change when the number of slices does
+
 
 def bucket_of(chunk_id: str) -> int:
     """The bucket (0-15) of a chunk: its id's first 16 bits modulo :data:`BUCKETS` (ids are blake3 hex)."""
     return int(chunk_id[:4], 16) % BUCKETS
+
 
 def buckets_of(chunk_ids: pd.Series) -> np.ndarray:
     """:func:`bucket_of` of every id of a Series, vectorised (int array, same order)."""
@@ -161,9 +197,11 @@ def buckets_of(chunk_ids: pd.Series) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     return chunk_ids.str.slice(0, 4).map(lambda h: int(h, 16)).to_numpy(dtype=np.int64) % BUCKETS
 
+
 def slice_buckets(slice_index: int, slices: int) -> list[int]:
     """The buckets slice ``slice_index`` of ``slices`` reconciles (every bucket belongs to exactly one)."""
     return [b for b in range(BUCKETS) if b % slices == slice_index]
+
 
 @dataclass
 class Hit:
@@ -188,6 +226,7 @@ class Hit:
         """The first non-blank lines of the chunk body (its header line left out)."""
         body = self.text.split("\n", 1)[1] if "\n" in self.text else self.text
         return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
+
 
 def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
     """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
@@ -217,6 +256,7 @@ def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) ->
             ]
         )
     return out
+
 
 def top_ids(collection, vectors: Sequence[np.ndarray], k: int) -> list[list[str]]:
     """Ids of the top ``k`` hits per query vector (for comparisons in tests and restores)."""

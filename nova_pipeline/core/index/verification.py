@@ -20,10 +20,13 @@ from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.vector_store import collection_name, existing_ids, query
 from nova_pipeline.core.layout import Layout
 
+__all__ = ["VerifiedRecord", "count_failures", "ids_digest", "self_retrieval_failures", "store_state"]
+
 
 def ids_digest(chunk_ids, fingerprint: str) -> str:
     """blake3 of a model fingerprint and a set of chunk ids: what a collection should hold."""
     return blake3.blake3("\n".join([fingerprint, *sorted(chunk_ids)]).encode()).hexdigest()
+
 
 def store_state(home: Path, fingerprint: str) -> str | None:
     """A fingerprint of the embedded collection's state, read without importing Chroma; None if unknown.
@@ -63,6 +66,7 @@ def store_state(home: Path, fingerprint: str) -> str | None:
     except (sqlite3.Error, OSError):
         return None
     return blake3.blake3(json.dumps([rows, files]).encode()).hexdigest()
+
 
 class VerifiedRecord:
     """``NOVA_HOME/vectors.verified.json``: which verifications of the embedded collection passed, at which
@@ -116,6 +120,7 @@ class VerifiedRecord:
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
 
+
 def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[int, int, int, list[str]]:
     """Compare the collection's count with the wanted chunks' (equal counts pass); when they differ, name
     what differs by id.
@@ -131,10 +136,13 @@ def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[in
     have = existing_ids(collection)
     missing = chunks[~chunks["chunk_id"].isin(have)]
     extra = sorted(have - set(chunks["chunk_id"]))
-    named = [f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
-             for r in missing.head(limit).itertuples()]
+    named = [
+        f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
+        for r in missing.head(limit).itertuples()
+    ]
     named += [f"vector {i} is no chunk's" for i in extra[:limit]]
     return count, len(missing), len(extra), named
+
 
 def self_retrieval_failures(
     collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int, seed: int = 0

@@ -1,7 +1,8 @@
-"""The language of a file, from its name: the ``language`` column of the manifest.
-"""
+"""The language of a file, from its name: the ``language`` column of the manifest."""
 
 from __future__ import annotations
+
+__all__ = ["LANGUAGES", "LANGUAGE_BY_NAME", "language_of"]
 
 LANGUAGES: dict[str, str] = {
     ".py": "python",
@@ -74,6 +75,7 @@ LANGUAGES: dict[str, str] = {
 }
 
 LANGUAGE_BY_NAME = {"Makefile": "make", "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake"}
+
 
 def language_of(path: str) -> str:
     """Language of a file from its name: ``python``, ``markdown``… or ``text`` when unknown."""

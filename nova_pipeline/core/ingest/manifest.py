@@ -36,6 +36,26 @@ from nova_pipeline.core.errors import ScanError
 from nova_pipeline.core.ingest.languages import language_of
 from nova_pipeline.core.ingest.walk import ScanOptions, WalkReport, walk
 
+__all__ = [
+    "ADDED",
+    "BINARY_SNIFF_BYTES",
+    "CHANGED",
+    "DELETED",
+    "HASH_BATCH_FILES",
+    "MANIFEST_COLUMNS",
+    "PARALLEL_MIN_BYTES",
+    "STATUSES",
+    "STREAM_BLOCK",
+    "STREAM_THRESHOLD",
+    "UNCHANGED",
+    "ScanResult",
+    "ScanStats",
+    "present_files",
+    "read_verified",
+    "scan",
+    "unique_contents",
+]
+
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["path", "size", "mtime_ns", "blake3", "language", "status"]
@@ -54,6 +74,7 @@ STREAM_BLOCK = 1024 * 1024
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 
 HASH_BATCH_FILES = 64
+
 
 @dataclass
 class ScanStats:
@@ -80,6 +101,7 @@ class ScanStats:
         """Hashing throughput in MB/s (10^6 bytes), over the time spent reading and hashing only."""
         return self.bytes_hashed / 1e6 / self.hash_seconds if self.hash_seconds > 0 else 0.0
 
+
 @dataclass
 class ScanResult:
     """A manifest (see module docstring), the stats of the scan, and the binary files it found.
@@ -98,9 +120,11 @@ class ScanResult:
         table = present.groupby("language").agg(files=("path", "size"), bytes=("size", "sum"))
         return table.sort_values("bytes", ascending=False).reset_index()
 
+
 class _Skip(Exception):
     def __init__(self, reason: str):
         self.reason = reason
+
 
 def _read_and_hash(path: str, size: int, max_size: int) -> tuple[str, int]:
     """blake3 hex digest and byte count of a file, refusing binary and oversized content.
@@ -140,6 +164,7 @@ def _read_and_hash(path: str, size: int, max_size: int) -> tuple[str, int]:
     finally:
         os.close(fd)
 
+
 def _hash_batch(items: list[tuple[str, int]], max_size: int) -> list[tuple[str, object, object]]:
     """Hash a batch of ``(path, stat size)``; one ``(kind, a, b)`` outcome each, picklable for a worker
     process.
@@ -161,7 +186,8 @@ def _hash_batch(items: list[tuple[str, int]], max_size: int) -> list[tuple[str, 
             out.append(("ok", digest, size))
     return out
 
-def previous_index(previous: pd.DataFrame | None) -> dict[str, tuple[int, int, str, str]]:
+
+def _previous_index(previous: pd.DataFrame | None) -> dict[str, tuple[int, int, str, str]]:
     """``path -> (size, mtime_ns, blake3, language)`` for the present files of a previous manifest."""
     if previous is None or previous.empty:
         return {}
@@ -177,6 +203,7 @@ def previous_index(previous: pd.DataFrame | None) -> dict[str, tuple[int, int, s
             ),
         )
     )
+
 
 def scan(
     options: ScanOptions,
@@ -215,7 +242,7 @@ def scan(
         raise ScanError(f"source directory {root} is not readable; fix its permissions or NOVA_SOURCE_DIR")
     workers = workers or os.cpu_count() or 1
 
-    prev = previous_index(previous)
+    prev = _previous_index(previous)
     binaries_before: dict[str, tuple[int, int]] = {}
     if known_binaries is not None and len(known_binaries):
         binaries_before = dict(
@@ -239,7 +266,9 @@ def scan(
         )
 
     try:
-        for rel, abs_path, st in itertools.chain.from_iterable(walk(options, WalkReport(stats.ignored_dirs, stats.ignored_files, stats.skipped))):
+        for rel, abs_path, st in itertools.chain.from_iterable(
+            walk(options, WalkReport(stats.ignored_dirs, stats.ignored_files, stats.skipped))
+        ):
             old = prev.get(rel)
             if old is not None and old[0] == st.st_size and old[1] == st.st_mtime_ns:
                 rows.append((rel, st.st_size, st.st_mtime_ns, old[2], old[3], UNCHANGED))
@@ -366,9 +395,11 @@ def scan(
         ),
     )
 
+
 def present_files(manifest: pd.DataFrame) -> pd.DataFrame:
     """The rows of a manifest whose file exists (status other than ``deleted``)."""
     return manifest[manifest["status"] != DELETED]
+
 
 def read_verified(
     items: Iterable[tuple[str, str]], budget: int | None = None
@@ -400,6 +431,7 @@ def read_verified(
         out.append((digest, data))
         total += len(data)
     return out, skipped
+
 
 def unique_contents(root: Path, manifest: pd.DataFrame) -> list[tuple[str, str]]:
     """``(blake3, absolute path)`` of each unique content of the present files, in blake3 order."""

@@ -12,9 +12,9 @@ the root, and two built-in lists:
   there, only a ``.gitignore`` that names it ignores it.
 
 Symlinks are followed only inside the root, and every directory is entered at most once, so loops end.
-Nothing is dropped silently: every ignored directory is recorded with the rule that ignored it (``docs/_build/``
-by ``docs/.gitignore:3 _build/``), ignored files are counted per rule, and every skip (unreadable,
-vanished, a symlink out of the tree...) is counted by reason and logged.
+Nothing is dropped silently: every ignored directory is recorded with the rule that ignored it
+(``docs/_build/`` by ``docs/.gitignore:3 _build/``), ignored files are counted per rule, and every skip
+(unreadable, vanished, a symlink out of the tree...) is counted by reason and logged.
 """
 
 from __future__ import annotations
@@ -28,6 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
+
+__all__ = [
+    "BUILTIN_IGNORED_DIRS",
+    "BUILTIN_IGNORED_FILES",
+    "BUILTIN_IGNORED_SUFFIXES",
+    "DEFAULT_MAX_FILE_SIZE",
+    "ROOT_IGNORED_DIRS",
+    "VIRTUALENV_MARKER",
+    "IgnoreRules",
+    "Rule",
+    "ScanOptions",
+    "WalkReport",
+    "walk",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +69,7 @@ BUILTIN_IGNORED_DIRS = frozenset(
         ".eggs",
     }
 )
-# Build outputs by convention, ignored only at the root of the tree (below it, only a .gitignore ignores them).
+# Build outputs by convention, ignored at the root of the tree only (below it, a .gitignore must say so).
 ROOT_IGNORED_DIRS = frozenset({"build", "dist", "target"})
 BUILTIN_IGNORED_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".swp")
 BUILTIN_IGNORED_FILES = frozenset({".DS_Store", "Thumbs.db"})
@@ -202,7 +216,11 @@ def walk(options: ScanOptions, report: WalkReport) -> Iterator[list[tuple[str, s
     root_st = os.stat(root)
     visited = {(root_st.st_dev, root_st.st_ino)}
     stack: list[tuple[str, str, list]] = [(root, "", [])]
-    builtin_dirs, builtin_files, builtin_suffixes = BUILTIN_IGNORED_DIRS, BUILTIN_IGNORED_FILES, BUILTIN_IGNORED_SUFFIXES
+    builtin_dirs, builtin_files, builtin_suffixes = (
+        BUILTIN_IGNORED_DIRS,
+        BUILTIN_IGNORED_FILES,
+        BUILTIN_IGNORED_SUFFIXES,
+    )
 
     def skip(reason: str, rel: str, level: int = logging.WARNING, detail: str = "") -> None:
         report.skipped[reason] += 1

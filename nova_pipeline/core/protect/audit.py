@@ -10,6 +10,8 @@ from pathlib import Path
 
 from nova_pipeline.core.layout import Layout
 
+__all__ = ["actor", "read", "record"]
+
 
 def actor(run_tag: str | None = None) -> str:
     """Who acts: a run tag (e.g. the Dagster user) when given, else ``$USER``, else the login name."""

@@ -31,6 +31,14 @@ import pandas as pd
 from nova_pipeline.core.errors import MassDeletionError
 from nova_pipeline.core.keys import SOURCE_FILES
 
+__all__ = [
+    "DEFAULT_MAX_DELETE_FRACTION",
+    "DEFAULT_MIN_DELETIONS",
+    "OVERRIDE",
+    "OVERRIDE_HINT",
+    "DeletionGuard",
+]
+
 DEFAULT_MAX_DELETE_FRACTION = 0.5
 DEFAULT_MIN_DELETIONS = 10
 OVERRIDE = "run config `resources: {guard: {config: {allow_mass_delete: true}}}` (CLI: --allow-mass-delete)"

@@ -6,6 +6,15 @@ group; nothing in ``core`` imports it.
 """
 
 __all__ = [
-    "breaker", "estimate", "failover", "health", "journal", "plan", "pointer", "probe", "searcher", "stats",
+    "breaker",
+    "estimate",
+    "failover",
+    "health",
+    "journal",
+    "plan",
+    "pointer",
+    "probe",
+    "searcher",
+    "stats",
     "tokens",
 ]

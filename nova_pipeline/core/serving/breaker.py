@@ -1,10 +1,10 @@
 """The circuit breaker of the primary vector store's health sensor: pybreaker's breaker, its state kept in a
 plain dict (a Dagster sensor's cursor), and one sensor tick of probes through it.
 
-Kept apart from :mod:`nova_pipeline.core.serving.failover` because pybreaker imports redis (and redis OpenTelemetry)
-when it is imported: about 0.1 s that every run process paid for nothing, since only the sensor uses it.
-Defaults (in :class:`~nova_pipeline.core.serving.failover.FailoverSettings`): 3 consecutive failed probes open it,
-half-open after 30 s, one good probe closes it.
+Kept apart from :mod:`.failover` because pybreaker imports redis (and redis OpenTelemetry) when it is
+imported: about 0.1 s that every run process paid for nothing, since only the sensor uses it. Defaults (in
+:class:`.failover.FailoverSettings`): 3 consecutive failed probes open it, half-open after 30 s, one good
+probe closes it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pybreaker
 from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.probe import Probe
 
+__all__ = ["DictStorage", "Tick", "evaluate", "make_breaker"]
+
 
 class DictStorage(pybreaker.CircuitBreakerStorage):
     """pybreaker's state in a plain, JSON-able dict: ``state``, ``counter``, ``success_counter``,
@@ -26,8 +28,13 @@ class DictStorage(pybreaker.CircuitBreakerStorage):
 
     def __init__(self, data: dict | None = None):
         super().__init__("primary_vector_store")
-        self.data = {"state": pybreaker.STATE_CLOSED, "counter": 0, "success_counter": 0, "opened_at": None,
-                     **(data or {})}
+        self.data = {
+            "state": pybreaker.STATE_CLOSED,
+            "counter": 0,
+            "success_counter": 0,
+            "opened_at": None,
+            **(data or {}),
+        }
 
     @property
     def state(self) -> str:
@@ -82,7 +89,7 @@ def make_breaker(
     return breaker, storage
 
 
-class ProbeFailed(Exception):
+class _ProbeFailed(Exception):
     """The probe found the primary unhealthy (the breaker counts it)."""
 
 
@@ -126,12 +133,12 @@ def evaluate(breaker: pybreaker.CircuitBreaker, probe, confirm_pause_s: float = 
             nonlocal result
             result = probe()
             if not result.ok:
-                raise ProbeFailed(result.error)
+                raise _ProbeFailed(result.error)
 
         try:
             breaker.call(call)
             tick.probes.append(True)
-        except (ProbeFailed, pybreaker.CircuitBreakerError) as exc:
+        except (_ProbeFailed, pybreaker.CircuitBreakerError) as exc:
             if result is None:  # refused without probing: open, the half-open timeout not elapsed
                 tick.skipped = not tick.probes
                 break

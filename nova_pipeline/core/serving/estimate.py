@@ -11,6 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "BUFFER_BYTES",
+    "CHROMA_FIXED_BYTES",
+    "CHROMA_MEMORY_FACTOR",
+    "DISK",
+    "GREEN",
+    "GREEN_MAX_CHUNKS",
+    "MEMORY",
+    "RED",
+    "SEED_BYTES_PER_CHUNK",
+    "YELLOW",
+    "YELLOW_MAX_CHUNKS",
+    "Estimate",
+    "estimate",
+    "estimate_for_version",
+]
+
 MEMORY, DISK = "memory", "disk"
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
@@ -29,6 +46,7 @@ BUFFER_BYTES = 500 * 2**20  # seed 004: "2x estimated + 500MB"
 CHROMA_MEMORY_FACTOR = 3.0
 
 CHROMA_FIXED_BYTES = 32 * 2**20
+
 
 @dataclass
 class Estimate:
@@ -55,12 +73,15 @@ class Estimate:
             "choice": self.choice,
         }
 
-def zone_of(chunks: int) -> str:
+
+def _zone_of(chunks: int) -> str:
     """Seed 004's zones: green below 100,000 chunks, yellow to 500,000, red above."""
     return GREEN if chunks < GREEN_MAX_CHUNKS else YELLOW if chunks <= YELLOW_MAX_CHUNKS else RED
 
+
 def _gb(n: int) -> str:
     return f"{n / 2**30:.2f}GB"
+
 
 def estimate(
     chunks: int,
@@ -92,7 +113,7 @@ def estimate(
     est = int(per_chunk * chunks) + CHROMA_FIXED_BYTES
     required = 2 * est + BUFFER_BYTES
     cap = max_memory_mb * 2**20
-    zone = zone_of(chunks)
+    zone = _zone_of(chunks)
     fits = zone != RED and required <= available_bytes and est <= cap
     if fits:
         choice, message = (
@@ -134,6 +155,7 @@ def estimate(
         choice=choice,
         message=message,
     )
+
 
 def estimate_for_version(
     version, available_bytes: int | None = None, max_memory_mb: int = 2048, disk_copy: bool = True

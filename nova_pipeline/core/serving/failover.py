@@ -28,7 +28,10 @@ from nova_pipeline.core.serving.pointer import (
     write_state,
 )
 
+__all__ = ["ActiveStore", "FailoverSettings", "activate_backup", "active_store", "fail_back"]
+
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class FailoverSettings:
@@ -74,6 +77,7 @@ class FailoverSettings:
             max_memory_mb=get("NOVA_BACKUP_MAX_MEMORY_MB", d.max_memory_mb, int),
         )
 
+
 @dataclass
 class ActiveStore:
     """The store the pointer names, for the pipeline: a label, its client (opened on first use, so a step
@@ -115,6 +119,7 @@ class ActiveStore:
         # the runtime copy no longer equals a golden version: the next refresh must diff it for real
         Layout.of(self.home).runtime_version.unlink(missing_ok=True)
 
+
 def active_store(home, chroma_url: str | None) -> ActiveStore:
     """The pointer's store: the primary, or while failed over, the on-disk backup (the runtime copy),
     journaled. Nothing is opened until its ``client`` is used."""
@@ -124,6 +129,7 @@ def active_store(home, chroma_url: str | None) -> ActiveStore:
     return ActiveStore(
         label=BACKUP, state=state, home=Path(home), chroma_url=chroma_url, journal=Journal(home)
     )
+
 
 def activate_backup(
     home, settings: FailoverSettings, reason: str, who: str, available_bytes: int | None = None
@@ -189,6 +195,7 @@ def activate_backup(
         runtime_copy={"upserted": applied.upserted, "deleted": applied.deleted},
     )
 
+
 class _CacheOnlyEmbedder:
     """An embedder that never embeds: failback repairs the primary from the embedding cache alone."""
 
@@ -200,6 +207,7 @@ class _CacheOnlyEmbedder:
             f"{len(texts)} texts are missing from the embedding cache; failback does not "
             "re-embed: run the rebuild job"
         )
+
 
 def fail_back(home, chroma_url: str | None, fingerprint: str, chunks, who: str, sample: int = 25) -> dict:
     """Fail back: bring the primary up to date without re-indexing, check it, flip the pointer, audit.

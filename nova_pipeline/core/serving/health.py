@@ -18,6 +18,23 @@ from pathlib import Path
 
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "BACKUP_MAX_AGE_HOURS",
+    "MIN_FREE_DISK_BYTES",
+    "Check",
+    "backup_age",
+    "disk_headroom",
+    "golden_quick",
+    "healthy",
+    "home_writable",
+    "last_run",
+    "memory_headroom",
+    "model_loads",
+    "postgres",
+    "primary_store",
+    "run_checks",
+]
+
 MIN_FREE_DISK_BYTES = 2**30  # 1 GiB: a promotion, a backup and the store's next batch need room
 BACKUP_MAX_AGE_HOURS = 26.0  # the daily_backup schedule, plus two hours of slack
 
@@ -44,14 +61,27 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
 def home_writable(home) -> Check:
     """NOVA_HOME and the directories under it that exist are writable (NOVA_HOME may not exist yet)."""
     layout = Layout.of(home)
-    dirs = [layout.home, layout.tables, layout.store, layout.dictionaries, layout.vectors, layout.golden,
-            layout.runtime, layout.backups, layout.logs, layout.failover]
+    dirs = [
+        layout.home,
+        layout.tables,
+        layout.store,
+        layout.dictionaries,
+        layout.vectors,
+        layout.golden,
+        layout.runtime,
+        layout.backups,
+        layout.logs,
+        layout.failover,
+    ]
     bad = [str(d) for d in dirs if d.exists() and not os.access(d, os.W_OK | os.X_OK)]
     if not layout.home.exists():
         parent = layout.home.parent
         ok = os.access(parent, os.W_OK | os.X_OK)
-        return Check("NOVA_HOME writable", ok, f"{layout.home} does not exist yet; {parent} is "
-                     + ("writable" if ok else "not writable"))
+        return Check(
+            "NOVA_HOME writable",
+            ok,
+            f"{layout.home} does not exist yet; {parent} is " + ("writable" if ok else "not writable"),
+        )
     return Check(
         "NOVA_HOME writable", not bad, "not writable: " + ", ".join(bad) if bad else str(layout.home)
     )

@@ -18,6 +18,8 @@ import pyarrow as pa
 from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.layout import Layout
 
+__all__ = ["Journal", "JournalingCollection"]
+
 
 class Journal:
     """The write journal of a failover: ``NOVA_HOME/failover/journal/<seq>-<upsert|delete>.parquet``.
@@ -104,6 +106,7 @@ class Journal:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
 
 class JournalingCollection:
     """A Chroma collection whose writes are journaled first (write-ahead); reads pass through."""

@@ -22,6 +22,8 @@ from nova_pipeline.core.protect.guard import DeletionGuard
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
 
+__all__ = ["Plan", "make_plan", "plan_table"]
+
 
 @dataclass
 class Plan:

@@ -16,10 +16,23 @@ from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import FailoverError
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "BACKUP",
+    "PRIMARY",
+    "FailoverState",
+    "now_iso",
+    "read_state",
+    "set_breaker",
+    "state_path",
+    "write_state",
+]
+
 PRIMARY, BACKUP = "primary", "backup"
+
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
 
 @dataclass
 class FailoverState:
@@ -49,8 +62,10 @@ class FailoverState:
     def failed_over(self) -> bool:
         return self.active == BACKUP
 
+
 def state_path(home) -> Path:
     return Layout.of(home).failover / "state.json"
+
 
 def read_state(home) -> FailoverState:
     """The pointer; ``primary`` with a closed breaker when it was never written."""
@@ -63,11 +78,13 @@ def read_state(home) -> FailoverState:
     known = {f for f in FailoverState.__dataclass_fields__}
     return FailoverState(**{k: v for k, v in raw.items() if k in known})
 
+
 def write_state(home, state: FailoverState) -> FailoverState:
     """Write the pointer atomically (temp file, fsync, rename) and return it."""
     state.updated_at = now_iso()
     atomic_write_bytes(state_path(home), json.dumps(asdict(state), indent=1).encode())
     return state
+
 
 def set_breaker(home, breaker: str) -> FailoverState:
     """Record the breaker's state in the pointer (only when it changed)."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["Probe", "probe"]
+
 
 @dataclass
 class Probe:
@@ -25,7 +27,8 @@ class Probe:
     count: int | None = None
     error: str = ""
 
-def probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, timeout: float = 5.0) -> dict:
+
+def _probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, timeout: float = 5.0) -> dict:
     """Heartbeat (server mode), count and one query of the primary collection, in this process.
 
     A server is probed through Chroma's HTTP API (``/api/v2``: heartbeat, the collection by name, count, one
@@ -64,8 +67,9 @@ def probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, timeo
         col.query(query_embeddings=np.asarray(got["embeddings"], dtype=np.float32), n_results=1)
     return {"count": count}
 
+
 def probe(home: Path, chroma_url: str | None, fingerprint: str, timeout: float = 10.0) -> Probe:
-    """:func:`probe_in_process` in a subprocess, bounded by ``timeout`` seconds: a hang is a failure, and a
+    """:func:`_probe_in_process` in a subprocess, bounded by ``timeout`` seconds: a hang is a failure, and a
     crash of the vector library (a segfault, chroma#7238) is a failed probe, not a crashed caller."""
     started = time.perf_counter()
     cmd = [
@@ -96,12 +100,16 @@ def probe(home: Path, chroma_url: str | None, fingerprint: str, timeout: float =
     except (ValueError, KeyError, IndexError) as exc:
         return Probe(False, took, error=f"probe printed nothing usable ({exc})")
 
+
 def _main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "probe":
-        print(json.dumps(probe_in_process(Path(argv[1]), argv[2] or None, argv[3])))
+        print(json.dumps(_probe_in_process(Path(argv[1]), argv[2] or None, argv[3])))
         return 0
-    print("usage: python -m nova_pipeline.core.serving.probe probe HOME CHROMA_URL FINGERPRINT", file=sys.stderr)
+    print(
+        "usage: python -m nova_pipeline.core.serving.probe probe HOME CHROMA_URL FINGERPRINT", file=sys.stderr
+    )
     return 2
+
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))

@@ -58,7 +58,10 @@ from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.pointer import BACKUP, PRIMARY, read_state
 from nova_pipeline.core.settings import Settings
 
+__all__ = ["BackupStore", "SearchResult", "Searcher", "hit_json", "search"]
+
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class SearchResult:
@@ -75,12 +78,14 @@ class SearchResult:
     primary_error: str = ""
     mode: str = "hybrid"
 
+
 class BackupStore:
     """The backup store: CURRENT's export in memory when the estimate allows (and ``prefer_memory``), else
     the on-disk runtime copy. Thread-safe; reloaded when CURRENT changes."""
 
-    def __init__(self, settings: Settings, fingerprint: str, failover: FailoverSettings,
-                 prefer_memory: bool = True):
+    def __init__(
+        self, settings: Settings, fingerprint: str, failover: FailoverSettings, prefer_memory: bool = True
+    ):
         self.settings, self.fingerprint, self.failover = settings, fingerprint, failover
         self.prefer_memory = prefer_memory
         self._lock = threading.Lock()
@@ -145,6 +150,7 @@ class BackupStore:
             "in memory" if kind == MEMORY else f"on disk at {runtime}",
             est.message,
         )
+
 
 class Searcher:
     """Searches with failover (see the module docstring). One per process is enough; thread-safe.
@@ -291,8 +297,10 @@ class Searcher:
         state = read_state(self.settings.home)
         lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY) if mode != VECTOR else None
         if lex is None and mode == LEXICAL:
-            raise IndexNotBuiltError("no lexical index yet: run the rebuild job (make rebuild, or dagster "
-                                     "job execute -m nova_pipeline.definitions -j rebuild)")
+            raise IndexNotBuiltError(
+                "no lexical index yet: run the rebuild job (make rebuild, or dagster "
+                "job execute -m nova_pipeline.definitions -j rebuild)"
+            )
         if lex is None and mode == HYBRID:
             log.warning("no lexical index yet: hybrid search answers from the vector side only")
         n = max(k, self.ranking.candidates) if mode == HYBRID else k
@@ -322,12 +330,23 @@ class Searcher:
                 need = [i for i in lex_ids if i not in by_id]
                 texts = _documents(col, need)
                 candidates = [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits] + [
-                    (i, lex.docs["symbol"].iat[h.row], lex.docs["path"].iat[h.row],
-                     by_id[i].text if i in by_id else texts.get(i)) for i, h in zip(lex_ids, lex_hits)
+                    (
+                        i,
+                        lex.docs["symbol"].iat[h.row],
+                        lex.docs["path"].iat[h.row],
+                        by_id[i].text if i in by_id else texts.get(i),
+                    )
+                    for i, h in zip(lex_ids, lex_hits)
                 ]
                 boosted = boost_shares(targets, phrase, candidates)
-                order = fuse([([h.chunk_id for h in vhits], self.ranking.vector_weight),
-                              (lex_ids, self.ranking.lexical_weight)], boosted, self.ranking)[:k]
+                order = fuse(
+                    [
+                        ([h.chunk_id for h in vhits], self.ranking.vector_weight),
+                        (lex_ids, self.ranking.lexical_weight),
+                    ],
+                    boosted,
+                    self.ranking,
+                )[:k]
                 for cid, _ in order:
                     if cid in by_id:
                         by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
@@ -346,9 +365,17 @@ class Searcher:
             if h is None:  # found by the lexical side only
                 row = lh.row
                 d = lex.docs.iloc[row]
-                h = Hit(path=d["path"], start_line=int(d["start_line"]), end_line=int(d["end_line"]),
-                        symbol=d["symbol"] or "", language=d["language"], score=score,
-                        text=texts.get(cid) or "", chunk_id=cid, exact=boosted.get(cid, 0.0) >= 1.0)
+                h = Hit(
+                    path=d["path"],
+                    start_line=int(d["start_line"]),
+                    end_line=int(d["end_line"]),
+                    symbol=d["symbol"] or "",
+                    language=d["language"],
+                    score=score,
+                    text=texts.get(cid) or "",
+                    chunk_id=cid,
+                    exact=boosted.get(cid, 0.0) >= 1.0,
+                )
             h.score = score
             h.lexical_score = lh.score if lh is not None else None
             if lh is not None:
@@ -357,12 +384,17 @@ class Searcher:
                 h.matched_terms = lex.matched_terms(row, terms)
             hits.append(h)
         return SearchResult(
-            hits=_label(hits, store, stale), store=store, stale_as_of=stale, fell_back=fell_back,
-            primary_error=error, mode=mode,
+            hits=_label(hits, store, stale),
+            store=store,
+            stale_as_of=stale,
+            fell_back=fell_back,
+            primary_error=error,
+            mode=mode,
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
 
 def _documents(col, ids: list[str]) -> dict[str, str]:
     """Chunk id → document, for ``ids`` (one ``get``; none when ``ids`` is empty)."""
@@ -370,6 +402,7 @@ def _documents(col, ids: list[str]) -> dict[str, str]:
         return {}
     got = col.get(ids=ids, include=["documents"])
     return {i: d or "" for i, d in zip(got["ids"], got["documents"])}
+
 
 def _filters(lex, path: str | None, language: str | None) -> tuple[dict | None, list[str] | None]:
     """``(where, paths)``: the Chroma filter for ``path``/``language``, and the paths the glob matches
@@ -384,6 +417,7 @@ def _filters(lex, path: str | None, language: str | None) -> tuple[dict | None, 
             clauses.append({"path": {"$in": paths}})
     where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
     return where, paths
+
 
 def hit_json(h: Hit) -> dict:
     """A hit as JSON (``nova search --json`` and ``nova serve``'s ``/search``)."""
@@ -404,10 +438,12 @@ def hit_json(h: Hit) -> dict:
         "stale_as_of": h.stale_as_of,
     }
 
+
 def _label(hits: list[Hit], store: str, stale: str | None) -> list[Hit]:
     for h in hits:
         h.store, h.stale_as_of = store, stale
     return hits
+
 
 def search(
     text: str,

@@ -27,6 +27,8 @@ from nova_pipeline.core.keys import (
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table, table_path
 
+__all__ = ["collect_stats", "describe_state"]
+
 
 def _dir_bytes(path: Path) -> int:
     total = 0
@@ -124,14 +126,25 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
 
         lex = lexical.current_path(s.home)
         if lex is None:
-            rows.append({"asset": LEXICAL_INDEX, "where": str(s.layout.lexical),
-                         "what": "none yet: run the rebuild job", "warning": True})
+            rows.append(
+                {
+                    "asset": LEXICAL_INDEX,
+                    "where": str(s.layout.lexical),
+                    "what": "none yet: run the rebuild job",
+                    "warning": True,
+                }
+            )
         else:
             meta = json.loads((lex / lexical.META).read_text())
             stale = "" if lex.name == lexical.chunks_digest(chunks) else "; not of the current chunks"
-            rows.append({"asset": LEXICAL_INDEX, "where": str(lex),
-                         "what": f"{meta['docs']:,} documents, {meta.get('vocabulary', 0):,} terms{stale}",
-                         **({"warning": True} if stale else {})})
+            rows.append(
+                {
+                    "asset": LEXICAL_INDEX,
+                    "where": str(lex),
+                    "what": f"{meta['docs']:,} documents, {meta.get('vocabulary', 0):,} terms{stale}",
+                    **({"warning": True} if stale else {}),
+                }
+            )
     cur = golden.current_version(s.home)
     if cur is not None:
         rows.append(
@@ -171,7 +184,7 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
     return rows
 
 
-def vector_store_stats(settings: Settings, fingerprint: str) -> dict:
+def _vector_store_stats(settings: Settings, fingerprint: str) -> dict:
     """Collections (name: vectors), the vectors and documents of ours, bytes on disk (embedded mode).
     Reads only: an embedded data dir that does not exist yet is reported empty, not created."""
     from nova_pipeline.core.index.vector_store import collection_name, open_client
@@ -200,7 +213,7 @@ def vector_store_stats(settings: Settings, fingerprint: str) -> dict:
     return out
 
 
-def embedding_cache_stats(settings: Settings, fingerprint: str) -> dict:
+def _embedding_cache_stats(settings: Settings, fingerprint: str) -> dict:
     """Entries and bytes of the embedding cache of ``fingerprint`` (read-only, writes nothing)."""
     path = settings.layout.embedding_cache(fingerprint)
     if not path.exists():
@@ -229,8 +242,8 @@ def collect_stats(settings: Settings, fingerprint: str, last_index_run: dict | N
     from nova_pipeline.core.compression.patterns import display_pattern
     from nova_pipeline.core.compression.store import ContentStore
 
-    out: dict = {"vector_store": vector_store_stats(settings, fingerprint)}
-    cache = embedding_cache_stats(settings, fingerprint)
+    out: dict = {"vector_store": _vector_store_stats(settings, fingerprint)}
+    cache = _embedding_cache_stats(settings, fingerprint)
     if last_index_run:
         hits, embedded = int(last_index_run.get("cache_hits", 0)), int(last_index_run.get("embedded", 0))
         asked = hits + embedded

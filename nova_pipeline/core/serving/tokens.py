@@ -21,6 +21,8 @@ from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.layout import Layout
 
+__all__ = ["ROLES", "SCRYPT", "TokenEntry", "TokenError", "TokenStore"]
+
 ROLES = ("viewer", "admin")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 

@@ -16,16 +16,18 @@ from nova_pipeline.core.ingest.walk import ScanOptions
 def test_trains_on_real_code_and_beats_no_dictionary(stdlib_tree, tmp_path):
     manifest = scan(ScanOptions(stdlib_tree)).manifest
     registry = DictionaryRegistry(tmp_path)
-    info, action, skipped = build_for_tree(unique_contents(stdlib_tree, manifest), registry,
-                                           DictionaryOptions(dict_size=16_384))
+    info, action, skipped = build_for_tree(
+        unique_contents(stdlib_tree, manifest), registry, DictionaryOptions(dict_size=16_384)
+    )
     assert action == "trained" and skipped == 0
     data = registry.load(info.blake3)  # named by, and verified against, its blake3
     assert registry.path(info.blake3).exists() and len(data) == info.size <= 16_384
     assert zstd.ZstdCompressionDict(data).dict_id() == info.dict_id
     assert info.heldout_files > 0 and info.ratio_with > info.ratio_without
     # same corpus again: nothing trained, nothing measured
-    again, action2, _ = build_for_tree(unique_contents(stdlib_tree, manifest), registry,
-                                       DictionaryOptions(dict_size=16_384))
+    again, action2, _ = build_for_tree(
+        unique_contents(stdlib_tree, manifest), registry, DictionaryOptions(dict_size=16_384)
+    )
     assert action2 == "unchanged" and again.blake3 == info.blake3
 
 

@@ -17,8 +17,9 @@ from nova_pipeline.core.ingest.walk import ScanOptions
 def built(stdlib_tree, tmp_path):
     home = tmp_path / "home"
     manifest = scan(ScanOptions(stdlib_tree)).manifest
-    info, _, _ = build_for_tree(unique_contents(stdlib_tree, manifest), DictionaryRegistry(home),
-                                DictionaryOptions(dict_size=16_384))
+    info, _, _ = build_for_tree(
+        unique_contents(stdlib_tree, manifest), DictionaryRegistry(home), DictionaryOptions(dict_size=16_384)
+    )
     store = ContentStore(home)
     update = update_store(store, stdlib_tree, manifest, info.blake3)
     return store, manifest, info, update, stdlib_tree

@@ -18,8 +18,9 @@ def chunks(tok, path, text, language):
 
 def test_python_splits_on_top_level_definitions(tok):
     funcs = "\n\n".join(
-        f"def func_{i}(a, b):\n    \"\"\"Docstring {i} " + "explains a lot of things " * 12 + "\"\"\"\n"
-        f"    return a * {i} + b\n" for i in range(6)
+        f'def func_{i}(a, b):\n    """Docstring {i} ' + "explains a lot of things " * 12 + '"""\n'
+        f"    return a * {i} + b\n"
+        for i in range(6)
     )
     src = "import os\nimport sys\n\n\n" + funcs + "\n\nclass Widget:\n    def run(self):\n        return 1\n"
     out = chunks(tok, "pkg/mod.py", src, "python")
@@ -117,11 +118,12 @@ def test_unchanged_files_reuse_their_chunks(tok, stdlib_tree):
 def long_class(body_of_b: str = "return x * 2") -> str:
     methods = "\n".join(
         f"    def method_{i}(self, x: int, *, scale: float = 1.0) -> float:\n"
-        f"        \"\"\"Method {i} " + "does careful arithmetic on its input " * 6 + "\"\"\"\n"
-        f"        return x * {i} * scale\n" for i in range(8)
+        f'        """Method {i} ' + "does careful arithmetic on its input " * 6 + '"""\n'
+        f"        return x * {i} * scale\n"
+        for i in range(8)
     )
     return (
-        "class Calculator(Base):\n    \"\"\"A calculator with many methods.\"\"\"\n\n    precision = 4\n\n"
+        'class Calculator(Base):\n    """A calculator with many methods."""\n\n    precision = 4\n\n'
         + methods
         + f"\n    def b(self, x):\n        {body_of_b}\n"
         + "\n\nclass Small:\n    def run(self):\n        return 1\n"

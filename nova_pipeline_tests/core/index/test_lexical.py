@@ -25,8 +25,20 @@ from nova_pipeline.core.ingest.walk import ScanOptions
 
 def test_code_tokens_keep_identifiers_whole_and_split_them_into_stemmed_words():
     toks = lexical.code_tokens("class HTTPServer(read_table): raise JSONDecodeError('Expecting value')")
-    assert {"httpserver", "http", "server", "read_table", "read", "tabl", "jsondecodeerror", "json",
-            "decod", "error", "expect", "valu"} <= set(toks)
+    assert {
+        "httpserver",
+        "http",
+        "server",
+        "read_table",
+        "read",
+        "tabl",
+        "jsondecodeerror",
+        "json",
+        "decod",
+        "error",
+        "expect",
+        "valu",
+    } <= set(toks)
     assert "the" not in lexical.code_tokens("the value of the key")  # English stop words are left out
 
 
@@ -153,7 +165,6 @@ def test_search_settings_from_the_environment():
         SearchSettings.from_env({"NOVA_SEARCH_VECTOR_WEIGHT": "lots"})
 
 
-
 def test_a_quoted_error_message_is_a_phrase_matched_across_white_space():
     p = phrase_of('"Expecting property name  enclosed in double quotes"')
     assert p == "expecting property name enclosed in double quotes"
@@ -172,7 +183,8 @@ def test_boost_shares_take_the_larger_reason_per_chunk():
     assert boost_shares({"JSONDecoder"}, "", cands) == {"head": 1.0, "method": 0.5}
     phrase = phrase_of("Expecting value: line 1")
     assert boost_shares(set(), phrase, [("x", "", "a.py", 'raise E("Expecting value: line 1 column")')]) == {
-        "x": 1.0}
+        "x": 1.0
+    }
 
 
 def test_the_chunks_digest_ignores_row_order_and_dtypes_and_sees_any_change(chunks):

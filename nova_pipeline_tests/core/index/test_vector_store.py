@@ -93,11 +93,26 @@ def test_concurrent_slices_reconcile_only_their_own_buckets(tmp_path, chunks, fa
     col = get_collection(open_client(tmp_path), fake_embedder.fingerprint)
     cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
     legacy = chunks.iloc[:3]  # written before buckets existed: same ids, no bucket in the metadata
-    col.upsert(ids=legacy["chunk_id"].tolist(), embeddings=fake_embedder.embed(legacy["text"].tolist()),
-               documents=legacy["text"].tolist(), metadatas=[{"path": p} for p in legacy["path"]])
+    col.upsert(
+        ids=legacy["chunk_id"].tolist(),
+        embeddings=fake_embedder.embed(legacy["text"].tolist()),
+        documents=legacy["text"].tolist(),
+        metadatas=[{"path": p} for p in legacy["path"]],
+    )
     with ThreadPoolExecutor(2) as pool:
-        stats = list(pool.map(lambda i: reconcile(col, chunks, fake_embedder, EmbeddingCache(
-            tmp_path, fake_embedder.fingerprint), batch_size=16, buckets=slice_buckets(i, 2)), range(2)))
+        stats = list(
+            pool.map(
+                lambda i: reconcile(
+                    col,
+                    chunks,
+                    fake_embedder,
+                    EmbeddingCache(tmp_path, fake_embedder.fingerprint),
+                    batch_size=16,
+                    buckets=slice_buckets(i, 2),
+                ),
+                range(2),
+            )
+        )
     assert sum(s.wanted for s in stats) == len(chunks) == col.count()
     assert sum(s.upserted for s in stats) == len(chunks)  # the legacy three again, now with their bucket
     got = col.get(include=["metadatas"])

@@ -37,8 +37,15 @@ def test_manifest_columns_hash_and_language(tmp_path):
 
 def test_builtin_and_extra_ignores(tmp_path):
     write(tmp_path, "keep.py")
-    for rel in (".git/config", "node_modules/x/index.js", "__pycache__/m.cpython-311.pyc", ".nova/t",
-                "build/out.py", "pkg/m.pyc", "env1/lib/x.py"):
+    for rel in (
+        ".git/config",
+        "node_modules/x/index.js",
+        "__pycache__/m.cpython-311.pyc",
+        ".nova/t",
+        "build/out.py",
+        "pkg/m.pyc",
+        "env1/lib/x.py",
+    ):
         write(tmp_path, rel)
     write(tmp_path, "env1/pyvenv.cfg", "home = /usr\n")
     write(tmp_path, "secret/key.txt")
@@ -181,8 +188,11 @@ def test_edit_delete_and_rename(tmp_path):
     second = scan(ScanOptions(tmp_path), first.manifest)
     status = dict(zip(second.manifest["path"], second.manifest["status"]))
     assert status == {
-        "edit.py": "changed", "new_name.py": "added", "old_name.py": "deleted",
-        "remove.py": "deleted", "stay.py": "unchanged",
+        "edit.py": "changed",
+        "new_name.py": "added",
+        "old_name.py": "deleted",
+        "remove.py": "deleted",
+        "stay.py": "unchanged",
     }
     digests = dict(zip(second.manifest["path"], second.manifest["blake3"]))
     assert digests["new_name.py"] == digests["old_name.py"]

@@ -107,8 +107,20 @@ def test_wrong_dictionary_fails_the_restore_drill_naming_it(home):
     other = zstd.train_dictionary(4096, samples).as_bytes()
     manifest = json.loads(dict(members)[backup.BACKUP_MANIFEST])
     manifest["members"][dict_name] = {"blake3": blake3.blake3(other).hexdigest(), "size": len(other)}
-    rewrite(b, [(n, other if n == dict_name else json.dumps(manifest).encode() if n == backup.BACKUP_MANIFEST
-                 else d) for n, d in members])
+    rewrite(
+        b,
+        [
+            (
+                n,
+                other
+                if n == dict_name
+                else json.dumps(manifest).encode()
+                if n == backup.BACKUP_MANIFEST
+                else d,
+            )
+            for n, d in members
+        ],
+    )
     assert backup.verify(h, b.id, 2) == []  # the archive is self-consistent
     failures = backup.verify(h, b.id, 3)
     assert any(dict_name.rsplit("/", 1)[1] in f for f in failures)  # the golden manifest names the dictionary
@@ -124,8 +136,11 @@ def test_crafted_archive_with_dotdot_is_refused(home, tmp_path):
     evil = b"owned\n"
     manifest = json.loads(dict(members)[backup.BACKUP_MANIFEST])
     manifest["members"]["../../evil.txt"] = {"blake3": blake3.blake3(evil).hexdigest(), "size": len(evil)}
-    rewrite(b, [("../../evil.txt", evil)] + [(n, json.dumps(manifest).encode() if n == backup.BACKUP_MANIFEST
-                                              else d) for n, d in members])
+    rewrite(
+        b,
+        [("../../evil.txt", evil)]
+        + [(n, json.dumps(manifest).encode() if n == backup.BACKUP_MANIFEST else d) for n, d in members],
+    )
     with pytest.raises(BackupVerifyError, match=r"\.\./\.\./evil\.txt"):
         backup.extract(b, tmp_path / "out")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()

@@ -306,7 +306,9 @@ def test_server_mode_exports_and_refills_an_empty_server(json_tree, tmp_path, ch
 
 def test_names_stay_in_creation_order_when_retention_frees_one(home, json_tree, monkeypatch):
     h, _ = home
-    monkeypatch.setattr(versions_mod.time, "strftime", lambda fmt, t=None: "20260101T000000Z")  # all in one second
+    monkeypatch.setattr(
+        versions_mod.time, "strftime", lambda fmt, t=None: "20260101T000000Z"
+    )  # all in one second
     names = []
     for n in range(5):
         edit(json_tree, n)

@@ -22,8 +22,10 @@ def test_losing_most_files_is_refused_naming_counts_and_the_override():
 
 
 def test_a_moved_tree_is_not_a_loss():
-    moved = manifest([(f"f{i}.py", f"h{i}", "deleted") for i in range(40)]
-                     + [(f"new/f{i}.py", f"h{i}", "added") for i in range(40)])
+    moved = manifest(
+        [(f"f{i}.py", f"h{i}", "deleted") for i in range(40)]
+        + [(f"new/f{i}.py", f"h{i}", "added") for i in range(40)]
+    )
     assert DeletionGuard().check_files(PREVIOUS, moved) == 0
 
 

@@ -32,8 +32,9 @@ def test_zones_and_where_a_backup_can_live():
     assert capped.choice == "disk" and "max_memory_mb=100" in capped.message
     refused = estimate(2_000, 6_000_000, available_bytes=100 * 2**20, disk_copy=False)
     assert refused.choice == "refuse"
-    assert refused.message.startswith("BACKUP ACTIVATION FAILED - Insufficient memory. Required: 0.58GB, "
-                                      "Available: 0.10GB")
+    assert refused.message.startswith(
+        "BACKUP ACTIVATION FAILED - Insufficient memory. Required: 0.58GB, Available: 0.10GB"
+    )
 
 
 def test_the_journal_is_written_ahead_and_replays_idempotently(tmp_path, fake_embedder):

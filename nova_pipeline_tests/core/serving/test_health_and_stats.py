@@ -50,7 +50,8 @@ def test_stats_and_state_describe_what_is_built(json_tree, tmp_path):
     } <= set(rows)
     assert f"{len(chunks):,} vectors" in rows["vector_index"]["what"]
     assert rows["lexical_index"]["what"].startswith(f"{len(chunks):,} documents") and not rows[
-        "lexical_index"].get("warning")
+        "lexical_index"
+    ].get("warning")
     stats = collect_stats(s, FP, {"cache_hits": 3, "embedded": 1, "upserted": 4})
     assert stats["vector_store"]["vectors"] == len(chunks) and stats["vector_store"]["bytes_on_disk"] > 0
     assert stats["embedding_cache"]["entries"] == chunks["content_blake3"].nunique()

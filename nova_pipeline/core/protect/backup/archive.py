@@ -41,6 +41,27 @@ from nova_pipeline.core.protect.golden.versions import (
     stamp_key,
 )
 
+__all__ = [
+    "ARCHIVE",
+    "BACKUP_MANIFEST",
+    "DEFAULT_KEEP",
+    "DEFAULT_LEVEL",
+    "DEFAULT_THREADS",
+    "NAME_RE",
+    "PG_DUMP",
+    "BackupInfo",
+    "BackupResult",
+    "apply_retention",
+    "backups_dir",
+    "create_backup",
+    "find_backup",
+    "list_backups",
+    "mark_verified",
+    "newest_backup",
+    "open_archive",
+    "read_backup_manifest",
+]
+
 log = logging.getLogger(__name__)
 
 ARCHIVE = Layout(Path())  # an archive mirrors NOVA_HOME: golden/<version>/..., store/objects/..
@@ -57,8 +78,10 @@ DEFAULT_LEVEL = 3  # zstd level of the archive
 
 DEFAULT_THREADS = -1  # zstd threads: every core
 
+
 def backups_dir(home: Path | Layout) -> Path:
     return Layout.of(home).backups
+
 
 @dataclass
 class BackupInfo:
@@ -84,6 +107,7 @@ class BackupInfo:
         except (FileNotFoundError, ValueError, KeyError):
             return 0
 
+
 def mark_verified(b: BackupInfo, level: int, golden_version: str | None = None) -> None:
     try:
         record = json.loads(b.verified_path.read_text())
@@ -95,6 +119,7 @@ def mark_verified(b: BackupInfo, level: int, golden_version: str | None = None) 
         if golden_version:
             record["golden_version"] = golden_version
         atomic_write_bytes(b.verified_path, json.dumps(record).encode())
+
 
 def list_backups(home: Path) -> list[BackupInfo]:
     """Published backups, newest first."""
@@ -108,10 +133,12 @@ def list_backups(home: Path) -> list[BackupInfo]:
             out.append(BackupInfo(id=m.group(1), path=p, size=p.stat().st_size))
     return sorted(out, key=lambda b: stamp_key(b.id), reverse=True)
 
+
 def newest_backup(home: Path) -> BackupInfo | None:
     """The newest published backup, or None."""
     found = list_backups(home)
     return found[0] if found else None
+
 
 def find_backup(home: Path, backup_id: str) -> BackupInfo:
     """A backup by id (or by file name).
@@ -123,6 +150,7 @@ def find_backup(home: Path, backup_id: str) -> BackupInfo:
         if backup_id in (b.id, b.path.name):
             return b
     raise BackupError(f"no backup {backup_id!r} under {backups_dir(home)}; `nova backup list` shows them")
+
 
 class _HashingWriter(io.RawIOBase):
     """A write-only file that hashes what passes through it."""
@@ -137,6 +165,7 @@ class _HashingWriter(io.RawIOBase):
     def write(self, b) -> int:
         self.hash.update(b)
         return self.fh.write(b)
+
 
 class _Passthrough(io.RawIOBase):
     """Raw adapter so io.BufferedWriter can batch tarfile's small writes into the zstd stream."""
@@ -154,6 +183,7 @@ class _Passthrough(io.RawIOBase):
     def close(self) -> None:  # the zstd writer is closed by its own context manager
         super().close()
 
+
 @dataclass
 class BackupResult:
     """What :func:`create_backup` wrote. Seconds are wall-clock."""
@@ -166,6 +196,7 @@ class BackupResult:
     removed: list[str] = field(default_factory=list)
     pg_dump: str = "not configured"
 
+
 def _members(home: Path) -> tuple[str, list[tuple[str, Path]]]:
     """(golden version name, [(archive name, file)]) of what goes into a backup."""
     cur = current_version(home)
@@ -174,8 +205,11 @@ def _members(home: Path) -> tuple[str, list[tuple[str, Path]]]:
     failures = verify_tree(cur.path)
     if failures:
         raise BackupError(f"golden version {cur.name} does not verify, not backing it up: {failures[0]}")
-    members = [((ARCHIVE.golden / cur.name / p.relative_to(cur.path)).as_posix(), p)
-               for p in sorted(cur.path.rglob("*")) if p.is_file()]
+    members = [
+        ((ARCHIVE.golden / cur.name / p.relative_to(cur.path)).as_posix(), p)
+        for p in sorted(cur.path.rglob("*"))
+        if p.is_file()
+    ]
     idx = cur.path / "store_index.parquet"
     if idx.exists():
         from nova_pipeline.core.compression.store import ContentStore
@@ -189,6 +223,7 @@ def _members(home: Path) -> tuple[str, list[tuple[str, Path]]]:
                 )
             members.append(((ARCHIVE.store_objects / key[:2] / key[2:]).as_posix(), path))
     return cur.name, members
+
 
 def create_backup(
     home: Path,
@@ -294,12 +329,14 @@ def create_backup(
         pg_dump=pg_dump,
     )
 
+
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     ti = tarfile.TarInfo(name)
     ti.size = len(data)
     ti.mode = 0o644
     ti.mtime = int(time.time())
     tar.addfile(ti, io.BytesIO(data))
+
 
 def apply_retention(home: Path, keep: int = DEFAULT_KEEP) -> list[str]:
     """Keep the newest ``keep`` verified backups (per their ``.verified`` record); delete older ones.
@@ -331,6 +368,7 @@ def apply_retention(home: Path, keep: int = DEFAULT_KEEP) -> list[str]:
         removed.append(b.id)
     return removed
 
+
 def _golden_version_of(b: BackupInfo) -> str | None:
     try:
         return json.loads(b.verified_path.read_text())["golden_version"]
@@ -341,11 +379,13 @@ def _golden_version_of(b: BackupInfo) -> str | None:
     except BackupVerifyError:
         return None
 
+
 def open_archive(path: Path):
     dctx = zstd.ZstdDecompressor()
     fh = open(path, "rb")
     reader = dctx.stream_reader(fh, closefd=True)
     return tarfile.open(fileobj=reader, mode="r|")
+
 
 def read_backup_manifest(b: BackupInfo) -> dict:
     """The archive's manifest (the last member), read by streaming the archive.

@@ -38,6 +38,8 @@ from nova_pipeline.core.protect.backup.archive import (
 )
 from nova_pipeline.core.protect.golden.verify import open_check_in_subprocess, verify_tree
 
+__all__ = ["extract", "restore_drill", "unsafe_member", "verify", "verify_full", "verify_structure"]
+
 
 def verify_structure(b: BackupInfo, read_manifest: bool = True) -> list[str]:
     """Level 1: the checksum file matches the archive, and (unless ``read_manifest`` is False) the archive
@@ -60,10 +62,12 @@ def verify_structure(b: BackupInfo, read_manifest: bool = True) -> list[str]:
             failures.append(str(exc))
     return failures
 
+
 def verify_full(b: BackupInfo) -> list[str]:
     """Level 2: the checksum, then every member read once and checked against the manifest (the last
     member)."""
     return _full_read(b)[1]
+
 
 def _full_read(b: BackupInfo) -> tuple[dict | None, list[str]]:
     """One pass over the archive: ``(manifest, failures)``, the manifest being None when it is missing."""
@@ -98,6 +102,7 @@ def _full_read(b: BackupInfo) -> tuple[dict | None, list[str]]:
         failures.append(f"member {name} is missing from the archive")
     return manifest, failures
 
+
 def unsafe_member(ti: tarfile.TarInfo) -> str | None:
     """Why a member must not be extracted (absolute path, ``..``, link, device), or None."""
     name = ti.name
@@ -112,6 +117,7 @@ def unsafe_member(ti: tarfile.TarInfo) -> str | None:
     if not (ti.isfile() or ti.isdir()):
         return f"member {name} is not a regular file: refused"
     return None
+
 
 def extract(b: BackupInfo, dest: Path) -> dict:
     """Safely extract a backup into ``dest`` after a full-read verification; returns its manifest.
@@ -130,6 +136,7 @@ def extract(b: BackupInfo, dest: Path) -> dict:
                 raise BackupVerifyError(problem)
             tar.extract(ti, dest, filter="data")
     return manifest
+
 
 def restore_drill(home: Path, b: BackupInfo, pg_admin_url: str | None = None) -> list[str]:
     """Level 3: restore into a temp dir and prove it works; one message per failure."""
@@ -161,6 +168,7 @@ def restore_drill(home: Path, b: BackupInfo, pg_admin_url: str | None = None) ->
         if manifest.get("pg_dump") in (True, "included"):  # True: archives written before the status
             failures += _pg_restore_drill(root / PG_DUMP, pg_admin_url)
         return failures
+
 
 def _pg_restore_drill(dump: Path, admin_url: str | None) -> list[str]:
     """Restore a dump into a scratch database, count its runs, drop it."""
@@ -198,6 +206,7 @@ def _pg_restore_drill(dump: Path, admin_url: str | None) -> list[str]:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
         conn.close()
+
 
 def verify(home: Path, backup_id: str, level: int = 2, pg_admin_url: str | None = None) -> list[str]:
     """Verify a backup at ``level`` 1, 2 or 3 (see the module docstring); returns the failures."""

@@ -1,5 +1,4 @@
-"""Restoring a backup: extract to a new location, verify there, then switch atomically; audited.
-"""
+"""Restoring a backup: extract to a new location, verify there, then switch atomically; audited."""
 
 from __future__ import annotations
 
@@ -22,6 +21,8 @@ from nova_pipeline.core.protect.golden.versions import (
     pin_version,
     remove_tree,
 )
+
+__all__ = ["restore"]
 
 
 def restore(home: Path, backup_id: str, confirm: bool, who: str, chroma_url: str | None = None) -> dict:

@@ -28,6 +28,22 @@ from nova_pipeline.core.index.vector_store import (
 )
 from nova_pipeline.core.protect.golden.versions import LEXICAL_DIR
 
+__all__ = [
+    "EXPORT_DIR",
+    "EXPORT_SHARDS",
+    "FETCH_PAGE",
+    "chunks_from_export",
+    "embedding_matrix",
+    "export_files",
+    "fetch_rows",
+    "import_export",
+    "read_shard",
+    "restore_lexical",
+    "shard_name",
+    "shard_of",
+    "table_bytes",
+]
+
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
@@ -36,16 +52,20 @@ EXPORT_SHARDS = 64
 
 FETCH_PAGE = 1000
 
+
 def shard_of(path: str) -> int:
     """The export shard of a chunk of file ``path``: its blake3 modulo :data:`EXPORT_SHARDS`."""
     return int.from_bytes(blake3.blake3(path.encode()).digest(length=4), "big") % EXPORT_SHARDS
 
+
 def shard_name(shard: int) -> str:
     return f"{EXPORT_DIR}/part-{shard:02d}.parquet"
+
 
 def export_files(version_dir: Path) -> list[Path]:
     """The export's Parquet files of a version (both the sharded and the earlier one-file layout)."""
     return sorted((Path(version_dir) / EXPORT_DIR).glob("*.parquet"))
+
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:
     """The ``embedding`` column of an export table as a float32 matrix ``(rows, dimension)``."""
@@ -53,9 +73,11 @@ def embedding_matrix(table: pa.Table) -> np.ndarray:
     flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     return flat.reshape(len(table), -1) if len(table) else np.zeros((0, 0), dtype=np.float32)
 
+
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One export file as an Arrow table."""
     return pq.read_table(path, columns=columns)
+
 
 def fetch_rows(collection, ids: list[str]) -> pa.Table:
     """``id, embedding, document, metadata`` of ``ids`` from ``collection``, sorted by id.
@@ -90,11 +112,13 @@ def fetch_rows(collection, ids: list[str]) -> pa.Table:
         }
     )
 
+
 def table_bytes(table: pa.Table) -> bytes:
     """Deterministic Parquet bytes of ``table`` (same rows, same library: same bytes, so same blake3)."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
 
 def import_export(collection, version_dir: Path, batch: int = 1000) -> tuple[int, int]:
     """Make ``collection`` hold exactly a version's vectors, as a diff and without re-embedding.
@@ -134,19 +158,26 @@ def import_export(collection, version_dir: Path, batch: int = 1000) -> tuple[int
 
 
 def chunks_from_export(version_dir: Path) -> pd.DataFrame:
-    """The chunks a golden version's export holds, as the table :func:`~nova_pipeline.core.index.lexical.build` indexes (ids, documents and
+    """The chunks a golden version's export holds, as the table ``lexical.build`` indexes (ids, documents and
     their metadata); for a golden version made before lexical indexes were part of it."""
     frames = []
     for f in export_files(Path(version_dir)):
         t = read_shard(f, ["id", "document", "metadata"]).to_pandas()
         meta = pd.DataFrame([json.loads(m) for m in t["metadata"]], index=t.index)
-        frames.append(pd.DataFrame({
-            "chunk_id": t["id"], "text": t["document"].fillna(""), "path": meta["path"],
-            "symbol": meta.get("symbol", pd.Series("", index=t.index)).fillna(""),
-            "language": meta["language"], "start_line": meta["start_line"].astype("int64"),
-            "end_line": meta["end_line"].astype("int64"),
-            "content_blake3": meta["content_blake3"],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "chunk_id": t["id"],
+                    "text": t["document"].fillna(""),
+                    "path": meta["path"],
+                    "symbol": meta.get("symbol", pd.Series("", index=t.index)).fillna(""),
+                    "language": meta["language"],
+                    "start_line": meta["start_line"].astype("int64"),
+                    "end_line": meta["end_line"].astype("int64"),
+                    "content_blake3": meta["content_blake3"],
+                }
+            )
+        )
     if not frames:
         return pd.DataFrame({c: [] for c in ["chunk_id", "text", "content_blake3", *lexical.DOC_COLUMNS[1:]]})
     return pd.concat(frames, ignore_index=True).sort_values(["path", "start_line"], ignore_index=True)

@@ -76,12 +76,15 @@ from nova_pipeline.core.protect.golden.versions import (
 from nova_pipeline.core.protect.guard import DeletionGuard
 from nova_pipeline.core.tables import read_table, table_path
 
+__all__ = ["FORMAT", "TABLES", "Promotion", "content_key", "promote", "shard_digests"]
+
 log = logging.getLogger(__name__)
 
 
 FORMAT = 2
 
 TABLES = (SOURCE_FILES, FREQUENT_PATTERNS)
+
 
 def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
     """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
@@ -92,6 +95,7 @@ def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: s
         s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
         for s, ids in sorted(by_shard.items())
     }
+
 
 def content_key(
     fingerprint: str,
@@ -114,6 +118,7 @@ def content_key(
     body = json.dumps(fields, sort_keys=True)
     return blake3.blake3(body.encode()).hexdigest()
 
+
 @dataclass
 class Promotion:
     """What :func:`promote` did. Bytes are bytes; ``seconds`` wall-clock.
@@ -133,6 +138,7 @@ class Promotion:
     shards_linked: int = 0
     seconds: float = 0.0
     removed: list[str] = field(default_factory=list)
+
 
 class _Placer:
     """Puts files into a staging version: a hard link to CURRENT's file when the bytes are the same."""
@@ -174,10 +180,12 @@ class _Placer:
         self.bytes_written += len(data)
         self.files_written += 1
 
+
 def _write_file(path: Path, data: bytes) -> None:
     """Write a new staging file (flushed to disk later by one ``syncfs`` of the version)."""
     with open(path, "wb") as fh:
         fh.write(data)
+
 
 def promote(
     home: Path,
@@ -226,8 +234,13 @@ def promote(
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
     digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
     lexical_dir = _lexical_for(home, chunks)
-    key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries,
-                      lexical_dir.name if lexical_dir is not None else None)
+    key = content_key(
+        fingerprint,
+        digests,
+        store_index["key"].tolist(),
+        dictionaries,
+        lexical_dir.name if lexical_dir is not None else None,
+    )
 
     cur = current_version(home)
     cur_failures = verify_tree(cur.path) if cur is not None else []
@@ -354,6 +367,7 @@ def promote(
         seconds=time.perf_counter() - started,
         removed=removed,
     )
+
 
 def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
     """The live lexical index directory when it holds exactly ``chunks`` (else None, logged)."""

@@ -35,6 +35,15 @@ from nova_pipeline.core.protect.golden.versions import (
     remove_tree,
 )
 
+__all__ = [
+    "Applied",
+    "forget_cached_clients",
+    "make_runtime_copy",
+    "reset_index",
+    "runtime_dir",
+    "runtime_version",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -50,11 +59,13 @@ class Applied:
     rebuilt: bool
     seconds: float
 
+
 def _require_current(home: Path) -> GoldenVersion:
     cur = current_version(home)
     if cur is None:
         raise GoldenCopyError("no golden copy yet: run the rebuild job, whose last step promotes one")
     return cur
+
 
 def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
     """Make the embedded store at ``dest`` hold exactly ``version``: a diff when it opens, else a fresh
@@ -100,8 +111,10 @@ def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
         seconds=time.perf_counter() - started,
     )
 
+
 def runtime_dir(home: Path | Layout) -> Path:
     return Layout.of(home).runtime_vectors
+
 
 def make_runtime_copy(home: Path, force: bool = False) -> Applied:
     """Bring ``NOVA_HOME/runtime/vectors``, a writable embedded Chroma store, to the CURRENT version.
@@ -135,12 +148,14 @@ def make_runtime_copy(home: Path, force: bool = False) -> Applied:
     )
     return applied
 
+
 def runtime_version(home: Path) -> dict | None:
     """``{"version", "created_at", "count"}`` of the golden version the runtime copy holds, or None."""
     try:
         return json.loads(Layout.of(home).runtime_version.read_text())
     except (OSError, ValueError):
         return None
+
 
 def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> dict:
     """Bring the primary index back to CURRENT without re-embedding, and audit it.
@@ -192,6 +207,7 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
     details["lexical"] = f"{lex.docs} documents, {how}"
     outcome = "ok" if count == model["count"] else f"count {count} != {model['count']}"
     return audit.record(home, "reset_index", outcome, who, version=cur.name, count=count, **details)
+
 
 def forget_cached_clients() -> None:
     """Chroma caches one system per data dir and process; drop it before and after swapping the dir."""

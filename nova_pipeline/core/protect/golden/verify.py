@@ -23,13 +23,16 @@ from nova_pipeline.core.index.vector_store import (
 from nova_pipeline.core.protect.golden.export import embedding_matrix, export_files, import_export, read_shard
 from nova_pipeline.core.protect.golden.versions import LEXICAL_DIR, MANIFEST
 
+__all__ = ["open_check", "open_check_in_subprocess", "verify_export", "verify_tree", "verify_with_cache"]
 
-def file_digest(path: Path) -> str:
+
+def _file_digest(path: Path) -> str:
     h = blake3.blake3(max_threads=blake3.blake3.AUTO)
     with open(path, "rb") as fh:
         while block := fh.read(4 * 2**20):
             h.update(block)
     return h.hexdigest()
+
 
 def verify_tree(root: Path, manifest: dict[str, dict] | None = None) -> list[str]:
     """Check every file of ``root`` against its manifest; one message per missing, changed or extra file."""
@@ -46,12 +49,13 @@ def verify_tree(root: Path, manifest: dict[str, dict] | None = None) -> list[str
         p = root / rel
         if not p.is_file():
             failures.append(f"{p} is missing")
-        elif p.stat().st_size != want["size"] or file_digest(p) != want["blake3"]:
+        elif p.stat().st_size != want["size"] or _file_digest(p) != want["blake3"]:
             failures.append(f"{p} was changed: its blake3 does not match {MANIFEST}")
     for p in root.rglob("*"):
         if p.is_file() and p.name != MANIFEST and p.relative_to(root).as_posix() not in manifest:
             failures.append(f"{p} is not in {MANIFEST}")
     return failures
+
 
 def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None) -> dict:
     """Check a version's export without a vector database.
@@ -138,6 +142,7 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
             failures.append(f"chunk {want} did not find itself first (found {best_id[j]})")
     return {"count": count, "expected": model["count"], "failures": failures}
 
+
 def open_check(version_dir: Path, sample: int = 5) -> dict:
     """Load a version's export into a throwaway Chroma store and check count and self-retrieval.
 
@@ -169,6 +174,7 @@ def open_check(version_dir: Path, sample: int = 5) -> dict:
                 failures.append(f"chunk {want} did not retrieve itself (got {got[0] if got else 'nothing'})")
     return {"count": count, "expected": model["count"], "failures": failures}
 
+
 def open_check_in_subprocess(version_dir: Path, timeout: float = 600) -> dict:
     """:func:`open_check` in a separate Python process; a crash there is a failure here, not a crash."""
     proc = subprocess.run(
@@ -189,6 +195,7 @@ def open_check_in_subprocess(version_dir: Path, timeout: float = 600) -> dict:
         }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
+
 def verify_with_cache(stage: Path, home: Path, fingerprint: str) -> dict:
     from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 
@@ -200,12 +207,14 @@ def verify_with_cache(stage: Path, home: Path, fingerprint: str) -> dict:
     finally:
         cache.close()
 
+
 def _main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "open-check":
         print(json.dumps(open_check(Path(argv[1]))))
         return 0
     print("usage: python -m nova_pipeline.core.protect.golden.verify open-check VERSION_DIR", file=sys.stderr)
     return 2
+
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))

@@ -26,6 +26,32 @@ from nova_pipeline.core.compression.store import ContentStore
 from nova_pipeline.core.errors import GoldenCopyError
 from nova_pipeline.core.layout import Layout
 
+__all__ = [
+    "CURRENT",
+    "DEFAULT_KEEP",
+    "LEXICAL_DIR",
+    "MANIFEST",
+    "PARTIAL_PREFIX",
+    "PIN_PREFIX",
+    "STAMP_RE",
+    "STORE_INDEX",
+    "GoldenVersion",
+    "apply_retention",
+    "clean_partials",
+    "current_version",
+    "golden_root",
+    "list_versions",
+    "new_stamp",
+    "new_version_name",
+    "pin_name",
+    "pin_version",
+    "read_manifest",
+    "remove_tree",
+    "set_read_only",
+    "stamp_key",
+    "sync_pins",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +65,10 @@ DEFAULT_KEEP = 3
 
 LEXICAL_DIR = "lexical"
 
+
 def golden_root(home: Path | Layout) -> Path:
     return Layout.of(home).golden
+
 
 def read_manifest(version_dir: Path) -> dict:
     """The parsed ``MANIFEST.json`` of a version.
@@ -53,11 +81,13 @@ def read_manifest(version_dir: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise GoldenCopyError(f"{Path(version_dir) / MANIFEST} is unreadable: {exc}") from exc
 
+
 def set_read_only(root: Path) -> None:
     """Files 0444, directories 0555."""
     for p in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True):
         os.chmod(p, 0o555 if p.is_dir() else 0o444)
     os.chmod(root, 0o555)
+
 
 def remove_tree(root: Path) -> None:
     """Delete a (possibly read-only) tree. Only directories are made writable (unlinking a name needs a
@@ -70,6 +100,7 @@ def remove_tree(root: Path) -> None:
             os.chmod(d, 0o755)
     shutil.rmtree(root)
 
+
 @dataclass
 class GoldenVersion:
     """A committed golden version. ``bytes`` counts every file, shared or not."""
@@ -81,6 +112,7 @@ class GoldenVersion:
     files: int
     bytes: int
     content_key: str = ""
+
 
 def list_versions(home: Path) -> list[GoldenVersion]:
     """Committed versions (those with a manifest), oldest first."""
@@ -108,6 +140,7 @@ def list_versions(home: Path) -> list[GoldenVersion]:
         )
     return out
 
+
 def current_version(home: Path) -> GoldenVersion | None:
     """The version ``CURRENT`` points at, or None."""
     try:
@@ -120,6 +153,7 @@ def current_version(home: Path) -> GoldenVersion | None:
     raise GoldenCopyError(
         f"{golden_root(home) / CURRENT} points at {name!r}, which is not a committed version"
     )
+
 
 STORE_INDEX = "store_index.parquet"
 PIN_PREFIX = "golden-"
@@ -135,8 +169,10 @@ def pin_version(home: Path, version_dir: Path) -> None:
     ``store_index.parquet``; a version without one pins nothing)."""
     idx = Path(version_dir) / STORE_INDEX
     if idx.exists():
-        ContentStore(home).pin(pin_name(Path(version_dir).name.removeprefix(PARTIAL_PREFIX)),
-                               pd.read_parquet(idx, columns=["key", "dict_blake3"]))
+        ContentStore(home).pin(
+            pin_name(Path(version_dir).name.removeprefix(PARTIAL_PREFIX)),
+            pd.read_parquet(idx, columns=["key", "dict_blake3"]),
+        )
 
 
 def sync_pins(home: Path) -> dict[str, int]:
@@ -160,6 +196,7 @@ def sync_pins(home: Path) -> dict[str, int]:
 
 STAMP_RE = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?$")
 
+
 def new_stamp(existing: Iterable[str]) -> str:
     """A UTC stamp ``YYYYmmddTHHMMSSZ`` that sorts after every stamp in ``existing``: the current second, or
     the newest existing stamp suffixed ``-2``, ``-3``… when that second (or a later one, if the clock went
@@ -170,19 +207,23 @@ def new_stamp(existing: Iterable[str]) -> str:
         return base
     return f"{newest[0]}-{newest[1] + 1}"
 
+
 def stamp_key(stamp: str) -> tuple[str, int]:
     """Sort key of a stamp from :func:`new_stamp`: ``-10`` sorts after ``-9``, not between ``-1`` and
     ``-2``."""
     base, _, n = stamp.partition("-")
     return base, int(n) if n.isdigit() else 1
 
+
 def new_version_name(root: Path) -> str:
     return new_stamp(p.name.removeprefix(PARTIAL_PREFIX) for p in root.iterdir())
+
 
 def clean_partials(root: Path) -> None:
     for d in root.glob(f"{PARTIAL_PREFIX}*"):
         log.warning("removing %s, left by an interrupted promotion", d)
         remove_tree(d)
+
 
 def apply_retention(home: Path, keep: int) -> list[str]:
     """Delete the oldest versions beyond ``keep``, never CURRENT, then unpin their store objects (in that

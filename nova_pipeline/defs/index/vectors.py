@@ -1,7 +1,9 @@
-"""Assets of the semantic index: source_chunks, lexical_index and vector_index, with their checks.
+"""The ``vector_index`` asset: a graph of ops (plan the slices, reconcile each, finish) and its two
+blocking checks, which run in its last op. Logic: :mod:`nova_pipeline.core.index.reconcile` and
+:mod:`nova_pipeline.core.index.verification`.
 
-As in the compression stages, downstream assets read ``source_files``/``source_chunks`` from their tables
-(``deps``), and each asset's checks run inside its step (``check_specs``); vector_index's run in its last op.
+Downstream assets read ``source_chunks`` from its table (``deps``); writers take the locks of
+:mod:`nova_pipeline.core.locks`.
 """
 
 import contextlib
@@ -15,8 +17,6 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.errors import SettingsError, VectorStoreError
-from nova_pipeline.core.index import lexical
-from nova_pipeline.core.index.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.reconcile import reconcile
 from nova_pipeline.core.index.vector_store import (
@@ -33,112 +33,14 @@ from nova_pipeline.core.index.verification import (
     self_retrieval_failures,
     store_state,
 )
-from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES, VECTOR_INDEX
+from nova_pipeline.core.keys import INDEX, SOURCE_CHUNKS, VECTOR_INDEX
 from nova_pipeline.core.locks import bucket_locks, writer_lock
 from nova_pipeline.core.serving.failover import ActiveStore, active_store
 from nova_pipeline.core.serving.pointer import PRIMARY
-from nova_pipeline.core.tables import read_table, require_table
+from nova_pipeline.core.tables import require_table
 from nova_pipeline.defs.metadata import DAILY, md_table
 from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
-from nova_pipeline.deploy.run_events import DONE, PART, PHASE, TOTAL, UNIT, progress_reporter
-
-
-@dg.asset(kinds={"python", "parquet"}, group_name=INDEX, deps=[SOURCE_FILES])
-def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedder: EmbedderResource):
-    """Code-aware chunks: ``chunk_id, path, start_line, end_line, symbol, language, content_blake3, n_tokens,
-    truncated`` (plus ``file_blake3`` and the embedded ``text``). Unchanged files keep their chunks."""
-    settings = nova.settings()
-    source_files = require_table(settings.layout, SOURCE_FILES)
-    tokenizer = embedder.tokenizer()
-    previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
-    last = context.instance.get_latest_materialization_event(context.asset_key)
-    meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
-    last_chunker = meta["chunker"].value if "chunker" in meta else "1"
-    if previous is not None and last_chunker != CHUNKER_VERSION:
-        context.log.info(f"the chunker changed ({last_chunker} -> {CHUNKER_VERSION}): every file is chunked "
-                         "again (texts that did not change keep their cached embeddings)")
-        previous = None
-    df, stats = chunk_manifest(
-        settings.source_dir,
-        source_files,
-        previous,
-        tokenizer.count,
-        tokenizer.max_seq_length,
-        progress=progress_reporter(context, "chunk", "files"),
-    )
-    if stats.truncated_new:  # chunks reused from the last run were reported when they were made
-        context.log.warning(
-            f"{stats.truncated_new} new chunks exceed {tokenizer.max_seq_length} word pieces: the model sees "
-            f"only their start ({stats.truncated} such chunks in all)"
-        )
-    by_language = df.groupby("language").agg(chunks=("chunk_id", "size"), tokens=("n_tokens", "sum"))
-    return dg.MaterializeResult(
-        value=df,
-        metadata={
-            "chunks": stats.chunks,
-            "files_chunked": stats.files_chunked,
-            "files_reused": stats.files_reused,
-            "truncated": stats.truncated,
-            "skipped_changed_since_scan": stats.skipped,
-            "mean_tokens": round(float(df["n_tokens"].mean()), 1) if len(df) else 0.0,
-            "max_tokens": tokenizer.max_seq_length,
-            "chunker": CHUNKER_VERSION,
-            "by_language": md_table(by_language.reset_index()),
-        },
-    )
-
-
-LEXICAL_CHECK = dg.AssetCheckSpec(
-    "lexical_index_matches_chunks",
-    asset=LEXICAL_INDEX,
-    blocking=True,
-    description="The live lexical index holds exactly the chunk ids of source_chunks.",
-)
-
-
-@dg.asset(
-    kinds={"python", "bm25s"},
-    group_name=INDEX,
-    deps=[SOURCE_CHUNKS],
-    check_specs=[LEXICAL_CHECK],
-)
-def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings):
-    """The BM25 index of the chunks under ``NOVA_HOME/lexical/`` (core/lexical.py): the lexical side of
-    hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a changed one is
-    built beside the live index and switched to atomically. Its check runs in the same step."""
-    home = nova.settings(require_source=False).home
-    source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
-    stats = lexical.update(home, source_chunks, with_texts=lambda: require_table(home, SOURCE_CHUNKS))
-    context.log.info(
-        f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
-        + (f"built in {stats.seconds:.2f} s" if stats.built else "(unchanged: no work)")
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "documents": stats.docs,
-            "vocabulary": stats.vocabulary,
-            "built": stats.built,
-            "digest": stats.digest,
-            "path": dg.MetadataValue.path(str(stats.path)),
-            "tokenizer": lexical.TOKENIZER_VERSION,
-            "duration_s": round(stats.seconds, 3),
-        },
-        check_results=[lexical_index_matches_chunks(home, source_chunks)],
-    )
-
-
-def lexical_index_matches_chunks(home, chunks: pd.DataFrame) -> dg.AssetCheckResult:
-    """The live lexical index under ``home`` against ``chunks``: fails naming ids missing or extra."""
-    path = lexical.current_path(home)
-    failures = ["there is no live lexical index"] if path is None else lexical.id_failures(
-        path, chunks["chunk_id"].tolist()
-    )
-    return dg.AssetCheckResult(
-        check_name=LEXICAL_CHECK.name,
-        passed=not failures,
-        metadata={"documents": len(chunks), "failures": len(failures)},
-        description="; ".join(failures) or None,
-    )
+from nova_pipeline.deploy.run_events import DONE, PART, PHASE, TOTAL, UNIT
 
 
 class VectorIndexConfig(dg.Config):
@@ -208,8 +110,10 @@ _STEP_OUT = "step_io_manager"
 
 @dg.op(
     ins={SOURCE_CHUNKS: dg.In(dg.Nothing)},
-    out={"plan": dg.Out(dict, io_manager_key=_STEP_OUT),
-         "slices": dg.DynamicOut(dict, io_manager_key=_STEP_OUT)},
+    out={
+        "plan": dg.Out(dict, io_manager_key=_STEP_OUT),
+        "slices": dg.DynamicOut(dict, io_manager_key=_STEP_OUT),
+    },
 )
 def plan_vector_slices(
     context: dg.OpExecutionContext,
@@ -227,8 +131,13 @@ def plan_vector_slices(
     store = active_store(settings.home, settings.chroma_url)
     verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
     if verified.all_match(digest, state):
-        yield dg.Output({"verified": verified.matching("reconcile", digest, state),
-                         "checks": {c: verified.matching(c, digest, state) for c in CHECK_NAMES}}, "plan")
+        yield dg.Output(
+            {
+                "verified": verified.matching("reconcile", digest, state),
+                "checks": {c: verified.matching(c, digest, state) for c in CHECK_NAMES},
+            },
+            "plan",
+        )
         return
     collection = store.collection(fingerprint)
     try:
@@ -237,11 +146,22 @@ def plan_vector_slices(
         raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
     guard.guard().check_vectors(present, len(source_chunks), collection.name)
     n = resolve_slices(config.slices)
-    yield dg.Output({"verified": None, "slices": n, "present_before": present,
-                     "self_retrieval_sample": config.self_retrieval_sample}, "plan")
+    yield dg.Output(
+        {
+            "verified": None,
+            "slices": n,
+            "present_before": present,
+            "self_retrieval_sample": config.self_retrieval_sample,
+        },
+        "plan",
+    )
     for i in range(n):
-        task = {"index": i, "slices": n, "batch_size": config.batch_size,
-                "buckets": None if n == 1 else slice_buckets(i, n)}
+        task = {
+            "index": i,
+            "slices": n,
+            "batch_size": config.batch_size,
+            "buckets": None if n == 1 else slice_buckets(i, n),
+        }
         yield dg.DynamicOutput(task, mapping_key=f"slice_{i}", output_name="slices")
 
 
@@ -291,8 +211,16 @@ def reconcile_vector_slice(
     try:
         with _write_access(settings, store, task["buckets"]):
             collection = store.collection(model.fingerprint)
-            stats = reconcile(collection, source_chunks, model, cache, task["batch_size"],
-                              store.client.get_max_batch_size(), on_batch, buckets=task["buckets"])
+            stats = reconcile(
+                collection,
+                source_chunks,
+                model,
+                cache,
+                task["batch_size"],
+                store.client.get_max_batch_size(),
+                on_batch,
+                buckets=task["buckets"],
+            )
     finally:
         cache.close()
     context.log.info(
@@ -328,8 +256,10 @@ CHECK_NAMES = (COUNT_CHECK.name, SELF_CHECK.name)
     out={
         "result": dg.Out(dg.Nothing),  # nothing reads the asset's value: its downstream assets use deps
         # the graph asset's check outputs come from this op (they carry no value)
-        **{spec.get_python_identifier(): dg.Out(dg.Nothing, is_required=False)
-           for spec in (COUNT_CHECK, SELF_CHECK)},
+        **{
+            spec.get_python_identifier(): dg.Out(dg.Nothing, is_required=False)
+            for spec in (COUNT_CHECK, SELF_CHECK)
+        },
     }
 )
 def finish_vector_index(
@@ -354,19 +284,44 @@ def finish_vector_index(
         context.log.info(
             f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"
         )
-        yield dg.Output(None, "result", metadata={
-            "collection": name, "model_fingerprint": fingerprint, "mode": "embedded",
-            "vectors": int(rec.get("count", len(source_chunks))), "chunks": len(source_chunks),
-            "unchanged": len(source_chunks), "upserted": 0, "embedded": 0, "cache_hits": 0, "deleted": 0,
-            "batches": 0, "slices": 0, "verified": _unchanged_since(rec), "model_loaded": False,
-            "model_load_s": 0.0, "torch_imported": "torch" in sys.modules, "duration_s": 0.0,
-        })
+        yield dg.Output(
+            None,
+            "result",
+            metadata={
+                "collection": name,
+                "model_fingerprint": fingerprint,
+                "mode": "embedded",
+                "vectors": int(rec.get("count", len(source_chunks))),
+                "chunks": len(source_chunks),
+                "unchanged": len(source_chunks),
+                "upserted": 0,
+                "embedded": 0,
+                "cache_hits": 0,
+                "deleted": 0,
+                "batches": 0,
+                "slices": 0,
+                "verified": _unchanged_since(rec),
+                "model_loaded": False,
+                "model_load_s": 0.0,
+                "torch_imported": "torch" in sys.modules,
+                "duration_s": 0.0,
+            },
+        )
         count_rec, self_rec = checks[COUNT_CHECK.name], checks[SELF_CHECK.name]
-        yield dg.AssetCheckResult(check_name=COUNT_CHECK.name, passed=True, metadata={
-            "vectors": count_rec["count"], "chunks": count_rec["count"],
-            "verified": _unchanged_since(count_rec)})
-        yield dg.AssetCheckResult(check_name=SELF_CHECK.name, passed=True, metadata={
-            "checked": self_rec["checked"], "failures": 0, "verified": _unchanged_since(self_rec)})
+        yield dg.AssetCheckResult(
+            check_name=COUNT_CHECK.name,
+            passed=True,
+            metadata={
+                "vectors": count_rec["count"],
+                "chunks": count_rec["count"],
+                "verified": _unchanged_since(count_rec),
+            },
+        )
+        yield dg.AssetCheckResult(
+            check_name=SELF_CHECK.name,
+            passed=True,
+            metadata={"checked": self_rec["checked"], "failures": 0, "verified": _unchanged_since(self_rec)},
+        )
         return
     started = time.perf_counter()
     store = active_store(settings.home, settings.chroma_url)
@@ -384,67 +339,123 @@ def finish_vector_index(
     verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
     if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
         verified.record("reconcile", digest, state, context.run_id, count=count)
-    total = {k: sum(r[k] for r in results) for k in
-             ("unchanged", "upserted", "embedded", "cache_hits", "deleted", "batches", "embed_seconds")}
+    total = {
+        k: sum(r[k] for r in results)
+        for k in ("unchanged", "upserted", "embedded", "cache_hits", "deleted", "batches", "embed_seconds")
+    }
     if total["embedded"] == 0:
-        context.log.info(f"no new text to embed: {total['unchanged']} chunks already indexed, "
-                         f"{total['cache_hits']} from the cache")
+        context.log.info(
+            f"no new text to embed: {total['unchanged']} chunks already indexed, "
+            f"{total['cache_hits']} from the cache"
+        )
     wall = max((r["seconds"] for r in results), default=0.0) + (time.perf_counter() - started)
     workers = sorted({f"{r['host']}:{r['pid']}" for r in results})
-    by_slice = pd.DataFrame([{k: r[k] for k in ("slice", "wanted", "upserted", "embedded", "cache_hits",
-                                                  "deleted", "seconds", "host", "pid")} for r in results])
-    yield dg.Output(None, "result", metadata={
-        "collection": name,
-        "model_fingerprint": fingerprint,
-        "mode": ("backup (failed over; journaled)" if store.journal is not None
-                 else "server " + settings.chroma_url if settings.chroma_url else "embedded"),
-        "vectors": count,
-        "chunks": len(source_chunks),
-        **{k: v for k, v in total.items() if k != "embed_seconds"},
-        "deleted": total["deleted"] + swept,
-        "slices": len(results),
-        "workers": len(workers),
-        "by_slice": md_table(by_slice.round({"seconds": 2})) if len(results) > 1 else "one slice",
-        "embeddings_per_s": round(total["embedded"] / total["embed_seconds"], 1) if total["embed_seconds"]
-        else 0.0,
-        "verified": "reconciled against the collection's ids now",
-        # the model loads only when a text must be embedded; in a fresh process, torch stays unimported
-        "model_loaded": any(r["model_loaded"] for r in results),
-        "model_load_s": round(max((r["model_load_s"] for r in results), default=0.0), 2),
-        "torch_imported": "torch" in sys.modules,
-        "duration_s": round(wall, 2),
-    })
+    by_slice = pd.DataFrame(
+        [
+            {
+                k: r[k]
+                for k in (
+                    "slice",
+                    "wanted",
+                    "upserted",
+                    "embedded",
+                    "cache_hits",
+                    "deleted",
+                    "seconds",
+                    "host",
+                    "pid",
+                )
+            }
+            for r in results
+        ]
+    )
+    yield dg.Output(
+        None,
+        "result",
+        metadata={
+            "collection": name,
+            "model_fingerprint": fingerprint,
+            "mode": (
+                "backup (failed over; journaled)"
+                if store.journal is not None
+                else "server " + settings.chroma_url
+                if settings.chroma_url
+                else "embedded"
+            ),
+            "vectors": count,
+            "chunks": len(source_chunks),
+            **{k: v for k, v in total.items() if k != "embed_seconds"},
+            "deleted": total["deleted"] + swept,
+            "slices": len(results),
+            "workers": len(workers),
+            "by_slice": md_table(by_slice.round({"seconds": 2})) if len(results) > 1 else "one slice",
+            "embeddings_per_s": round(total["embedded"] / total["embed_seconds"], 1)
+            if total["embed_seconds"]
+            else 0.0,
+            "verified": "reconciled against the collection's ids now",
+            # the model loads only when a text must be embedded; in a fresh process, torch stays unimported
+            "model_loaded": any(r["model_loaded"] for r in results),
+            "model_load_s": round(max((r["model_load_s"] for r in results), default=0.0), 2),
+            "torch_imported": "torch" in sys.modules,
+            "duration_s": round(wall, 2),
+        },
+    )
     yield vector_count_matches_chunks(collection, source_chunks, verified, digest, state, context.run_id)
-    yield chunks_find_themselves(collection, source_chunks, settings.home, fingerprint,
-                                 plan["self_retrieval_sample"], verified, digest, state, context.run_id)
+    yield chunks_find_themselves(
+        collection,
+        source_chunks,
+        settings.home,
+        fingerprint,
+        plan["self_retrieval_sample"],
+        verified,
+        digest,
+        state,
+        context.run_id,
+    )
 
 
-def vector_count_matches_chunks(collection, chunks: pd.DataFrame, verified: VerifiedRecord, digest: str,
-                                state: str | None, run_id: str) -> dg.AssetCheckResult:
-    """One vector per chunk (:func:`~nova_pipeline.core.index.verification.count_failures`): fails naming up to
-    three chunks with no vector and three vectors that are no chunk's. A pass is recorded in ``verified``."""
+def vector_count_matches_chunks(
+    collection, chunks: pd.DataFrame, verified: VerifiedRecord, digest: str, state: str | None, run_id: str
+) -> dg.AssetCheckResult:
+    """One vector per chunk (:func:`~nova_pipeline.core.index.verification.count_failures`): fails naming up
+    to three chunks with no vector and three vectors that are no chunk's. A pass is recorded in
+    ``verified``."""
     count, missing, extra, named = count_failures(collection, chunks)
     if not named:
         verified.record(COUNT_CHECK.name, digest, state, run_id, count=count)
         return dg.AssetCheckResult(
-            check_name=COUNT_CHECK.name, passed=True,
+            check_name=COUNT_CHECK.name,
+            passed=True,
             metadata={"vectors": count, "chunks": len(chunks), "verified": "counted now"},
         )
     return dg.AssetCheckResult(
         check_name=COUNT_CHECK.name,
         passed=False,
-        metadata={"vectors": count, "chunks": len(chunks), "missing": missing, "extra": extra,
-                  "verified": "counted now"},
+        metadata={
+            "vectors": count,
+            "chunks": len(chunks),
+            "missing": missing,
+            "extra": extra,
+            "verified": "counted now",
+        },
         description=f"{collection.name} holds {count} vectors for {len(chunks)} chunks: " + "; ".join(named),
     )
 
 
-def chunks_find_themselves(collection, chunks: pd.DataFrame, home, fingerprint: str, sample: int,
-                           verified: VerifiedRecord, digest: str, state: str | None,
-                           run_id: str) -> dg.AssetCheckResult:
+def chunks_find_themselves(
+    collection,
+    chunks: pd.DataFrame,
+    home,
+    fingerprint: str,
+    sample: int,
+    verified: VerifiedRecord,
+    digest: str,
+    state: str | None,
+    run_id: str,
+) -> dg.AssetCheckResult:
     """``sample`` chunks queried with their own cached embedding each come back first
-    (:func:`~nova_pipeline.core.index.verification.self_retrieval_failures`); fails naming the first three that
-    did not. A pass is recorded in ``verified``."""
+    (:func:`~nova_pipeline.core.index.verification.self_retrieval_failures`); fails naming the first three
+    that did not. A pass is recorded in ``verified``."""
     cache = EmbeddingCache(home, fingerprint)
     try:
         checked, failures = self_retrieval_failures(collection, chunks, cache, sample)
@@ -481,8 +492,11 @@ def vector_index(source_chunks):
     plan, slices = plan_vector_slices(source_chunks)
     results = slices.map(reconcile_vector_slice).collect()
     result, count_check, self_check = finish_vector_index(plan, results)
-    return {"result": result, COUNT_CHECK.get_python_identifier(): count_check,
-            SELF_CHECK.get_python_identifier(): self_check}
+    return {
+        "result": result,
+        COUNT_CHECK.get_python_identifier(): count_check,
+        SELF_CHECK.get_python_identifier(): self_check,
+    }
 
 
 vector_index = vector_index.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=DAILY))

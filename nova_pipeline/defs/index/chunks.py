@@ -1,0 +1,118 @@
+"""The ``index`` group's ``source_chunks`` (code-aware chunks) and ``lexical_index`` (BM25, with its check).
+
+Logic: :mod:`nova_pipeline.core.index.chunking` and :mod:`nova_pipeline.core.index.lexical`. Each asset's
+check runs inside its step (``check_specs``); downstream assets read the chunks from their table (``deps``).
+"""
+
+import dagster as dg
+import pandas as pd
+
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest
+from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES
+from nova_pipeline.core.tables import read_table, require_table
+from nova_pipeline.defs.metadata import md_table
+from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
+from nova_pipeline.deploy.run_events import progress_reporter
+
+
+@dg.asset(kinds={"python", "parquet"}, group_name=INDEX, deps=[SOURCE_FILES])
+def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedder: EmbedderResource):
+    """Code-aware chunks: ``chunk_id, path, start_line, end_line, symbol, language, content_blake3, n_tokens,
+    truncated`` (plus ``file_blake3`` and the embedded ``text``). Unchanged files keep their chunks."""
+    settings = nova.settings()
+    source_files = require_table(settings.layout, SOURCE_FILES)
+    tokenizer = embedder.tokenizer()
+    previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
+    last = context.instance.get_latest_materialization_event(context.asset_key)
+    meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
+    last_chunker = meta["chunker"].value if "chunker" in meta else "1"
+    if previous is not None and last_chunker != CHUNKER_VERSION:
+        context.log.info(
+            f"the chunker changed ({last_chunker} -> {CHUNKER_VERSION}): every file is chunked "
+            "again (texts that did not change keep their cached embeddings)"
+        )
+        previous = None
+    df, stats = chunk_manifest(
+        settings.source_dir,
+        source_files,
+        previous,
+        tokenizer.count,
+        tokenizer.max_seq_length,
+        progress=progress_reporter(context, "chunk", "files"),
+    )
+    if stats.truncated_new:  # chunks reused from the last run were reported when they were made
+        context.log.warning(
+            f"{stats.truncated_new} new chunks exceed {tokenizer.max_seq_length} word pieces: the model sees "
+            f"only their start ({stats.truncated} such chunks in all)"
+        )
+    by_language = df.groupby("language").agg(chunks=("chunk_id", "size"), tokens=("n_tokens", "sum"))
+    return dg.MaterializeResult(
+        value=df,
+        metadata={
+            "chunks": stats.chunks,
+            "files_chunked": stats.files_chunked,
+            "files_reused": stats.files_reused,
+            "truncated": stats.truncated,
+            "skipped_changed_since_scan": stats.skipped,
+            "mean_tokens": round(float(df["n_tokens"].mean()), 1) if len(df) else 0.0,
+            "max_tokens": tokenizer.max_seq_length,
+            "chunker": CHUNKER_VERSION,
+            "by_language": md_table(by_language.reset_index()),
+        },
+    )
+
+
+LEXICAL_CHECK = dg.AssetCheckSpec(
+    "lexical_index_matches_chunks",
+    asset=LEXICAL_INDEX,
+    blocking=True,
+    description="The live lexical index holds exactly the chunk ids of source_chunks.",
+)
+
+
+@dg.asset(
+    kinds={"python", "bm25s"},
+    group_name=INDEX,
+    deps=[SOURCE_CHUNKS],
+    check_specs=[LEXICAL_CHECK],
+)
+def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings):
+    """The BM25 index of the chunks under ``NOVA_HOME/lexical/`` (core/lexical.py): the lexical side of
+    hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a changed one is
+    built beside the live index and switched to atomically. Its check runs in the same step."""
+    home = nova.settings(require_source=False).home
+    source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
+    stats = lexical.update(home, source_chunks, with_texts=lambda: require_table(home, SOURCE_CHUNKS))
+    context.log.info(
+        f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
+        + (f"built in {stats.seconds:.2f} s" if stats.built else "(unchanged: no work)")
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "documents": stats.docs,
+            "vocabulary": stats.vocabulary,
+            "built": stats.built,
+            "digest": stats.digest,
+            "path": dg.MetadataValue.path(str(stats.path)),
+            "tokenizer": lexical.TOKENIZER_VERSION,
+            "duration_s": round(stats.seconds, 3),
+        },
+        check_results=[lexical_index_matches_chunks(home, source_chunks)],
+    )
+
+
+def lexical_index_matches_chunks(home, chunks: pd.DataFrame) -> dg.AssetCheckResult:
+    """The live lexical index under ``home`` against ``chunks``: fails naming ids missing or extra."""
+    path = lexical.current_path(home)
+    failures = (
+        ["there is no live lexical index"]
+        if path is None
+        else lexical.id_failures(path, chunks["chunk_id"].tolist())
+    )
+    return dg.AssetCheckResult(
+        check_name=LEXICAL_CHECK.name,
+        passed=not failures,
+        metadata={"documents": len(chunks), "failures": len(failures)},
+        description="; ".join(failures) or None,
+    )
