@@ -157,3 +157,47 @@ def test_objects_no_golden_version_needs_are_collected(stdlib_tree, tmp_path):
     shutil.rmtree(stdlib_tree / "email")
     update = update_store(ContentStore(home), stdlib_tree, scan(ScanOptions(stdlib_tree)).manifest, "")
     assert update.removed_objects > 20  # without a golden version, nothing holds them
+
+
+def test_a_pin_keeps_its_objects_whatever_the_index_says_and_unpinning_frees_them(built):
+    store, manifest, info, update, root = built
+    keys = store.index()[["key", "dict_blake3"]]
+    store.pin("snapshot-a", keys.head(5))
+    assert store.pins() == ["snapshot-a"]
+    store.commit_index(store.index().iloc[0:0])  # an index that refers to nothing at all
+    removed, _ = store.collect_garbage()
+    assert removed == len(keys) - 5
+    assert store.verify(keys["key"].head(5).tolist()) == []  # the pinned five are still stored and readable
+    assert store.registry.path(info.blake3).exists()  # and so is the dictionary they need
+    assert store.unpin("snapshot-a") and not store.unpin("snapshot-a")
+    removed, _ = store.collect_garbage()
+    assert removed == 5 and store.pins() == []
+
+
+def test_a_store_from_before_pins_collects_nothing_until_its_pins_are_recorded(built):
+    """An existing home upgraded from a version without pins: its golden versions' objects are in no pin
+    yet, so garbage collection waits rather than delete what an older golden version needs."""
+    import shutil
+
+    store, manifest, info, update, root = built
+    shutil.rmtree(store.pins_dir)  # as a store made before pins
+    rel = manifest["path"].iloc[0]
+    os.unlink(root / rel)
+    again = update_store(
+        ContentStore(store.home), root, scan(ScanOptions(root), manifest).manifest, info.blake3
+    )
+    assert again.removed_objects == 0 and os.path.exists(store.object_path(manifest["blake3"].iloc[0]))
+
+
+def test_an_unreadable_pin_stops_garbage_collection_naming_the_pin(built):
+    store, *_ = built
+    (store.pins_dir / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(StoreCorruptError, match="broken.parquet"):
+        store.collect_garbage()
+
+
+@pytest.mark.parametrize("name", ["", "../escape", ".hidden", "a/b"])
+def test_a_pin_name_is_a_plain_file_name(built, name):
+    store, *_ = built
+    with pytest.raises(ValueError, match="plain file name"):
+        store.pin(name, store.index())

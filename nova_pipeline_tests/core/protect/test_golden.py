@@ -3,6 +3,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -346,3 +347,38 @@ def test_a_golden_version_without_a_lexical_index_rebuilds_it_from_the_export(ho
     # the next promotion adds it: the content key includes the lexical digest
     p = golden.promote(h, FP)
     assert p.promoted and (p.version.path / "lexical" / "meta.json").exists()
+
+
+def test_each_golden_version_pins_its_store_objects_and_retention_unpins_them(home, json_tree):
+    from nova_pipeline.core.compression.store import ContentStore
+
+    h, _ = home
+    names = []
+    for n in range(3):
+        edit(json_tree, n)
+        build_home(json_tree, h)
+        names.append(golden.promote(h, FP, keep=2).version.name)
+    pins = ContentStore(h).pins()
+    assert pins == [f"golden-{n}" for n in names[1:]]  # the first was dropped by retention, and unpinned
+    kept = golden.list_versions(h)[0]
+    # what the kept older version refers to survives a store update that no longer holds it
+    keys = set(pd.read_parquet(kept.path / "store_index.parquet")["key"])
+    store = ContentStore(h)
+    store.commit_index(store.index().iloc[0:0])
+    store.collect_garbage()
+    assert store.verify(sorted(keys)) == []
+
+
+def test_promote_repairs_the_pins_missing_versions_and_stale_pins(home, json_tree):
+    from nova_pipeline.core.compression.store import ContentStore
+
+    h, _ = home
+    first = golden.promote(h, FP).version
+    store = ContentStore(h)
+    store.unpin(f"golden-{first.name}")  # a home from before pins
+    store.pin("golden-20000101T000000Z", store.index())  # a pin whose version never got committed
+    edit(json_tree)
+    build_home(json_tree, h)
+    second = golden.promote(h, FP).version
+    assert store.pins() == [f"golden-{first.name}", f"golden-{second.name}"]
+    assert golden.sync_pins(h) == {"pinned": 0, "unpinned": 0}
