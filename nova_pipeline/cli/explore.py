@@ -282,6 +282,18 @@ def plan(
             table.add_row(str(row[0]), f"{row[1]:,}" if isinstance(row[1], int) else str(row[1]), str(row[2]))
         console.print(table)
         console.print(f"golden copy: {p.golden}")
+        if p.ignored_dirs or p.ignored_files:
+            ignored = Table(
+                title=f"ignored: {len(p.ignored_dirs):,} dirs, {sum(p.ignored_files.values()):,} files",
+                title_justify="left",
+            )
+            ignored.add_column("directory")
+            ignored.add_column("rule")
+            for path, rule in p.ignored_dirs.items():
+                ignored.add_row(path, rule)
+            for rule, n in p.ignored_files.items():
+                ignored.add_row(f"{n:,} files", rule)
+            console.print(ignored)
         for note in p.notes:
             console.print(f"[dim]{note}", highlight=False)
         for r in p.refusals:

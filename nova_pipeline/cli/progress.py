@@ -81,6 +81,12 @@ def describe(phase: str, m: dict) -> str:
             f"{g('status_changed', 0)}, deleted {g('status_deleted', 0)}; "
             f"re-hashed {_size(g('bytes_rehashed', 0))}"
             + (
+                f"; ignored {g('ignored_dirs_count', 0):,} dirs, {g('ignored_files_count', 0):,} files "
+                "(see the metadata)"
+                if g("ignored_dirs_count") or g("ignored_files_count")
+                else ""
+            )
+            + (
                 f"; skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in skipped.items())})"
                 if skipped
                 else ""

@@ -27,6 +27,11 @@ def _scan_metadata(result: ScanResult) -> dict[str, object]:
         "skipped": dg.MetadataValue.json(dict(st.skipped)),
         "skipped_total": sum(st.skipped.values()),
         "ignored_entries": st.ignored,
+        "ignored_dirs_count": len(st.ignored_dirs),
+        "ignored_files_count": sum(st.ignored_files.values()),
+        # every ignored directory with the rule that ignored it, and ignored files counted per rule
+        "ignored_dirs": dg.MetadataValue.json(dict(sorted(st.ignored_dirs.items()))),
+        "ignored_files_by_rule": dg.MetadataValue.json(dict(st.ignored_files.most_common())),
         "files_rehashed": st.files_hashed,
         "bytes_rehashed": st.bytes_hashed,
         "hash_mb_per_s": round(st.hash_mb_per_s, 1),
@@ -68,7 +73,8 @@ def source_files(
     skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(st.skipped.items())) or "none"
     context.log.info(
         f"{settings.source_dir}: {st.files:,} files, {st.bytes:,} bytes; {statuses}; "
-        f"re-hashed {st.bytes_hashed:,} bytes; skipped {skipped}"
+        f"re-hashed {st.bytes_hashed:,} bytes; skipped {skipped}; ignored {len(st.ignored_dirs):,} dirs, "
+        f"{sum(st.ignored_files.values()):,} files: see the metadata for which and why"
     )
     return dg.MaterializeResult(
         value=result.manifest, metadata={**_scan_metadata(result), "files_lost": lost}

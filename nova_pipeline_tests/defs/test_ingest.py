@@ -44,6 +44,27 @@ def test_materialize_on_temp_tree(tmp_path):
         assert meta(res2, "files_rehashed") == 1
 
 
+def test_the_metadata_and_the_plan_name_every_ignored_directory_with_its_rule(tmp_path, nova_env):
+    src = tmp_path / "src"
+    for rel in ("pip/operations/build/metadata.py", "build/lib/copy.py", "docs/_build/x.py", "docs/a.md"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("x = 1\n")
+    (src / "docs/.gitignore").write_text("_build/\n")
+    home = nova_env["home"]
+    with dg.instance_for_test() as instance:
+        res = dg.materialize([source_files], resources=resources(src, home), instance=instance)
+    assert meta(res, "ignored_dirs") == {
+        "build/": "built-in /build/ (root only)",
+        "docs/_build/": "docs/.gitignore:1 _build/",
+    }
+    assert meta(res, "ignored_dirs_count") == 2
+    assert "pip/operations/build/metadata.py" in set(read_table(home, "source_files")["path"])
+    from nova_pipeline_tests.cli.test_cli import nova
+
+    out = nova(["plan"], {"NOVA_SOURCE_DIR": str(src), "NOVA_HOME": str(home), "COLUMNS": "200"}, tmp_path)
+    assert "ignored: 2 dirs" in out.stdout and "docs/.gitignore:1 _build/" in out.stdout, out.stdout
+
+
 def test_missing_source_dir_fails_naming_the_path(tmp_path):
     missing = tmp_path / "does-not-exist"
     with dg.instance_for_test() as instance, pytest.raises(SettingsError, match=str(missing)):

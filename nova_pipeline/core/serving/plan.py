@@ -39,6 +39,8 @@ class Plan:
     vectors_now: int | None = None
     vectors_to_delete: int = 0
     golden: str = ""
+    ignored_dirs: dict[str, str] = field(default_factory=dict)  # "path/" -> the rule that ignores it
+    ignored_files: dict[str, int] = field(default_factory=dict)  # rule -> files it ignores
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -116,6 +118,8 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
         known_binaries=read_table(home, "source_files_binaries"),
     )
     manifest = result.manifest
+    plan.ignored_dirs = dict(sorted(result.stats.ignored_dirs.items()))
+    plan.ignored_files = dict(result.stats.ignored_files.most_common())
     plan.files = {s: int((manifest["status"] == s).sum()) for s in STATUSES}
     plan.examples = {
         s: manifest.loc[manifest["status"] == s, "path"].head(5).tolist()

@@ -54,6 +54,42 @@ def test_builtin_and_extra_ignores(tmp_path):
     assert paths(r) == {"keep.py"}
 
 
+def test_a_build_package_below_the_root_is_source_and_every_ignored_dir_is_named_with_its_rule(tmp_path):
+    """pip's operations/build/ is real source: only the root's build/ is a build output by default, and a
+    .gitignore can say so anywhere; nothing is left out without its name and rule."""
+    write(tmp_path, "pip/operations/build/metadata.py", "def prepare_metadata(): ...\n")
+    write(tmp_path, "pip/operations/build/__init__.py")
+    write(tmp_path, "build/lib/pip/copy.py")  # the root's build output
+    write(tmp_path, "docs/.gitignore", "# generated\n\n_build/\n")
+    write(tmp_path, "docs/_build/html/index.py")
+    write(tmp_path, "env1/pyvenv.cfg", "home = /usr\n")
+    write(tmp_path, "env1/lib/x.py")
+    write(tmp_path, "pkg/m.pyc")
+    write(tmp_path, "notes.log")
+    r = scan(ScanOptions(tmp_path, extra_ignore=["*.log"]))
+    assert {"pip/operations/build/metadata.py", "pip/operations/build/__init__.py"} <= paths(r)
+    assert not any(p.startswith(("build/", "docs/_build/", "env1/")) for p in paths(r))
+    assert r.stats.ignored_dirs == {
+        "build/": "built-in /build/ (root only)",
+        "docs/_build/": "docs/.gitignore:3 _build/",
+        "env1/": "built-in virtualenv (pyvenv.cfg)",
+    }
+    assert r.stats.ignored_files == {"built-in editor, OS and bytecode files": 1, "NOVA_IGNORE *.log": 1}
+    assert r.stats.ignored == 5
+
+
+def test_a_gitignore_names_a_build_directory_below_the_root_and_the_root_one_too(tmp_path):
+    write(tmp_path, ".gitignore", "build/\n")
+    write(tmp_path, "pip/operations/build/metadata.py")
+    write(tmp_path, "build/out.py")
+    r = scan(ScanOptions(tmp_path))
+    assert paths(r) == {".gitignore"}
+    assert r.stats.ignored_dirs == {
+        "build/": "built-in /build/ (root only)",
+        "pip/operations/build/": ".gitignore:1 build/",
+    }
+
+
 def test_nested_gitignore_with_negation(tmp_path):
     write(tmp_path, ".gitignore", "*.tmp\ngenerated/\n")
     write(tmp_path, "a.tmp")
