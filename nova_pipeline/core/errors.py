@@ -87,6 +87,10 @@ class BackupError(NovaError):
     """A backup cannot be created or restored."""
 
 
+class BackupNotFoundError(BackupError):
+    """No published backup has the id asked for."""
+
+
 class BackupVerifyError(BackupError):
     """A backup failed verification; the message names the member."""
 

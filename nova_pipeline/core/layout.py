@@ -97,6 +97,11 @@ class Layout:
     def vectors_lock(self) -> Path:
         return self.home / "vectors.lock"
 
+    @property
+    def vectors_generation(self) -> Path:
+        """Changes every time a writer releases the writer lock (see ``nova_pipeline.core.locks``)."""
+        return self.home / "vectors.generation"
+
     def vectors_bucket_lock(self, bucket: int) -> Path:
         """The lock of one bucket of the vector store (server-mode writers of a slice hold it)."""
         return self.home / "locks" / f"vectors-bucket-{bucket:02d}.lock"

@@ -16,8 +16,14 @@ takes an earlier one while it holds a later one:
 3. ``failover/pointer.lock``, **the pointer lock** (:func:`pointer_lock`): every read-modify-write of the
    failover pointer. Held for milliseconds.
 
-A reader takes no lock. It sees writes because every shared file is replaced atomically (temp file, fsync,
-rename), and a long-running reader reopens what changed (see ``index.generation``).
+Opening an embedded Chroma data dir writes to it (every client rewrites a few of its files when it opens
+them), so even a reader opens one only under the writer lock, held for the open alone (a few milliseconds;
+:func:`~nova_pipeline.core.index.vector_store.fresh_client`); its queries then run without any lock. Other
+readers take no lock. They see writes because every shared file is replaced atomically (temp file, fsync,
+rename), and because releasing the writer lock marks a new **generation** of the vector stores
+(``NOVA_HOME/vectors.generation``, :func:`generation`): a long-running reader (``nova serve``) compares it
+before each query and reopens its view of an embedded store when it changed, so it never answers from an
+index that another process has since rewritten.
 
 The locks are re-entrant within a thread (a writer that holds the writer lock may call code that takes it
 again), exclusive between threads of one process, and exclusive between processes (``flock`` on the same
@@ -29,16 +35,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import LockTimeoutError
 from nova_pipeline.core.layout import Layout
 
-__all__ = ["LOCK_ORDER", "bucket_locks", "held", "pointer_lock", "writer_lock"]
+__all__ = ["LOCK_ORDER", "bucket_locks", "generation", "held", "pointer_lock", "writer_lock"]
 
 BUCKETS = 16  # the vector store's fixed buckets (index.vector_store.BUCKETS); one lock file each
 LOCK_ORDER = (
@@ -118,17 +126,38 @@ def _flock(path: Path, timeout: float, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def writer_lock(home: Path | Layout, timeout: float = 600.0) -> Iterator[None]:
+def writer_lock(home: Path | Layout, timeout: float = 600.0, bump: bool = True) -> Iterator[None]:
     """The writer lock of ``home``'s vector stores, with every bucket lock (lock order 1, then 2).
+
+    ``bump`` False: the holder only opens a view of an embedded store (which rewrites a few of Chroma's
+    files, same content) and does not change what a reader would see, so the generation stays.
 
     Raises:
         LockTimeoutError: another writer held a lock for ``timeout`` seconds.
     """
     layout = Layout.of(home)
     deadline = time.monotonic() + timeout
+    outermost = not held(layout.vectors_lock)
     with _flock(layout.vectors_lock, timeout, "the vector store's writer lock"):
-        with bucket_locks(layout, range(BUCKETS), max(0.0, deadline - time.monotonic())):
-            yield
+        try:
+            with bucket_locks(layout, range(BUCKETS), max(0.0, deadline - time.monotonic())):
+                yield
+        finally:
+            if outermost and bump:  # still under the lock: readers see the new generation after the writes
+                _bump_generation(layout)
+
+
+def generation(home: Path | Layout) -> str:
+    """The current generation of ``home``'s vector stores: changes every time a writer releases the writer
+    lock; ``""`` before the first. A few microseconds: one small file read, no lock."""
+    try:
+        return Layout.of(home).vectors_generation.read_text()
+    except OSError:
+        return ""
+
+
+def _bump_generation(layout: Layout) -> None:
+    atomic_write_bytes(layout.vectors_generation, f"{time.time_ns()}-{os.getpid()}".encode())
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from nova_pipeline.core.keys import (
 )
 from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.core.serving.estimate import estimate_for_version
-from nova_pipeline.core.serving.failover import FailoverSettings, active_store
+from nova_pipeline.core.serving.failover import FailoverSettings, active_client
 from nova_pipeline.core.tables import require_table
 from nova_pipeline.defs.metadata import DAILY
 from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
@@ -64,7 +64,6 @@ def golden_copy(
     """
     settings = nova.settings(require_source=False)
     source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)  # no texts needed
-    store = active_store(settings.home, settings.chroma_url)  # while failed over: the backup store
     p = golden.promote(
         settings.home,
         embedder.fingerprint(),
@@ -72,7 +71,8 @@ def golden_copy(
         keep=config.keep,
         chunks=source_chunks,
         guard=guard.guard(),
-        open_store=lambda: store.client,
+        # the store the pointer names (while failed over: the backup), read under promote's writer lock
+        open_store=lambda: active_client(settings.home, settings.chroma_url),
         progress=progress_reporter(context, "golden copy", "shards"),
     )
     v = p.version

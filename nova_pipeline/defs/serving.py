@@ -131,7 +131,8 @@ def failback_op(context: dg.OpExecutionContext, nova: NovaSettings, embedder: Em
     """Replay the journal into the primary (refilling an empty one from the golden copy first), check count
     and self-retrieval against the chunks, flip the pointer back, audit. Nothing is embedded again."""
     settings = nova.settings(require_source=False)
-    chunks = require_table(settings.layout, SOURCE_CHUNKS)  # what the primary must hold after the replay
+    # what the primary must hold after the replay, read under the writer lock (no run can change it between)
+    chunks = lambda: require_table(settings.layout, SOURCE_CHUNKS)  # noqa: E731
     entry = fail_back(settings.home, settings.chroma_url, embedder.fingerprint(), chunks, _who(context))
     context.log.info(f"failback: {entry['outcome']}")
     context.log_event(

@@ -26,6 +26,7 @@ returns its id.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from dataclasses import asdict
 
@@ -34,69 +35,95 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from nova_pipeline.core.errors import (
+    BackupNotFoundError,
+    ConfirmationRequired,
+    IndexNotBuiltError,
+    InvalidRequestError,
+    LockTimeoutError,
+    NovaError,
+)
 from nova_pipeline.core.index.embedding import bundled_fingerprint
 from nova_pipeline.core.keys import VECTOR_INDEX
-from nova_pipeline.core.protect import audit, backup
-from nova_pipeline.core.serving.failover import FailoverSettings, active_store
+from nova_pipeline.core.protect import backup
+from nova_pipeline.core.serving.failover import FailoverSettings, active_client, writing_to
 from nova_pipeline.core.serving.pointer import read_state
-from nova_pipeline.core.serving.tokens import TokenEntry, TokenStore
 from nova_pipeline.core.settings import Settings
+from nova_pipeline.service.auth import Gate, error
 
 log = logging.getLogger("nova_pipeline.service.admin")
 PREFIX = "/api/v1/admin"
-NO_TOKENS = (
-    "no API tokens exist, so admin calls are refused: create one with "
-    "`nova token create --name NAME --role admin` and send it as `Authorization: Bearer <token>`"
-)
+BACKUP_ID = re.compile(r"^(?:backup_)?\d{8}T\d{6}Z(?:-\d+)?(?:\.tar\.zst)?$")
+RUN_ID = re.compile(r"^[0-9a-fA-F-]{8,36}$")
 
 
-def authorize(
-    request: Request, tokens: TokenStore, need: str
-) -> tuple[TokenEntry | None, JSONResponse | None]:
-    """``(token entry, None)`` when the request may go on, else ``(entry or None, the refusal)``."""
-    if not tokens.exists():
-        return None, JSONResponse({"error": NO_TOKENS}, status_code=403)
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    entry = tokens.verify(presented.strip()) if scheme.lower() == "bearer" else None
-    if entry is None:
-        return None, JSONResponse(
-            {"error": "a valid token is required: Authorization: Bearer <token>"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not entry.allows(need):
-        return entry, JSONResponse(
-            {"error": f"token {entry.name!r} is a {entry.role}; this needs {need}"}, status_code=403
-        )
-    return entry, None
+class _Reply(Exception):
+    """Raised by a handler to answer with ``status`` and ``message`` (a 4xx the caller should see)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
-def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[Route]:
-    """The admin routes for ``settings``; ``searcher`` is the service's (its model is loaded)."""
+def _status_of(exc: NovaError) -> int:
+    """The HTTP status of an error of core: what it means to the caller."""
+    if isinstance(exc, BackupNotFoundError):
+        return 404
+    if isinstance(exc, (ConfirmationRequired, InvalidRequestError)):
+        return 400
+    if isinstance(exc, LockTimeoutError):
+        return 409  # another writer holds the store: try again
+    if isinstance(exc, IndexNotBuiltError):
+        return 503
+    return 500
+
+
+def admin_routes(settings: Settings, gate: Gate, searcher=None) -> list[Route]:
+    """The admin routes for ``settings``, behind ``gate``; ``searcher`` is the service's (its model is
+    loaded)."""
     home = settings.home
     fingerprint = searcher.fingerprint if searcher is not None else bundled_fingerprint()
 
     def guarded(need: str, action: str, handler, destructive: bool = False):
         async def endpoint(request: Request) -> JSONResponse:
-            entry, refusal = authorize(request, tokens, need)
-            who = entry.name if entry else "anonymous"
-            details = {"method": request.method, "path": request.url.path, **request.path_params}
-            if refusal is None and destructive and request.query_params.get("confirm") != "true":
-                refusal = JSONResponse(
-                    {"error": f"{action} is destructive: repeat the call with ?confirm=true"}, status_code=400
+            caller = await gate.check(request, need, f"admin {action}")
+            if isinstance(caller, JSONResponse):
+                return caller
+            details = {
+                "method": request.method,
+                "path": request.url.path,
+                "client": caller.client,
+                "token": caller.name,
+                **request.path_params,
+            }
+            if destructive and request.query_params.get("confirm") != "true":
+                return await gate.refuse(
+                    request,
+                    f"admin {action}",
+                    400,
+                    f"{action} is destructive: repeat the call with ?confirm=true",
+                    caller.token,
                 )
-            if refusal is not None:
-                audit.record(home, f"admin {action}", f"refused ({refusal.status_code})", who, **details)
-                return refusal
             try:
                 body, status = await run_in_threadpool(handler, request)
-            except Exception as exc:  # noqa: BLE001 - the caller gets the reason, the audit log the failure
+            except _Reply as reply:
+                await gate.record(f"admin {action}", f"error ({reply.status})", caller.name, **details)
+                return error(reply.status, reply.message, home)
+            except NovaError as exc:
+                status = _status_of(exc)
+                log.warning("admin %s failed (%d): %s", action, status, exc)
+                await gate.record(f"admin {action}", f"failed ({status}): {exc}", caller.name, **details)
+                return error(status, str(exc), home)
+            except Exception as exc:  # noqa: BLE001 - a generic 500 to the caller; the cause to log and audit
                 log.exception("admin %s failed", action)
-                audit.record(home, f"admin {action}", f"failed: {exc}", who, **details)
-                return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
-            audit.record(
-                home, f"admin {action}", "ok" if status < 400 else f"error ({status})", who, **details
+                await gate.record(
+                    f"admin {action}", f"failed: {type(exc).__name__}: {exc}", caller.name, **details
+                )
+                return error(500, f"{action} failed: the service log (NOVA_HOME/logs) has the details")
+            if isinstance(body, dict) and body.get("run_id"):
+                details["run_id"] = body["run_id"]
+            await gate.record(
+                f"admin {action}", "ok" if status < 400 else f"error ({status})", caller.name, **details
             )
             return JSONResponse(body, status_code=status)
 
@@ -105,8 +132,9 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
     def status(request):
         from nova_pipeline.core.serving.stats import describe_state
 
+        state = read_state(home)
         return {
-            "pointer": asdict(read_state(home)),
+            "pointer": {k: v for k, v in asdict(state).items() if k != "recovered_from"},
             "assets": describe_state(settings, fingerprint, FailoverSettings.from_env().max_memory_mb),
         }, 200
 
@@ -146,22 +174,28 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
 
     def knowledge_base(request):
         try:
-            limit = max(1, min(500, int(request.query_params.get("limit", "50"))))
-            offset = max(0, int(request.query_params.get("offset", "0")))
+            limit = int(request.query_params.get("limit", "50"))
+            offset = int(request.query_params.get("offset", "0"))
         except ValueError:
-            return {"error": "limit and offset must be whole numbers"}, 400
-        col = active_store(home, settings.chroma_url).collection(fingerprint, create=False)
-        got = col.get(limit=limit, offset=offset, include=["documents", "metadatas"])
+            raise _Reply(400, "limit and offset must be whole numbers") from None
+        if not 1 <= limit <= 500 or offset < 0:
+            raise _Reply(400, "limit must be from 1 to 500 and offset at least 0")
+        from nova_pipeline.core.index.vector_store import get_collection
+
+        with active_client(home, settings.chroma_url) as client:  # a view of now, closed after
+            col = get_collection(client, fingerprint, create=False)
+            got = col.get(limit=limit, offset=offset, include=["documents", "metadatas"])
+            total = col.count()
         items = [
             {"id": i, "document": d, "metadata": m}
             for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])
         ]
-        return {"total": col.count(), "limit": limit, "offset": offset, "items": items}, 200
+        return {"total": total, "limit": limit, "offset": offset, "items": items}, 200
 
     def backups(request):
         return {
             "backups": [
-                {"id": b.id, "bytes": b.size, "verified_level": b.verified_level(), "path": str(b.path)}
+                {"id": b.id, "bytes": b.size, "verified_level": b.verified_level(), "file": b.path.name}
                 for b in backup.list_backups(home)
             ]
         }, 200
@@ -190,19 +224,26 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
     def backup_run(request):
         from nova_pipeline.deploy.instance import run_status
 
+        run_id = request.path_params["run_id"]
+        if not RUN_ID.match(run_id):
+            raise _Reply(400, "a run id is 8 to 36 hexadecimal digits and dashes")
         if not _has_instance():
-            return {"error": "DAGSTER_HOME is not set: no Dagster instance to ask"}, 503
+            raise _Reply(503, "DAGSTER_HOME is not set: no Dagster instance to ask")
         import dagster as dg
 
         with dg.DagsterInstance.get() as instance:
-            found = run_status(instance, request.path_params["run_id"])
-        return (found, 200) if found else ({"error": f"no run {request.path_params['run_id']}"}, 404)
+            found = run_status(instance, run_id)
+        if not found:
+            raise _Reply(404, f"no run {run_id} in the Dagster instance")
+        return found, 200
 
     def restore(request):
         from nova_pipeline.deploy.instance import launch_job
 
         backup_id = request.path_params["backup_id"]
-        backup.find_backup(home, backup_id)  # a clear 500 now rather than a failed run later
+        if not BACKUP_ID.match(backup_id):
+            raise _Reply(400, "a backup id reads like 20260101T000000Z (nova backup list shows them)")
+        backup.find_backup(home, backup_id)  # a 404 now rather than a failed run later
         run_id = launch_job(
             "restore",
             {"ops": {"restore_op": {"config": {"backup_id": backup_id, "confirm": True}}}},
@@ -213,16 +254,15 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
     def clear(request):
         from nova_pipeline.core.index.vector_store import existing_ids
         from nova_pipeline.core.index.verification import VerifiedRecord
-        from nova_pipeline.core.locks import writer_lock
 
-        store = active_store(home, settings.chroma_url)
-        with writer_lock(home):
+        # the writer lock (and, under it, the pointer), like a rebuild's writer: never a second writer
+        with writing_to(home, settings.chroma_url) as store:
             col = store.collection(fingerprint, create=False)
             ids = sorted(existing_ids(col))
             for start in range(0, len(ids), 1000):
                 col.delete(ids=ids[start : start + 1000])
             left = col.count()
-        VerifiedRecord(home).forget()
+            VerifiedRecord(home).forget()
         return {
             "cleared": len(ids),
             "left": left,
@@ -268,10 +308,10 @@ def admin_routes(settings: Settings, tokens: TokenStore, searcher=None) -> list[
                     text=True,
                     timeout=600,
                 )
+            if proc.returncode != 0:
+                log.error("chroma vacuum failed: %s", proc.stderr[-2000:])
             done["chroma"] = (
-                "chroma vacuum done"
-                if proc.returncode == 0
-                else f"chroma vacuum failed: {proc.stderr[-300:]}"
+                "chroma vacuum done" if proc.returncode == 0 else "chroma vacuum failed: see the log"
             )
         return done, 200
 

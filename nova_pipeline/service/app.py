@@ -2,40 +2,64 @@
 
 ``GET /search?q=&k=&mode=&path=&language=``  JSON hits (hybrid by default; each with its vector score,
                         lexical score and matched terms), the store that answered, and ``stale_as_of`` for
-                        a backup answer;
-``GET /healthz``       200 when the service can answer a search (primary or backup), else 503;
+                        a backup answer. ``k`` is 1 to 100; anything else is a 400.
+``GET /healthz``       ``{"ok": true}`` (200) when a real query, bounded in time, is answered by the primary
+                       or the backup store; ``{"ok": false}`` (503) otherwise. Open to load balancers, and
+                       it says nothing else.
 ``GET /status``        the failover pointer, the service's breaker, the backup store and its resource
-                       estimate.
+                       estimate (viewer).
 
-The model is loaded once, at startup. Searches go through one
-:class:`~nova_pipeline.core.serving.searcher.Searcher`: a primary query that fails or exceeds
-``NOVA_QUERY_TIMEOUT`` is answered from the backup store in the same request, so a dead primary costs no
-failed search.
+The model is loaded once, at startup, and the backup store, when the resource zone keeps it in memory, is
+loaded in the background (the on-disk copy answers until it is ready). Searches go through one
+:class:`~nova_pipeline.core.serving.searcher.Searcher`: queries run concurrently, each with a deadline of
+``NOVA_QUERY_TIMEOUT`` from its arrival; a primary query that fails, runs past the deadline or finds no
+index is answered from the backup store in the same request, so a dead primary costs no failed search.
+Embedded stores are read through views reopened when another process wrote (:mod:`nova_pipeline.core.
+serving.views`): the service never writes to them except through the admin routes, under the writer lock.
+
+Only the hosts in ``NOVA_SERVE_HOSTS`` (comma-separated, added to 127.0.0.1, localhost and ::1) may be named
+in the ``Host`` header (Starlette's ``TrustedHostMiddleware``): a page on another site cannot reach a
+loopback service through DNS rebinding. Authentication and audit: :mod:`.auth`; admin routes: :mod:`.admin`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import asdict
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
+from nova_pipeline.core.errors import IndexNotBuiltError, InvalidRequestError, NovaError
 from nova_pipeline.core.index.ranking import MODES
-from nova_pipeline.core.protect import golden
 from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.pointer import read_state
 from nova_pipeline.core.serving.searcher import Searcher, SearchResult, hit_json
+from nova_pipeline.core.serving.tokens import TokenStore
 from nova_pipeline.core.settings import Settings
+from nova_pipeline.service.auth import Gate, error
+
+__all__ = ["LOOPBACK_HOSTS", "allowed_hosts", "create_app"]
 
 log = logging.getLogger("nova_pipeline.service")
 MAX_K = 100
+MAX_QUERY_CHARS = 2000
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+NOT_BUILT = "nothing is indexed yet: run the rebuild job (make rebuild, or nova rebuild --source TREE)"
+
+
+def allowed_hosts(extra: str | None = None) -> list[str]:
+    """Host names the service answers to: loopback, plus ``extra`` (default ``NOVA_SERVE_HOSTS``)."""
+    raw = os.environ.get("NOVA_SERVE_HOSTS", "") if extra is None else extra
+    return [*LOOPBACK_HOSTS, *(h.strip().lower() for h in raw.split(",") if h.strip())]
 
 
 def _result_json(query: str, result: SearchResult, seconds: float) -> dict:
@@ -52,58 +76,80 @@ def _result_json(query: str, result: SearchResult, seconds: float) -> dict:
     }
 
 
+def _search_params(request: Request) -> tuple[str, int, str, str | None, str | None] | JSONResponse:
+    """``(q, k, mode, path, language)`` of a search request, or its 400."""
+    q = request.query_params.get("q", "").strip()
+    if not q:
+        return error(400, "missing query: /search?q=your+question&k=5")
+    if len(q) > MAX_QUERY_CHARS:
+        return error(400, f"the query is longer than {MAX_QUERY_CHARS} characters")
+    raw_k = request.query_params.get("k", "5")
+    try:
+        k = int(raw_k)
+    except ValueError:
+        return error(400, f"k must be a whole number from 1 to {MAX_K}")
+    if not 1 <= k <= MAX_K:
+        return error(400, f"k must be from 1 to {MAX_K}, not {k}")
+    mode = request.query_params.get("mode", "hybrid")
+    if mode not in MODES:
+        return error(400, f"mode must be one of {', '.join(MODES)}")
+    path = request.query_params.get("path") or None
+    language = request.query_params.get("language") or None
+    if (path and len(path) > 500) or (language and len(language) > 50):
+        return error(400, "path or language is too long")
+    return q, k, mode, path, language
+
+
 def create_app(
     settings: Settings,
     failover: FailoverSettings | None = None,
     embedder=None,
+    hosts: list[str] | None = None,
 ) -> Starlette:
-    """The service for ``settings``; ``embedder`` defaults to the bundled model (loaded at startup).
+    """The service for ``settings``; ``embedder`` defaults to the bundled model (loaded at startup); ``hosts``
+    (default :func:`allowed_hosts`) are the ``Host`` names it answers to.
 
-    When ``NOVA_HOME/tokens.json`` exists, ``/search`` and ``/status`` need a viewer token too; ``/healthz``
-    stays open (for load balancers). See :mod:`nova_pipeline.service.admin` for the admin API.
+    When ``NOVA_HOME/tokens.json`` exists at startup, ``/search`` and ``/status`` need a viewer token too
+    (see :mod:`.auth`); ``/healthz`` stays open and says only whether searches can be answered.
     """
-    from nova_pipeline.core.serving.tokens import TokenStore
-    from nova_pipeline.service.admin import admin_routes, authorize
+    from nova_pipeline.service.admin import admin_routes
 
+    failover = failover or FailoverSettings.from_env()
     searcher = Searcher(settings, embedder, failover, prefer_memory=True)
     tokens = TokenStore(settings.home)
-
-    def refused(request: Request) -> JSONResponse | None:
-        if not tokens.exists():
-            return None  # no tokens: loopback only, searches open, admin calls refused
-        return authorize(request, tokens, "viewer")[1]
+    gate = Gate(settings.home, tokens)
 
     async def search(request: Request) -> JSONResponse:
-        if (refusal := refused(request)) is not None:
-            return refusal
-        q = request.query_params.get("q", "").strip()
-        if not q:
-            return JSONResponse({"error": "missing query: /search?q=your+question&k=5"}, status_code=400)
-        try:
-            k = max(1, min(MAX_K, int(request.query_params.get("k", "5"))))
-        except ValueError:
-            return JSONResponse({"error": "k must be a whole number"}, status_code=400)
-        mode = request.query_params.get("mode", "hybrid")
-        if mode not in MODES:
-            return JSONResponse({"error": f"mode must be one of {', '.join(MODES)}"}, status_code=400)
-        path = request.query_params.get("path") or None
-        language = request.query_params.get("language") or None
         started = time.perf_counter()
+        deadline = time.monotonic() + failover.query_timeout_s  # the whole request's, waiting included
+        caller = await gate.check(request, "viewer", "search")
+        if isinstance(caller, JSONResponse):
+            return caller
+        params = _search_params(request)
+        if isinstance(params, JSONResponse):
+            return params
+        q, k, mode, path, language = params
         try:
-            result = await run_in_threadpool(searcher.search, q, k, mode, path, language)
+            result = await run_in_threadpool(searcher.search, q, k, mode, path, language, deadline)
+        except InvalidRequestError as exc:
+            return error(400, str(exc), settings.home)
         except IndexNotBuiltError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503)
+            log.warning("search before anything was built: %s", exc)
+            return error(503, NOT_BUILT)
         except NovaError as exc:
             log.error("search failed: %s", exc)
-            return JSONResponse({"error": str(exc)}, status_code=503)
+            return error(503, f"no store can answer now: {exc}", settings.home, **{"Retry-After": "5"})
         return JSONResponse(_result_json(q, result, time.perf_counter() - started))
 
     def _status() -> dict:
+        from nova_pipeline.core.protect import golden
+
         state = read_state(settings.home)
         cur = golden.current_version(settings.home)
         backup = searcher.backup
         return {
-            "pointer": asdict(state),
+            "pointer": {k: v for k, v in asdict(state).items() if k != "recovered_from"},
+            "pointer_recovered_from": state.recovered_from or None,
             "service_breaker": searcher.breaker.current_state,
             "golden_current": {"version": cur.name, "created_at": cur.created_at, "vectors": cur.count}
             if cur
@@ -114,31 +160,32 @@ def create_app(
                 "stale_as_of": backup.created_at,
                 "estimate": backup.estimate.as_metadata() if backup.estimate else None,
             },
-            "primary": settings.chroma_url or str(settings.layout.vectors),
+            "primary": "Chroma server" if settings.chroma_url else "embedded (NOVA_HOME/vectors)",
         }
 
     async def healthz(request: Request) -> JSONResponse:
-        body = await run_in_threadpool(_status)
-        state = read_state(settings.home)
-        can_answer = golden.current_version(settings.home) is not None or not state.failed_over
-        body["ok"] = can_answer
-        return JSONResponse(body, status_code=200 if can_answer else 503)
+        ok = await run_in_threadpool(searcher.healthy, failover.query_timeout_s)
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
 
     async def status(request: Request) -> JSONResponse:
-        if (refusal := refused(request)) is not None:
-            return refusal
+        caller = await gate.check(request, "viewer", "status")
+        if isinstance(caller, JSONResponse):
+            return caller
         return JSONResponse(await run_in_threadpool(_status))
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal error: the service log (NOVA_HOME/logs) has the details")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(lambda: searcher.embedder)  # load the model before the first query
-        if read_state(settings.home).failed_over:
-            with contextlib.suppress(NovaError):
-                await run_in_threadpool(searcher.backup.collection)
+        searcher.backup.preload()  # in the background, when the zone keeps the backup store in memory
         log.info(
-            "nova serve ready: primary %s, pointer %s",
-            settings.chroma_url or settings.layout.vectors,
+            "nova serve ready: primary %s, pointer %s, tokens %s",
+            "Chroma server" if settings.chroma_url else "embedded",
             read_state(settings.home).active,
+            "required" if gate.required else "not required (loopback only)",
         )
         yield
         searcher.close()
@@ -148,10 +195,13 @@ def create_app(
             Route("/search", search),
             Route("/healthz", healthz),
             Route("/status", status),
-            *admin_routes(settings, tokens, searcher),
+            *admin_routes(settings, gate, searcher),
         ],
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts or allowed_hosts())],
+        exception_handlers={Exception: internal_error},
         lifespan=lifespan,
     )
     app.state.searcher = searcher
     app.state.settings = settings
+    app.state.gate = gate
     return app

@@ -7,9 +7,11 @@ take the locks of :mod:`nova_pipeline.core.locks`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,7 +33,10 @@ __all__ = [
     "existing_ids",
     "get_collection",
     "open_client",
+    "fresh_client",
+    "give_view_slot",
     "open_client_at",
+    "take_view_slot",
     "query",
     "slice_buckets",
     "top_ids",
@@ -81,25 +86,33 @@ def open_client(home: Path, chroma_url: str | None = None, create: bool = True):
     return client
 
 
-def open_client_at(path: Path, create: bool = True):
-    """A ``PersistentClient`` on the data dir ``path``, created if missing unless ``create`` is False
-    (opening a missing dir would write an empty Chroma database there).
+CHROMA_DB = "chroma.sqlite3"  # the catalogue of an embedded data dir: no data dir without it
+
+
+def open_client_at(path: Path, create: bool = True, view: int = 0):
+    """A ``PersistentClient`` on the data dir ``path``, created if missing unless ``create`` is False.
+
+    A reader passes ``create=False``: a missing directory, or one without Chroma's catalogue (an empty
+    ``vectors/``), is refused rather than turned into an empty Chroma database. ``view`` > 0 opens a
+    separate in-process view of the same data dir: Chroma keeps one system per path string and process, and
+    loads a collection's HNSW index once, so a reader that must see another process's writes opens a new
+    view (the path spelled ``path/./.`` ...) instead of reusing a stale one.
 
     Raises:
-        IndexNotBuiltError: ``create`` is False and ``path`` does not exist.
+        IndexNotBuiltError: ``create`` is False and there is no data dir at ``path``.
         VectorStoreError: the data dir cannot be opened.
     """
     import chromadb
 
     path = Path(path)
-    if not create and not path.exists():
+    if not create and not (path / CHROMA_DB).is_file():
         raise IndexNotBuiltError(
             f"no vector index at {path} yet: run the rebuild job "
             "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
         )
     try:
         path.mkdir(parents=True, exist_ok=True)
-        client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+        client = chromadb.PersistentClient(path=str(path) + "/." * max(0, view), settings=_chroma_settings())
     except Exception as exc:  # noqa: BLE001
         raise VectorStoreError(
             f"the Chroma data dir {path} cannot be opened ({exc}): it may be damaged; "
@@ -107,6 +120,68 @@ def open_client_at(path: Path, create: bool = True):
         ) from exc
     client.nova_location = f"the Chroma data dir {path}"
     return client
+
+
+_slots_lock = threading.Lock()
+_slots_used: set[int] = set()
+
+
+def take_view_slot() -> int:
+    """A view number no other open view of this process uses (see :func:`open_client_at`); give it back
+    with :func:`give_view_slot` once the client is closed."""
+    with _slots_lock:
+        slot = next(i for i in range(1, len(_slots_used) + 2) if i not in _slots_used)
+        _slots_used.add(slot)
+        return slot
+
+
+def give_view_slot(slot: int) -> None:
+    """Return a slot of :func:`take_view_slot`."""
+    with _slots_lock:
+        _slots_used.discard(slot)
+
+
+@contextlib.contextmanager
+def fresh_client(
+    home: Path | Layout,
+    chroma_url: str | None = None,
+    path: Path | None = None,
+    create: bool = True,
+    lock_timeout: float = 600.0,
+) -> Iterator[object]:
+    """A client that sees the store as it is now, closed after the block: for a writer (under the writer
+    lock), and for any reader that must not see an older state. An embedded data dir (``path``, default
+    ``NOVA_HOME/vectors``) gets its own view, never the process's cached one, which may predate another
+    process's writes; a Chroma server's client is fresh by nature.
+
+    Opening an embedded data dir rewrites a few of Chroma's files, so it happens under ``home``'s writer lock
+    (re-entrant: a writer that holds it already just goes on), held for the open only. ``home`` None opens
+    without the lock: for a private directory no other process knows (a throwaway check).
+
+    Raises:
+        IndexNotBuiltError: ``create`` is False and there is no data dir.
+        VectorStoreError: the store cannot be opened.
+        LockTimeoutError: another writer held the writer lock for ``lock_timeout`` seconds.
+    """
+    from nova_pipeline.core.locks import writer_lock
+
+    if chroma_url and path is None:
+        yield open_client(home, chroma_url)
+        return
+    where = Path(path) if path is not None else Layout.of(home).vectors
+    slot = take_view_slot()
+    try:
+        with writer_lock(home, lock_timeout, bump=False) if home is not None else contextlib.nullcontext():
+            client = open_client_at(where, create, view=slot)
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(
+                Exception
+            ):  # closing writes nothing; a half-open client releases nothing
+                client.close()
+    finally:
+        give_view_slot(slot)
 
 
 def _chroma_settings():

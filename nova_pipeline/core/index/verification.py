@@ -20,7 +20,14 @@ from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.vector_store import collection_name, existing_ids, query
 from nova_pipeline.core.layout import Layout
 
-__all__ = ["VerifiedRecord", "count_failures", "ids_digest", "self_retrieval_failures", "store_state"]
+__all__ = [
+    "embedded_ids",
+    "VerifiedRecord",
+    "count_failures",
+    "ids_digest",
+    "self_retrieval_failures",
+    "store_state",
+]
 
 
 def ids_digest(chunk_ids, fingerprint: str) -> str:
@@ -32,10 +39,12 @@ def store_state(home: Path, fingerprint: str) -> str | None:
     """A fingerprint of the embedded collection's state, read without importing Chroma; None if unknown.
 
     It covers the collection's id, the ids and write sequence numbers of its segments (Chroma's own
-    ``max_seq_id``: every upsert and delete raises it, reads do not), and the size and mtime of the
-    segments' index files. Reads (count, get, query) leave it unchanged; any write changes it. It reads
-    Chroma's SQLite catalogue read-only; anything unexpected (server mode, no store, another schema)
-    gives None, which callers treat as "unknown: verify for real".
+    ``max_seq_id``: every upsert and delete raises it, reads do not), and the sizes of the segments' index
+    files. Not their mtimes: every embedded client rewrites some of them when it opens the data dir (measured
+    with chromadb 1.5: ``length.bin`` and ``chroma.sqlite3`` change at each open, same sizes, same sequence
+    numbers), so a mere reader would look like a writer. Reads (open, count, get, query) leave it unchanged;
+    any write changes it. It reads Chroma's SQLite catalogue read-only; anything unexpected (server mode, no
+    store, another schema) gives None, which callers treat as "unknown: verify for real".
     """
     data_dir = Layout.of(home).vectors
     db_path = data_dir / "chroma.sqlite3"
@@ -58,14 +67,37 @@ def store_state(home: Path, fingerprint: str) -> str | None:
         for _, segment, _, _ in rows:
             seg_dir = data_dir / segment
             if seg_dir.is_dir():
-                files += [
-                    (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                    for f in sorted(seg_dir.iterdir())
-                    if f.is_file()
-                ]
+                files += [(f.name, f.stat().st_size) for f in sorted(seg_dir.iterdir()) if f.is_file()]
     except (sqlite3.Error, OSError):
         return None
     return blake3.blake3(json.dumps([rows, files]).encode()).hexdigest()
+
+
+def embedded_ids(home: Path, fingerprint: str) -> set[str] | None:
+    """The ids the embedded collection of ``fingerprint`` holds, read from Chroma's SQLite catalogue
+    read-only (its metadata segment's ``embeddings`` table), without opening Chroma, which would write to
+    the data dir. None when there is no embedded store or the catalogue is not as expected (then open it
+    for real)."""
+    db_path = Layout.of(home).vectors / "chroma.sqlite3"
+    if not db_path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            if not db.execute(
+                "SELECT 1 FROM collections WHERE name = ?", (collection_name(fingerprint),)
+            ).fetchone():
+                return None
+            rows = db.execute(
+                "SELECT e.embedding_id FROM embeddings e JOIN segments s ON e.segment_id = s.id "
+                "JOIN collections c ON s.collection = c.id WHERE c.name = ? AND s.scope = 'METADATA'",
+                (collection_name(fingerprint),),
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return {r[0] for r in rows}
 
 
 class VerifiedRecord:

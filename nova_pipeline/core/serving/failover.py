@@ -9,13 +9,17 @@ this.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nova_pipeline.core.errors import FailoverError
+import pandas as pd
+
+from nova_pipeline.core.errors import FailoverError, SettingsError, VectorStoreError
 from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.serving.estimate import estimate_for_version
 from nova_pipeline.core.serving.journal import Journal, JournalingCollection
@@ -25,10 +29,18 @@ from nova_pipeline.core.serving.pointer import (
     FailoverState,
     now_iso,
     read_state,
-    write_state,
+    update_state,
 )
 
-__all__ = ["ActiveStore", "FailoverSettings", "activate_backup", "active_store", "fail_back"]
+__all__ = [
+    "ActiveStore",
+    "FailoverSettings",
+    "activate_backup",
+    "active_client",
+    "active_store",
+    "fail_back",
+    "writing_to",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +77,15 @@ class FailoverSettings:
 
         def get(name, default, kind):
             raw = env.get(name, "")
-            return kind(raw) if raw.strip() else default
+            if not raw.strip():
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
+            if value < 0:
+                raise SettingsError(f"{name}={raw!r} must not be negative")
+            return value
 
         return cls(
             probe_interval_s=get("NOVA_FAILOVER_PROBE_INTERVAL", d.probe_interval_s, int),
@@ -92,18 +112,15 @@ class ActiveStore:
 
     @property
     def client(self):
-        """The Chroma client of this store.
+        """The Chroma client of this store, opened fresh by :func:`writing_to` for its block.
 
         Raises:
-            VectorStoreError: the store cannot be opened.
+            VectorStoreError: the store was not opened through :func:`writing_to` (use :func:`active_client`
+                to read).
         """
-        from nova_pipeline.core.index.vector_store import open_client, open_client_at
-
         if self._client is None:
-            self._client = (
-                open_client_at(Layout.of(self.home).runtime_vectors)
-                if self.label == BACKUP
-                else open_client(self.home, self.chroma_url)
+            raise VectorStoreError(
+                f"the {self.label} store is opened by writing_to() (writers) or active_client() (readers)"
             )
         return self._client
 
@@ -131,6 +148,55 @@ def active_store(home, chroma_url: str | None) -> ActiveStore:
     )
 
 
+@contextlib.contextmanager
+def writing_to(home, chroma_url: str | None, buckets: Sequence[int] | None = None) -> Iterator[ActiveStore]:
+    """Hold the lock a writer of the active store needs, and yield that store, read from the pointer *after*
+    the lock was taken.
+
+    The lock is the writer lock (:func:`~nova_pipeline.core.locks.writer_lock`) for an embedded store (the
+    primary data dir, or the runtime copy while failed over) and for a whole-store writer; the locks of
+    ``buckets`` for a slice of a run against a Chroma server. A failover or failback flips the pointer under
+    the writer lock, which takes every bucket lock, so the store yielded here stays the active one until the
+    block ends. When the pointer changed while this writer waited, it lets go and takes the lock the new store
+    needs.
+
+    Raises:
+        LockTimeoutError: another writer held the lock too long.
+    """
+    from nova_pipeline.core.locks import bucket_locks, writer_lock
+
+    while True:
+        store = active_store(home, chroma_url)
+        server_slice = bool(chroma_url) and store.label == PRIMARY and buckets is not None
+        lock = bucket_locks(home, buckets) if server_slice else writer_lock(home)
+        with lock:
+            now = active_store(home, chroma_url)
+            if now.label == store.label:
+                with _fresh_client_of(now) as client:
+                    now._client = client
+                    yield now
+                return
+        log.info(
+            "the active store changed to %s while waiting for its lock: taking the lock it needs", now.label
+        )
+
+
+@contextlib.contextmanager
+def active_client(home, chroma_url: str | None) -> Iterator[object]:
+    """A fresh client of the store the pointer names now (the primary, or the runtime copy while failed over),
+    closed after the block; for a reader under the writer lock, such as the golden copy's export."""
+    with _fresh_client_of(active_store(home, chroma_url)) as client:
+        yield client
+
+
+def _fresh_client_of(store: ActiveStore):
+    from nova_pipeline.core.index.vector_store import fresh_client
+
+    if store.label == BACKUP:
+        return fresh_client(store.home, None, path=Layout.of(store.home).runtime_vectors)
+    return fresh_client(store.home, store.chroma_url)
+
+
 def activate_backup(
     home, settings: FailoverSettings, reason: str, who: str, available_bytes: int | None = None
 ) -> dict:
@@ -144,8 +210,14 @@ def activate_backup(
         FailoverError: there is no golden copy to fail over to, or the backup cannot be made (the message
             is the estimate's refusal).
     """
+    from nova_pipeline.core.locks import writer_lock
     from nova_pipeline.core.protect import audit, golden
 
+    with writer_lock(home):  # the runtime copy is written and the pointer flipped with no writer in between
+        return _activate_locked(home, settings, reason, who, available_bytes, audit, golden)
+
+
+def _activate_locked(home, settings, reason, who, available_bytes, audit, golden) -> dict:
     state = read_state(home)
     if state.failed_over:
         return audit.record(home, "failover", "already on the backup store", who, since=state.since)
@@ -175,9 +247,16 @@ def activate_backup(
         )
     log.warning("PRIMARY VECTOR STORE UNAVAILABLE - activating the backup store (%s)", reason)
     log.info(est.message)
-    state.active, state.since, state.reason = BACKUP, now_iso(), reason
-    state.backup_version, state.backup_created_at, state.backup_kind = cur.name, cur.created_at, est.choice
-    write_state(home, state)
+
+    def flip(state: FailoverState) -> None:
+        state.active, state.since, state.reason = BACKUP, now_iso(), reason
+        state.backup_version, state.backup_created_at, state.backup_kind = (
+            cur.name,
+            cur.created_at,
+            est.choice,
+        )
+
+    update_state(home, flip)
     log.warning(
         "BACKUP MODE ACTIVE - searches are answered from golden version %s (stale as of %s)",
         cur.name,
@@ -209,7 +288,14 @@ class _CacheOnlyEmbedder:
         )
 
 
-def fail_back(home, chroma_url: str | None, fingerprint: str, chunks, who: str, sample: int = 25) -> dict:
+def fail_back(
+    home,
+    chroma_url: str | None,
+    fingerprint: str,
+    chunks: pd.DataFrame | Callable[[], pd.DataFrame],
+    who: str,
+    sample: int = 25,
+) -> dict:
     """Fail back: bring the primary up to date without re-indexing, check it, flip the pointer, audit.
 
     1. A primary that came back empty (a new server) is refilled from CURRENT's export.
@@ -219,56 +305,72 @@ def fail_back(home, chroma_url: str | None, fingerprint: str, chunks, who: str, 
        version) is upserted from the embedding cache; nothing is embedded again.
     4. The pointer flips back to ``primary`` and the journal is cleared.
 
+    All four run under the writer lock, so no writer can add to the journal between the replay and the
+    flip: a writer that was waiting re-reads the pointer once it has the lock (:func:`writing_to`) and
+    writes to the primary. ``chunks`` (the ``source_chunks`` table, or a function returning it) is read
+    under the lock too.
+
     Returns:
         The audit record.
 
     Raises:
         FailoverError: not failed over, or the primary does not check out (the pointer stays on the backup).
     """
-    from nova_pipeline.core.index.embedding_cache import EmbeddingCache
-    from nova_pipeline.core.index.reconcile import reconcile
-    from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
-    from nova_pipeline.core.index.verification import VerifiedRecord, self_retrieval_failures
+    from nova_pipeline.core.index.vector_store import fresh_client
     from nova_pipeline.core.locks import writer_lock
-    from nova_pipeline.core.protect import audit, golden
+    from nova_pipeline.core.protect import audit
 
-    state = read_state(home)
-    if not state.failed_over:
-        return audit.record(home, "failback", "already on the primary store", who)
     started = time.perf_counter()
     journal = Journal(home)
-    pending = journal.summary()
     with writer_lock(home):
-        col = get_collection(open_client(home, chroma_url), fingerprint)
-        refilled = 0
-        cur = golden.current_version(home)
-        if col.count() == 0 and cur is not None:
-            refilled, _ = golden.import_export(col, cur.path)
-        upserted, deleted = journal.replay(col)
-        cache = EmbeddingCache(home, fingerprint)
-        try:
-            repaired = 0
-            if existing_ids(col) != set(chunks["chunk_id"]):
-                stats = reconcile(col, chunks, _CacheOnlyEmbedder(fingerprint), cache)
-                repaired = stats.upserted + stats.deleted
-            checked, failures = self_retrieval_failures(col, chunks, cache, sample)
-        finally:
-            cache.close()
-        count = col.count()
+        if not read_state(home).failed_over:
+            return audit.record(home, "failback", "already on the primary store", who)
+        with fresh_client(home, chroma_url) as client:
+            return _fail_back_locked(home, client, fingerprint, chunks, who, sample, journal, started)
+
+
+def _fail_back_locked(home, client, fingerprint, chunks, who, sample, journal, started) -> dict:
+    from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+    from nova_pipeline.core.index.reconcile import reconcile
+    from nova_pipeline.core.index.vector_store import existing_ids, get_collection
+    from nova_pipeline.core.index.verification import VerifiedRecord, self_retrieval_failures
+    from nova_pipeline.core.protect import audit, golden
+
+    pending = journal.summary()
+    chunks = chunks() if callable(chunks) else chunks
+    col = get_collection(client, fingerprint)
+    refilled = 0
+    cur = golden.current_version(home)
+    if col.count() == 0 and cur is not None:
+        refilled, _ = golden.import_export(col, cur.path)
+    upserted, deleted = journal.replay(col)
+    cache = EmbeddingCache(home, fingerprint)
+    try:
+        repaired = 0
+        if existing_ids(col) != set(chunks["chunk_id"]):
+            stats = reconcile(col, chunks, _CacheOnlyEmbedder(fingerprint), cache)
+            repaired = stats.upserted + stats.deleted
+        checked, failures = self_retrieval_failures(col, chunks, cache, sample)
+    finally:
+        cache.close()
+    count = col.count()
     if count != len(chunks) or failures:
         problem = failures[0] if failures else f"{count} vectors for {len(chunks)} chunks"
         audit.record(home, "failback", f"failed: {problem}", who, journal=pending)
         raise FailoverError(
             f"the primary does not check out after the replay ({problem}); staying on the backup store"
         )
-    state.active, state.since, state.reason, state.breaker = (
-        PRIMARY,
-        now_iso(),
-        "primary recovered",
-        "closed",
-    )
-    write_state(home, state)
-    journal.clear()
+
+    def flip(state: FailoverState) -> None:
+        state.active, state.since, state.reason, state.breaker = (
+            PRIMARY,
+            now_iso(),
+            "primary recovered",
+            "closed",
+        )
+
+    update_state(home, flip)
+    journal.clear()  # under the same lock as the replay: nothing was journaled in between
     VerifiedRecord(home).forget()
     log.info(
         "PRIMARY VECTOR STORE RESTORED - backup mode deactivated in %.1f s", time.perf_counter() - started

@@ -163,7 +163,12 @@ def primary_store(home, chroma_url: str | None, fingerprint: str, timeout: float
         return Check(
             "primary vector store",
             True,
-            f"{where}: {p.count:,} vectors, answered in {p.seconds:.2f} s" + pointer,
+            (
+                f"{where}: {p.count:,} vectors, answered in {p.seconds:.2f} s"
+                if p.count is not None
+                else f"{where}: in use by a writer (a rebuild holds its lock), not opened"
+            )
+            + pointer,
         )
     return Check("primary vector store", False, f"{where}: {p.error}{pointer}")
 

@@ -94,9 +94,10 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     from nova_pipeline.core.index.vector_store import (
         collection_name,
         existing_ids,
+        fresh_client,
         get_collection,
-        open_client,
     )
+    from nova_pipeline.core.index.verification import embedded_ids
 
     guard = guard or DeletionGuard()
     home = settings.home
@@ -139,10 +140,12 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     plan.chunks = len(chunks)
     have: set[str] = set()
     try:
-        if settings.chroma_url or (home / "vectors").exists():
-            have = existing_ids(
-                get_collection(open_client(home, settings.chroma_url), fingerprint, create=False)
-            )
+        known = None if settings.chroma_url else embedded_ids(home, fingerprint)  # read-only, no Chroma
+        if known is not None:
+            have = known
+        elif settings.chroma_url or (home / "vectors").exists():
+            with fresh_client(home, settings.chroma_url, create=False, lock_timeout=30.0) as client:
+                have = existing_ids(get_collection(client, fingerprint, create=False))
         plan.vectors_now = len(have)
     except IndexNotBuiltError:
         plan.vectors_now = 0

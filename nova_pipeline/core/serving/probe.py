@@ -5,6 +5,7 @@ or a crash of the vector library is a failed probe, not a crashed caller.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ def _probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, time
     Raises:
         Any error of the vector store (an HTTP status, a transport error, a Chroma error).
     """
-    from nova_pipeline.core.index.vector_store import collection_name, get_collection, open_client
+    from nova_pipeline.core.index.vector_store import collection_name, get_collection
 
     if chroma_url:
         import httpx
@@ -60,11 +61,22 @@ def _probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, time
                     json={"query_embeddings": one.json()["embeddings"], "n_results": 1, "include": []},
                 ).raise_for_status()
         return {"count": count}
-    col = get_collection(open_client(home, chroma_url), fingerprint, create=False)
-    count = col.count()
-    if count:
-        got = col.get(limit=1, include=["embeddings"])
-        col.query(query_embeddings=np.asarray(got["embeddings"], dtype=np.float32), n_results=1)
+    from nova_pipeline.core.errors import LockTimeoutError
+    from nova_pipeline.core.index.vector_store import fresh_client
+
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(
+                fresh_client(home, None, create=False, lock_timeout=max(0.5, timeout - 1.0))
+            )
+        except LockTimeoutError:
+            # a writer holds the embedded store (a rebuild at work): it is in use, not down
+            return {"count": None, "busy": True}
+        col = get_collection(client, fingerprint, create=False)
+        count = col.count()
+        if count:
+            got = col.get(limit=1, include=["embeddings"])
+            col.query(query_embeddings=np.asarray(got["embeddings"], dtype=np.float32), n_results=1)
     return {"count": count}
 
 

@@ -24,20 +24,21 @@ CURRENT changes, and built on first use. Every hit says which store answered, an
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pybreaker
+import numpy as np
 
 from nova_pipeline.core.errors import (
     FailoverError,
     IndexNotBuiltError,
     InvalidRequestError,
     NovaError,
-    QueryTimeoutError,
 )
 from nova_pipeline.core.index import lexical
 from nova_pipeline.core.index.embedding import Embedder, SentenceTransformerEmbedder, bundled_fingerprint
@@ -52,10 +53,12 @@ from nova_pipeline.core.index.ranking import (
     fuse,
     phrase_of,
 )
-from nova_pipeline.core.index.vector_store import Hit, get_collection, open_client, open_client_at, query
-from nova_pipeline.core.serving.estimate import DISK, MEMORY, estimate_for_version
+from nova_pipeline.core.index.vector_store import Hit, get_collection, open_client, query
+from nova_pipeline.core.serving.backup_store import BackupStore
 from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.pointer import BACKUP, PRIMARY, read_state
+from nova_pipeline.core.serving.query_breaker import QueryBreaker
+from nova_pipeline.core.serving.views import ViewCache
 from nova_pipeline.core.settings import Settings
 
 __all__ = ["BackupStore", "SearchResult", "Searcher", "hit_json", "search"]
@@ -63,6 +66,17 @@ __all__ = ["BackupStore", "SearchResult", "Searcher", "hit_json", "search"]
 log = logging.getLogger(__name__)
 
 
+PRIMARY_WORKERS = 16  # threads for primary queries: a hung primary holds some, the deadline frees the caller
+SERVER_COUNT_EVERY_S = 5.0  # a Chroma server's count (an empty primary is a failed one) is checked this often
+
+
+def _ignore_outcome(future: concurrent.futures.Future) -> None:
+    """Collect the outcome of a primary query that ran past its deadline (its caller has moved on)."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass
 @dataclass
 class SearchResult:
     """Hits, best first, and where they came from.
@@ -79,81 +93,9 @@ class SearchResult:
     mode: str = "hybrid"
 
 
-class BackupStore:
-    """The backup store: CURRENT's export in memory when the estimate allows (and ``prefer_memory``), else
-    the on-disk runtime copy. Thread-safe; reloaded when CURRENT changes."""
-
-    def __init__(
-        self, settings: Settings, fingerprint: str, failover: FailoverSettings, prefer_memory: bool = True
-    ):
-        self.settings, self.fingerprint, self.failover = settings, fingerprint, failover
-        self.prefer_memory = prefer_memory
-        self._lock = threading.Lock()
-        self._collection = None
-        self.version: str | None = None
-        self.created_at: str | None = None
-        self.kind: str | None = None
-        self.estimate = None
-
-    def collection(self):
-        """``(collection, golden version created_at)``, loading or reloading as needed.
-
-        Raises:
-            IndexNotBuiltError: there is no golden copy yet.
-            FailoverError: the estimate refuses both kinds of backup store.
-        """
-        from nova_pipeline.core.protect import golden
-
-        cur = golden.current_version(self.settings.home)
-        if cur is None:
-            raise IndexNotBuiltError(
-                "no golden copy to answer from: run the rebuild job while the primary is up"
-            )
-        with self._lock:
-            if self._collection is None or self.version != cur.name:
-                self._load(cur)
-            return self._collection, self.created_at
-
-    def _load(self, cur) -> None:
-        from nova_pipeline.core.protect import golden
-
-        runtime = self.settings.layout.runtime_vectors
-        est = estimate_for_version(cur, max_memory_mb=self.failover.max_memory_mb, disk_copy=runtime.is_dir())
-        if est.choice == MEMORY and self.prefer_memory:
-            import chromadb
-            from chromadb.config import Settings as ChromaSettings
-
-            client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
-            name = f"backup-{self.fingerprint}"
-            if self._collection is not None:
-                client.delete_collection(self._collection.name)
-            col = client.get_or_create_collection(
-                name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
-            )
-            golden.import_export(col, cur.path)
-            kind = MEMORY
-        elif est.choice in (MEMORY, DISK):
-            col = get_collection(open_client_at(runtime), self.fingerprint, create=False)
-            kind = DISK
-        else:
-            raise FailoverError(est.message)
-        self._collection, self.version, self.created_at, self.kind, self.estimate = (
-            col,
-            cur.name,
-            cur.created_at,
-            kind,
-            est,
-        )
-        log.info(
-            "backup store: golden version %s %s (%s)",
-            cur.name,
-            "in memory" if kind == MEMORY else f"on disk at {runtime}",
-            est.message,
-        )
-
-
 class Searcher:
-    """Searches with failover (see the module docstring). One per process is enough; thread-safe.
+    """Searches with failover (see the module docstring). One per process is enough; thread-safe, and queries
+    run concurrently.
 
     Args:
         settings: ``NOVA_HOME`` and ``NOVA_CHROMA_URL``.
@@ -177,16 +119,21 @@ class Searcher:
         self.ranking = ranking or SearchSettings.from_env()
         self._embedder = embedder
         self.fingerprint = embedder.fingerprint if embedder is not None else bundled_fingerprint()
-        self.backup = BackupStore(settings, self.fingerprint, self.failover, prefer_memory)
-        self.breaker = pybreaker.CircuitBreaker(
-            fail_max=self.failover.failure_threshold,
-            reset_timeout=self.failover.half_open_after_s,
-            name="search",
+        self.backup = BackupStore(settings, self.fingerprint, self.failover.max_memory_mb, prefer_memory)
+        self.breaker = QueryBreaker(self.failover.failure_threshold, self.failover.half_open_after_s)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=PRIMARY_WORKERS, thread_name_prefix="primary-query"
         )
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="primary-query")
-        self._primary = None
+        # embedded primary: views reopened when another process wrote; server: one client, fresh by nature
+        self._views = (
+            None
+            if settings.chroma_url
+            else ViewCache(settings.home, settings.layout.vectors, self.fingerprint)
+        )
+        self._server: tuple[object, float, int] | None = None  # (collection, counted at, count)
         self._lexical: dict[str, lexical.LexicalIndex] = {}
         self._lock = threading.Lock()
+        self._embed_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
 
     @property
     def embedder(self) -> Embedder:
@@ -195,12 +142,132 @@ class Searcher:
                 self._embedder = SentenceTransformerEmbedder()
             return self._embedder
 
-    def _primary_collection(self):
+    def embed_query(self, text: str) -> np.ndarray:
+        """The query's embedding, ``(1, dimension)`` float32."""
+        model = self.embedder
+        with self._embed_lock:
+            return model.embed([text])
+
+    @contextlib.contextmanager
+    def _primary(self) -> Iterator[object]:
+        """The primary collection for the block.
+
+        Raises:
+            IndexNotBuiltError: there is no primary index, or its collection is empty (a primary that lost
+                its data is a failed primary).
+            VectorStoreError: it cannot be opened.
+        """
+        if self._views is not None:
+            with self._views.collection() as (col, count):
+                if count == 0:
+                    raise IndexNotBuiltError(f"the primary collection {col.name} is empty")
+                yield col
+            return
         with self._lock:
-            if self._primary is None:
-                client = open_client(self.settings.home, self.settings.chroma_url, create=False)
-                self._primary = get_collection(client, self.fingerprint, create=False)
-            return self._primary
+            cached = self._server
+        now = time.monotonic()
+        if cached is None or now - cached[1] > SERVER_COUNT_EVERY_S:
+            col = (
+                cached[0]
+                if cached is not None
+                else get_collection(
+                    open_client(self.settings.home, self.settings.chroma_url, create=False),
+                    self.fingerprint,
+                    create=False,
+                )
+            )
+            cached = (col, now, col.count())
+            with self._lock:
+                self._server = cached
+        if cached[2] == 0:
+            raise IndexNotBuiltError(f"the primary collection {cached[0].name} is empty")
+        yield cached[0]
+
+    def _on_primary(self, op: Callable):
+        try:
+            with self._primary() as col:
+                return op(col)
+        except IndexNotBuiltError:
+            raise
+        except Exception:
+            self._reset_primary()  # a client or view in a bad state is opened again next time
+            raise
+
+    def _reset_primary(self) -> None:
+        if self._views is not None:
+            self._views.invalidate()
+        with self._lock:
+            self._server = None
+
+    def _run(self, op: Callable, failed_over: bool, deadline: float):
+        """``(op(collection), store, stale_as_of, fell_back, error)`` on the store the pointer names, with the
+        per-query fallback to the backup store.
+
+        The breaker is asked before the primary query and told its outcome after; the query itself runs in
+        the pool, waited for until ``deadline`` (``time.monotonic()`` seconds: the whole request's, waiting
+        for a pool thread included). A query past it, a failure, a missing or empty primary collection, or an
+        open breaker is answered from the backup store, when there is a golden copy.
+        """
+        error = ""
+        if not failed_over:
+            if self.breaker.allow():
+                future = self._pool.submit(self._on_primary, op)
+                try:
+                    result = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except concurrent.futures.TimeoutError:
+                    self.breaker.failure()
+                    future.add_done_callback(_ignore_outcome)
+                    error = (
+                        f"the primary did not answer within the query deadline "
+                        f"({self.failover.query_timeout_s:g} s, waiting included)"
+                    )
+                except IndexNotBuiltError as exc:
+                    self.breaker.failure()
+                    if not self._golden_exists():
+                        raise
+                    error = f"the primary has no index: {exc}"
+                except Exception as exc:  # noqa: BLE001 - any failure of the primary falls back
+                    self.breaker.failure()
+                    error = f"{type(exc).__name__}: {exc}"
+                else:
+                    self.breaker.success()
+                    return result, PRIMARY, None, False, ""
+            else:
+                error = "the search breaker is open: the primary failed recently"
+            log.warning("primary query failed, answering from the backup store: %s", error)
+        try:
+            with self.backup.collection() as (col, stale):
+                return op(col), BACKUP, stale, not failed_over, error
+        except NovaError as exc:
+            if error:
+                raise FailoverError(
+                    f"the primary failed ({error}) and no backup store can answer: {exc}"
+                ) from None
+            raise
+
+    def _golden_exists(self) -> bool:
+        from nova_pipeline.core.protect import golden
+
+        return (golden.golden_root(self.settings.home) / golden.CURRENT).is_file()
+
+    def healthy(self, timeout: float | None = None) -> bool:
+        """Whether a search can be answered now, by the primary or the backup store: one real query (nearest
+        neighbour of a unit vector, no embedding) through the same path as :meth:`search`, bounded by
+        ``timeout`` seconds (default: the query timeout)."""
+        timeout = self.failover.query_timeout_s if timeout is None else timeout
+        unit = np.zeros((1, 384), dtype=np.float32)
+        unit[0, 0] = 1.0
+
+        def op(col):
+            return col.query(query_embeddings=unit, n_results=1, include=[])
+
+        try:
+            state = read_state(self.settings.home)
+            self._run(op, state.failed_over, time.monotonic() + timeout)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure means: not healthy (logged)
+            log.warning("health probe failed: %s", exc)
+            return False
 
     def lexical_index(self, store: str = PRIMARY) -> lexical.LexicalIndex | None:
         """The BM25 index that goes with ``store``: the live one (``NOVA_HOME/lexical``) for the primary,
@@ -227,47 +294,6 @@ class Searcher:
                 self._lexical[key] = lexical.load(path)
             return self._lexical[key]
 
-    def _on_primary(self, op: Callable):
-        def run():
-            try:
-                return op(self._primary_collection())
-            except IndexNotBuiltError:
-                raise
-            except Exception:
-                with self._lock:
-                    self._primary = None  # a client in a bad state is opened again next time
-                raise
-
-        future = self._pool.submit(run)
-        try:
-            return future.result(timeout=self.failover.query_timeout_s)
-        except concurrent.futures.TimeoutError:
-            raise QueryTimeoutError(
-                f"the primary did not answer within {self.failover.query_timeout_s:g} s"
-            ) from None
-
-    def _run(self, op: Callable, failed_over: bool):
-        """``(op(collection), store, stale_as_of, fell_back, error)`` on the store the pointer names, with
-        the per-query fallback to the backup store."""
-        error = ""
-        if not failed_over:
-            try:
-                return self.breaker.call(self._on_primary, op), PRIMARY, None, False, ""
-            except IndexNotBuiltError:
-                raise
-            except pybreaker.CircuitBreakerError as exc:
-                error = f"the search breaker is open ({exc})"
-            except Exception as exc:  # noqa: BLE001 - any failure of the primary falls back
-                error = f"{type(exc).__name__}: {exc}"
-            log.warning("primary query failed, answering from the backup store: %s", error)
-        try:
-            col, stale = self.backup.collection()
-        except NovaError:
-            if error:
-                raise FailoverError(f"the primary failed ({error}) and no backup store can answer") from None
-            raise
-        return op(col), BACKUP, stale, not failed_over, error
-
     def search(
         self,
         text: str,
@@ -275,6 +301,7 @@ class Searcher:
         mode: str = HYBRID,
         path: str | None = None,
         language: str | None = None,
+        deadline: float | None = None,
     ) -> SearchResult:
         """The ``k`` best chunks for ``text`` (see the module docstring for modes and filters), from the
         store the pointer names, with the per-query fallback.
@@ -285,6 +312,8 @@ class Searcher:
             mode: ``hybrid`` (default), ``vector`` or ``lexical``.
             path: a glob over root-relative paths (``*`` crosses ``/``); None: every path.
             language: the manifest's language (``python``, ``markdown``, ...); None: every language.
+            deadline: ``time.monotonic()`` by which the primary must have answered, else the backup store
+                answers (default: now plus ``NOVA_QUERY_TIMEOUT``; ``nova serve`` passes the request's).
 
         Raises:
             ValueError: an unknown mode.
@@ -294,6 +323,8 @@ class Searcher:
         """
         if mode not in MODES:
             raise InvalidRequestError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+        if deadline is None:
+            deadline = time.monotonic() + self.failover.query_timeout_s
         state = read_state(self.settings.home)
         lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY) if mode != VECTOR else None
         if lex is None and mode == LEXICAL:
@@ -309,7 +340,7 @@ class Searcher:
             return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
         lex_hits = lex.search(text, n, lex.mask(path, language)) if lex is not None else []
         lex_ids = [lex.docs["chunk_id"].iat[h.row] for h in lex_hits]
-        vectors = self.embedder.embed([text]) if mode != LEXICAL else None
+        vectors = self.embed_query(text) if mode != LEXICAL else None
         targets = exact_targets(text) if mode == HYBRID else set()
         phrase = phrase_of(text) if mode == HYBRID else ""
         over = 4 if path and paths is None else 1  # a glob without a lexical index: filter after the query
@@ -355,7 +386,8 @@ class Searcher:
             texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
             return order, by_id, texts, {}
 
-        (order, by_id, texts, boosted), store, stale, fell_back, error = self._run(op, state.failed_over)
+        answer, store, stale, fell_back, error = self._run(op, state.failed_over, deadline)
+        order, by_id, texts, boosted = answer
         lex_by_id = {i: h for i, h in zip(lex_ids, lex_hits)}
         terms = [t for t in dict.fromkeys(lexical.code_tokens(text)) if lex is not None and t in lex.vocab]
         hits = []
@@ -393,7 +425,11 @@ class Searcher:
         )
 
     def close(self) -> None:
+        """Stop the query pool and close the store views (queries still running finish on their own)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._views is not None:
+            self._views.close()
+        self.backup.close()
 
 
 def _documents(col, ids: list[str]) -> dict[str, str]:
@@ -445,6 +481,23 @@ def _label(hits: list[Hit], store: str, stale: str | None) -> list[Hit]:
     return hits
 
 
+_SHARED: dict[tuple, Searcher] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_searcher(settings: Settings, embedder: Embedder | None = None) -> Searcher:
+    """The process's :class:`Searcher` of ``(NOVA_HOME, NOVA_CHROMA_URL, model)``, made on first use and kept:
+    the model, the BM25 index and the store views stay loaded between calls, and each reopens what changed
+    (a new lexical directory, a new generation of the vector store, a new CURRENT)."""
+    fingerprint = embedder.fingerprint if embedder is not None else bundled_fingerprint()
+    key = (str(settings.home), settings.chroma_url or "", fingerprint, id(embedder) if embedder else 0)
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None:
+            found = _SHARED[key] = Searcher(settings, embedder)
+        return found
+
+
 def search(
     text: str,
     k: int = 5,
@@ -458,6 +511,9 @@ def search(
     hit says which store answered (``store``), from the backup ``stale_as_of``, and why it matched
     (``vector_score``, ``lexical_score``, ``matched_terms``).
 
+    Calls share one :class:`Searcher` per ``(NOVA_HOME, NOVA_CHROMA_URL, model)`` (:func:`shared_searcher`),
+    so a program that searches in a loop loads the model and the indexes once.
+
     Args:
         text: the query, in natural language or code.
         k: number of hits.
@@ -467,26 +523,26 @@ def search(
         path: a glob over root-relative paths; language: a manifest language. Both filter every mode.
 
     Raises:
-        ValueError: an unknown mode.
+        InvalidRequestError (a ``ValueError``): an unknown mode.
         IndexNotBuiltError: nothing has been indexed yet; the message says to run the rebuild job.
-        VectorStoreError: the vector store is unreachable and no backup store can answer.
+        VectorStoreError, FailoverError: the vector store cannot answer and no backup store can.
     """
     settings = settings or Settings.from_env(require_source=False)
-    searcher = Searcher(settings, embedder)
-    try:
-        if not read_state(settings.home).failed_over:
-            try:  # before loading the model: say early when nothing is built
-                col = searcher._primary_collection()
-                empty = col.count() == 0
-            except IndexNotBuiltError:
-                raise
-            except NovaError:
-                empty = False  # unreachable or damaged: the search falls back to the backup store
-            if empty:
-                raise IndexNotBuiltError(
-                    f"the vector index {col.name} is empty: run the rebuild job "
-                    "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
-                )
-        return searcher.search(text, k, mode=mode, path=path, language=language).hits
-    finally:
-        searcher.close()
+    _require_something_built(settings)  # before loading the model
+    return shared_searcher(settings, embedder).search(text, k, mode=mode, path=path, language=language).hits
+
+
+def _require_something_built(settings: Settings) -> None:
+    """Raise :class:`IndexNotBuiltError` when there is neither an embedded primary nor a golden copy (a
+    Chroma server is asked by the search itself)."""
+    from nova_pipeline.core.index.vector_store import CHROMA_DB
+    from nova_pipeline.core.protect import golden
+
+    if settings.chroma_url or (settings.layout.vectors / CHROMA_DB).is_file():
+        return
+    if (golden.golden_root(settings.home) / golden.CURRENT).is_file():
+        return
+    raise IndexNotBuiltError(
+        f"nothing is indexed under {settings.home.name}/ yet: run the rebuild job "
+        "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+    )

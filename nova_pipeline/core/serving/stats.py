@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
+from nova_pipeline.core.index.vector_store import fresh_client
 from nova_pipeline.core.ingest.manifest import DELETED
 from nova_pipeline.core.keys import (
     BACKUPS,
@@ -30,6 +31,9 @@ from nova_pipeline.core.tables import read_table, table_path
 __all__ = ["collect_stats", "describe_state"]
 
 
+READ_LOCK_TIMEOUT_S = 5.0  # how long stats wait for a writer to let them open an embedded store
+
+
 def _dir_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -46,7 +50,7 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
     first build)."""
     from nova_pipeline.core.compression.dictionary import DictionaryRegistry
     from nova_pipeline.core.compression.store import ContentStore
-    from nova_pipeline.core.index.vector_store import get_collection, open_client
+    from nova_pipeline.core.index.vector_store import get_collection
     from nova_pipeline.core.protect import backup, golden
     from nova_pipeline.core.serving.estimate import estimate_for_version
     from nova_pipeline.core.serving.pointer import read_state
@@ -112,14 +116,15 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
         )
         where = s.chroma_url or str(s.layout.vectors)
         try:
-            col = get_collection(open_client(s.home, s.chroma_url, create=False), fingerprint, create=False)
-            rows.append(
-                {
-                    "asset": VECTOR_INDEX,
-                    "where": where,
-                    "what": f"{col.count():,} vectors in collection {col.name}",
-                }
-            )
+            with fresh_client(s.home, s.chroma_url, create=False, lock_timeout=READ_LOCK_TIMEOUT_S) as client:
+                col = get_collection(client, fingerprint, create=False)
+                rows.append(
+                    {
+                        "asset": VECTOR_INDEX,
+                        "where": where,
+                        "what": f"{col.count():,} vectors in collection {col.name}",
+                    }
+                )
         except NovaError as exc:
             rows.append({"asset": VECTOR_INDEX, "where": where, "what": str(exc), "warning": True})
         from nova_pipeline.core.index import lexical
@@ -187,18 +192,20 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
 def _vector_store_stats(settings: Settings, fingerprint: str) -> dict:
     """Collections (name: vectors), the vectors and documents of ours, bytes on disk (embedded mode).
     Reads only: an embedded data dir that does not exist yet is reported empty, not created."""
-    from nova_pipeline.core.index.vector_store import collection_name, open_client
+    from nova_pipeline.core.index.vector_store import collection_name
 
     out: dict = {"where": settings.chroma_url or str(settings.layout.vectors)}
     try:
-        client = open_client(settings.home, settings.chroma_url, create=False)
-        cols = {
-            c.name: c.count()
-            for c in (
-                client.get_collection(x.name if hasattr(x, "name") else x, embedding_function=None)
-                for x in client.list_collections()
-            )
-        }
+        with fresh_client(
+            settings.home, settings.chroma_url, create=False, lock_timeout=READ_LOCK_TIMEOUT_S
+        ) as client:
+            cols = {
+                c.name: c.count()
+                for c in (
+                    client.get_collection(x.name if hasattr(x, "name") else x, embedding_function=None)
+                    for x in client.list_collections()
+                )
+            }
     except IndexNotBuiltError:  # nothing built yet, and opening did not create a data dir
         return {**out, "collections": {}, "vectors": 0, "documents": 0, "bytes_on_disk": 0}
     except Exception as exc:  # noqa: BLE001 - an unreachable store is a fact to report

@@ -6,7 +6,6 @@ Downstream assets read ``source_chunks`` from its table (``deps``); writers take
 :mod:`nova_pipeline.core.locks`.
 """
 
-import contextlib
 import dataclasses
 import os
 import socket
@@ -24,6 +23,7 @@ from nova_pipeline.core.index.vector_store import (
     DEFAULT_BATCH,
     collection_name,
     existing_ids,
+    get_collection,
     slice_buckets,
 )
 from nova_pipeline.core.index.verification import (
@@ -34,8 +34,7 @@ from nova_pipeline.core.index.verification import (
     store_state,
 )
 from nova_pipeline.core.keys import INDEX, SOURCE_CHUNKS, VECTOR_INDEX
-from nova_pipeline.core.locks import bucket_locks, writer_lock
-from nova_pipeline.core.serving.failover import ActiveStore, active_store
+from nova_pipeline.core.serving.failover import ActiveStore, active_client, active_store, writing_to
 from nova_pipeline.core.serving.pointer import PRIMARY
 from nova_pipeline.core.tables import require_table
 from nova_pipeline.defs.metadata import DAILY, md_table
@@ -92,19 +91,6 @@ def _unchanged_since(rec: dict) -> str:
     return f"unchanged since verified in run {run} at {at}: no write to the collection since"
 
 
-@contextlib.contextmanager
-def _write_access(settings, store: ActiveStore, buckets):
-    """The lock a writer of ``buckets`` (None: all) holds. An embedded data dir (the primary, or the backup
-    store while failed over) takes one writer at a time (chroma #7040); a Chroma server takes one writer per
-    bucket, so the slices of a run write side by side."""
-    if settings.chroma_url and store.label == PRIMARY:
-        with bucket_locks(settings.home, range(BUCKETS) if buckets is None else buckets):
-            yield
-    else:
-        with writer_lock(settings.home):
-            yield
-
-
 _STEP_OUT = "step_io_manager"
 
 
@@ -139,11 +125,12 @@ def plan_vector_slices(
             "plan",
         )
         return
-    collection = store.collection(fingerprint)
-    try:
-        present = collection.count()
-    except Exception as exc:  # noqa: BLE001
-        raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
+    with active_client(settings.home, settings.chroma_url) as client:
+        collection = get_collection(client, fingerprint)
+        try:
+            present = collection.count()
+        except Exception as exc:  # noqa: BLE001 - whatever the store raised, the run stops here, saying so
+            raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
     guard.guard().check_vectors(present, len(source_chunks), collection.name)
     n = resolve_slices(config.slices)
     yield dg.Output(
@@ -178,12 +165,6 @@ def reconcile_vector_slice(
     settings = nova.settings(require_source=False)
     source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
     model = embedder.get_embedder()
-    store = active_store(settings.home, settings.chroma_url)
-    if store.journal is not None:
-        context.log.warning(
-            f"failed over since {store.state.since}: writing to the backup store and journaling "
-            f"every write to {store.journal.dir} for the failback"
-        )
     part = f"{task['index'] + 1}/{task['slices']}"
 
     def on_batch(n, stats):
@@ -209,7 +190,13 @@ def reconcile_vector_slice(
     loaded_before = getattr(model, "loaded", False)
     cache = EmbeddingCache(settings.home, model.fingerprint)
     try:
-        with _write_access(settings, store, task["buckets"]):
+        # the lock first, then the pointer: a failover or failback cannot flip the store under this writer
+        with writing_to(settings.home, settings.chroma_url, task["buckets"]) as store:
+            if store.journal is not None:
+                context.log.warning(
+                    f"failed over since {store.state.since}: writing to the backup store and journaling "
+                    f"every write to {store.journal.dir} for the failback"
+                )
             collection = store.collection(model.fingerprint)
             stats = reconcile(
                 collection,
@@ -324,18 +311,52 @@ def finish_vector_index(
         )
         return
     started = time.perf_counter()
-    store = active_store(settings.home, settings.chroma_url)
-    collection = store.collection(fingerprint)
-    count = collection.count()
+    store = active_store(settings.home, settings.chroma_url)  # which store, and its journal
     swept = 0
-    if count != len(source_chunks) and plan["slices"] > 1:
-        with _write_access(settings, store, None):
-            stale = sorted(existing_ids(collection) - set(source_chunks["chunk_id"]))
-            for i in range(0, len(stale), DEFAULT_BATCH):
-                collection.delete(ids=stale[i : i + DEFAULT_BATCH])
-            swept = len(stale)
-            count = collection.count()
-        context.log.info(f"deleted {swept} stale vectors that no slice owned (written before buckets)")
+    if plan["slices"] > 1:
+        with writing_to(settings.home, settings.chroma_url) as writer:
+            col = writer.collection(fingerprint)
+            if col.count() != len(source_chunks):
+                stale = sorted(existing_ids(col) - set(source_chunks["chunk_id"]))
+                for i in range(0, len(stale), DEFAULT_BATCH):
+                    col.delete(ids=stale[i : i + DEFAULT_BATCH])
+                swept = len(stale)
+        if swept:
+            context.log.info(f"deleted {swept} stale vectors that no slice owned (written before buckets)")
+    with active_client(settings.home, settings.chroma_url) as client:  # a view opened after every write
+        collection = get_collection(client, fingerprint)
+        count = collection.count()
+        yield from _finish(
+            context,
+            settings,
+            fingerprint,
+            name,
+            plan,
+            results,
+            source_chunks,
+            store,
+            collection,
+            count,
+            swept,
+            started,
+        )
+
+
+def _finish(
+    context,
+    settings,
+    fingerprint,
+    name,
+    plan,
+    results,
+    source_chunks,
+    store,
+    collection,
+    count,
+    swept,
+    started,
+):
+    """The rest of :func:`finish_vector_index`, on an open collection: record, report, check."""
     verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
     if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
         verified.record("reconcile", digest, state, context.run_id, count=count)

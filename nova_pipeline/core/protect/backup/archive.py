@@ -31,7 +31,7 @@ import pandas as pd
 import zstandard as zstd
 
 from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_bytes, fsync_dir
-from nova_pipeline.core.errors import BackupError, BackupVerifyError
+from nova_pipeline.core.errors import BackupError, BackupNotFoundError, BackupVerifyError
 from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.protect.golden.verify import verify_tree
 from nova_pipeline.core.protect.golden.versions import (
@@ -144,12 +144,14 @@ def find_backup(home: Path, backup_id: str) -> BackupInfo:
     """A backup by id (or by file name).
 
     Raises:
-        BackupError: no such backup.
+        BackupNotFoundError: no such backup.
     """
     for b in list_backups(home):
         if backup_id in (b.id, b.path.name):
             return b
-    raise BackupError(f"no backup {backup_id!r} under {backups_dir(home)}; `nova backup list` shows them")
+    raise BackupNotFoundError(
+        f"no backup {backup_id!r} under {backups_dir(home)}; `nova backup list` shows them"
+    )
 
 
 class _HashingWriter(io.RawIOBase):

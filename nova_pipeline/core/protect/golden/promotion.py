@@ -27,6 +27,7 @@ when retention removes it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -46,8 +47,8 @@ from nova_pipeline.core.errors import GoldenCopyError
 from nova_pipeline.core.index import lexical
 from nova_pipeline.core.index.vector_store import (
     collection_name,
+    fresh_client,
     get_collection,
-    open_client,
 )
 from nova_pipeline.core.keys import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.locks import writer_lock
@@ -195,7 +196,7 @@ def promote(
     chunks: pd.DataFrame | None = None,
     guard: DeletionGuard | None = None,
     checker: Callable[[Path], dict] | None = None,
-    open_store: Callable[[], object] | None = None,
+    open_store: Callable[[], contextlib.AbstractContextManager] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Promotion:
     """Snapshot the index into a new golden version, verify it and make it CURRENT, unless nothing changed.
@@ -210,8 +211,10 @@ def promote(
         guard: refuses replacing a non-empty CURRENT with an empty index (default: a guard without override).
         checker: verifies the staged version before it is committed (default :func:`verify_export`, with
             the embedding cache of ``fingerprint`` when there is one).
-        open_store: returns the Chroma client to snapshot, called only when a promotion is needed (default:
-            the primary of ``home``/``chroma_url``; while failed over, the caller passes the active store's).
+        open_store: returns a context manager yielding the Chroma client to snapshot; entered under the writer
+            lock, only when a promotion is needed (default: a fresh client of the primary of
+            ``home``/``chroma_url``; the pipeline passes the active store's, read from the failover pointer
+            under the same lock).
         progress: called as ``progress(shards_done, shards)`` as export shards are written or linked.
 
     Raises:
@@ -272,8 +275,8 @@ def promote(
         by_shard: dict[int, list[str]] = {}
         for cid, path in zip(chunks["chunk_id"].tolist(), chunks["path"].tolist()):
             by_shard.setdefault(shard_of(path), []).append(cid)
-        with writer_lock(home):
-            client = open_store() if open_store is not None else open_client(home, chroma_url)
+        opener = open_store or (lambda: fresh_client(home, chroma_url, create=False))
+        with writer_lock(home), opener() as client:
             collection = get_collection(client, fingerprint, create=False)
             count = collection.count()
             if count != len(chunks):

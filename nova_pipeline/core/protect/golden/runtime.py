@@ -18,11 +18,7 @@ from pathlib import Path
 
 from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError
-from nova_pipeline.core.index.vector_store import (
-    get_collection,
-    open_client,
-    open_client_at,
-)
+from nova_pipeline.core.index.vector_store import fresh_client, get_collection
 from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.locks import writer_lock
 from nova_pipeline.core.protect import audit
@@ -67,28 +63,28 @@ def _require_current(home: Path) -> GoldenVersion:
     return cur
 
 
-def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
+def _apply_to_data_dir(version: GoldenVersion, dest: Path, home: Path) -> Applied:
     """Make the embedded store at ``dest`` hold exactly ``version``: a diff when it opens, else a fresh
     store built beside it and swapped in by rename."""
     started = time.perf_counter()
     model = json.loads((version.path / "model.json").read_text())
     rebuilt = False
     try:
-        col = get_collection(open_client_at(dest), model["fingerprint"])
-        upserted, deleted = import_export(col, version.path)
-        count = col.count()
+        with fresh_client(home, path=dest) as client:
+            col = get_collection(client, model["fingerprint"])
+            upserted, deleted = import_export(col, version.path)
+            count = col.count()
     except Exception as exc:  # noqa: BLE001 - a damaged data dir raises anything; rebuild it from the export
         log.warning(
             "the Chroma store at %s cannot be updated (%s): rebuilding it from %s", dest, exc, version.name
         )
         rebuilt = True
         new = dest.with_name(dest.name + ".new")
-        forget_cached_clients()
         remove_tree(new)
-        col = get_collection(open_client_at(new), model["fingerprint"])
-        upserted, deleted = import_export(col, version.path)
-        count = col.count()
-        forget_cached_clients()
+        with fresh_client(home, path=new) as client:  # closed before the directories are swapped
+            col = get_collection(client, model["fingerprint"])
+            upserted, deleted = import_export(col, version.path)
+            count = col.count()
         old = dest.with_name(dest.name + ".old")
         remove_tree(old)
         if dest.exists():
@@ -96,7 +92,6 @@ def _apply_to_data_dir(version: GoldenVersion, dest: Path) -> Applied:
         os.rename(new, dest)
         fsync_dir(dest.parent)
         remove_tree(old)
-        forget_cached_clients()
     if count != model["count"]:
         raise GoldenCopyError(
             f"{dest} holds {count} vectors after applying {version.name}, which has {model['count']}"
@@ -121,10 +116,12 @@ def make_runtime_copy(home: Path, force: bool = False) -> Applied:
 
     In both modes (it is the local stand-in for a dead server). After a small change it costs a small
     diff; when ``runtime/version.json`` already names CURRENT it costs nothing, unless ``force`` (whoever
-    writes into the runtime copy, e.g. while failed over, removes that record first).
+    writes into the runtime copy, e.g. while failed over, removes that record first). The copy is written
+    under the writer lock (:mod:`nova_pipeline.core.locks`), like every other write to a vector store.
 
     Raises:
         GoldenCopyError: there is no golden copy, or the store does not hold the version's count after.
+        LockTimeoutError: another writer held the writer lock too long.
     """
     cur = _require_current(home)
     dest = runtime_dir(home)
@@ -139,13 +136,14 @@ def make_runtime_copy(home: Path, force: bool = False) -> Applied:
             rebuilt=False,
             seconds=0.0,
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    Layout.of(home).runtime_version.unlink(missing_ok=True)
-    applied = _apply_to_data_dir(cur, dest)
-    atomic_write_bytes(
-        Layout.of(home).runtime_version,
-        json.dumps({"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode(),
-    )
+    with writer_lock(home):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Layout.of(home).runtime_version.unlink(missing_ok=True)
+        applied = _apply_to_data_dir(cur, dest, home)
+        atomic_write_bytes(
+            Layout.of(home).runtime_version,
+            json.dumps({"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode(),
+        )
     return applied
 
 
@@ -191,17 +189,19 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
     model = json.loads((cur.path / "model.json").read_text())
     with writer_lock(home):
         if chroma_url:
-            col = get_collection(open_client(home, chroma_url), model["fingerprint"])
-            upserted, deleted = import_export(col, cur.path)
+            with fresh_client(home, chroma_url) as client:
+                col = get_collection(client, model["fingerprint"])
+                upserted, deleted = import_export(col, cur.path)
+                count = col.count()
             details = {"mode": "server", "upserted": upserted, "deleted": deleted}
         else:
-            applied = _apply_to_data_dir(cur, Layout.of(home).vectors)
+            applied = _apply_to_data_dir(cur, Layout.of(home).vectors, home)
+            count = applied.count
             details = {
                 "mode": "embedded (rebuilt)" if applied.rebuilt else "embedded",
                 "upserted": applied.upserted,
                 "deleted": applied.deleted,
             }
-    count = get_collection(open_client(home, chroma_url), model["fingerprint"], create=False).count()
     lex = restore_lexical(home, cur.path)
     how = "installed" if (cur.path / LEXICAL_DIR).exists() else "rebuilt from the export"
     details["lexical"] = f"{lex.docs} documents, {how}"
@@ -210,7 +210,9 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
 
 
 def forget_cached_clients() -> None:
-    """Chroma caches one system per data dir and process; drop it before and after swapping the dir."""
+    """Forget every Chroma system this process cached (one per data dir): a test that deletes a data dir
+    under a client it opened calls this. The pipeline's writers open fresh clients instead
+    (:func:`~nova_pipeline.core.index.vector_store.fresh_client`) and never need it."""
     with contextlib.suppress(Exception):
         from chromadb.api.client import SharedSystemClient
 

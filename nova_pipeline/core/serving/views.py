@@ -1,0 +1,161 @@
+"""Fresh, read-only views of an embedded Chroma data dir, for readers that live for days (``nova serve``).
+
+Chroma's embedded client loads a collection's HNSW index when it opens the data dir and never sees what
+another process writes later: on this machine, after another process deleted one vector and added four, an
+open client's ``count`` said 54 while its ``query`` still ranked the 50 vectors it had loaded (the deleted
+one among them). A client opened after the write saw all 54 in both.
+
+So a reader never keeps one client across other processes' writes. Every writer holds the writer lock of
+``NOVA_HOME`` (:mod:`nova_pipeline.core.locks`), and releasing it marks a new generation. A
+:class:`ViewCache` compares the generation before each use; when it changed, it opens a new view (a separate
+Chroma system on the same files, :func:`~nova_pipeline.core.index.vector_store.open_client_at` with
+``view``), hands it to new readers, and closes the old one once its last reader is done. Opening rewrites a
+few of Chroma's files (same content), so a view is opened only under the writer lock, waited for at most
+:data:`OPEN_LOCK_TIMEOUT_S`; while a writer holds it, the current view keeps answering (or, before the
+first, the primary counts as failed and the backup store answers). After the open the reader only
+counts, gets and queries, which write nothing (a test checks the data dir's files), with no lock held.
+
+A query that runs while a writer is between its first write and the lock's release may see a partial
+state; the searcher treats an error there as a failed primary query and answers from the backup store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nova_pipeline.core.errors import IndexNotBuiltError, LockTimeoutError, VectorStoreError
+from nova_pipeline.core.index.vector_store import (
+    get_collection,
+    give_view_slot,
+    open_client_at,
+    take_view_slot,
+)
+from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.locks import generation, writer_lock
+
+__all__ = ["ViewCache"]
+
+log = logging.getLogger(__name__)
+
+OPEN_LOCK_TIMEOUT_S = 1.0  # the longest a reader waits for a writer to let it open a view
+
+
+@dataclass
+class _View:
+    slot: int
+    generation: str
+    client: object
+    collection: object
+    count: int
+    readers: int = 0
+    retired: bool = False
+
+
+class ViewCache:
+    """Read views of the collection ``fingerprint`` in the embedded data dir ``path`` of ``home``.
+
+    Thread-safe. Opening a view (after a write) costs one Chroma open, about 30-100 ms; a view of an unchanged
+    generation costs one small file read.
+    """
+
+    def __init__(self, home: Path | Layout, path: Path, fingerprint: str):
+        self.layout = Layout.of(home)
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self._lock = threading.Lock()
+        self._current: _View | None = None
+        self._live: dict[int, _View] = {}  # slot -> view still open (current, or retired with readers)
+        self.opened = 0  # views opened so far (the first, and one per generation change seen)
+
+    @contextlib.contextmanager
+    def collection(self) -> Iterator[tuple[object, int]]:
+        """``(collection, count when the view was opened)`` of the current generation, for the block.
+
+        Raises:
+            IndexNotBuiltError: there is no data dir or no collection of this fingerprint.
+            VectorStoreError: the data dir cannot be opened.
+        """
+        gen = generation(self.layout)
+        with self._lock:
+            view = self._current
+            if view is None or view.generation != gen:
+                try:
+                    view = self._open(gen)
+                except LockTimeoutError:
+                    if view is None:
+                        raise VectorStoreError(
+                            f"the vector store {self.path.name}/ is being written (a writer holds its lock): "
+                            "no view of it is open yet"
+                        ) from None
+                    # a writer took the lock again since: keep answering from the view we have
+                    log.debug(
+                        "a writer holds %s: keeping view %d until the lock is free", self.path, view.slot
+                    )
+            view.readers += 1
+        try:
+            yield view.collection, view.count
+        finally:
+            with self._lock:
+                view.readers -= 1
+                if view.retired and view.readers == 0:
+                    self._close(view)
+
+    def invalidate(self) -> None:
+        """Drop the current view (a reader found it failing); the next use opens a new one."""
+        with self._lock:
+            if self._current is not None:
+                self._retire(self._current)
+                self._current = None
+
+    def close(self) -> None:
+        """Close every view without readers (at shutdown)."""
+        with self._lock:
+            if self._current is not None:
+                self._retire(self._current)
+                self._current = None
+
+    def _open(self, gen: str) -> _View:
+        slot = take_view_slot()
+        try:
+            # opening writes to the data dir (locks.py): only with no writer at work, and for a moment
+            with writer_lock(self.layout, OPEN_LOCK_TIMEOUT_S, bump=False):
+                client = open_client_at(self.path, create=False, view=slot)
+        except BaseException:
+            give_view_slot(slot)
+            raise
+        try:
+            col = get_collection(client, self.fingerprint, create=False)
+            count = col.count()
+        except (IndexNotBuiltError, VectorStoreError):
+            _close_client(client, slot)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to read the fresh view is the store's failure
+            _close_client(client, slot)
+            raise VectorStoreError(f"the Chroma data dir {self.path.name}/ cannot be read ({exc})") from exc
+        view = _View(slot, gen, client, col, count)
+        if self._current is not None:
+            self._retire(self._current)
+        self._current, self._live[slot] = view, view
+        self.opened += 1
+        log.debug("opened view %d of %s at generation %s (%d vectors)", slot, self.path, gen or "-", count)
+        return view
+
+    def _retire(self, view: _View) -> None:
+        view.retired = True
+        if view.readers == 0:
+            self._close(view)
+
+    def _close(self, view: _View) -> None:
+        self._live.pop(view.slot, None)
+        _close_client(view.client, view.slot)
+
+
+def _close_client(client, slot: int) -> None:
+    with contextlib.suppress(Exception):  # a client that failed half-way has nothing more to release
+        client.close()
+    give_view_slot(slot)
