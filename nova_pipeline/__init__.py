@@ -18,7 +18,7 @@ def search(
     errors raised (``ValueError``, ``IndexNotBuiltError``, ``VectorStoreError``), are those of
     :func:`nova_pipeline.core.serving.searcher.search`.
     """
-    from nova_pipeline.core.serving.searcher import search as _search
+    from nova_pipeline.core.serving.search_api import search as _search
 
     return _search(query, k, mode=mode, path=path, language=language)
 

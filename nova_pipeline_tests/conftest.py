@@ -105,9 +105,14 @@ class FakeEmbedder:
     max_seq_length = 256
     fingerprint = "fake-embedder-v1"
 
-    def __init__(self):
+    def __init__(self, trim: bool = False):
+        """``trim``: hash each text without its surrounding white space (another fingerprint), so that a query
+        of a chunk's exact text, trimmed as ``nova serve`` trims queries, finds that chunk first."""
         self.calls = 0
         self.texts = 0
+        self.trim = trim
+        if trim:
+            self.fingerprint = "fake-embedder-trim-v1"
 
     def embed(self, texts):
         import blake3
@@ -117,7 +122,7 @@ class FakeEmbedder:
         self.texts += len(texts)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for i, t in enumerate(texts):
-            raw = blake3.blake3(t.encode()).digest(length=self.dimension * 4)
+            raw = blake3.blake3((t.strip() if self.trim else t).encode()).digest(length=self.dimension * 4)
             v = np.frombuffer(raw, dtype=np.uint32).astype(np.float32) / 2**32 - 0.5
             out[i] = v / np.linalg.norm(v)
         return out
@@ -128,16 +133,19 @@ def fake_embedder():
     return FakeEmbedder()
 
 
-def fake_embedder_resource():
-    """An EmbedderResource whose model is FakeEmbedder (the tokenizer stays the real one)."""
+def fake_embedder_resource(embedder: FakeEmbedder | None = None):
+    """An EmbedderResource whose model is ``embedder`` (default: the shared FakeEmbedder); the tokenizer stays
+    the real one."""
     from nova_pipeline.defs.resources import EmbedderResource
+
+    model = embedder or _FAKE
 
     class FakeEmbedderResource(EmbedderResource):
         def get_embedder(self):
-            return _FAKE
+            return model
 
         def fingerprint(self) -> str:
-            return FakeEmbedder.fingerprint
+            return model.fingerprint
 
     return FakeEmbedderResource()
 
@@ -380,3 +388,47 @@ def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port, in a thread of the test process: real HTTP, real
+    Host headers, one event loop. ``url`` is its base URL; :meth:`stop` shuts it down (the app's lifespan
+    ends)."""
+
+    def __init__(self, app, port: int | None = None):
+        import threading
+
+        import uvicorn
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="test-uvicorn")
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def run_python(code: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    """Run ``code`` in a separate Python process (another process than the test's, as a writer of a real
+    deployment is), with ``env`` added to the environment; fails the test with its output if it fails."""
+    full = {**os.environ, "ANONYMIZED_TELEMETRY": "False", **{k: str(v) for k, v in env.items()}}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full, cwd=REPO_ROOT
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

@@ -199,8 +199,8 @@ def search(
 ) -> None:
     """Search the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL): hybrid by default."""
     from nova_pipeline.core.index.ranking import MODES
-    from nova_pipeline.core.serving.searcher import hit_json
-    from nova_pipeline.core.serving.searcher import search as run_search
+    from nova_pipeline.core.serving.search_api import hit_json
+    from nova_pipeline.core.serving.search_api import search as run_search
 
     if mode not in MODES:
         raise typer.BadParameter(f"use one of {', '.join(MODES)}", param_hint="--mode")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
 
 from nova_pipeline.cli.common import app, console, settings_from_env
@@ -24,11 +27,19 @@ def serve(
         help="console level (default: NOVA_LOG_LEVEL, else INFO); "
         "SIGUSR1 raises it one step, SIGUSR2 lowers it",
     ),
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="a host name clients may use in the Host header, besides loopback (repeatable; also "
+            "NOVA_SERVE_HOSTS, comma-separated)",
+        ),
+    ] = None,
 ) -> None:
     """Serve search over HTTP with failover, and the admin API.
 
     GET /search?q=&k=&mode=&path=&language=, /healthz, /status and /api/v1/admin/...; logs as JSON lines
-    to NOVA_HOME/logs/nova.jsonl."""
+    to NOVA_HOME/logs/nova.jsonl. SIGTERM or Ctrl-C stops it after the requests in flight."""
     import logging
     import signal
 
@@ -37,7 +48,7 @@ def serve(
     from nova_pipeline.cli import logs
     from nova_pipeline.core.serving.failover import FailoverSettings
     from nova_pipeline.core.serving.tokens import TokenStore
-    from nova_pipeline.service.app import create_app
+    from nova_pipeline.service.app import allowed_hosts, create_app
 
     settings = settings_from_env()
     if host not in LOOPBACK and not TokenStore(settings.home).exists():
@@ -53,7 +64,10 @@ def serve(
     logging.getLogger("nova_pipeline.service").info(
         "nova serve starting on %s:%d (console level %s)", host, port, level
     )
-    app_ = create_app(settings, FailoverSettings.from_env())
+    extra = ",".join([os.environ.get("NOVA_SERVE_HOSTS", ""), *(allow_host or [])])
+    if host not in LOOPBACK and host not in ("0.0.0.0", "::"):
+        extra += f",{host}"  # the address it listens on is a name its clients use
+    app_ = create_app(settings, FailoverSettings.from_env(), hosts=allowed_hosts(extra))
     console.print(
         f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /healthz, /status, /api/v1/admin/...)"
     )

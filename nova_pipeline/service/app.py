@@ -42,7 +42,8 @@ from nova_pipeline.core.errors import IndexNotBuiltError, InvalidRequestError, N
 from nova_pipeline.core.index.ranking import MODES
 from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.pointer import read_state
-from nova_pipeline.core.serving.searcher import Searcher, SearchResult, hit_json
+from nova_pipeline.core.serving.search_api import hit_json
+from nova_pipeline.core.serving.searcher import Searcher, SearchResult
 from nova_pipeline.core.serving.tokens import TokenStore
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.service.auth import Gate, error

@@ -161,6 +161,7 @@ class Gate:
             )
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         try:
+            self.tokens.require_readable()  # a stat; the file is read again only when it changed
             entry = (
                 await run_in_threadpool(self.tokens.verify, presented.strip())
                 if scheme.lower() == "bearer"

@@ -14,7 +14,7 @@ import nova_pipeline
 from nova_pipeline.core.errors import IndexNotBuiltError
 from nova_pipeline.core.index.embedding import bundled_fingerprint
 from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
-from nova_pipeline.core.serving.searcher import search
+from nova_pipeline.core.serving.search_api import search
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import read_table
 from nova_pipeline.defs import ingest

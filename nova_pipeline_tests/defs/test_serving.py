@@ -120,3 +120,17 @@ def test_recovered_waits_for_the_restore_delay(tmp_path, probes):
     probes([False])
     result, cursor = tick(serving.primary_recovered, tmp_path, earlier)
     assert "still down" in result.skip_message and cursor is None  # the clock starts over
+
+
+def test_a_damaged_pointer_is_logged_and_the_sensors_keep_running(tmp_path, probes, caplog):
+    from nova_pipeline.core.serving.pointer import state_path
+
+    probes([True, True])
+    write_state(tmp_path, FailoverState())
+    state_path(tmp_path).write_text("\x00\x00 not json")  # a torn write, a bad edit
+    result, _ = tick(serving.primary_vector_store_health, tmp_path)
+    assert isinstance(result, dg.SkipReason) and "healthy" in result.skip_message
+    assert "last good copy" in caplog.text
+    result, _ = tick(serving.primary_recovered, tmp_path)
+    assert isinstance(result, dg.SkipReason)
+    assert json.loads(state_path(tmp_path).read_text())["active"] == "primary"  # repaired by the next write

@@ -6,6 +6,7 @@ group; nothing in ``core`` imports it.
 """
 
 __all__ = [
+    "backup_store",
     "breaker",
     "estimate",
     "failover",
@@ -14,7 +15,10 @@ __all__ = [
     "plan",
     "pointer",
     "probe",
+    "query_breaker",
+    "search_api",
     "searcher",
     "stats",
     "tokens",
+    "views",
 ]

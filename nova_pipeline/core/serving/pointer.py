@@ -78,6 +78,10 @@ class FailoverState:
         return self.active == BACKUP
 
 
+class _NotAState(Exception):
+    """The pointer file parses but is not a failover state."""
+
+
 def state_path(home) -> Path:
     """``NOVA_HOME/failover/state.json``."""
     return Layout.of(home).failover / "state.json"
@@ -86,7 +90,7 @@ def state_path(home) -> Path:
 def _parse(path: Path) -> FailoverState:
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict) or raw.get("active", PRIMARY) not in (PRIMARY, BACKUP):
-        raise ValueError("not a failover state")
+        raise _NotAState("not a failover state")
     known = {f for f in FailoverState.__dataclass_fields__} - {"recovered_from"}
     return FailoverState(**{k: v for k, v in raw.items() if k in known})
 
@@ -99,13 +103,13 @@ def read_state(home) -> FailoverState:
         return _parse(path)
     except FileNotFoundError:
         return FailoverState()
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, _NotAState) as exc:
         problem = f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
     good = path.with_name(path.name + GOOD_SUFFIX)
     try:
         state = _parse(good)
         state.recovered_from = f"{problem}: using the last good copy {good.name} of {state.updated_at}"
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, _NotAState):
         state = FailoverState(reason="no readable pointer")
         state.recovered_from = f"{problem}, and there is no readable {good.name}: assuming the primary"
     log.error("failover pointer: %s", state.recovered_from)

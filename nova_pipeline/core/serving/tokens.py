@@ -36,6 +36,10 @@ _DUMMY_SALT = b"\0" * 16  # an unknown id is checked against this, so it costs w
 _DUMMY_HASH = "0" * 64
 
 
+class _Malformed(Exception):
+    """The token file parses but holds something no token can have (read as: the file is unreadable)."""
+
+
 class TokenError(NovaError):
     """A token cannot be created, or the token file cannot be read (the message says how to repair it)."""
 
@@ -93,6 +97,14 @@ class TokenStore:
         """
         return list(self._by_id(missing_ok=True).values())
 
+    def require_readable(self) -> None:
+        """Raise unless the token file is there and reads (a service that requires tokens checks this first).
+
+        Raises:
+            TokenError: it is missing or unreadable; the message says how to repair it.
+        """
+        self._by_id(missing_ok=False)
+
     def _by_id(self, missing_ok: bool) -> dict[str, TokenEntry]:
         try:
             st = os.stat(self.path)
@@ -111,8 +123,8 @@ class TokenStore:
             raw = json.loads(self.path.read_text())
             by_id = {e["id"]: TokenEntry(**e) for e in raw["tokens"]}
             if any(e.role not in ROLES for e in by_id.values()):
-                raise ValueError(f"a role is not one of {', '.join(ROLES)}")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise _Malformed(f"a role is not one of {', '.join(ROLES)}")
+        except (OSError, ValueError, KeyError, TypeError, _Malformed) as exc:
             raise TokenError(
                 f"{self.path.name} in NOVA_HOME is unreadable ({type(exc).__name__}: {exc}): fix its JSON "
                 '(a {"tokens": [...]} list of entries with id, name, role, salt, hash and created_at), '

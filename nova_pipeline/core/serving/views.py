@@ -30,6 +30,7 @@ from pathlib import Path
 
 from nova_pipeline.core.errors import IndexNotBuiltError, LockTimeoutError, VectorStoreError
 from nova_pipeline.core.index.vector_store import (
+    CHROMA_DB,
     get_collection,
     give_view_slot,
     open_client_at,
@@ -80,6 +81,9 @@ class ViewCache:
             IndexNotBuiltError: there is no data dir or no collection of this fingerprint.
             VectorStoreError: the data dir cannot be opened.
         """
+        if not (self.path / CHROMA_DB).is_file():  # the data dir went away under an open view
+            self.invalidate()
+            raise IndexNotBuiltError(f"no vector index at {self.path.name}/: its data dir is gone")
         gen = generation(self.layout)
         with self._lock:
             view = self._current

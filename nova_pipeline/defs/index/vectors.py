@@ -28,15 +28,20 @@ from nova_pipeline.core.index.vector_store import (
 )
 from nova_pipeline.core.index.verification import (
     VerifiedRecord,
-    count_failures,
     ids_digest,
-    self_retrieval_failures,
     store_state,
 )
 from nova_pipeline.core.keys import INDEX, SOURCE_CHUNKS, VECTOR_INDEX
 from nova_pipeline.core.serving.failover import ActiveStore, active_client, active_store, writing_to
 from nova_pipeline.core.serving.pointer import PRIMARY
 from nova_pipeline.core.tables import require_table
+from nova_pipeline.defs.index.checks import (
+    CHECK_NAMES,
+    COUNT_CHECK,
+    SELF_CHECK,
+    chunks_find_themselves,
+    vector_count_matches_chunks,
+)
 from nova_pipeline.defs.metadata import DAILY, md_table
 from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
 from nova_pipeline.deploy.run_events import DONE, PART, PHASE, TOTAL, UNIT
@@ -222,21 +227,6 @@ def reconcile_vector_slice(
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
-
-
-COUNT_CHECK = dg.AssetCheckSpec(
-    "vector_count_matches_chunks",
-    asset=VECTOR_INDEX,
-    blocking=True,
-    description="The collection holds one vector per chunk.",
-)
-SELF_CHECK = dg.AssetCheckSpec(
-    "chunks_find_themselves",
-    asset=VECTOR_INDEX,
-    blocking=True,
-    description="A sample of chunks each find themselves as the top-1 result.",
-)
-CHECK_NAMES = (COUNT_CHECK.name, SELF_CHECK.name)
 
 
 @dg.op(
@@ -432,63 +422,6 @@ def _finish(
         digest,
         state,
         context.run_id,
-    )
-
-
-def vector_count_matches_chunks(
-    collection, chunks: pd.DataFrame, verified: VerifiedRecord, digest: str, state: str | None, run_id: str
-) -> dg.AssetCheckResult:
-    """One vector per chunk (:func:`~nova_pipeline.core.index.verification.count_failures`): fails naming up
-    to three chunks with no vector and three vectors that are no chunk's. A pass is recorded in
-    ``verified``."""
-    count, missing, extra, named = count_failures(collection, chunks)
-    if not named:
-        verified.record(COUNT_CHECK.name, digest, state, run_id, count=count)
-        return dg.AssetCheckResult(
-            check_name=COUNT_CHECK.name,
-            passed=True,
-            metadata={"vectors": count, "chunks": len(chunks), "verified": "counted now"},
-        )
-    return dg.AssetCheckResult(
-        check_name=COUNT_CHECK.name,
-        passed=False,
-        metadata={
-            "vectors": count,
-            "chunks": len(chunks),
-            "missing": missing,
-            "extra": extra,
-            "verified": "counted now",
-        },
-        description=f"{collection.name} holds {count} vectors for {len(chunks)} chunks: " + "; ".join(named),
-    )
-
-
-def chunks_find_themselves(
-    collection,
-    chunks: pd.DataFrame,
-    home,
-    fingerprint: str,
-    sample: int,
-    verified: VerifiedRecord,
-    digest: str,
-    state: str | None,
-    run_id: str,
-) -> dg.AssetCheckResult:
-    """``sample`` chunks queried with their own cached embedding each come back first
-    (:func:`~nova_pipeline.core.index.verification.self_retrieval_failures`); fails naming the first three
-    that did not. A pass is recorded in ``verified``."""
-    cache = EmbeddingCache(home, fingerprint)
-    try:
-        checked, failures = self_retrieval_failures(collection, chunks, cache, sample)
-    finally:
-        cache.close()
-    if not failures:
-        verified.record(SELF_CHECK.name, digest, state, run_id, checked=checked)
-    return dg.AssetCheckResult(
-        check_name=SELF_CHECK.name,
-        passed=not failures,
-        metadata={"checked": checked, "failures": len(failures), "verified": "queried now"},
-        description="; ".join(failures[:3]) if failures else None,
     )
 
 

@@ -149,7 +149,7 @@ def test_a_primary_that_comes_back_empty_is_refilled_without_embedding(json_tree
 
 
 def test_search_follows_the_pointer_and_says_which_store_answered(json_tree, tmp_path):
-    from nova_pipeline.core.serving.searcher import search
+    from nova_pipeline.core.serving.search_api import search
     from nova_pipeline.core.settings import Settings
 
     home = tmp_path / "home"
@@ -164,3 +164,53 @@ def test_search_follows_the_pointer_and_says_which_store_answered(json_tree, tmp
     cur = read_state(home).backup_created_at
     assert {h.store for h in during} == {"backup"} and {h.stale_as_of for h in during} == {cur}
     assert [h.chunk_id for h in during] == [h.chunk_id for h in first]
+
+
+def test_a_writer_that_waited_through_a_failback_writes_to_the_primary_not_the_journal(tmp_path):
+    """The flip and the journal's clearing happen under the writer lock, and a writer reads the pointer
+    after it has the lock: nothing can land in the journal after its replay."""
+    import threading
+
+    from nova_pipeline.core.locks import writer_lock
+    from nova_pipeline.core.serving.failover import writing_to
+    from nova_pipeline.core.serving.pointer import update_state
+
+    update_state(tmp_path, lambda s: setattr(s, "active", BACKUP))
+    (tmp_path / "runtime" / "vectors").mkdir(parents=True)
+    labels = []
+
+    def writer():
+        with writing_to(tmp_path, None) as store:  # waits: the failback below holds the lock
+            labels.append((store.label, store.journal is not None))
+
+    with writer_lock(tmp_path):  # the failback, between its replay and its end
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and labels == []
+        update_state(tmp_path, lambda s: setattr(s, "active", PRIMARY))  # its flip, under the same lock
+        Journal(tmp_path).clear()
+    t.join(30)
+    assert labels == [(PRIMARY, False)]  # read after the lock: the primary, unjournaled
+    assert not Journal(tmp_path).dir.exists()
+
+
+def test_the_runtime_copy_is_written_under_the_writer_lock(json_tree, tmp_path, monkeypatch):
+    from nova_pipeline.core.layout import Layout
+    from nova_pipeline.core.locks import held
+    from nova_pipeline.core.protect import golden
+    from nova_pipeline.core.protect.golden import runtime as runtime_mod
+    from nova_pipeline_tests.conftest import build_home
+
+    build_home(json_tree, tmp_path)
+    golden.promote(tmp_path, FP)
+    seen = []
+    real = runtime_mod.import_export
+
+    def spy(col, path):
+        seen.append(held(Layout(tmp_path).vectors_lock))
+        return real(col, path)
+
+    monkeypatch.setattr(runtime_mod, "import_export", spy)
+    golden.make_runtime_copy(tmp_path)
+    assert seen == [True]
