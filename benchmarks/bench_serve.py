@@ -144,6 +144,12 @@ def main() -> None:
     ap.add_argument("--packages", default="json,email,http")
     ap.add_argument("--requests", type=int, default=192, help="requests per measurement (split over clients)")
     ap.add_argument("--work", help="keep the index here (the embedding cache makes a second run quick)")
+    ap.add_argument(
+        "--workers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2],
+        help="nova serve --workers values to measure, comma-separated",
+    )
     args = ap.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_serve_"))
     src, home = work / "src", work / "home"
@@ -157,64 +163,86 @@ def main() -> None:
         f"{time.perf_counter() - t0:.0f} s (real all-MiniLM-L6-v2; {os.cpu_count()} cores)"
     )
 
+    from nova_pipeline.core.index.embedding import LazyEmbedder
     from nova_pipeline.core.serving.searcher import Searcher
     from nova_pipeline.core.settings import Settings
 
-    searcher = Searcher(Settings.build(None, home, require_source=False))
+    threads = int(os.environ.get("NOVA_SERVE_TORCH_THREADS", "1"))  # as nova serve: see service/app.py
+    print(
+        f"torch threads per forward pass: {threads} (NOVA_SERVE_TORCH_THREADS), in the service and the anchor"
+    )
+    searcher = Searcher(Settings.build(None, home, require_source=False), LazyEmbedder(threads=threads))
     for q in QUERIES:  # warm: the model, the views, the BM25 index
         searcher.search(q, 5, mode="hybrid")
     anchor = {mode: run_clients(DirectCall(searcher, mode), 1, args.requests // 2) for mode in MODES}
     anchor4 = {mode: run_clients(DirectCall(searcher, mode), 4, args.requests) for mode in MODES}
     searcher.close()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_process(
-        [sys.executable, "-m", "nova_pipeline.cli", "serve", "--port", str(port)],
-        {
-            "NOVA_HOME": home,
-            "HF_HUB_OFFLINE": "1",
-            "ANONYMIZED_TELEMETRY": "False",
-            "NOVA_LOG_LEVEL": "WARNING",
-        },
-        work / "serve.log",
-    )
-    try:
-        wait_until(lambda: _up(base), 180, what="nova serve answering")
-        for q in QUERIES:
-            httpx.get(f"{base}/search", params={"q": q, "mode": "hybrid"}, timeout=60)
-        results = {
-            (mode, n): run_clients(HttpCall(base, mode), n, args.requests) for mode in MODES for n in CLIENTS
-        }
-    finally:
-        stop_group(proc)
+    services = {w: measure_service(home, work, w, args.requests) for w in args.workers}
 
-    print(f"\n{'':28}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}")
+    print(f"\n{'':32}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}")
     for mode in MODES:
         for label, r in (
             ("direct Searcher, 1 thread", anchor[mode]),
             ("direct Searcher, 4 threads", anchor4[mode]),
         ):
             print(
-                f"{mode:>7} {label:<20}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.1f}{r['p50_ms']:>9.1f}"
+                f"{mode:>7} {label:<24}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.1f}{r['p50_ms']:>9.1f}"
                 f"{r['p95_ms']:>9.1f}"
             )
-        for n in CLIENTS:
-            r = results[(mode, n)]
-            print(
-                f"{mode:>7} nova serve, {n:>2} clients{'':3}{r['requests']:>9}{r['errors']:>7}"
-                f"{r['rps']:>8.1f}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}"
-            )
+        for w, (results, _) in services.items():
+            for n in CLIENTS:
+                r = results[(mode, n)]
+                label = f"serve x{w}, {n:>2} clients"
+                print(
+                    f"{mode:>7} {label:<24}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.1f}"
+                    f"{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}"
+                )
     print("\nratios (targets: 4 clients >= 1.6x one client; p95 at 16 <= 8x p50 at 1; 0 errors)")
+    for w, (results, rss) in services.items():
+        print(f"  nova serve --workers {w}: {rss / 2**20:,.0f} MB RSS in all after the runs")
+        for mode in MODES:
+            one, four, sixteen = (results[(mode, n)] for n in CLIENTS)
+            errors = sum(results[(mode, n)]["errors"] for n in CLIENTS)
+            print(
+                f"    {mode:>7}: 4 clients / 1 = {four['rps'] / one['rps']:.2f}x; "
+                f"p95@16 / p50@1 = {sixteen['p95_ms'] / one['p50_ms']:.2f}x; errors {errors}; "
+                f"service at 1 client / direct Searcher = {one['rps'] / anchor[mode]['rps']:.2f}x"
+            )
     for mode in MODES:
-        one, four, sixteen = (results[(mode, n)] for n in CLIENTS)
-        errors = sum(results[(mode, n)]["errors"] for n in CLIENTS)
-        print(
-            f"  {mode:>7}: 4 clients / 1 = {four['rps'] / one['rps']:.2f}x; "
-            f"p95@16 / p50@1 = {sixteen['p95_ms'] / one['p50_ms']:.2f}x; errors {errors}; "
-            f"service at 1 client / direct Searcher = {one['rps'] / anchor[mode]['rps']:.2f}x; "
-            f"direct 4 threads / 1 = {anchor4[mode]['rps'] / anchor[mode]['rps']:.2f}x"
-        )
+        print(f"  direct Searcher {mode}: 4 threads / 1 = {anchor4[mode]['rps'] / anchor[mode]['rps']:.2f}x")
+
+
+def measure_service(home: Path, work: Path, workers: int, requests: int) -> tuple[dict, int]:
+    """Every mode and client count against ``nova serve --workers N``; returns the results and the RSS of
+    its processes (bytes, after the runs)."""
+    import psutil
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "NOVA_HOME": home,
+        "HF_HUB_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "NOVA_LOG_LEVEL": "WARNING",
+    }
+    proc = start_process(
+        [sys.executable, "-m", "nova_pipeline.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env,
+        work / f"serve-{workers}.log",
+    )
+    try:
+        wait_until(lambda: _up(base), 180, what="nova serve answering")
+        for q in QUERIES * workers:
+            httpx.get(f"{base}/search", params={"q": q, "mode": "hybrid"}, timeout=60)
+        results = {
+            (mode, n): run_clients(HttpCall(base, mode), n, requests) for mode in MODES for n in CLIENTS
+        }
+        parent = psutil.Process(proc.pid)
+        rss = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
+    finally:
+        stop_group(proc)
+    return results, rss
 
 
 def _up(base: str) -> bool:

@@ -48,7 +48,7 @@ from nova_pipeline.core.serving.tokens import TokenStore
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.service.auth import Gate, error
 
-__all__ = ["LOOPBACK_HOSTS", "allowed_hosts", "create_app"]
+__all__ = ["LOOPBACK_HOSTS", "allowed_hosts", "app_from_env", "create_app"]
 
 log = logging.getLogger("nova_pipeline.service")
 MAX_K = 100
@@ -61,6 +61,20 @@ def allowed_hosts(extra: str | None = None) -> list[str]:
     """Host names the service answers to: loopback, plus ``extra`` (default ``NOVA_SERVE_HOSTS``)."""
     raw = os.environ.get("NOVA_SERVE_HOSTS", "") if extra is None else extra
     return [*LOOPBACK_HOSTS, *(h.strip().lower() for h in raw.split(",") if h.strip())]
+
+
+def _serve_torch_threads() -> int:
+    """torch threads of the service's query model: ``NOVA_SERVE_TORCH_THREADS``, else 1.
+
+    Raises:
+        SettingsError: not a whole number of at least 1.
+    """
+    from nova_pipeline.core.errors import SettingsError
+
+    raw = os.environ.get("NOVA_SERVE_TORCH_THREADS", "1").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"NOVA_SERVE_TORCH_THREADS={raw!r}: expected a whole number of at least 1")
+    return int(raw)
 
 
 def _result_json(query: str, result: SearchResult, seconds: float) -> dict:
@@ -116,6 +130,12 @@ def create_app(
     from nova_pipeline.service.admin import admin_routes
 
     failover = failover or FailoverSettings.from_env()
+    if embedder is None:
+        from nova_pipeline.core.index.embedding import LazyEmbedder
+
+        # one torch thread per forward pass: concurrent requests use the cores (bench_serve: 4 clients gave
+        # 1.86x one client's throughput with 1 thread, 1.37x with torch's default of one per core)
+        embedder = LazyEmbedder(threads=_serve_torch_threads())
     searcher = Searcher(settings, embedder, failover, prefer_memory=True)
     tokens = TokenStore(settings.home)
     gate = Gate(settings.home, tokens)
@@ -180,7 +200,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await run_in_threadpool(lambda: searcher.embedder)  # load the model before the first query
+        await run_in_threadpool(searcher.embed_query, "warm up")  # load the model before the first query
         searcher.backup.preload()  # in the background, when the zone keeps the backup store in memory
         log.info(
             "nova serve ready: primary %s, pointer %s, tokens %s",
@@ -206,3 +226,9 @@ def create_app(
     app.state.settings = settings
     app.state.gate = gate
     return app
+
+
+def app_from_env() -> Starlette:
+    """The service from the environment alone (``NOVA_HOME``, ``NOVA_CHROMA_URL``, ``NOVA_SERVE_HOSTS``...):
+    the factory each uvicorn worker process calls when ``nova serve --workers N`` runs several."""
+    return create_app(Settings.from_env(require_source=False), FailoverSettings.from_env())

@@ -10,6 +10,7 @@ __all__ = [
     "embedding",
     "embedding_cache",
     "lexical",
+    "query_batcher",
     "ranking",
     "reconcile",
     "vector_store",

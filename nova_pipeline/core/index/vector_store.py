@@ -303,17 +303,21 @@ class Hit:
         return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
 
 
-def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
+def query(
+    collection, vectors: np.ndarray, k: int, where: dict | None = None, documents: bool = True
+) -> list[list[Hit]]:
     """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
-    chunks whose metadata matches the Chroma ``where`` filter when one is given."""
+    chunks whose metadata matches the Chroma ``where`` filter when one is given. ``documents`` False leaves
+    each hit's ``text`` empty (fetched later for the few hits shown)."""
     res = collection.query(
         query_embeddings=np.asarray(vectors, dtype=np.float32),
         n_results=k,
         where=where or None,
-        include=["metadatas", "documents", "distances"],
+        include=["metadatas", "documents", "distances"] if documents else ["metadatas", "distances"],
     )
     out = []
-    for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], res["documents"], res["distances"]):
+    docs_of = res["documents"] if documents else [[None] * len(ids) for ids in res["ids"]]
+    for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], docs_of, res["distances"]):
         out.append(
             [
                 Hit(

@@ -42,6 +42,7 @@ from nova_pipeline.core.errors import (
 )
 from nova_pipeline.core.index import lexical
 from nova_pipeline.core.index.embedding import Embedder, SentenceTransformerEmbedder, bundled_fingerprint
+from nova_pipeline.core.index.query_batcher import QueryBatcher
 from nova_pipeline.core.index.ranking import (
     HYBRID,
     LEXICAL,
@@ -133,7 +134,7 @@ class Searcher:
         self._server: tuple[object, float, int] | None = None  # (collection, counted at, count)
         self._lexical: dict[str, lexical.LexicalIndex] = {}
         self._lock = threading.Lock()
-        self._embed_lock = threading.Lock()  # a fast tokenizer must not be used by two threads at once
+        self._batcher: QueryBatcher | None = None  # made on the first query
 
     @property
     def embedder(self) -> Embedder:
@@ -143,10 +144,14 @@ class Searcher:
             return self._embedder
 
     def embed_query(self, text: str) -> np.ndarray:
-        """The query's embedding, ``(1, dimension)`` float32."""
+        """The query's embedding, ``(1, dimension)`` float32: through one model thread that batches the
+        queries of concurrent searches (:mod:`nova_pipeline.core.index.query_batcher`)."""
         model = self.embedder
-        with self._embed_lock:
-            return model.embed([text])
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = QueryBatcher(model)
+            batcher = self._batcher
+        return batcher.embed(text)
 
     @contextlib.contextmanager
     def _primary(self) -> Iterator[object]:
@@ -323,8 +328,6 @@ class Searcher:
         """
         if mode not in MODES:
             raise InvalidRequestError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
-        if deadline is None:
-            deadline = time.monotonic() + self.failover.query_timeout_s
         state = read_state(self.settings.home)
         lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY) if mode != VECTOR else None
         if lex is None and mode == LEXICAL:
@@ -338,9 +341,11 @@ class Searcher:
         where, paths = _filters(lex, path, language)
         if paths is not None and not paths:
             return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
-        lex_hits = lex.search(text, n, lex.mask(path, language)) if lex is not None else []
-        lex_ids = [lex.docs["chunk_id"].iat[h.row] for h in lex_hits]
+        lex_hits = lex.search(text, n, lex.mask(path, language), with_terms=False) if lex is not None else []
+        lex_ids = [lex.ids[h.row] for h in lex_hits]
         vectors = self.embed_query(text) if mode != LEXICAL else None
+        if deadline is None:  # from here: loading the model on a first query is not the primary's delay
+            deadline = time.monotonic() + self.failover.query_timeout_s
         targets = exact_targets(text) if mode == HYBRID else set()
         phrase = phrase_of(text) if mode == HYBRID else ""
         over = 4 if path and paths is None else 1  # a glob without a lexical index: filter after the query
@@ -348,7 +353,8 @@ class Searcher:
         def op(col):
             vhits = []
             if vectors is not None:
-                vhits = query(col, vectors, n * over, where)[0]
+                # texts of every candidate only for the phrase rule; else only for the hits shown (below)
+                vhits = query(col, vectors, n * over, where, documents=mode != HYBRID or bool(phrase))[0]
                 if path and paths is None:
                     vhits = [h for h in vhits if lexical.glob_match(h.path, path)][:n]
             by_id = {h.chunk_id: h for h in vhits}
@@ -358,15 +364,10 @@ class Searcher:
                 order = [(i, h.score) for i, h in zip(lex_ids, lex_hits)]
             else:
                 # the lexical candidates' texts: for the phrase match now, and for the hits shown
-                need = [i for i in lex_ids if i not in by_id]
+                need = [i for i in lex_ids if i not in by_id] if phrase else []
                 texts = _documents(col, need)
                 candidates = [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits] + [
-                    (
-                        i,
-                        lex.docs["symbol"].iat[h.row],
-                        lex.docs["path"].iat[h.row],
-                        by_id[i].text if i in by_id else texts.get(i),
-                    )
+                    (i, lex.symbols[h.row], lex.path_of(h.row), by_id[i].text if i in by_id else texts.get(i))
                     for i, h in zip(lex_ids, lex_hits)
                 ]
                 boosted = boost_shares(targets, phrase, candidates)
@@ -381,6 +382,10 @@ class Searcher:
                 for cid, _ in order:
                     if cid in by_id:
                         by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
+                if not phrase:  # the texts of the hits shown, in one get
+                    texts = _documents(col, [cid for cid, _ in order])
+                    for cid, h in by_id.items():
+                        h.text = texts.get(cid, h.text)
                 return order, by_id, texts, boosted
             order = order[:k]
             texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
@@ -396,13 +401,12 @@ class Searcher:
             lh = lex_by_id.get(cid)
             if h is None:  # found by the lexical side only
                 row = lh.row
-                d = lex.docs.iloc[row]
                 h = Hit(
-                    path=d["path"],
-                    start_line=int(d["start_line"]),
-                    end_line=int(d["end_line"]),
-                    symbol=d["symbol"] or "",
-                    language=d["language"],
+                    path=lex.path_of(row),
+                    start_line=int(lex.starts[row]),
+                    end_line=int(lex.ends[row]),
+                    symbol=lex.symbols[row] or "",
+                    language=lex.language_of(row),
                     score=score,
                     text=texts.get(cid) or "",
                     chunk_id=cid,
@@ -410,9 +414,8 @@ class Searcher:
                 )
             h.score = score
             h.lexical_score = lh.score if lh is not None else None
-            if lh is not None:
-                h.matched_terms = lh.matched
-            elif lex is not None and terms and (row := lex.row_of(cid)) is not None:
+            row = lh.row if lh is not None else (lex.row_of(cid) if lex is not None else None)
+            if terms and row is not None:  # only for the hits shown
                 h.matched_terms = lex.matched_terms(row, terms)
             hits.append(h)
         return SearchResult(
@@ -427,6 +430,8 @@ class Searcher:
     def close(self) -> None:
         """Stop the query pool and close the store views (queries still running finish on their own)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._batcher is not None:
+            self._batcher.close()
         if self._views is not None:
             self._views.close()
         self.backup.close()
