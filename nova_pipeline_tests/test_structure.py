@@ -290,7 +290,7 @@ CHECKS = {
     (keys.VECTOR_INDEX, "vector_count_matches_chunks"),
 }
 JOBS = {"backup", "failback", "failover", "rebuild", "reset_index", "restore", "restore_drill"}
-SENSORS = {"primary_recovered", "primary_vector_store_health"}
+SENSORS = {"dead_runs", "primary_recovered", "primary_vector_store_health"}
 SCHEDULES = {
     ("daily_backup", "0 3 * * *", "backup"),
     ("nightly_rebuild", "0 2 * * *", "rebuild"),

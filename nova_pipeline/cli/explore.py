@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import typer
 from rich.table import Table
@@ -140,52 +141,68 @@ def _cell(v) -> str:
 
 @app.command()
 def health(
-    as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the checks, each with its level, as JSON"),
     skip_model: bool = typer.Option(False, "--skip-model", help="do not load the model (the slowest check)"),
+    strict: bool = typer.Option(
+        False, "--strict", help="exit 1 on warnings too, not only on critical checks"
+    ),
 ) -> None:
-    """Check every part of the deployment; exit 0 when healthy, 1 when not.
+    """Check every part of the deployment, each ok, warning or critical; exit 1 on any critical.
 
     NOVA_HOME, disk, memory, the model, the primary vector store, PostgreSQL, the golden copy, the newest
-    backup and the last rebuild run."""
+    backup, the last rebuild run, and runs whose process died (failed now, resumable) or that still hold
+    pool slots. Warnings are printed and exit 0 (with --strict, 1)."""
     from nova_pipeline.core.index.embedding import bundled_fingerprint
     from nova_pipeline.core.serving.failover import FailoverSettings
-    from nova_pipeline.core.serving.health import Check, healthy, run_checks
+    from nova_pipeline.core.serving.health import NA, Check, RunFacts, healthy, run_checks
 
     s = settings_from_env()
-    try:
-        _, last, pg_url = _instance_facts()
-    except Exception as exc:  # noqa: BLE001 - an instance that cannot be opened is itself a finding
-        last, pg_url = (None, None), None
-        instance_problem = Check("Dagster instance", False, f"{type(exc).__name__}: {exc}")
-    else:
-        instance_problem = None
+    facts, pg_url = RunFacts(), None
+    if os.environ.get("DAGSTER_HOME"):
+        try:
+            facts, pg_url = _health_facts()
+        except Exception as exc:  # noqa: BLE001 - an instance that cannot be opened is itself a finding
+            facts = RunFacts(instance=f"{type(exc).__name__}: {exc}")
     checks = run_checks(
         s.home,
         s.chroma_url,
         bundled_fingerprint(),
         FailoverSettings.from_env().max_memory_mb,
         pg_url,
-        last,
+        facts,
         load_model=not skip_model,
     )
     if skip_model:
-        checks[3] = Check("model loads offline", None, "skipped (--skip-model)")
-    if instance_problem:
-        checks.append(instance_problem)
-    ok = healthy(checks)
+        checks[3] = Check("model loads offline", NA, "skipped (--skip-model)")
+    ok = healthy(checks, strict=strict)
     if as_json:
-        print(json.dumps({"healthy": ok, "checks": [c.as_dict() for c in checks]}, indent=1))
+        print(
+            json.dumps({"healthy": ok, "strict": strict, "checks": [c.as_dict() for c in checks]}, indent=1)
+        )
     else:
         table = Table(title="nova health")
-        for col in ("", "check", "detail"):
+        for col in ("", "level", "check", "detail"):
             table.add_column(col)
+        marks = {"ok": "[green]✓", "warning": "[yellow]!", "critical": "[red]✗", "n/a": "[dim]-"}
         for c in checks:
-            mark = "[green]✓" if c.ok else "[dim]-" if c.ok is None else "[red]✗"
-            table.add_row(mark, c.name, c.detail)
+            table.add_row(marks[c.level], c.level, c.name, c.detail)
         console.print(table)
-        console.print("[green]healthy" if ok else "[red]not healthy")
+        warnings = sum(c.level == "warning" for c in checks)
+        verdict = "[green]healthy" if ok else "[red]not healthy"
+        console.print(verdict + (f" ({warnings} warnings)" if warnings else ""))
     if not ok:
         raise typer.Exit(1)
+
+
+def _health_facts():
+    """``(RunFacts, Postgres URL)`` of DAGSTER_HOME's instance; runs found dead are failed now."""
+    import dagster as dg
+
+    from nova_pipeline.defs.jobs import BACKUP_INTERVAL_S, daily_backup
+    from nova_pipeline.deploy.instance import postgres_url, run_facts
+
+    with dg.DagsterInstance.get() as instance:
+        return run_facts(instance, daily_backup.name, BACKUP_INTERVAL_S), postgres_url(instance)
 
 
 @app.command()

@@ -10,20 +10,37 @@ from nova_pipeline.core.errors import NovaError
 
 @app.command()
 def resume(
-    run_id: str = typer.Argument(..., help="id of the failed run"),
+    run_id: str = typer.Argument(
+        ..., help="the failed run's id, or a unique prefix (the 8 characters the UI shows)"
+    ),
     allow_mass_delete: bool = typer.Option(
         False, "--allow-mass-delete", help="let the re-executed run delete most of the index"
     ),
 ) -> None:
-    """Re-execute a failed run from failure, using the Dagster instance of DAGSTER_HOME."""
+    """Re-execute a failed run from failure, using the Dagster instance of DAGSTER_HOME.
+
+    A run still marked STARTED whose process is gone (killed, crashed) is marked failed first, saying why; a
+    run whose process still runs is refused."""
     import dagster as dg
 
+    from nova_pipeline.cli.common import require_dagster_home
+    from nova_pipeline.deploy.runs import PID_TAG, find_dead_runs, reap_dead_runs, resolve_run
+
+    require_dagster_home()
     with dg.DagsterInstance.get() as instance:
-        run = instance.get_run_by_id(run_id)
-        if run is None:
-            raise NovaError(
-                f"no run {run_id} in the Dagster instance at {instance.root_directory}; check DAGSTER_HOME"
-            )
+        run = resolve_run(instance, run_id)
+        run_id = run.run_id
+        if run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING):
+            if any(d.run_id == run_id for d in find_dead_runs(instance)):
+                reap_dead_runs(instance)
+                run = instance.get_run_by_id(run_id)
+            else:
+                where = f"process {run.tags[PID_TAG]}" if PID_TAG in run.tags else "a process"
+                raise NovaError(
+                    f"run {run_id} is still running ({where}): wait for it, or stop it, then resume"
+                )
+        if run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            raise NovaError(f"run {run_id} is {run.status.value}: only a failed or canceled run is resumed")
         options = dg.ReexecutionOptions.from_failure(run_id, instance)
         run_config = dict(run.run_config or {})
         if allow_mass_delete:
@@ -31,13 +48,15 @@ def resume(
                 **run_config.get("resources", {}),
                 "guard": {"config": {"allow_mass_delete": True}},
             }
+        from nova_pipeline.deploy.runs import process_tags
+
         job = dg.build_reconstructable_job("nova_pipeline.cli.common", "job_for_resume", (run.job_name,))
         result = dg.execute_job(
             job,
             instance=instance,
             run_config=run_config,
             reexecution_options=options,
-            tags={"nova/resumed_from": run_id},
+            tags={"nova/resumed_from": run_id, **process_tags()},
         )
         console.print(
             f"run {result.run_id} ({'success' if result.success else 'failed'}), "
@@ -77,6 +96,7 @@ def rebuild(
     from nova_pipeline.cli.common import require_dagster_home, search_hint, settings_from_env
     from nova_pipeline.cli.progress import RebuildDisplay
     from nova_pipeline.deploy import run_events
+    from nova_pipeline.deploy.runs import process_tags, reap_dead_runs
 
     require_dagster_home()
     if source:
@@ -97,10 +117,20 @@ def rebuild(
     job = dg.build_reconstructable_job("nova_pipeline.cli.common", "job_for_resume", ("rebuild",))
     unsubscribe = run_events.subscribe(display.on_record)
     try:
-        with dg.DagsterInstance.get() as instance, display:
-            result = dg.execute_job(
-                job, instance=instance, run_config=run_config, tags={"nova/command": "nova rebuild"}
-            )
+        with dg.DagsterInstance.get() as instance:
+            for dead in reap_dead_runs(instance):  # their pool slots would keep this run waiting
+                console.print(
+                    f"[yellow]run {dead.run_id[:8]} ({dead.job_name}): {dead.reason}; marked failed, "
+                    f"its slots freed (nova resume {dead.run_id[:8]})",
+                    highlight=False,
+                )
+            with display:
+                result = dg.execute_job(
+                    job,
+                    instance=instance,
+                    run_config=run_config,
+                    tags={"nova/command": "nova rebuild", **process_tags()},
+                )
     finally:
         unsubscribe()
     blocking = display.failed_checks()

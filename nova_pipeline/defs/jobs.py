@@ -77,6 +77,10 @@ nightly_rebuild = dg.ScheduleDefinition(
     description="Incremental rebuild every night at 02:00 (instance timezone). Stopped by default.",
 )
 
+BACKUP_INTERVAL_S = (
+    24 * 3600
+)  # daily_backup's: nova health is critical when the newest backup is twice as old
+
 daily_backup = dg.ScheduleDefinition(
     name="daily_backup",
     job=backup_job,

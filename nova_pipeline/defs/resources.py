@@ -13,6 +13,7 @@ import pandas as pd
 from nova_pipeline.core.protect.guard import DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MIN_DELETIONS, DeletionGuard
 from nova_pipeline.core.settings import DEFAULT_HOME, Settings
 from nova_pipeline.core.tables import require_table, write_table
+from nova_pipeline.deploy.runs import PID_TAG, process_tags
 
 
 def _env_or(name: str, default, kind=str):
@@ -41,6 +42,25 @@ class NovaSettings(dg.ConfigurableResource):
         return Settings.build(
             self.source_dir, self.nova_home, self.ignore, self.chroma_url, require_source=require_source
         )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Tag the run with the host and process executing it (``nova/host``, ``nova/pid``), once, when its
+        steps run in this process: a run that dies with its process is then found and failed
+        (:mod:`nova_pipeline.deploy.runs`). Runs of a multiprocess or Celery executor are left to Dagster's
+        run monitoring."""
+        run = getattr(context, "dagster_run", None)
+        instance = getattr(context, "instance", None)
+        if run is None or instance is None or run.run_id in _TAGGED or PID_TAG in run.tags:
+            return
+        execution = (run.run_config or {}).get("execution", {}).get("config", {}) or {}
+        mode = next(iter(execution), None) or (os.environ.get("NOVA_EXECUTOR") or "in_process").strip()
+        if mode != "in_process":
+            return
+        instance.add_run_tags(run.run_id, process_tags())
+        _TAGGED.add(run.run_id)
+
+
+_TAGGED: set[str] = set()  # runs this process has tagged already
 
 
 class ParquetTableIOManager(dg.ConfigurableIOManager):

@@ -141,3 +141,22 @@ def failback_op(context: dg.OpExecutionContext, nova: NovaSettings, embedder: Em
             metadata={"failback": entry["outcome"], "audit": dg.MetadataValue.json(entry)},
         )
     )
+
+
+@dg.sensor(
+    name="dead_runs",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Fails runs of this host that are still STARTED although their process is gone (killed or "
+    "crashed), saying why in an engine event, and frees their pool slots, so `nova resume` can re-execute "
+    "them and they never keep the vector_index_writer pool full.",
+)
+def dead_runs(context: dg.SensorEvaluationContext):
+    from nova_pipeline.deploy.runs import reap_dead_runs
+
+    reaped = reap_dead_runs(context.instance)
+    if not reaped:
+        return dg.SkipReason("no run of this host lost its process")
+    for dead in reaped:
+        context.log.warning(f"run {dead.run_id} ({dead.job_name}): {dead.reason}; marked failed, slots freed")
+    return dg.SkipReason(f"marked {len(reaped)} dead runs failed: {', '.join(d.run_id[:8] for d in reaped)}")

@@ -144,3 +144,42 @@ def run_status(instance, run_id: str) -> dict | None:
     if r.dagster_run.status == dg.DagsterRunStatus.QUEUED and _queued_runs_wait_for_a_daemon(instance):
         out["waiting_for"] = NO_DAEMON
     return out
+
+
+def schedule_running(instance, name: str) -> bool:
+    """Whether the schedule ``name`` is turned on in the instance (its state, as the UI's toggle sets it)."""
+    for state in instance.all_instigator_state():
+        if state.name == name and getattr(state.status, "value", str(state.status)) in (
+            "RUNNING",
+            "DECLARED_IN_CODE",
+        ):
+            return True
+    return False
+
+
+def run_facts(
+    instance, backup_schedule: str | None = None, backup_interval_s: float = 86400.0, reap: bool = True
+):
+    """What ``nova health`` needs from the instance (:class:`~nova_pipeline.core.serving.health.RunFacts`):
+    the last ``rebuild``, whether ``backup_schedule`` runs, the runs found dead (failed and their slots freed
+    now, when ``reap``), and the writer pool's claimed slots."""
+    import dagster as dg
+
+    from nova_pipeline.core.serving.health import RunFacts
+    from nova_pipeline.deploy.runs import claimed_slots, find_dead_runs, reap_dead_runs
+
+    dead = reap_dead_runs(instance) if reap else find_dead_runs(instance)
+    live = {
+        r.dagster_run.run_id
+        for r in instance.get_run_records(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+        )
+    }
+    schedule = (schedule_running(instance, backup_schedule), backup_interval_s) if backup_schedule else None
+    return RunFacts(
+        last_rebuild=last_run(instance, "rebuild"),
+        backup_schedule=schedule,
+        dead_runs=[(d.run_id, d.job_name, d.reason) for d in dead],
+        claimed_slots=claimed_slots(instance),
+        live_runs=live,
+    )

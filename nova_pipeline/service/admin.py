@@ -139,25 +139,29 @@ def admin_routes(settings: Settings, gate: Gate, searcher=None) -> list[Route]:
         }, 200
 
     def health(request):
-        from nova_pipeline.core.serving.health import healthy, run_checks
-        from nova_pipeline.deploy.instance import last_run, postgres_url
+        from nova_pipeline.core.serving.health import RunFacts, healthy, run_checks
+        from nova_pipeline.defs.jobs import BACKUP_INTERVAL_S, daily_backup
+        from nova_pipeline.deploy.instance import postgres_url, run_facts
 
-        last, pg = (None, None), None
+        facts, pg = RunFacts(), None
+        strict = request.query_params.get("strict") == "true"
         if _has_instance():
             import dagster as dg
 
             with dg.DagsterInstance.get() as instance:
-                last, pg = last_run(instance, "rebuild"), postgres_url(instance)
+                # reading only: a service does not fail runs (the dead_runs sensor and nova health do)
+                facts = run_facts(instance, daily_backup.name, BACKUP_INTERVAL_S, reap=False)
+                pg = postgres_url(instance)
         checks = run_checks(
             home,
             settings.chroma_url,
             fingerprint,
             FailoverSettings.from_env().max_memory_mb,
             pg,
-            last,
+            facts,
             load_model=False,
         )
-        ok = healthy(checks)
+        ok = healthy(checks, strict=strict)
         return {"healthy": ok, "checks": [c.as_dict() for c in checks]}, 200 if ok else 503
 
     def stats(request):

@@ -79,6 +79,11 @@ def _zone_of(chunks: int) -> str:
     return GREEN if chunks < GREEN_MAX_CHUNKS else YELLOW if chunks <= YELLOW_MAX_CHUNKS else RED
 
 
+def _mb(n: int) -> str:
+    """Bytes as MB (2^20 bytes), one decimal: the unit of every memory number (``backup_required_mb``)."""
+    return f"{n / 2**20:,.1f} MB"
+
+
 def _gb(n: int) -> str:
     return f"{n / 2**30:.2f}GB"
 
@@ -119,8 +124,8 @@ def estimate(
         choice, message = (
             MEMORY,
             (
-                f"Backup memory estimate: {_gb(est)} ({chunks:,} chunks), available: "
-                f"{_gb(available_bytes)}, zone: {zone}"
+                f"Backup memory: needs {_mb(required)} ({_mb(est)} estimated x2 + 500 MB, {chunks:,} "
+                f"chunks), available: {_mb(available_bytes)}, zone: {zone}: in memory"
             ),
         )
     elif disk_copy:
@@ -129,11 +134,12 @@ def estimate(
             if zone == RED
             else f"over max_memory_mb={max_memory_mb}"
             if est > cap
-            else f"needs {_gb(required)}, {_gb(available_bytes)} available"
+            else f"{_mb(available_bytes)} available"
         )
         choice, message = (
             DISK,
-            f"Backup from the on-disk runtime copy ({why}; zone: {zone}, {chunks:,} chunks)",
+            f"Backup memory: needs {_mb(required)} ({why}; zone: {zone}, {chunks:,} chunks): from the "
+            "on-disk runtime copy",
         )
     else:
         choice = "refuse"

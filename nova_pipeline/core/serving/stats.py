@@ -170,7 +170,7 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
     if cur is not None:
         est = estimate_for_version(cur, max_memory_mb=max_memory_mb)
         what += (
-            f"; a backup would need {est.required_bytes / 2**20:,.0f} MB "
+            f"; a backup would need {est.required_bytes / 2**20:,.1f} MB "
             f"({est.bytes_per_chunk:,.0f} B/chunk, "
             f"zone {est.zone}): {est.choice}"
         )
