@@ -1,26 +1,49 @@
 """nova_pipeline: a Dagster pipeline that keeps a searchable, compressed, backed-up store of a source tree.
 
-Python API: :func:`search` (``nova_pipeline.search(query, k=5, mode="hybrid", path=None, language=None)
--> list[Hit]``).
+Python API: :func:`search` (``nova_pipeline.search(query, k=5, mode="hybrid", path=None, language=None,
+collapse=True) -> list[Hit]``), which keeps one warm :class:`Searcher` per ``(NOVA_HOME, NOVA_CHROMA_URL,
+model)`` in the process, and :class:`Searcher` itself (``Searcher(Settings.from_env(require_source=False))
+.search(query, k).hits``) for callers who manage their own; :class:`Settings` builds its settings.
 """
 
 __version__ = "0.1.0"
 
 
 def search(
-    query: str, k: int = 5, mode: str = "hybrid", path: str | None = None, language: str | None = None
+    query: str,
+    k: int = 5,
+    mode: str = "hybrid",
+    path: str | None = None,
+    language: str | None = None,
+    collapse: bool = True,
 ):
     """The ``k`` best chunks for ``query``, best first, with the settings of the environment (``NOVA_HOME``,
     ``NOVA_CHROMA_URL``, ``NOVA_SEARCH_*``).
 
     ``mode`` is ``hybrid`` (vector and BM25 fused), ``vector`` or ``lexical``; ``path`` (a glob over
-    root-relative paths) and ``language`` filter every mode. Returns ``list[Hit]``; the arguments, and the
-    errors raised (``ValueError``, ``IndexNotBuiltError``, ``VectorStoreError``), are those of
-    :func:`nova_pipeline.core.serving.searcher.search`.
+    root-relative paths) and ``language`` filter every mode. ``collapse`` (default) merges hits of adjacent
+    or overlapping chunks of one symbol into one hit and ``k`` counts those. Returns ``list[Hit]``; the
+    arguments, and the errors raised (``ValueError``, ``IndexNotBuiltError``, ``VectorStoreError``), are
+    those of :func:`nova_pipeline.core.serving.search_api.search`. The first call loads the model and the
+    indexes; later calls reuse them (reopening what a rebuild changed).
     """
     from nova_pipeline.core.serving.search_api import search as _search
 
-    return _search(query, k, mode=mode, path=path, language=language)
+    return _search(query, k, mode=mode, path=path, language=language, collapse=collapse)
 
 
-__all__ = ["search"]
+def __getattr__(name: str):
+    """``nova_pipeline.Searcher`` and ``nova_pipeline.Settings``, imported on first use (importing the package
+    stays cheap: no torch, no Chroma)."""
+    if name == "Searcher":
+        from nova_pipeline.core.serving.searcher import Searcher
+
+        return Searcher
+    if name == "Settings":
+        from nova_pipeline.core.settings import Settings
+
+        return Settings
+    raise AttributeError(f"module 'nova_pipeline' has no attribute {name!r}")
+
+
+__all__ = ["Searcher", "Settings", "search"]

@@ -213,6 +213,11 @@ def search(
     path: str = typer.Option(None, "--path", help="only paths matching this glob (* crosses /): 'json/*'"),
     language: str = typer.Option(None, "--language", help="only this language: python, markdown, ..."),
     as_json: bool = typer.Option(False, "--json", help="print the hits as a JSON list"),
+    collapse: bool = typer.Option(
+        True,
+        "--collapse/--no-collapse",
+        help="one hit per place: adjacent slices of one function merged (default); --no-collapse: raw chunks",
+    ),
 ) -> None:
     """Search the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL): hybrid by default."""
     from nova_pipeline.core.index.ranking import MODES
@@ -222,7 +227,9 @@ def search(
     if mode not in MODES:
         raise typer.BadParameter(f"use one of {', '.join(MODES)}", param_hint="--mode")
     with console.status("searching…", spinner="dots") if not as_json else contextlib.nullcontext():
-        hits = run_search(query, k, settings=settings_from_env(), mode=mode, path=path, language=language)
+        hits = run_search(
+            query, k, settings=settings_from_env(), mode=mode, path=path, language=language, collapse=collapse
+        )
     if as_json:
         print(json.dumps([hit_json(h) for h in hits], indent=1))
         return
@@ -265,6 +272,8 @@ def why(h) -> str:
     parts.append("bm25 " + ("-" if h.lexical_score is None else f"{h.lexical_score:.2f}"))
     if h.matched_terms:
         parts.append("terms " + " ".join(h.matched_terms[:8]))
+    if h.merged:
+        parts.append(f"{len(h.merged) + 1} chunks merged")
     return " · ".join(parts)
 
 

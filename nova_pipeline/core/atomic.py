@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,29 +56,59 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """Yield a binary file whose content replaces ``path`` atomically when the block exits cleanly.
+class _AtomicWriter:
+    """A temp file next to ``path`` inside a ``with`` block; renamed over ``path`` when the block exits
+    cleanly, removed when it raises."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp: str  # set on entering
+        self.fh: BinaryIO
+
+    def __enter__(self) -> BinaryIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.path.parent)
+        try:
+            self.fh = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self._discard()
+            raise
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # an exception in the block goes on
+        try:
+            try:
+                if exc_type is None:
+                    self.fh.flush()
+                    os.fsync(self.fh.fileno())
+            finally:
+                self.fh.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            self._discard()
+            raise
+        if exc_type is not None:
+            self._discard()
+            return
+        fsync_dir(self.path.parent)
+
+    def _discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+def atomic_writer(path: Path) -> _AtomicWriter:
+    """A binary file, for a ``with`` block, whose content replaces ``path`` atomically when the block exits
+    cleanly: flushed, fsynced, renamed over ``path``, then the directory fsynced.
 
     On an exception the temp file is removed and ``path`` is untouched.
 
     Raises:
         OSError: from the write, fsync or rename (e.g. ``ENOSPC``); nothing partial is left behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    return _AtomicWriter(path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -33,12 +33,11 @@ front of it). A lock dies with its process: ``kill -9`` leaves no stale lock beh
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +58,10 @@ POLL_S = 0.05
 
 @dataclass
 class _Held:
-    """One lock file held by this process: the owning thread, its depth, the open file."""
+    """One lock file held by this process: the owning thread and the open file."""
 
     guard: threading.Lock = field(default_factory=threading.Lock)
     owner: int | None = None
-    depth: int = 0
     fh: object = None
 
 
@@ -77,31 +75,34 @@ def held(path: Path) -> bool:
     return h is not None and h.owner == threading.get_ident()
 
 
-@contextlib.contextmanager
-def _flock(path: Path, timeout: float, what: str) -> Iterator[None]:
-    """Hold ``path`` exclusively (re-entrant in the owning thread) for the block.
+class _FileLock:
+    """Hold one lock file exclusively (re-entrant in the owning thread) inside a ``with`` block.
 
-    Raises:
+    Raises (on entering):
         LockTimeoutError: another thread or process held it for ``timeout`` seconds.
     """
-    key = str(path)
-    with _registry_lock:
-        h = _registry.setdefault(key, _Held())
-    me = threading.get_ident()
-    if h.owner == me:
-        h.depth += 1
+
+    def __init__(self, path: Path, timeout: float, what: str):
+        self.path, self.timeout, self.what = path, timeout, what
+        self._held: _Held  # set on entering
+        self._nested = False
+
+    def __enter__(self) -> None:
+        with _registry_lock:
+            h = _registry.setdefault(str(self.path), _Held())
+        me = threading.get_ident()
+        if h.owner == me:  # re-entered: the outermost holder releases it
+            self._held, self._nested = h, True
+            return
+        deadline = time.monotonic() + self.timeout
+        if not h.guard.acquire(timeout=max(self.timeout, 0.0)):
+            raise LockTimeoutError(
+                f"another thread of this process holds {self.path} ({self.what}) since {self.timeout:.0f} s"
+            )
+        fh = None
         try:
-            yield
-        finally:
-            h.depth -= 1
-        return
-    deadline = time.monotonic() + timeout
-    if not h.guard.acquire(timeout=max(timeout, 0.0)):
-        raise LockTimeoutError(f"another thread of this process holds {path} ({what}) since {timeout:.0f} s")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")  # closed in the finally below
-        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")  # closed by __exit__, or below when the lock is not had
             while True:
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,42 +110,105 @@ def _flock(path: Path, timeout: float, what: str) -> Iterator[None]:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise LockTimeoutError(
-                            f"another process holds {path} ({what}) since {timeout:.0f} s: is a rebuild, "
-                            "a failover or `nova watch` running? It is released when that process ends"
+                            f"another process holds {self.path} ({self.what}) since {self.timeout:.0f} s: "
+                            "is a rebuild, a failover or `nova watch` running? It is released when that "
+                            "process ends"
                         ) from None
                     time.sleep(POLL_S)
-            h.owner, h.depth, h.fh = me, 1, fh
-            try:
-                yield
-            finally:
-                h.owner, h.depth, h.fh = None, 0, None
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        except BaseException:
+            if fh is not None:
+                fh.close()
+            h.guard.release()
+            raise
+        h.owner, h.fh = me, fh
+        self._held = h
+
+    def __exit__(self, *exc) -> None:
+        h = self._held
+        if self._nested:
+            return
+        fh = h.fh
+        h.owner, h.fh = None, None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_UN)
         finally:
             fh.close()
-    finally:
-        h.guard.release()
+            h.guard.release()
 
 
-@contextlib.contextmanager
-def writer_lock(home: Path | Layout, timeout: float = 600.0, bump: bool = True) -> Iterator[None]:
-    """The writer lock of ``home``'s vector stores, with every bucket lock (lock order 1, then 2).
+class _BucketLocks:
+    """The lock files of some buckets, taken in ascending order inside a ``with`` block, released in reverse.
+
+    Raises (on entering):
+        LockTimeoutError: another writer held one of them for ``timeout`` seconds (those taken are released).
+    """
+
+    def __init__(self, layout: Layout, buckets: Sequence[int], timeout: float):
+        self.layout, self.timeout = layout, timeout
+        self.buckets = sorted({int(b) for b in buckets})
+        self._taken: list[_FileLock] = []
+
+    def __enter__(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        try:
+            for b in self.buckets:
+                lock = _FileLock(
+                    self.layout.vectors_bucket_lock(b),
+                    max(0.0, deadline - time.monotonic()),
+                    f"bucket {b} of the vector store",
+                )
+                lock.__enter__()
+                self._taken.append(lock)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        while self._taken:
+            self._taken.pop().__exit__()
+
+
+class _WriterLock:
+    """The writer lock with every bucket lock; releasing the outermost one marks a new generation."""
+
+    def __init__(self, layout: Layout, timeout: float, bump: bool):
+        self.layout, self.timeout, self.bump = layout, timeout, bump
+        self._file: _FileLock  # set on entering
+        self._buckets: _BucketLocks
+        self._outermost: bool
+
+    def __enter__(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        self._outermost = not held(self.layout.vectors_lock)
+        self._file = _FileLock(self.layout.vectors_lock, self.timeout, "the vector store's writer lock")
+        self._file.__enter__()
+        try:
+            self._buckets = _BucketLocks(self.layout, range(BUCKETS), max(0.0, deadline - time.monotonic()))
+            self._buckets.__enter__()
+        except BaseException:
+            self._file.__exit__()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._buckets.__exit__()
+            if self._outermost and self.bump:  # still under the lock: readers see the new generation after
+                _bump_generation(self.layout)
+        finally:
+            self._file.__exit__()
+
+
+def writer_lock(home: Path | Layout, timeout: float = 600.0, bump: bool = True) -> _WriterLock:
+    """The writer lock of ``home``'s vector stores, with every bucket lock (lock order 1, then 2), for a
+    ``with`` block.
 
     ``bump`` False: the holder only opens a view of an embedded store (which rewrites a few of Chroma's
     files, same content) and does not change what a reader would see, so the generation stays.
 
-    Raises:
+    Raises (on entering):
         LockTimeoutError: another writer held a lock for ``timeout`` seconds.
     """
-    layout = Layout.of(home)
-    deadline = time.monotonic() + timeout
-    outermost = not held(layout.vectors_lock)
-    with _flock(layout.vectors_lock, timeout, "the vector store's writer lock"):
-        try:
-            with bucket_locks(layout, range(BUCKETS), max(0.0, deadline - time.monotonic())):
-                yield
-        finally:
-            if outermost and bump:  # still under the lock: readers see the new generation after the writes
-                _bump_generation(layout)
+    return _WriterLock(Layout.of(home), timeout, bump)
 
 
 def generation(home: Path | Layout) -> str:
@@ -160,35 +224,21 @@ def _bump_generation(layout: Layout) -> None:
     atomic_write_bytes(layout.vectors_generation, f"{time.time_ns()}-{os.getpid()}".encode())
 
 
-@contextlib.contextmanager
-def bucket_locks(home: Path | Layout, buckets: Sequence[int], timeout: float = 600.0) -> Iterator[None]:
+def bucket_locks(home: Path | Layout, buckets: Sequence[int], timeout: float = 600.0) -> _BucketLocks:
     """Exclusive locks on the given buckets of the vector store (a server-mode writer of a slice; lock order
-    2). Taken in ascending order, so writers holding overlapping sets cannot deadlock.
+    2), for a ``with`` block. Taken in ascending order, so writers holding overlapping sets cannot deadlock.
 
-    Raises:
+    Raises (on entering):
         LockTimeoutError: another writer held one of the locks for ``timeout`` seconds.
     """
-    layout = Layout.of(home)
-    deadline = time.monotonic() + timeout
-    with contextlib.ExitStack() as stack:
-        for b in sorted({int(b) for b in buckets}):
-            stack.enter_context(
-                _flock(
-                    layout.vectors_bucket_lock(b),
-                    max(0.0, deadline - time.monotonic()),
-                    f"bucket {b} of the vector store",
-                )
-            )
-        yield
+    return _BucketLocks(Layout.of(home), buckets, timeout)
 
 
-@contextlib.contextmanager
-def pointer_lock(home: Path | Layout, timeout: float = 30.0) -> Iterator[None]:
-    """The failover pointer's lock (lock order 3, the last): hold it across a read-modify-write of
-    ``failover/state.json``.
+def pointer_lock(home: Path | Layout, timeout: float = 30.0) -> _FileLock:
+    """The failover pointer's lock (lock order 3, the last), for a ``with`` block around a read-modify-write
+    of ``failover/state.json``.
 
-    Raises:
+    Raises (on entering):
         LockTimeoutError: another process held it for ``timeout`` seconds.
     """
-    with _flock(Layout.of(home).failover / "pointer.lock", timeout, "the failover pointer"):
-        yield
+    return _FileLock(Layout.of(home).failover / "pointer.lock", timeout, "the failover pointer")

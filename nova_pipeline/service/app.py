@@ -91,8 +91,8 @@ def _result_json(query: str, result: SearchResult, seconds: float) -> dict:
     }
 
 
-def _search_params(request: Request) -> tuple[str, int, str, str | None, str | None] | JSONResponse:
-    """``(q, k, mode, path, language)`` of a search request, or its 400."""
+def _search_params(request: Request) -> tuple[str, int, str, str | None, str | None, bool] | JSONResponse:
+    """``(q, k, mode, path, language, collapse)`` of a search request, or its 400."""
     q = request.query_params.get("q", "").strip()
     if not q:
         return error(400, "missing query: /search?q=your+question&k=5")
@@ -112,7 +112,10 @@ def _search_params(request: Request) -> tuple[str, int, str, str | None, str | N
     language = request.query_params.get("language") or None
     if (path and len(path) > 500) or (language and len(language) > 50):
         return error(400, "path or language is too long")
-    return q, k, mode, path, language
+    raw_collapse = request.query_params.get("collapse", "true")
+    if raw_collapse not in ("true", "false"):
+        return error(400, "collapse must be true or false")
+    return q, k, mode, path, language, raw_collapse == "true"
 
 
 def create_app(
@@ -149,9 +152,9 @@ def create_app(
         params = _search_params(request)
         if isinstance(params, JSONResponse):
             return params
-        q, k, mode, path, language = params
+        q, k, mode, path, language, collapse = params
         try:
-            result = await run_in_threadpool(searcher.search, q, k, mode, path, language, deadline)
+            result = await run_in_threadpool(searcher.search, q, k, mode, path, language, deadline, collapse)
         except InvalidRequestError as exc:
             return error(400, str(exc), settings.home)
         except IndexNotBuiltError as exc:

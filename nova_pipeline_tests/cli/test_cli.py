@@ -127,3 +127,21 @@ def test_nova_rebuild_shows_phases_and_fails_loudly(json_tree, tmp_path, monkeyp
     with dg.DagsterInstance.from_config(str(dhome)) as instance:
         failed = instance.get_runs()[0]
     assert f"nova resume {failed.run_id}" in dead.stdout.replace("\n", " ")
+
+
+def test_the_package_offers_search_and_a_searcher_without_importing_torch():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, nova_pipeline as n; "
+            "assert 'torch' not in sys.modules and 'chromadb' not in sys.modules;"
+            "from nova_pipeline.core.serving.searcher import Searcher; assert n.Searcher is Searcher;"
+            "from nova_pipeline.core.settings import Settings; assert n.Settings is Settings;"
+            "print(sorted(n.__all__))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['Searcher', 'Settings', 'search']"

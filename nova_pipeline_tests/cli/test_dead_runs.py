@@ -120,3 +120,36 @@ def test_resume_refuses_a_run_that_is_still_running_in_one_line(tmp_path):
     out = nova(["resume", run.run_id[:8]], {"DAGSTER_HOME": str(dhome)}, tmp_path)
     assert out.returncode == 2 and "still running" in out.stderr and "Traceback" not in out.stderr
     assert len([ln for ln in out.stderr.splitlines() if ln.strip()]) <= 2
+
+
+def test_the_dead_runs_sensor_fails_a_run_whose_process_is_gone_and_frees_its_slot(tmp_path):
+    from nova_pipeline.defs.serving import dead_runs
+    from nova_pipeline.deploy.runs import process_tags
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    tags = process_tags(gone.pid)  # the process that "executes" the run, then dies
+    gone.wait()
+    dhome = tmp_path / "dagster_home"
+    dhome.mkdir()
+    (dhome / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(dhome)) as instance:
+        run = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), tags=tags)
+        instance.handle_new_event(
+            dg.EventLogEntry(
+                error_info=None,
+                level="DEBUG",
+                user_message="",
+                run_id=run.run_id,
+                timestamp=time.time(),
+                dagster_event=dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, "g"),
+            )
+        )
+        instance.event_log_storage.set_concurrency_slots("vector_index_writer", 1)
+        instance.event_log_storage.claim_concurrency_slot("vector_index_writer", run.run_id, "step")
+        assert claimed_slots(instance) == {run.run_id: 1}
+        result = dead_runs(dg.build_sensor_context(instance=instance))
+        assert isinstance(result, dg.SkipReason) and run.run_id[:8] in result.skip_message
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert claimed_slots(instance) == {}
+        again = dead_runs(dg.build_sensor_context(instance=instance))
+        assert again.skip_message == "no run of this host lost its process"

@@ -1,11 +1,13 @@
 """Hybrid search on a tree built by the rebuild graph: the lexical index as an asset, modes, why each hit
 matched, filters in every mode, and the chunker version that re-chunks (but does not re-embed)."""
 
+import itertools
+
 import dagster as dg
 import pytest
 
 from nova_pipeline.core.index import lexical
-from nova_pipeline.core.index.ranking import MODES
+from nova_pipeline.core.index.ranking import MERGE_GAP, MODES
 from nova_pipeline.core.protect import golden
 from nova_pipeline.core.serving.searcher import Searcher
 from nova_pipeline.core.settings import Settings
@@ -106,3 +108,46 @@ def test_a_new_chunker_version_re_chunks_every_file_but_re_embeds_only_changed_t
     assert chunks["files_reused"] == 0 and chunks["files_chunked"] > 0 and chunks["chunker"] == "test-next"
     assert asset_metadata(again, "vector_index")["embedded"] == 0  # same texts: every vector from the cache
     assert lexical.current_path(home) is not None
+
+
+def test_slices_of_one_function_come_back_as_one_hit_and_k_counts_places(searcher):
+    raw = searcher.search("JSONObject", 5, collapse=False).hits  # every slice of it is an exact match
+    slices = [h for h in raw if h.symbol == "def JSONObject"]
+    assert len(slices) >= 2 and all(not h.merged for h in raw)
+    hits = searcher.search("JSONObject", 5).hits
+    assert len(hits) == 5
+    for a, b in itertools.combinations(hits, 2):  # no two hits are neighbouring slices of one symbol
+        if a.symbol and (a.path, a.symbol) == (b.path, b.symbol):
+            assert a.start_line > b.end_line + 1 + MERGE_GAP or b.start_line > a.end_line + 1 + MERGE_GAP
+    top = hits[0]
+    assert top.symbol == "def JSONObject" and len(top.merged) >= len(slices) - 1
+    assert top.start_line <= min(h.start_line for h in slices)
+    assert top.end_line >= max(h.end_line for h in slices)
+    assert top.score == max(h.score for h in slices)  # the best slice's score
+    ids = [h.chunk_id for h in hits] + [m for h in hits for m in h.merged]
+    assert len(ids) == len(set(ids))  # no chunk in two places
+
+
+@pytest.fixture(scope="module")
+def real_searcher(tmp_path_factory):
+    """The json package indexed with the real all-MiniLM-L6-v2 (the ranking a user sees)."""
+    import shutil
+
+    from nova_pipeline.core.index.embedding import SentenceTransformerEmbedder
+    from nova_pipeline_tests.conftest import STDLIB, build_home
+
+    root = tmp_path_factory.mktemp("real")
+    shutil.copytree(STDLIB / "json", root / "src" / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    embedder = SentenceTransformerEmbedder()
+    build_home(root / "src", root / "home", embedder)
+    s = Searcher(Settings.build(None, root / "home", require_source=False), embedder)
+    yield s
+    s.close()
+
+
+def test_an_error_message_finds_its_raise_site_above_docstrings_that_quote_it(real_searcher):
+    hits = real_searcher.search("Expecting property name enclosed in double quotes", 5).hits
+    assert hits[0].path == "json/decoder.py", [(h.path, h.start_line) for h in hits]
+    assert "Expecting property name enclosed in double quotes" in hits[0].text
+    quoting = [n for n, h in enumerate(hits) if h.path in ("json/tool.py", "json/__init__.py")]
+    assert all(n > 0 for n in quoting)

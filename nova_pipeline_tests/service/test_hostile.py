@@ -136,9 +136,13 @@ def test_bad_parameters_are_400_and_no_answer_carries_a_path_or_an_exception_cla
     token = TokenStore(home).create("ops", "admin")
     a = {"Authorization": f"Bearer {token}"}
     with serve(home) as s:
-        for q in ("k=0", "k=101", "k=abc", "mode=fuzzy", "q=", "k=-1"):
+        for q in ("k=0", "k=101", "k=abc", "mode=fuzzy", "q=", "k=-1", "collapse=maybe"):
             r = httpx.get(f"{s.url}/search?q=json&{q}", headers=a)
             assert r.status_code == 400, (q, r.text)
+        raw = httpx.get(f"{s.url}/search?q=JSONObject&k=5&collapse=false", headers=a).json()["hits"]
+        places = httpx.get(f"{s.url}/search?q=JSONObject&k=5", headers=a).json()["hits"]
+        assert all(h["merged_chunks"] == [] for h in raw) and len(places) == 5
+        assert any(h["merged_chunks"] for h in places)  # JSONObject's slices, one hit
         cases = {
             "/api/v1/admin/restore/nope?confirm=true": 400,  # not a backup id at all
             "/api/v1/admin/restore/..?confirm=true": 404,  # the client resolves .., and no route matches

@@ -48,6 +48,7 @@ from nova_pipeline.core.layout import Layout
 __all__ = [
     "B",
     "DIGEST_COLUMNS",
+    "DELTA",
     "DOC_COLUMNS",
     "K1",
     "META",
@@ -59,6 +60,7 @@ __all__ = [
     "LexicalIndexError",
     "build",
     "chunks_digest",
+    "clear_delta",
     "code_tokens",
     "current_path",
     "glob_match",
@@ -76,6 +78,7 @@ TOKENIZER_VERSION = "code-tokens-2"  # part of every index's digest: a tokenizer
 K1, B = 1.2, 0.75
 DOC_COLUMNS = ["chunk_id", "path", "symbol", "language", "start_line", "end_line"]
 META = "meta.json"
+DELTA = "DELTA.json"  # the live delta beside the built indexes (lexical_delta.py)
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?")
 # split points inside an identifier: lower→Upper, and the end of an acronym before a capitalised word
@@ -330,6 +333,7 @@ def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildS
         "k1": K1,
         "b": B,
         "vocabulary": len(retriever.vocab_dict) if len(corpus) else 0,
+        "avgdl": float(np.mean([len(c) for c in corpus])) if len(corpus) else 0.0,  # for live deltas
         "built_at": time.time(),
     }
     atomic_write_bytes(tmp / META, json.dumps(meta, sort_keys=True).encode())
@@ -403,7 +407,8 @@ def update(
 ) -> BuildStats:
     """Make ``home``'s live lexical index the index of ``chunks``: nothing is done when CURRENT already
     holds exactly these chunks (same digest); else a new directory is built and CURRENT switched to it.
-    Older directories beyond ``keep`` are removed (CURRENT and the one before stay).
+    Older directories beyond ``keep`` are removed (CURRENT and the one before stay), and so is a live delta
+    (:mod:`.lexical_delta`): CURRENT then holds every chunk.
 
     ``chunks`` needs only :data:`DIGEST_COLUMNS` to decide; when it has no ``text`` column, ``with_texts()``
     returns the same chunks with their texts and is called only when a build is needed (the texts are most
@@ -416,6 +421,7 @@ def update(
     digest = chunks_digest(chunks)
     cur = current_path(home)
     if cur is not None and cur.name == digest:
+        clear_delta(home)  # the base holds exactly these chunks: a live delta is obsolete
         return BuildStats(
             digest, len(chunks), json.loads((cur / META).read_text()).get("vocabulary", 0), False, 0.0, cur
         )
@@ -424,8 +430,18 @@ def update(
     layout.lexical.mkdir(parents=True, exist_ok=True)
     stats = build(chunks, layout.lexical / digest, digest)
     _set_current(home, digest)
+    clear_delta(home)
     _prune(layout, keep, digest, cur.name if cur is not None else None)
     return stats
+
+
+def clear_delta(home: Path) -> None:
+    """Remove the live delta (:mod:`.lexical_delta`, ``lexical/DELTA.json``): CURRENT was rebuilt or
+    replaced."""
+    try:
+        os.unlink(Layout.of(home).lexical / DELTA)
+    except FileNotFoundError:
+        pass
 
 
 def _set_current(home: Path, name: str) -> None:
@@ -453,6 +469,7 @@ def install(home: Path, source: Path) -> BuildStats:
         os.rename(tmp, dest)
         fsync_dir(layout.lexical)
     _set_current(home, meta["digest"])
+    clear_delta(home)  # a delta against the replaced base means nothing now
     return BuildStats(
         meta["digest"], meta["docs"], meta.get("vocabulary", 0), True, time.perf_counter() - started, dest
     )

@@ -7,7 +7,10 @@ the paper), over the top ``NOVA_SEARCH_CANDIDATES`` (50) of each side. A chunk w
 query names exactly (an identifier such as ``IgnoreRules`` or ``read_table``, or a path such as
 ``json/decoder.py``) gets one more list's rank-1 share, weighted by ``NOVA_SEARCH_EXACT_BOOST`` (half of it
 for the methods of a class the query names), and so does a chunk that holds the query verbatim as a phrase
-(an error message). Weights: ``NOVA_SEARCH_VECTOR_WEIGHT`` and ``NOVA_SEARCH_LEXICAL_WEIGHT`` (1.0 each),
+(an error message) in a string literal; half of it when the phrase is only quoted in prose (a docstring), so
+the raise site ranks above the docs that quote its message. Hits of adjacent or overlapping chunks of one
+symbol in one file then collapse into one hit (:func:`collapse_places`). Weights:
+``NOVA_SEARCH_VECTOR_WEIGHT`` and ``NOVA_SEARCH_LEXICAL_WEIGHT`` (1.0 each),
 ``NOVA_SEARCH_RRF_K``. Plain functions over ids and texts: the searcher (:mod:`nova_pipeline.core.serving.
 searcher`) feeds them.
 """
@@ -23,10 +26,13 @@ from nova_pipeline.core.errors import SettingsError
 __all__ = [
     "HYBRID",
     "LEXICAL",
+    "MERGE_GAP",
     "MODES",
     "VECTOR",
     "SearchSettings",
+    "Span",
     "boost_shares",
+    "collapse_places",
     "defined_names",
     "enclosing_names",
     "exact_targets",
@@ -35,6 +41,7 @@ __all__ = [
     "is_exact",
     "phrase_in",
     "phrase_of",
+    "phrase_share",
 ]
 
 MODES = ("hybrid", "vector", "lexical")
@@ -153,14 +160,33 @@ def phrase_in(phrase: str, document: str | None) -> bool:
     return bool(phrase and document) and phrase in " ".join(document.split()).lower()
 
 
+def phrase_share(phrase: str, document: str | None) -> float:
+    """How much of the boost a verbatim ``phrase`` match earns: 1.0 where it opens a string literal in code
+    (``raise JSONDecodeError("Expecting property name ...", s, end)``: the site that says it), 0.5 where it
+    is only quoted in prose (a docstring's usage example, a comment, a ``\"\"\"`` docstring's first
+    line), 0.0 when absent. White space runs and case are ignored, as in :func:`phrase_in`."""
+    if not (phrase and document):
+        return 0.0
+    flat = " ".join(document.split()).lower()
+    at = flat.find(phrase)
+    if at < 0:
+        return 0.0
+    while at >= 0:
+        before = flat[max(0, at - 3) : at]
+        if before[-1:] in ("'", '"') and before[-2:-1] not in ("'", '"'):
+            return 1.0  # one quote, not three: a string literal in code
+        at = flat.find(phrase, at + 1)
+    return 0.5
+
+
 def boost_shares(
     targets: set[str], phrase: str, candidates: list[tuple[str, str, str, str | None]]
 ) -> dict[str, float]:
     """Chunk id → share of the exact-match boost, for ``(id, symbol, path, text)`` candidates: the larger of
-    :func:`exact_weight` and 1 for a verbatim :func:`phrase_in` match; ids with no share are left out."""
+    :func:`exact_weight` and :func:`phrase_share`; ids with no share are left out."""
     out: dict[str, float] = {}
     for cid, symbol, path, text in candidates:
-        share = max(exact_weight(targets, symbol, path), float(phrase_in(phrase, text)))
+        share = max(exact_weight(targets, symbol, path), phrase_share(phrase, text))
         if share:
             out[cid] = max(share, out.get(cid, 0.0))
     return out
@@ -185,3 +211,60 @@ def fuse(
             scores[i] += settings.exact_boost * share / (settings.rrf_k + 1)
     order = {i: n for n, i in enumerate(scores)}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+MERGE_GAP = 3  # lines between two slices of one symbol that still count as adjacent
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a chunk is: its root-relative path, symbol and 1-based inclusive lines."""
+
+    path: str
+    symbol: str
+    start: int
+    end: int
+
+
+def collapse_places(
+    order: list[tuple[str, float]], span_of: dict[str, Span], k: int
+) -> list[tuple[str, float, int, int, list[str]]]:
+    """One answer per place: ranked ``(id, score)`` pairs, best first, whose chunks are adjacent or
+    overlapping slices of one symbol in one file merge into one entry ``(lead id, best score, start, end,
+    merged ids)``.
+    Adjacent: at most :data:`MERGE_GAP` lines between them (the blank lines and comments a chunker leaves
+    between two slices of one body).
+
+    The lead is the best-ranked chunk of the group, the score is its score (the best), the line range is the
+    union of the group's, and ``merged`` lists the other chunks in rank order. Chunks without a symbol (or
+    without a span) never merge. Groups keep the rank of their best chunk; a chunk that bridges two groups
+    joins them. Returns the first ``k`` groups: pass more candidates than ``k`` so that merging still fills
+    ``k``. Linear in ``len(order)`` times the groups of one symbol (a handful).
+    """
+    groups: list[list] = []  # [lead, score, start, end, merged, key]
+    by_key: dict[tuple[str, str], list[list]] = {}
+    for cid, score in order:
+        span = span_of.get(cid)
+        if span is None or not span.symbol:
+            groups.append([cid, score, span.start if span else 0, span.end if span else 0, [], None])
+            continue
+        key = (span.path, span.symbol)
+        touching = [
+            g
+            for g in by_key.get(key, [])
+            if span.start <= g[3] + 1 + MERGE_GAP and span.end >= g[2] - 1 - MERGE_GAP
+        ]
+        if not touching:
+            g = [cid, score, span.start, span.end, [], key]
+            groups.append(g)
+            by_key.setdefault(key, []).append(g)
+            continue
+        head, rest = touching[0], touching[1:]  # the best-ranked group the chunk touches
+        head[4].append(cid)
+        head[2], head[3] = min(head[2], span.start), max(head[3], span.end)
+        for g in rest:  # bridged: fold the later groups into the first
+            head[4] += [g[0], *g[4]]
+            head[2], head[3] = min(head[2], g[2]), max(head[3], g[3])
+            groups.remove(g)
+            by_key[key].remove(g)
+    return [(g[0], g[1], g[2], g[3], g[4]) for g in groups[:k]]

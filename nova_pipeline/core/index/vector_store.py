@@ -296,6 +296,7 @@ class Hit:
     lexical_score: float | None = None  # BM25 score, when the lexical side ranked it
     matched_terms: list[str] = field(default_factory=list)  # query terms (code_tokens) the chunk contains
     exact: bool = False  # the query names this chunk's symbol or path exactly (boosted)
+    merged: list[str] = field(default_factory=list)  # other chunks of the same place collapsed into this hit
 
     def snippet(self, lines: int = 3) -> str:
         """The first non-blank lines of the chunk body (its header line left out)."""

@@ -133,17 +133,17 @@ def evaluate(breaker: pybreaker.CircuitBreaker, probe, confirm_pause_s: float = 
             nonlocal result
             result = probe()
             if not result.ok:
-                raise _ProbeFailed(result.error)
+                raise _ProbeFailed
 
         try:
             breaker.call(call)
             tick.probes.append(True)
-        except (_ProbeFailed, pybreaker.CircuitBreakerError) as exc:
+        except (_ProbeFailed, pybreaker.CircuitBreakerError):
             if result is None:  # refused without probing: open, the half-open timeout not elapsed
                 tick.skipped = not tick.probes
                 break
             tick.probes.append(False)
-            tick.errors.append(result.error or str(exc))
+            tick.errors.append(result.error or "the probe failed without saying why")
         if (
             breaker.current_state != pybreaker.STATE_CLOSED
             or tick.probes[-1]

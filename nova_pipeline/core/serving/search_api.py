@@ -35,6 +35,7 @@ def hit_json(h: Hit) -> dict:
         "exact": h.exact,
         "snippet": h.snippet(),
         "chunk_id": h.chunk_id,
+        "merged_chunks": h.merged,
         "store": h.store,
         "stale_as_of": h.stale_as_of,
     }
@@ -65,6 +66,7 @@ def search(
     mode: str = HYBRID,
     path: str | None = None,
     language: str | None = None,
+    collapse: bool = True,
 ) -> list[Hit]:
     """The ``k`` best chunks for ``text``, best first (hybrid by default; see the module docstring); each
     hit says which store answered (``store``), from the backup ``stale_as_of``, and why it matched
@@ -80,6 +82,8 @@ def search(
         embedder: default: the bundled all-MiniLM-L6-v2, loaded only once the index is known to exist.
         mode: ``hybrid``, ``vector`` or ``lexical``.
         path: a glob over root-relative paths; language: a manifest language. Both filter every mode.
+        collapse: one hit per place (adjacent or overlapping chunks of one symbol merged; ``k`` counts
+            places); False: raw chunks.
 
     Raises:
         InvalidRequestError (a ``ValueError``): an unknown mode.
@@ -88,7 +92,11 @@ def search(
     """
     settings = settings or Settings.from_env(require_source=False)
     _require_something_built(settings)  # before loading the model
-    return shared_searcher(settings, embedder).search(text, k, mode=mode, path=path, language=language).hits
+    return (
+        shared_searcher(settings, embedder)
+        .search(text, k, mode=mode, path=path, language=language, collapse=collapse)
+        .hits
+    )
 
 
 def _require_something_built(settings: Settings) -> None:

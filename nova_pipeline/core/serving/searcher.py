@@ -6,6 +6,11 @@ crosses ``/``, as in ``json/*`` or ``*.md``) and ``language`` apply in every mod
 Chroma ``where`` on the chunk metadata (``language`` equal, ``path`` in the paths the glob matches), on the
 lexical side as a mask over the BM25 scores.
 
+**One answer per place.** A long function is split into several chunks; hits of adjacent or overlapping
+chunks of one symbol in one file collapse into one hit
+(:func:`~nova_pipeline.core.index.ranking.collapse_places`) with the merged line range, the best score and
+the other chunks' ids in ``Hit.merged``; ``k`` counts collapsed hits. ``collapse=False`` returns raw chunks.
+
 **Failover.** A :class:`Searcher` reads the failover pointer (``NOVA_HOME/failover/state.json``) on every
 query:
 
@@ -40,7 +45,7 @@ from nova_pipeline.core.errors import (
     InvalidRequestError,
     NovaError,
 )
-from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.embedding import Embedder, SentenceTransformerEmbedder, bundled_fingerprint
 from nova_pipeline.core.index.query_batcher import QueryBatcher
 from nova_pipeline.core.index.ranking import (
@@ -49,7 +54,9 @@ from nova_pipeline.core.index.ranking import (
     MODES,
     VECTOR,
     SearchSettings,
+    Span,
     boost_shares,
+    collapse_places,
     exact_targets,
     fuse,
     phrase_of,
@@ -68,6 +75,7 @@ log = logging.getLogger(__name__)
 
 
 PRIMARY_WORKERS = 16  # threads for primary queries: a hung primary holds some, the deadline frees the caller
+COLLAPSE_FETCH = 3  # vector and lexical modes fetch 3k candidates when collapsing (hybrid fetches 50 anyway)
 SERVER_COUNT_EVERY_S = 5.0  # a Chroma server's count (an empty primary is a failed one) is checked this often
 
 
@@ -277,7 +285,8 @@ class Searcher:
     def lexical_index(self, store: str = PRIMARY) -> lexical.LexicalIndex | None:
         """The BM25 index that goes with ``store``: the live one (``NOVA_HOME/lexical``) for the primary,
         the CURRENT golden version's for the backup, each falling back to the other; None when there is
-        neither. Loaded once per directory (directories are immutable; a rebuild makes a new one)."""
+        neither. Loaded once per directory and live delta (directories are immutable, a rebuild makes a new
+        one; ``nova watch`` rewrites the delta, see :mod:`~nova_pipeline.core.index.lexical_delta`)."""
         from nova_pipeline.core.protect import golden
 
         def frozen() -> Path | None:  # CURRENT's, read from the pointer without listing the versions
@@ -292,11 +301,14 @@ class Searcher:
         path = next((p for p in (f() for f in (order if store == PRIMARY else order[::-1])) if p), None)
         if path is None:
             return None
-        key = str(path)
+        live = path == lexical.current_path(self.settings.home)
+        key = (str(path), lexical_delta.delta_stamp(self.settings.home) if live else None)
         with self._lock:
             if key not in self._lexical:
-                self._lexical.clear()  # an older directory is no longer current
-                self._lexical[key] = lexical.load(path)
+                self._lexical.clear()  # an older directory, or an older delta, is no longer current
+                self._lexical[key] = (
+                    lexical_delta.load_live(self.settings.home, path) if live else lexical.load(path)
+                )
             return self._lexical[key]
 
     def search(
@@ -307,6 +319,7 @@ class Searcher:
         path: str | None = None,
         language: str | None = None,
         deadline: float | None = None,
+        collapse: bool = True,
     ) -> SearchResult:
         """The ``k`` best chunks for ``text`` (see the module docstring for modes and filters), from the
         store the pointer names, with the per-query fallback.
@@ -319,6 +332,7 @@ class Searcher:
             language: the manifest's language (``python``, ``markdown``, ...); None: every language.
             deadline: ``time.monotonic()`` by which the primary must have answered, else the backup store
                 answers (default: now plus ``NOVA_QUERY_TIMEOUT``; ``nova serve`` passes the request's).
+            collapse: merge hits of adjacent or overlapping chunks of one symbol (default); False: raw chunks.
 
         Raises:
             ValueError: an unknown mode.
@@ -337,7 +351,8 @@ class Searcher:
             )
         if lex is None and mode == HYBRID:
             log.warning("no lexical index yet: hybrid search answers from the vector side only")
-        n = max(k, self.ranking.candidates) if mode == HYBRID else k
+        # collapsing merges some candidates: ask for more, so that k places remain
+        n = max(k, self.ranking.candidates) if mode == HYBRID else k * COLLAPSE_FETCH if collapse else k
         where, paths = _filters(lex, path, language)
         if paths is not None and not paths:
             return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
@@ -349,6 +364,18 @@ class Searcher:
         targets = exact_targets(text) if mode == HYBRID else set()
         phrase = phrase_of(text) if mode == HYBRID else ""
         over = 4 if path and paths is None else 1  # a glob without a lexical index: filter after the query
+
+        def top(order, vhits):  # the k hits shown: collapsed places, or raw chunks
+            if not collapse:
+                return order[:k], {}
+            spans = {h.chunk_id: Span(h.path, h.symbol, h.start_line, h.end_line) for h in vhits}
+            for i, h in zip(lex_ids, lex_hits):
+                if i not in spans:
+                    r = h.row
+                    symbol = lex.symbols[r] or ""
+                    spans[i] = Span(lex.path_of(r), symbol, int(lex.starts[r]), int(lex.ends[r]))
+            places = collapse_places(order, spans, k)
+            return [(c, sc) for c, sc, *_ in places], {c: (a, b, m) for c, _, a, b, m in places if m}
 
         def op(col):
             vhits = []
@@ -371,14 +398,17 @@ class Searcher:
                     for i, h in zip(lex_ids, lex_hits)
                 ]
                 boosted = boost_shares(targets, phrase, candidates)
-                order = fuse(
-                    [
-                        ([h.chunk_id for h in vhits], self.ranking.vector_weight),
-                        (lex_ids, self.ranking.lexical_weight),
-                    ],
-                    boosted,
-                    self.ranking,
-                )[:k]
+                order, merged = top(
+                    fuse(
+                        [
+                            ([h.chunk_id for h in vhits], self.ranking.vector_weight),
+                            (lex_ids, self.ranking.lexical_weight),
+                        ],
+                        boosted,
+                        self.ranking,
+                    ),
+                    vhits,
+                )
                 for cid, _ in order:
                     if cid in by_id:
                         by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
@@ -386,13 +416,13 @@ class Searcher:
                     texts = _documents(col, [cid for cid, _ in order])
                     for cid, h in by_id.items():
                         h.text = texts.get(cid, h.text)
-                return order, by_id, texts, boosted
-            order = order[:k]
+                return order, by_id, texts, boosted, merged
+            order, merged = top(order, vhits)
             texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
-            return order, by_id, texts, {}
+            return order, by_id, texts, {}, merged
 
         answer, store, stale, fell_back, error = self._run(op, state.failed_over, deadline)
-        order, by_id, texts, boosted = answer
+        order, by_id, texts, boosted, merged = answer
         lex_by_id = {i: h for i, h in zip(lex_ids, lex_hits)}
         terms = [t for t in dict.fromkeys(lexical.code_tokens(text)) if lex is not None and t in lex.vocab]
         hits = []
@@ -417,6 +447,8 @@ class Searcher:
             row = lh.row if lh is not None else (lex.row_of(cid) if lex is not None else None)
             if terms and row is not None:  # only for the hits shown
                 h.matched_terms = lex.matched_terms(row, terms)
+            if cid in merged:
+                h.start_line, h.end_line, h.merged = merged[cid]
             hits.append(h)
         return SearchResult(
             hits=_label(hits, store, stale),

@@ -9,7 +9,9 @@ from nova_pipeline.core.index.chunking import chunk_manifest
 from nova_pipeline.core.index.embedding import Tokenizer
 from nova_pipeline.core.index.ranking import (
     SearchSettings,
+    Span,
     boost_shares,
+    collapse_places,
     defined_names,
     enclosing_names,
     exact_targets,
@@ -18,6 +20,7 @@ from nova_pipeline.core.index.ranking import (
     is_exact,
     phrase_in,
     phrase_of,
+    phrase_share,
 )
 from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import ScanOptions
@@ -200,3 +203,79 @@ def test_the_chunks_digest_ignores_row_order_and_dtypes_and_sees_any_change(chun
         changed.loc[changed.index[3], column] = cell + 1 if column.endswith("_line") else cell + "x"
         assert lexical.chunks_digest(changed) != base, column
     assert lexical.chunks_digest(chunks.iloc[1:]) != base
+
+
+def test_a_raise_site_earns_the_whole_phrase_boost_and_prose_that_quotes_it_half():
+    p = phrase_of("Expecting property name enclosed in double quotes")
+    raise_site = 'raise JSONDecodeError(\n    "Expecting property name enclosed in double quotes", s, end)'
+    usage = (
+        "    $ echo '{ 1.2:3.4}' | python -m json.tool\n"
+        "    Expecting property name enclosed in double quotes: line 1"
+    )
+    assert phrase_share(p, raise_site) == 1.0
+    assert phrase_share(p, usage) == 0.5  # a docstring's usage example quotes the message
+    assert phrase_share(p, '"""Expecting property name enclosed in double quotes."""') == 0.5  # a docstring
+    assert phrase_share(p, "# Expecting property name enclosed in double quotes") == 0.5
+    assert phrase_share(p, usage + "\n" + raise_site) == 1.0  # any literal occurrence counts
+    assert phrase_share(p, "raise ValueError('expecting PROPERTY name enclosed in double quotes')") == 1.0
+    assert phrase_share(p, "Expecting property name") == 0.0 and phrase_share("", raise_site) == 0.0
+    assert boost_shares(set(), p, [("site", "", "d.py", raise_site), ("doc", "", "t.py", usage)]) == {
+        "site": 1.0,
+        "doc": 0.5,
+    }
+
+
+S = Span
+
+
+@pytest.mark.parametrize(
+    "spans, expected",
+    [
+        # overlapping and adjacent slices of one function merge, with the union of lines and the best score
+        ({"a": S("f.py", "def f", 10, 20), "b": S("f.py", "def f", 18, 30)}, [("a", 10, 30, ["b"])]),
+        ({"a": S("f.py", "def f", 21, 30), "b": S("f.py", "def f", 10, 20)}, [("a", 10, 30, ["b"])]),
+        # blank lines and comments between the slices: up to MERGE_GAP lines
+        ({"a": S("f.py", "def f", 10, 20), "b": S("f.py", "def f", 24, 30)}, [("a", 10, 30, ["b"])]),
+        (
+            {"a": S("f.py", "def f", 10, 20), "b": S("f.py", "def f", 25, 30)},
+            [("a", 10, 20, []), ("b", 25, 30, [])],
+        ),
+        # another symbol, another file, or no symbol: separate places
+        (
+            {"a": S("f.py", "def f", 10, 20), "b": S("f.py", "def g", 21, 30)},
+            [("a", 10, 20, []), ("b", 21, 30, [])],
+        ),
+        (
+            {"a": S("f.py", "def f", 10, 20), "b": S("g.py", "def f", 21, 30)},
+            [("a", 10, 20, []), ("b", 21, 30, [])],
+        ),
+        ({"a": S("f.py", "", 10, 20), "b": S("f.py", "", 21, 30)}, [("a", 10, 20, []), ("b", 21, 30, [])]),
+    ],
+)
+def test_collapse_merges_adjacent_or_overlapping_slices_of_one_symbol(spans, expected):
+    order = [(cid, 1.0 / n) for n, cid in enumerate(spans, 1)]
+    got = collapse_places(order, spans, 10)
+    assert [(c, a, b, m) for c, _, a, b, m in got] == expected
+    assert got[0][1] == 1.0  # the best score leads
+
+
+def test_collapse_bridges_groups_keeps_rank_and_counts_places_for_k():
+    spans = {
+        "f1": S("f.py", "def f", 1, 10),
+        "x": S("x.py", "def x", 1, 5),
+        "f3": S("f.py", "def f", 21, 30),
+        "f2": S("f.py", "def f", 11, 20),  # joins f1 and f3 into one place
+        "y": S("y.py", "def y", 1, 5),
+        "z": S("z.py", "def z", 1, 5),
+    }
+    order = [(c, 1.0 - n / 10) for n, c in enumerate(spans)]
+    got = collapse_places(order, spans, 3)
+    assert [(c, a, b, m) for c, _, a, b, m in got] == [
+        ("f1", 1, 30, ["f2", "f3"]),
+        ("x", 1, 5, []),
+        ("y", 1, 5, []),
+    ]
+    assert [sc for _, sc, *_ in got] == [1.0, 0.9, 0.6]
+    assert collapse_places(order, {}, 10) == [
+        (c, sc, 0, 0, []) for c, sc in order
+    ]  # no spans known: raw order

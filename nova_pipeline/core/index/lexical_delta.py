@@ -1,0 +1,206 @@
+"""Live updates of the lexical index: a small delta beside the built one, merged at query time.
+
+Rebuilding the whole BM25 index on every save costs 0.36 s at 1,657 chunks and 6.4 s at 50,000 (bm25s
+indexes the whole corpus at once). ``nova watch`` applies an edit in well under that, so a live update does
+not rebuild: it writes ``NOVA_HOME/lexical/DELTA.json``, the difference between the chunks now and the
+built index that ``lexical/CURRENT`` names (its ``base`` digest):
+
+* ``removed``: ids of the base whose chunk is gone or changed (masked out of the base's scores);
+* ``added``: the live chunks the base lacks, with their text (scored at query time).
+
+A delta is always the whole difference to its base (recomputed from the chunk set, never patched), so it is
+exact whatever happened before, and a delta whose ``base`` is not CURRENT is ignored. A rebuild of the base
+(:func:`~nova_pipeline.core.index.lexical.update`, and :func:`compact` when the delta grows past
+:data:`COMPACT_ABOVE` documents or the tree is quiet) removes it.
+
+**Scoring.** Added documents are scored with the same formula bm25s uses for the base (Lucene's BM25 as in
+Kamphuis et al., ECIR 2020: ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, ``tf / (tf + k1 (1 - b + b dl /
+avgdl))``), with ``N`` and ``df`` counting the base and the added documents and the base's mean document
+length. The base keeps the IDF it was built with until it is compacted: a delta of a few files moves the
+statistics of a corpus of thousands by well under 1 %, and ranks are what hybrid fusion uses.
+
+Cost: building the delta is set arithmetic over the ids (about 5 ms at 50,000 chunks) and the tokens of
+the added texts; a query scores the added documents in Python (about 10 µs per document and term).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nova_pipeline.core.atomic import atomic_write_bytes
+from nova_pipeline.core.index import lexical
+from nova_pipeline.core.layout import Layout
+
+__all__ = [
+    "COMPACT_ABOVE",
+    "DELTA",
+    "Delta",
+    "LiveLexicalIndex",
+    "clear",
+    "compute",
+    "delta_stamp",
+    "load_live",
+    "read",
+    "write",
+]
+
+DELTA = lexical.DELTA
+COMPACT_ABOVE = 2000  # added documents beyond which a live update rebuilds the base instead
+
+
+@dataclass
+class Delta:
+    """The difference between the live chunks and the built index ``base`` (its digest)."""
+
+    base: str
+    removed: set[str] = field(default_factory=set)
+    added: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=[*lexical.DOC_COLUMNS, "text"]))
+
+    @property
+    def empty(self) -> bool:
+        return not self.removed and len(self.added) == 0
+
+
+def _path(home) -> Path:
+    return Layout.of(home).lexical / DELTA
+
+
+def delta_stamp(home) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of the delta file, or None: what a reader compares to know it changed."""
+    try:
+        st = os.stat(_path(home))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def compute(base_ids: set[str] | np.ndarray, chunks: pd.DataFrame, base: str) -> Delta:
+    """The delta that makes the index ``base`` (holding ``base_ids``) hold exactly ``chunks`` (``chunk_id``,
+    the document columns and ``text``)."""
+    base_ids = set(base_ids.tolist() if isinstance(base_ids, np.ndarray) else base_ids)
+    live = set(chunks["chunk_id"])
+    added = chunks[~chunks["chunk_id"].isin(base_ids)][[*lexical.DOC_COLUMNS, "text"]].reset_index(drop=True)
+    return Delta(base=base, removed=base_ids - live, added=added)
+
+
+def write(home, delta: Delta) -> None:
+    """Write the delta atomically (or remove the file when the delta is empty)."""
+    if delta.empty:
+        clear(home)
+        return
+    body = {
+        "base": delta.base,
+        "removed": sorted(delta.removed),
+        "added": json.loads(delta.added.to_json(orient="records")),
+    }
+    atomic_write_bytes(_path(home), json.dumps(body).encode())
+
+
+def read(home) -> Delta | None:
+    """The delta on disk, or None when there is none or it cannot be read (then the base alone answers:
+    the next live update or rebuild writes a good one)."""
+    try:
+        raw = json.loads(_path(home).read_text())
+        added = pd.DataFrame(raw["added"], columns=[*lexical.DOC_COLUMNS, "text"])
+        return Delta(base=raw["base"], removed=set(raw["removed"]), added=added)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def clear(home) -> None:
+    """Remove the delta (the base was rebuilt from every chunk)."""
+    lexical.clear_delta(home)
+
+
+class LiveLexicalIndex(lexical.LexicalIndex):
+    """A built index with a delta applied: rows ``0..len(base)-1`` are the base's (removed ones score 0),
+    then one row per added document. Same interface as :class:`~nova_pipeline.core.index.lexical.
+    LexicalIndex`."""
+
+    def __init__(self, base: lexical.LexicalIndex, delta: Delta):
+        added = delta.added.reset_index(drop=True)
+        docs = pd.concat([base.docs, added[lexical.DOC_COLUMNS]], ignore_index=True)
+        super().__init__(base.path, base.retriever, docs, base.meta)
+        self.base_size = len(base.docs)
+        self.delta = delta
+        self._alive = ~np.isin(base.ids, list(delta.removed)) if delta.removed else None
+        self._tokens = [Counter(lexical.code_tokens(t or "") or [""]) for t in added["text"].tolist()]
+        self._lengths = np.array([sum(c.values()) for c in self._tokens], dtype=np.float64)
+        self._delta_df: Counter = Counter()
+        for c in self._tokens:
+            self._delta_df.update(c.keys())
+        self._vocab = {**{t: -1 for t in self._delta_df}, **base.vocab}  # delta-only terms: no base id
+        self._avgdl = float(base.meta.get("avgdl") or (self._lengths.mean() if len(self._lengths) else 1.0))
+        self._n = self.base_size - len(delta.removed) + len(added)
+
+    def _base_df(self, term: str) -> int:
+        tid = self.retriever.vocab_dict.get(term)
+        if tid is None:
+            return 0
+        indptr = self.retriever.scores["indptr"]
+        return int(indptr[tid + 1] - indptr[tid])
+
+    def search(self, query, k, mask=None, with_terms=True):
+        terms = list(dict.fromkeys(t for t in lexical.code_tokens(query) if t in self._vocab))
+        if not terms or len(self.docs) == 0:
+            return []
+        scores = np.zeros(len(self.docs), dtype=np.float32)
+        base_terms = [t for t in terms if t in self.retriever.vocab_dict]
+        if base_terms and self.base_size:
+            scores[: self.base_size] = self.retriever.get_scores(base_terms)
+            if self._alive is not None:
+                scores[: self.base_size] *= self._alive
+        if self._tokens:
+            k1, b = float(self.meta.get("k1", lexical.K1)), float(self.meta.get("b", lexical.B))
+            norm = k1 * ((1 - b) + b * self._lengths / self._avgdl)
+            for t in terms:
+                df = self._base_df(t) + self._delta_df.get(t, 0)
+                if not df:
+                    continue
+                idf = math.log(1 + (self._n - df + 0.5) / (df + 0.5))
+                tf = np.array([c.get(t, 0) for c in self._tokens], dtype=np.float64)
+                scores[self.base_size :] += (idf * tf / (norm + tf)).astype(np.float32)
+        if mask is not None:
+            scores *= mask
+        n = min(k, int(np.count_nonzero(scores > 0)))
+        if n == 0:
+            return []
+        top = np.argpartition(-scores, n - 1)[:n]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [
+            lexical.LexicalHit(
+                int(i), float(scores[i]), self.matched_terms(int(i), terms) if with_terms else []
+            )
+            for i in top
+        ]
+
+    def matched_terms(self, row, terms):
+        if row < self.base_size:
+            return super().matched_terms(row, [t for t in terms if t in self.retriever.vocab_dict])
+        have = self._tokens[row - self.base_size]
+        return [t for t in terms if t in have]
+
+
+def load_live(home, path: Path | None = None) -> lexical.LexicalIndex | None:
+    """The live lexical index of ``home``: CURRENT's (or ``path``'s) with the delta applied when there is
+    one for it; None when there is no built index.
+
+    Raises:
+        LexicalIndexError: the built index cannot be read.
+    """
+    path = path or lexical.current_path(home)
+    if path is None:
+        return None
+    base = lexical.load(path)
+    delta = read(home)
+    if delta is None or delta.base != base.digest or delta.empty:
+        return base
+    return LiveLexicalIndex(base, delta)
