@@ -37,6 +37,7 @@ TESTS = Path(__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core root", ("nova_pipeline.core",)),  # the modules directly in core/ (not its groups)
     *[(f"core.{g}", (f"nova_pipeline.core.{g}",)) for g in keys.GROUPS],
+    ("core.live", ("nova_pipeline.core.live",)),  # live updates: the groups' functions, applied per save
     ("deploy", ("nova_pipeline.deploy",)),
     ("defs and service", ("nova_pipeline.defs", "nova_pipeline.service", "nova_pipeline.definitions")),
     ("cli and the Python API", ("nova_pipeline.cli", "nova_pipeline")),

@@ -38,6 +38,12 @@ def serve(
             "NOVA_SERVE_HOSTS, comma-separated)",
         ),
     ] = None,
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="also keep the index live from file events (nova watch) in this process: one writer, and "
+        "a reader that is never stale; needs NOVA_SOURCE_DIR",
+    ),
 ) -> None:
     """Serve search over HTTP with failover, and the admin API.
 
@@ -79,8 +85,20 @@ def serve(
     console.print(
         f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /healthz, /status, /api/v1/admin/...)"
     )
+    stop_watching = None
+    if watch:
+        if workers != 1:
+            raise NovaError("--watch needs --workers 1: the watcher is the one writer of the index")
+        from nova_pipeline.cli.live import watch_in_thread
+
+        watcher, stop_watching = watch_in_thread()
+        console.print(f"watching {watcher.live.settings.source_dir}: saves are searchable within a second")
     if workers == 1:
-        uvicorn.run(app_, host=host, port=port, log_level=level.lower())
+        try:
+            uvicorn.run(app_, host=host, port=port, log_level=level.lower())
+        finally:
+            if stop_watching is not None:
+                stop_watching()
     else:  # each worker builds its own app, from the environment
         uvicorn.run(
             "nova_pipeline.service.app:app_from_env",

@@ -17,6 +17,44 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from nova_pipeline.core.keys import (
+    COMPRESSED_STORE,
+    COMPRESSION_DICTIONARY,
+    FREQUENT_PATTERNS,
+    GOLDEN_COPY,
+    LEXICAL_INDEX,
+    SOURCE_CHUNKS,
+    SOURCE_FILES,
+    VECTOR_INDEX,
+)
+
+PHASES = {  # step key -> the phase of a rebuild that nova rebuild, nova monitor and the admin API show
+    SOURCE_FILES: "scan",
+    FREQUENT_PATTERNS: "patterns",
+    COMPRESSION_DICTIONARY: "dictionary",
+    COMPRESSED_STORE: "compress",
+    SOURCE_CHUNKS: "chunk",
+    VECTOR_INDEX: "embed",
+    LEXICAL_INDEX: "lexical",
+    GOLDEN_COPY: "golden copy",
+}
+# vector_index is a graph of ops: plan_vector_slices, reconcile_vector_slice[slice_i], finish_vector_index.
+# Its phase starts with the first and ends with the last.
+LAST_STEP = {VECTOR_INDEX: "vector_index.finish_vector_index"}
+
+
+def phase_of(step_key: str | None) -> tuple[str | None, bool, bool]:
+    """``(phase, first, last)`` of a step key: the phase it belongs to, and whether it opens or closes it
+    (both, for a phase of one step)."""
+    key = step_key or ""
+    asset = key.split(".", 1)[0]
+    phase = PHASES.get(key) or (PHASES.get(asset) if "." in key and asset in LAST_STEP else None)
+    if phase is None:
+        return None, False, False
+    last = LAST_STEP.get(asset, asset)
+    return phase, key in (asset, f"{asset}.plan_vector_slices"), key == last
+
+
 PHASE = "nova/phase"
 DONE = "nova/done"
 TOTAL = "nova/total"

@@ -14,6 +14,9 @@ route                        method    role    backed by
 ``clear``                    DELETE    admin   empties the active collection; needs ``?confirm=true``
 ``vacuum``                   POST      admin   ``VACUUM ANALYZE`` of the instance's PostgreSQL; ``chroma
                                                vacuum`` of an embedded store, under the writer lock
+``rebuild``                  POST      admin   launches the ``rebuild`` job (seed 002's "train")
+``runs/{run_id}``            GET       viewer  per-phase progress, counts and ETA from the run's event log
+``runs/{run_id}/events``     GET       viewer  the same as Server-Sent Events until the run ends
 ===========================  ========  ======  ===========================================================
 
 Authentication: ``Authorization: Bearer <token>`` (``nova token create --role viewer|admin``). With no token
@@ -55,6 +58,7 @@ log = logging.getLogger("nova_pipeline.service.admin")
 PREFIX = "/api/v1/admin"
 BACKUP_ID = re.compile(r"^(?:backup_)?\d{8}T\d{6}Z(?:-\d+)?(?:\.tar\.zst)?$")
 RUN_ID = re.compile(r"^[0-9a-fA-F-]{8,36}$")
+RUN_EVENTS_MAX_S = 6 * 3600  # an SSE stream of a run ends after this, even if the run has not
 
 
 class _Reply(Exception):
@@ -319,8 +323,89 @@ def admin_routes(settings: Settings, gate: Gate, searcher=None) -> list[Route]:
             )
         return done, 200
 
+    def launch_rebuild(request):
+        from nova_pipeline.deploy.instance import launch_job
+
+        if not _has_instance():
+            raise _Reply(503, "DAGSTER_HOME is not set: no Dagster instance to launch the rebuild on")
+        run_id = launch_job("rebuild", tags={"nova/requested_by": "admin api"})
+        body, status = launched("rebuild", run_id)
+        body["progress"] = f"{PREFIX}/runs/{run_id}"
+        body["events"] = f"{PREFIX}/runs/{run_id}/events"
+        return body, status
+
+    def _run_id(request) -> str:
+        run_id = request.path_params["run_id"]
+        if not RUN_ID.match(run_id):
+            raise _Reply(400, "a run id is 8 to 36 hexadecimal digits and dashes")
+        if not _has_instance():
+            raise _Reply(503, "DAGSTER_HOME is not set: no Dagster instance to ask")
+        return run_id
+
+    def run_progress(request):
+        import dagster as dg
+
+        from nova_pipeline.deploy import run_progress as rp
+        from nova_pipeline.deploy.runs import resolve_run
+
+        run_id = _run_id(request)
+        with dg.DagsterInstance.get() as instance:
+            try:
+                run = resolve_run(instance, run_id)
+            except NovaError:
+                raise _Reply(404, f"no run {run_id} in the Dagster instance (or more than one)") from None
+            progress = rp.RunProgress(run.run_id, run.job_name)
+            cursor, more = None, True
+            while more:
+                _, cursor, more = rp.read(instance, run.run_id, progress, cursor)
+            progress.status = instance.get_run_by_id(run.run_id).status.value
+        return progress.as_json(), 200
+
+    async def run_events(request: Request):
+        """Server-Sent Events of a run's progress until it ends (sse-starlette: pings every 15 s)."""
+        import json
+
+        from sse_starlette.sse import EventSourceResponse
+        from starlette.concurrency import iterate_in_threadpool
+
+        caller = await gate.check(request, "viewer", "admin run events")
+        if isinstance(caller, JSONResponse):
+            return caller
+        details = {"method": "GET", "path": request.url.path, "client": caller.client}
+        try:
+            run_id = _run_id(request)
+        except _Reply as reply:
+            await gate.record("admin run events", f"error ({reply.status})", caller.name, **details)
+            return error(reply.status, reply.message, home)
+        import dagster as dg
+
+        from nova_pipeline.deploy import run_progress as rp
+
+        def events():
+            with dg.DagsterInstance.get() as instance:
+                yield from rp.follow(instance, run_id, timeout_s=RUN_EVENTS_MAX_S)
+
+        stream = events()
+        try:  # the first event now, in a thread: an unknown run is a 404, not an empty stream
+            first = await run_in_threadpool(next, stream, None)
+        except KeyError:
+            await gate.record("admin run events", "error (404)", caller.name, run_id=run_id, **details)
+            return error(404, f"no run {run_id} in the Dagster instance")
+        await gate.record("admin run events", "ok", caller.name, run_id=run_id, **details)
+
+        async def body():
+            if first is not None:
+                yield {"event": first["type"], "data": json.dumps(first, default=str)}
+            async for ev in iterate_in_threadpool(stream):
+                yield {"event": ev["type"], "data": json.dumps(ev, default=str)}
+
+        return EventSourceResponse(body(), ping=15)
+
     r = PREFIX
     return [
+        Route(f"{r}/rebuild", guarded("admin", "rebuild", launch_rebuild), methods=["POST"]),
+        Route(f"{r}/runs/{{run_id}}", guarded("viewer", "run progress", run_progress)),
+        Route(f"{r}/runs/{{run_id}}/events", run_events),
         Route(f"{r}/status", guarded("viewer", "status", status)),
         Route(f"{r}/health", guarded("viewer", "health", health)),
         Route(f"{r}/stats", guarded("viewer", "stats", stats)),

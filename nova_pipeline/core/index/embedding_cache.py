@@ -23,12 +23,13 @@ __all__ = ["EmbedStats", "EmbeddingCache", "embed_with_cache"]
 
 class EmbeddingCache:
     """``content blake3 -> float32 vector`` for one model fingerprint, in SQLite (WAL, one commit per
-    batch)."""
+    batch). One thread at a time (not necessarily the one that opened it: ``nova watch`` opens it in its
+    main thread and updates in the watcher's)."""
 
     def __init__(self, home: Path, fingerprint: str):
         self.path = self.path_for(home, fingerprint)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")

@@ -37,6 +37,7 @@ __all__ = [
     "ROOT_IGNORED_DIRS",
     "VIRTUALENV_MARKER",
     "IgnoreRules",
+    "PathFilter",
     "Rule",
     "ScanOptions",
     "WalkReport",
@@ -196,6 +197,70 @@ class _Spec:
         return Rule(f"{self.source}:{n}" if self.numbered else self.source, text)
 
 
+def _dir_rule(rules: IgnoreRules, name: str, rel: str, chain: list) -> Rule | None:
+    """The rule that ignores directory ``rel`` (root-relative, no trailing ``/``) named ``name``, or None."""
+    if name in BUILTIN_IGNORED_DIRS or name.endswith(".egg-info"):
+        return Rule("built-in", f"{name}/" if name in BUILTIN_IGNORED_DIRS else "*.egg-info/")
+    if name in ROOT_IGNORED_DIRS and "/" not in rel:
+        return Rule("built-in", f"/{name}/ (root only)")
+    return rules.ignored(rel, True, chain) if chain else None
+
+
+def _file_rule(rules: IgnoreRules, name: str, rel: str, chain: list) -> Rule | None:
+    if name in BUILTIN_IGNORED_FILES or name.endswith(BUILTIN_IGNORED_SUFFIXES):
+        return _BUILTIN_FILE_RULE
+    return rules.ignored(rel, False, chain) if chain else None
+
+
+class PathFilter:
+    """Whether the scan would keep a path, decided for one path without walking the tree: for file events
+    (``nova watch``). The same rules as :func:`walk`: the built-in lists, ``NOVA_IGNORE``, nested
+    ``.gitignore`` files (read once per directory; :meth:`invalidate` after one changes) and the state
+    directories. Symlinks, virtualenv markers and unreadable files are left to the scan, which each event
+    triggers: a path kept here may still be skipped there, never the other way round."""
+
+    def __init__(self, options: ScanOptions):
+        self.root = os.path.realpath(options.root)
+        self.rules = IgnoreRules(options.extra_ignore)
+        self.excluded = tuple(os.path.realpath(p).rstrip(os.sep) + os.sep for p in options.exclude_dirs)
+        self._chains: dict[str, list | None] = {}
+
+    def invalidate(self) -> None:
+        """Forget the ``.gitignore`` files read so far."""
+        self._chains.clear()
+
+    def _chain(self, dir_rel: str) -> list | None:
+        """The spec chain of directory ``dir_rel`` (``""`` or ``a/b/``), or None when it is ignored."""
+        if dir_rel in self._chains:
+            return self._chains[dir_rel]
+        if dir_rel == "":
+            parent: list | None = []
+        else:
+            head = dir_rel[:-1]
+            parent = self._chain(head.rsplit("/", 1)[0] + "/" if "/" in head else "")
+            if parent is not None and _dir_rule(self.rules, head.rsplit("/", 1)[-1], head, parent):
+                parent = None
+        chain = None
+        if parent is not None:
+            dir_abs = os.path.join(self.root, dir_rel)
+            chain = self.rules.specs_for(parent, dir_abs, dir_rel, os.path.exists(dir_abs + ".gitignore"))
+        self._chains[dir_rel] = chain
+        return chain
+
+    def keeps(self, path: str | os.PathLike) -> bool:
+        """Whether a file event on ``path`` (absolute) can change what the scan keeps."""
+        path = os.path.abspath(path)
+        if path.startswith(self.excluded) or not path.startswith(self.root + os.sep):
+            return False
+        rel = path[len(self.root) + 1 :].replace(os.sep, "/")
+        head, _, name = rel.rpartition("/")
+        if name == ".gitignore":
+            self.invalidate()
+            return True
+        chain = self._chain(head + "/" if head else "")
+        return chain is not None and _file_rule(self.rules, name, rel, chain) is None
+
+
 def walk(options: ScanOptions, report: WalkReport) -> Iterator[list[tuple[str, str, os.stat_result]]]:
     """Yield, per directory, ``[(relpath, abspath, stat)]`` of every regular, non-ignored file under the root.
 
@@ -216,11 +281,7 @@ def walk(options: ScanOptions, report: WalkReport) -> Iterator[list[tuple[str, s
     root_st = os.stat(root)
     visited = {(root_st.st_dev, root_st.st_ino)}
     stack: list[tuple[str, str, list]] = [(root, "", [])]
-    builtin_dirs, builtin_files, builtin_suffixes = (
-        BUILTIN_IGNORED_DIRS,
-        BUILTIN_IGNORED_FILES,
-        BUILTIN_IGNORED_SUFFIXES,
-    )
+    builtin_files, builtin_suffixes = BUILTIN_IGNORED_FILES, BUILTIN_IGNORED_SUFFIXES
 
     def skip(reason: str, rel: str, level: int = logging.WARNING, detail: str = "") -> None:
         report.skipped[reason] += 1
@@ -231,11 +292,7 @@ def walk(options: ScanOptions, report: WalkReport) -> Iterator[list[tuple[str, s
         log.debug("ignored %s/ (%s)", rel, rule)
 
     def dir_rule(name: str, rel: str, chain: list) -> Rule | None:
-        if name in builtin_dirs or name.endswith(".egg-info"):
-            return Rule("built-in", f"{name}/" if name in builtin_dirs else "*.egg-info/")
-        if name in ROOT_IGNORED_DIRS and "/" not in rel:
-            return Rule("built-in", f"/{name}/ (root only)")
-        return rules.ignored(rel, True, chain) if chain else None
+        return _dir_rule(rules, name, rel, chain)
 
     def file_rule(name: str, rel: str, chain: list) -> Rule | None:
         if name in builtin_files or name.endswith(builtin_suffixes):

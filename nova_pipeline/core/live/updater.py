@@ -1,0 +1,354 @@
+"""One live update of the index: the tree as it is now, applied through the same core functions the assets
+use, in a fraction of a second for a save.
+
+:class:`LiveIndex` keeps what a run would load again each time: the manifest and the chunks (the
+``source_files`` and ``source_chunks`` tables), the model, the tokenizer, the embedding cache and the base
+ids of the lexical index. An update (:meth:`LiveIndex.update`):
+
+1. takes the writer lock (lock order 1 of :mod:`nova_pipeline.core.locks`; through
+   :func:`~nova_pipeline.core.serving.failover.writing_to`, so while failed over it writes the backup store
+   and journals it, as a run would);
+2. scans the tree against the previous manifest (:func:`~nova_pipeline.core.ingest.manifest.scan`: only
+   files whose size or mtime changed are read and hashed; the ignore rules are the scan's);
+3. consults the mass-deletion guard, then chunks the changed files
+   (:func:`~nova_pipeline.core.index.chunking.chunk_manifest`; unchanged files keep their chunks);
+4. upserts the new chunks' vectors (embedding only what the cache lacks) and deletes the gone ones: the
+   difference of the chunk ids, so the collection is not listed; a catch-up (:meth:`LiveIndex.catch_up`,
+   at start and whenever another process wrote the tables) reconciles against the collection's ids instead,
+   like an unchanged rebuild;
+5. writes the lexical index's delta (:mod:`~nova_pipeline.core.index.lexical_delta`), or rebuilds the base
+   when the delta grew past its limit: **searchable** from here (the lock's release marks a new generation,
+   which ``nova serve``'s views follow);
+6. writes the ``source_files``, ``source_chunks`` and binaries tables and stores the new contents in the
+   content store (no garbage collection: that stays with the full rebuild).
+
+A ``kill -9`` anywhere leaves a state the next start's catch-up repairs exactly: vectors are content
+addressed, the embedding cache committed what was embedded, and the tables are replaced atomically.
+Dictionary training, pattern analysis and golden promotion stay with the ``rebuild`` job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nova_pipeline.core.errors import MassDeletionError, VectorStoreError
+from nova_pipeline.core.index import lexical, lexical_delta
+from nova_pipeline.core.index.chunking import chunk_manifest
+from nova_pipeline.core.index.embedding import Embedder, Tokenizer
+from nova_pipeline.core.index.embedding_cache import EmbeddingCache, embed_with_cache
+from nova_pipeline.core.index.reconcile import chunk_metadata, reconcile
+from nova_pipeline.core.index.vector_store import DEFAULT_BATCH
+from nova_pipeline.core.ingest.manifest import scan
+from nova_pipeline.core.ingest.walk import DEFAULT_MAX_FILE_SIZE, ScanOptions
+from nova_pipeline.core.keys import SOURCE_CHUNKS, SOURCE_FILES
+from nova_pipeline.core.protect.guard import DeletionGuard
+from nova_pipeline.core.settings import Settings
+from nova_pipeline.core.tables import SOURCE_FILES_BINARIES, read_table, table_path, write_table
+
+__all__ = ["LiveIndex", "UpdateReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateReport:
+    """What one live update did. Times are seconds; ``first_event_at`` and ``searchable_at`` are
+    ``time.time()`` wall clock (comparable across processes), the rest are durations."""
+
+    kind: str = "update"  # update, catch-up, or unchanged
+    files: dict[str, int] = field(default_factory=dict)  # added / changed / deleted
+    paths: list[str] = field(default_factory=list)  # the changed paths (at most 20)
+    chunks: int = 0  # chunks in the index after the update
+    chunks_added: int = 0
+    chunks_deleted: int = 0
+    embedded: int = 0
+    cache_hits: int = 0
+    lexical: str = ""  # delta, rebuilt, or unchanged
+    first_event_at: float = 0.0
+    searchable_at: float = 0.0
+    to_searchable_s: float = 0.0  # from the first event (or the update's start) to searchable
+    update_s: float = 0.0  # the update itself, lock wait included
+    total_s: float = 0.0  # until the tables and the store are written too
+    refused: str = ""  # the guard's message when it refused the update (nothing was written)
+
+    @property
+    def changed(self) -> bool:
+        return self.kind != "unchanged" and not self.refused
+
+    def line(self) -> str:
+        """One line for a terminal: what changed, what was embedded and deleted, and how long it took."""
+        if self.refused:
+            return f"refused: {self.refused}"
+        if self.kind == "unchanged":
+            return "no change to the index"
+        what = ", ".join(f"{k} {v}" for k, v in self.files.items() if v) or "no file"
+        shown = ", ".join(self.paths[:3]) + (f" (+{len(self.paths) - 3})" if len(self.paths) > 3 else "")
+        return (
+            f"{self.kind}: {what}{' (' + shown + ')' if shown else ''}: +{self.chunks_added} -"
+            f"{self.chunks_deleted} chunks ({self.embedded} embedded, {self.cache_hits} from the cache), "
+            f"lexical {self.lexical}; searchable in {self.to_searchable_s * 1000:.0f} ms"
+        )
+
+    def metadata(self) -> dict:
+        """The numbers as plain values (for the runless materializations and ``--json``)."""
+        return {
+            "kind": self.kind,
+            **{f"files_{k}": v for k, v in self.files.items()},
+            "chunks": self.chunks,
+            "chunks_added": self.chunks_added,
+            "chunks_deleted": self.chunks_deleted,
+            "embedded": self.embedded,
+            "cache_hits": self.cache_hits,
+            "lexical": self.lexical,
+            "to_searchable_s": round(self.to_searchable_s, 4),
+            "update_s": round(self.update_s, 4),
+            "total_s": round(self.total_s, 4),
+            "searchable_at": round(self.searchable_at, 4),
+            "first_event_at": round(self.first_event_at, 4),
+        }
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class LiveIndex:
+    """The index of one tree, kept live by :meth:`update`. One writer per process: call it from one thread.
+
+    Args:
+        settings: the tree (``source_dir``), ``NOVA_HOME`` and the Chroma URL.
+        embedder: the model (loaded on the first text the cache lacks).
+        tokenizer: the model's tokenizer (default: the bundled model's).
+        guard: the mass-deletion guard (default settings).
+        max_file_size: as the scan's.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        tokenizer: Tokenizer | None = None,
+        guard: DeletionGuard | None = None,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    ):
+        self.settings = settings
+        self.embedder = embedder
+        self.tokenizer = tokenizer or Tokenizer()
+        self.guard = guard or DeletionGuard()
+        self.options = ScanOptions(
+            root=settings.source_dir,
+            max_file_size=max_file_size,
+            extra_ignore=settings.ignore,
+            exclude_dirs=settings.state_dirs_to_exclude(),
+        )
+        self.cache = EmbeddingCache(settings.home, embedder.fingerprint)
+        self.manifest: pd.DataFrame | None = None
+        self.binaries: pd.DataFrame | None = None
+        self.chunks: pd.DataFrame | None = None
+        self._stamps: tuple | None = None  # the tables as this process last read or wrote them
+        self._base: tuple[str, set[str]] | None = None  # the lexical base's digest and ids
+
+    # ---- state ------------------------------------------------------------------------------------
+
+    def _table_stamps(self) -> tuple:
+        home = self.settings.home
+        return tuple(_stamp(table_path(home, n)) for n in (SOURCE_FILES, SOURCE_CHUNKS))
+
+    def _load_tables(self) -> None:
+        home = self.settings.home
+        self.manifest = read_table(home, SOURCE_FILES)
+        self.binaries = read_table(home, SOURCE_FILES_BINARIES)
+        self.chunks = read_table(home, SOURCE_CHUNKS)
+        self._stamps = self._table_stamps()
+
+    def _base_ids(self) -> tuple[str, set[str]] | None:
+        path = lexical.current_path(self.settings.home)
+        if path is None:
+            return None
+        if self._base is None or self._base[0] != path.name:
+            meta = lexical.load(path).meta
+            if not meta.get("avgdl"):  # built before live deltas: rebuild once
+                return None
+            ids = pd.read_parquet(path / "docs.parquet", columns=["chunk_id"])["chunk_id"]
+            self._base = (path.name, set(ids))
+        return self._base
+
+    # ---- updates ----------------------------------------------------------------------------------
+
+    def catch_up(self, first_event_at: float | None = None) -> UpdateReport:
+        """Bring the index to the tree, reconciling against the collection's ids (at start, after a crash,
+        or when another process wrote): like an unchanged rebuild, it embeds nothing already cached."""
+        return self._apply(full=True, first_event_at=first_event_at)
+
+    def update(self, first_event_at: float | None = None) -> UpdateReport:
+        """Apply whatever changed in the tree since the last update (see the module docstring).
+
+        Args:
+            first_event_at: ``time.time()`` of the first file event this update answers (for the report).
+
+        Returns:
+            The :class:`UpdateReport`; ``refused`` says why when the guard refused (nothing was written).
+
+        Raises:
+            VectorStoreError: the vector store failed; everything committed so far stays.
+            ScanError: the tree's root is gone or unreadable.
+        """
+        return self._apply(full=False, first_event_at=first_event_at)
+
+    def _apply(self, full: bool, first_event_at: float | None) -> UpdateReport:
+        from nova_pipeline.core.serving.failover import writing_to
+
+        started_wall, started = time.time(), time.perf_counter()
+        report = UpdateReport(first_event_at=first_event_at or started_wall)
+        home = self.settings.home
+        result = None
+        if not full and self._stamps is not None and self._stamps == self._table_stamps():
+            # outside the lock: an event that changes nothing (an ignored file, a save of the same bytes)
+            # takes no lock and marks no new generation
+            result = scan(self.options, self.manifest, workers=1, known_binaries=self.binaries)
+            if not (result.manifest["status"] != "unchanged").any():
+                report.kind = "unchanged"
+                return report
+        with writing_to(home, self.settings.chroma_url) as store:
+            if self._stamps is None or self._stamps != self._table_stamps():
+                if self._stamps is not None:
+                    log.info("the tables changed in another process since the last update: catching up")
+                self._load_tables()
+                full, result = True, None
+            try:
+                self.guard.check_source_dir(self.settings.source_dir, self.manifest)
+                if result is None:
+                    result = scan(self.options, self.manifest, workers=1, known_binaries=self.binaries)
+                self.guard.check_files(self.manifest, result.manifest)
+            except MassDeletionError as exc:
+                report.refused = str(exc)
+                return report
+            counts = result.stats.status_counts
+            report.files = {k: int(counts.get(k, 0)) for k in ("added", "changed", "deleted")}
+            changed = result.manifest[result.manifest["status"] != "unchanged"]
+            report.paths = changed["path"].head(20).tolist()
+            if not full and not len(changed):
+                report.kind = "unchanged"
+                return report
+            report.kind = "catch-up" if full else "update"
+            chunks, _ = chunk_manifest(
+                self.settings.source_dir,
+                result.manifest,
+                self.chunks,
+                self.tokenizer.count,
+                self.tokenizer.max_seq_length,
+            )
+            collection = store.collection(self.embedder.fingerprint)
+            try:
+                if full:
+                    self._reconcile_all(collection, chunks, report)
+                else:
+                    self._apply_difference(collection, chunks, report)
+            except MassDeletionError as exc:
+                report.refused = str(exc)
+                return report
+            report.lexical = self._lexical(chunks)
+            report.chunks = len(chunks)
+            report.searchable_at = time.time()
+            report.to_searchable_s = report.searchable_at - report.first_event_at
+            # the tables last: a kill before this line is repaired by the next start's catch-up
+            write_table(home, SOURCE_FILES, result.manifest)
+            write_table(home, SOURCE_FILES_BINARIES, result.binaries)
+            write_table(home, SOURCE_CHUNKS, chunks)
+            self.manifest, self.binaries, self.chunks = result.manifest, result.binaries, chunks
+            self._stamps = self._table_stamps()
+        report.update_s = time.perf_counter() - started
+        self._store_contents(result.manifest, changed)
+        report.total_s = time.perf_counter() - started
+        return report
+
+    def _reconcile_all(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
+        stats = reconcile(collection, chunks, self.embedder, self.cache, guard=self.guard)
+        report.chunks_added, report.chunks_deleted = stats.upserted, stats.deleted
+        report.embedded, report.cache_hits = stats.embedded, stats.cache_hits
+
+    def _apply_difference(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
+        before = set(self.chunks["chunk_id"]) if self.chunks is not None else set()
+        after = set(chunks["chunk_id"])
+        gone = sorted(before - after)
+        self.guard.check_vectors(len(before), len(after), collection.name)
+        new = chunks[~chunks["chunk_id"].isin(before)]
+        for start in range(0, len(new), DEFAULT_BATCH):
+            part = new.iloc[start : start + DEFAULT_BATCH]
+            vecs, es = embed_with_cache(
+                part["text"].tolist(), part["content_blake3"].tolist(), self.embedder, self.cache
+            )
+            report.embedded += es.embedded
+            report.cache_hits += es.cache_hits
+            try:
+                collection.upsert(
+                    ids=part["chunk_id"].tolist(),
+                    embeddings=np.asarray(vecs, dtype=np.float32),
+                    documents=part["text"].tolist(),
+                    metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
+                )
+            except Exception as exc:  # noqa: BLE001 - whatever the store raised, named
+                raise VectorStoreError(f"live upsert into {collection.name} failed: {exc}") from exc
+        for start in range(0, len(gone), DEFAULT_BATCH):
+            try:
+                collection.delete(ids=gone[start : start + DEFAULT_BATCH])
+            except Exception as exc:  # noqa: BLE001
+                raise VectorStoreError(f"live delete from {collection.name} failed: {exc}") from exc
+        report.chunks_added, report.chunks_deleted = len(new), len(gone)
+
+    def _lexical(self, chunks: pd.DataFrame) -> str:
+        """Bring the lexical side to ``chunks``: a delta against the base, or a rebuilt base."""
+        home = self.settings.home
+        base = self._base_ids()
+        if base is not None:
+            delta = lexical_delta.compute(base[1], chunks, base[0])
+            if len(delta.added) <= lexical_delta.COMPACT_ABOVE:
+                lexical_delta.write(home, delta)
+                return "unchanged" if delta.empty else f"delta (+{len(delta.added)} -{len(delta.removed)})"
+        stats = lexical.update(home, chunks)
+        return "rebuilt" if stats.built else "unchanged"
+
+    def compact(self) -> bool:
+        """Rebuild the lexical base from every chunk when a delta exists (the tree is quiet); whether it
+        did. Under the writer lock."""
+        from nova_pipeline.core.locks import writer_lock
+
+        if self.chunks is None or lexical_delta.delta_stamp(self.settings.home) is None:
+            return False
+        with writer_lock(self.settings.home, bump=False):
+            lexical.update(self.settings.home, self.chunks)
+        return True
+
+    def _store_contents(self, manifest: pd.DataFrame, changed: pd.DataFrame) -> None:
+        """Store the changed files' contents (committed under the writer lock; no garbage collection)."""
+        from nova_pipeline.core.compression.store import ContentStore
+        from nova_pipeline.core.ingest.manifest import unique_contents
+        from nova_pipeline.core.locks import writer_lock
+
+        present = changed[changed["status"] != "deleted"]
+        if not len(present) or self.settings.source_dir is None:
+            return
+        store = ContentStore(self.settings.layout)
+        info = store.registry.current()
+        if info is None:  # no dictionary yet: the first rebuild stores everything
+            return
+        items = unique_contents(self.settings.source_dir, present)
+        with writer_lock(self.settings.home, bump=False):
+            rows, _ = store.put_many(items, info.blake3, level=info.level, threads=1)
+            index = store.index()
+            merged = pd.concat([index[~index["key"].isin(rows["key"])], rows], ignore_index=True)
+            store.commit_index(merged)
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,173 @@
+"""``nova watch``'s loop: file events in, live updates out, and the work that waits for a quiet tree.
+
+Events come from ``watchfiles`` (Rust ``notify``: inotify on Linux), or from polling where events are not
+available (``force_polling``: network mounts, some containers), filtered by
+:class:`~nova_pipeline.core.ingest.walk.PathFilter` (the scan's own ignore rules; nothing under
+``NOVA_HOME`` or ``DAGSTER_HOME``).
+
+**Coalescing.** ``watchfiles`` yields a batch once no new event came for ``settle_ms`` (30 ms: an editor's
+write-then-rename is one batch), at most ``max_batch_ms`` after the first. While an update runs, the Rust
+watcher keeps collecting events into one set of paths (bounded by the paths that exist), and the next
+iteration takes them all: events during an update become the next update, not one update each, and a
+``git checkout`` of 300 files is a handful of updates, each embedding across files in one batch. Each
+update scans the whole tree's metadata anyway (a few ms per thousand files), so no event can be lost
+between batches.
+
+**Quiet time.** When no event came for ``compact_after_s`` (60 s), a lexical delta is folded into a rebuilt
+base; after ``promote_after_s`` (``NOVA_LIVE_PROMOTE_AFTER``, 10 min) with updates since the last
+promotion, ``promote()`` runs once (``nova watch`` starts a real ``rebuild`` run on the instance, which
+promotes a golden version): never per save, which would push real restore points out of retention.
+
+**Stopping.** :meth:`Watcher.stop` (``nova watch``'s first SIGINT or SIGTERM) ends the loop after the
+current update; the caller exits at once on a second signal, which is safe: the next start catches up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from nova_pipeline.core.errors import NovaError
+from nova_pipeline.core.ingest.walk import PathFilter
+from nova_pipeline.core.live.updater import LiveIndex, UpdateReport
+
+__all__ = ["Watcher", "promote_after_s"]
+
+log = logging.getLogger(__name__)
+
+
+def promote_after_s(env=None) -> float:
+    """``NOVA_LIVE_PROMOTE_AFTER`` in seconds (default 600).
+
+    Raises:
+        NovaError: it is not a number.
+    """
+    raw = ((os.environ if env is None else env).get("NOVA_LIVE_PROMOTE_AFTER") or "600").strip()
+    try:
+        return float(raw)
+    except ValueError:
+        raise NovaError(f"NOVA_LIVE_PROMOTE_AFTER={raw!r} is not a number of seconds") from None
+
+
+class Watcher:
+    """Keep a :class:`LiveIndex` live from file events until :meth:`stop`.
+
+    Args:
+        live: the index to update.
+        on_report: called with each :class:`UpdateReport` (in the watcher's thread).
+        settle_ms: quiet time that ends a batch of events.
+        max_batch_ms: longest a batch collects before it is applied anyway.
+        force_polling: poll instead of file events (None: ``watchfiles`` decides).
+        promote: called once per quiet period after updates (None: no promotion).
+        promote_after_s: quiet seconds before ``promote``.
+        compact_after_s: quiet seconds before a lexical delta is compacted.
+    """
+
+    def __init__(
+        self,
+        live: LiveIndex,
+        on_report: Callable[[UpdateReport], None],
+        settle_ms: int = 30,
+        max_batch_ms: int = 1000,
+        force_polling: bool | None = None,
+        promote: Callable[[], None] | None = None,
+        promote_after_s: float = 600.0,
+        compact_after_s: float = 60.0,
+    ):
+        self.live = live
+        self.on_report = on_report
+        self.settle_ms, self.max_batch_ms = settle_ms, max_batch_ms
+        self.force_polling = force_polling
+        self.promote, self.promote_after_s, self.compact_after_s = promote, promote_after_s, compact_after_s
+        self.filter = PathFilter(live.options)
+        self._stop = threading.Event()
+        self.ready = threading.Event()  # set once the catch-up is done and events are watched
+        self.updates = 0
+        self.promotions = 0
+        self._last_event = time.monotonic()
+        self._dirty = False  # updates since the last promotion
+        self._compacted = True
+
+    def stop(self) -> None:
+        """End the loop after the current update."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _filter(self, change, path: str) -> bool:
+        return self.filter.keeps(path)
+
+    def _apply(self, first_event_at: float | None, catch_up: bool = False) -> None:
+        try:
+            report = self.live.catch_up(first_event_at) if catch_up else self.live.update(first_event_at)
+        except NovaError as exc:  # a dead store, a vanished root: said, and watching goes on
+            log.error("live update failed: %s", exc)
+            report = UpdateReport(kind="failed", refused=str(exc))
+        if report.changed:
+            self.updates += 1
+            self._dirty = True
+            self._compacted = False
+        self.on_report(report)
+
+    def quiet_tasks(self, now: float | None = None) -> None:
+        """Compact the lexical delta, then promote, once the tree has been quiet long enough."""
+        quiet = (now if now is not None else time.monotonic()) - self._last_event
+        if not self._compacted and quiet >= self.compact_after_s:
+            try:
+                self.live.compact()
+            except (NovaError, OSError) as exc:
+                log.error("compacting the lexical delta failed: %s", exc)
+            self._compacted = True
+        if self._dirty and self.promote is not None and quiet >= self.promote_after_s:
+            self._dirty = False
+            self.promotions += 1
+            try:
+                self.promote()
+            except Exception as exc:  # noqa: BLE001 - a failed promotion is reported; watching goes on
+                log.error("promotion after a quiet period failed: %s", exc)
+
+    def run(self) -> None:
+        """Catch up, then apply batches of events until :meth:`stop`."""
+        import watchfiles
+
+        self._apply(None, catch_up=True)
+        root = str(self.live.settings.source_dir)
+        self.ready.set()
+        for changes in watchfiles.watch(
+            root,
+            watch_filter=self._filter,
+            debounce=self.max_batch_ms,
+            step=self.settle_ms,
+            stop_event=self._stop,
+            rust_timeout=1000,
+            yield_on_timeout=True,
+            raise_interrupt=False,
+            force_polling=self.force_polling,
+            poll_delay_ms=200,
+        ):
+            if self._stop.is_set():
+                break
+            if not changes:  # a quiet second
+                self.quiet_tasks()
+                continue
+            received = time.time()
+            self._last_event = time.monotonic()
+            self._apply(_first_write(changes, received, self.max_batch_ms / 1000))
+
+
+def _first_write(changes, received: float, window_s: float) -> float:
+    """When the first change of a batch was written: the oldest mtime among its files, but not before the
+    batch could have started collecting (a copied file keeps an old mtime)."""
+    times = []
+    for _, path in changes:
+        try:
+            times.append(os.stat(path).st_mtime)
+        except OSError:
+            continue
+    earliest = received - window_s - 0.1
+    return max(min(times), earliest) if times else received

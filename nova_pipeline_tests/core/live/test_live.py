@@ -1,0 +1,230 @@
+"""Live updates (core/live): each kind of change is applied exactly (the index equals a clean build's), a
+burst coalesces, the guard stops a mass deletion and watching goes on, a kill -9 mid-update is caught up
+without embedding anything twice, and quiet-time promotion happens once."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from nova_pipeline.core.index import lexical_delta
+from nova_pipeline.core.index.chunking import chunk_manifest
+from nova_pipeline.core.index.embedding import Tokenizer
+from nova_pipeline.core.index.embedding_cache import EmbeddingCache
+from nova_pipeline.core.index.vector_store import existing_ids, fresh_client, get_collection
+from nova_pipeline.core.ingest.manifest import scan
+from nova_pipeline.core.ingest.walk import ScanOptions
+from nova_pipeline.core.live.updater import LiveIndex
+from nova_pipeline.core.live.watcher import Watcher
+from nova_pipeline.core.settings import Settings
+from nova_pipeline_tests.conftest import REPO_ROOT, FakeEmbedder, build_home
+
+FP = FakeEmbedder.fingerprint
+
+
+def clean_ids(src):
+    """The chunk ids a clean build of ``src`` has."""
+    tok = Tokenizer()
+    chunks, _ = chunk_manifest(src, scan(ScanOptions(src)).manifest, None, tok.count, tok.max_seq_length)
+    return set(chunks["chunk_id"])
+
+
+def index_ids(home):
+    with fresh_client(home) as client:
+        vectors = existing_ids(get_collection(client, FP))
+    lex = lexical_delta.load_live(home)
+    live = {lex.ids[i] for i in range(len(lex.ids))}
+    if isinstance(lex, lexical_delta.LiveLexicalIndex):
+        live -= lex.delta.removed
+    return vectors, live
+
+
+def assert_exact(home, src):
+    want = clean_ids(src)
+    vectors, lexical_ids = index_ids(home)
+    assert vectors == want and lexical_ids == want
+
+
+@pytest.fixture
+def live(json_tree, tmp_path):
+    home = tmp_path / "home"
+    build_home(json_tree, home)
+    embedder = FakeEmbedder()
+    li = LiveIndex(Settings.build(json_tree, home), embedder)
+    report = li.catch_up()
+    assert report.embedded == 0 and report.chunks_added == 0  # like an unchanged rebuild
+    yield li
+    li.close()
+
+
+def test_edit_add_delete_and_rename_are_each_applied_exactly(live, json_tree):
+    src, home = json_tree, live.settings.home
+    decoder = src / "json" / "decoder.py"
+    decoder.write_text(decoder.read_text() + "\n\ndef zorblax_unique_helper():\n    return 1\n")
+    r = live.update()
+    assert r.kind == "update" and r.files["changed"] == 1 and r.chunks_added >= 1 and r.embedded >= 1
+    assert r.paths == ["json/decoder.py"] and r.lexical.startswith("delta")
+    assert_exact(home, src)
+    hits = lexical_delta.load_live(home).search("zorblax_unique_helper", 1)
+    assert hits and lexical_delta.load_live(home).path_of(hits[0].row) == "json/decoder.py"
+
+    (src / "json" / "extra.py").write_text("def brand_new_function():\n    return 'new'\n")
+    r = live.update()
+    assert r.files["added"] == 1 and r.chunks_added == 1
+    assert_exact(home, src)
+
+    (src / "json" / "tool.py").unlink()
+    r = live.update()
+    assert r.files["deleted"] == 1 and r.chunks_deleted >= 1 and r.chunks_added == 0
+    assert_exact(home, src)
+
+    (src / "json" / "scanner.py").rename(src / "json" / "scanner2.py")
+    r = live.update()
+    assert r.files == {"added": 1, "changed": 0, "deleted": 1}
+    assert r.chunks_added == r.chunks_deleted > 0  # a chunk's text starts with its path: new ids
+    assert_exact(home, src)
+
+    assert live.update().kind == "unchanged"  # nothing happened since
+
+
+def test_the_guard_refuses_a_mass_deletion_and_the_next_update_works(live, json_tree):
+    src, home = json_tree, live.settings.home
+    kept = src / "json" / "__init__.py"
+    saved = {p: p.read_bytes() for p in (src / "json").glob("*.py")}
+    for p in saved:
+        if p != kept:
+            p.unlink()
+    before = index_ids(home)
+    r = live.update()
+    assert "this run would delete" in r.refused and not r.changed  # 4 of 5 files: 63 of 85 vectors
+    assert index_ids(home) == before  # nothing was written
+    for p, data in saved.items():
+        p.write_bytes(data)
+    r = live.update()
+    assert not r.refused and r.kind in ("update", "unchanged")
+    assert_exact(home, src)
+
+
+def test_another_process_writing_the_tables_is_caught_up(live, json_tree, tmp_path):
+    from nova_pipeline.core.tables import read_table, write_table
+
+    src, home = json_tree, live.settings.home
+    write_table(home, "source_chunks", read_table(home, "source_chunks"))  # a rebuild wrote it
+    (src / "json" / "extra.py").write_text("def another_one():\n    pass\n")
+    r = live.update()
+    assert r.kind == "catch-up"  # reconciled against the collection, not the difference
+    assert_exact(home, src)
+
+
+def test_quiet_time_compacts_the_delta_and_promotes_once(live, json_tree):
+    src, home = json_tree, live.settings.home
+    promoted = []
+    w = Watcher(
+        live, lambda r: None, promote=lambda: promoted.append(1), promote_after_s=5, compact_after_s=2
+    )
+    for i in range(3):  # three saves
+        (src / "json" / "extra.py").write_text(f"def save_{i}():\n    pass\n")
+        w._last_event = time.monotonic()
+        w._apply(None)
+    assert w.updates == 3 and lexical_delta.delta_stamp(home) is not None
+    t0 = w._last_event
+    w.quiet_tasks(t0 + 1)
+    assert promoted == [] and lexical_delta.delta_stamp(home) is not None  # not quiet long enough
+    w.quiet_tasks(t0 + 3)
+    assert lexical_delta.delta_stamp(home) is None  # compacted into a rebuilt base
+    assert_exact(home, src)
+    w.quiet_tasks(t0 + 6)
+    w.quiet_tasks(t0 + 60)
+    assert promoted == [1]  # once per quiet period, not per save nor per tick
+    (src / "json" / "extra.py").write_text("def save_again():\n    pass\n")
+    w._last_event = time.monotonic()
+    w._apply(None)
+    w.quiet_tasks(w._last_event + 6)
+    assert promoted == [1, 1]
+
+
+def test_a_burst_of_file_events_coalesces_into_a_few_updates(live, json_tree):
+    reports = []
+    w = Watcher(live, reports.append, settle_ms=30)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    assert w.ready.wait(60)
+    burst = json_tree / "json" / "burst"
+    burst.mkdir()
+    for i in range(40):
+        (burst / f"m{i}.py").write_text(f"def burst_function_{i}():\n    return {i}\n")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(r.files.get("added", 0) for r in reports) < 40:
+        time.sleep(0.1)
+    w.stop()
+    t.join(10)
+    updates = [r for r in reports if r.kind == "update"]
+    assert sum(r.files.get("added", 0) for r in updates) == 40
+    assert len(updates) <= 6, [r.files for r in updates]  # not one per file
+    assert_exact(live.settings.home, json_tree)
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {repo!r})
+    from nova_pipeline_tests.conftest import FakeEmbedder
+    from nova_pipeline.core.live.updater import LiveIndex
+    from nova_pipeline.core.settings import Settings
+
+    class Slow(FakeEmbedder):
+        def embed(self, texts):
+            time.sleep(0.2)
+            return super().embed(texts)
+
+    import nova_pipeline.core.live.updater as u
+    u.DEFAULT_BATCH = 8  # small batches: the kill lands between committed ones
+    li = LiveIndex(Settings.build({src!r}, {home!r}), Slow())
+    li.catch_up()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the parent has written the new files
+    li.update()
+    print("done", flush=True)
+    """
+)
+
+
+def test_kill_9_mid_update_then_a_restart_embeds_nothing_twice_and_is_exact(json_tree, tmp_path):
+    src, home = json_tree, tmp_path / "home"
+    build_home(src, home)
+    cache = EmbeddingCache(home, FP)
+    cached_before = cache._db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+    cache.close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO_ROOT), src=str(src), home=str(home))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert child.stdout.readline().strip() == "ready"
+    new = src / "json" / "many"
+    new.mkdir()
+    for i in range(60):
+        (new / f"f{i}.py").write_text(f"def generated_{i}(x):\n    return x * {i} + {i * 7}\n")
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    time.sleep(0.9)  # 8 batches of 8 at 0.2 s each: a few are committed, the rest are not
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    cache = EmbeddingCache(home, FP)
+    committed = cache._db.execute("SELECT count(*) FROM vectors").fetchone()[0] - cached_before
+    cache.close()
+    counting = FakeEmbedder()
+    li = LiveIndex(Settings.build(src, home), counting)
+    r = li.catch_up()
+    li.close()
+    assert 0 < committed < 60  # killed mid-update
+    assert counting.texts == 60 - committed and r.embedded == 60 - committed  # nothing embedded twice
+    assert_exact(home, src)
