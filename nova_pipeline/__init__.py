@@ -32,6 +32,18 @@ def search(
     return _search(query, k, mode=mode, path=path, language=language, collapse=collapse)
 
 
+def context(question: str, max_tokens: int = 2000, tokenizer: str | None = None, **search_options):
+    """What an LLM prompt needs about ``question``: the best places of the index (adjacent slices of one
+    symbol merged), packed by score under ``max_tokens`` tokens of ``tokenizer`` (a ``tokenizer.json``
+    path or a Hugging Face name; default: the embedding model's word pieces), then ordered by file and line.
+    Returns a ``Context``: ``.markdown()``, ``.as_json()``, ``.tokens_used`` (never over the budget).
+    ``search_options``: ``k``, ``mode``, ``path``, ``language``. Errors: as :func:`search`, and
+    ``ValueError`` for a bad budget or tokenizer."""
+    from nova_pipeline.core.serving.search_api import context as _context
+
+    return _context(question, max_tokens, tokenizer, **search_options)
+
+
 def __getattr__(name: str):
     """``nova_pipeline.Searcher`` and ``nova_pipeline.Settings``, imported on first use (importing the package
     stays cheap: no torch, no Chroma)."""
@@ -46,4 +58,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nova_pipeline' has no attribute {name!r}")
 
 
-__all__ = ["Searcher", "Settings", "search"]
+__all__ = ["Searcher", "Settings", "context", "search"]

@@ -261,6 +261,15 @@ def test_the_deployment_runs_a_rebuild_over_two_celery_workers(json_tree, tmp_pa
                 "execution": {"config": {"celery": {"broker": broker, "backend": env["NOVA_CELERY_BACKEND"]}}}
             },
         )
+        # nova monitor follows the daemon's run from its event log, in another process
+        monitor = subprocess.Popen(
+            [str(BIN / "nova"), "monitor", run_id[:8], "--poll", "0.3"],
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         final = wait_until(
             lambda: (
                 (s := _graphql_run_status(client, run_id))
@@ -271,6 +280,9 @@ def test_the_deployment_runs_a_rebuild_over_two_celery_workers(json_tree, tmp_pa
             interval=2,
             what="the rebuild run",
         )
+        monitored, _ = monitor.communicate(timeout=120)
+        assert monitor.returncode == (0 if final == dg.DagsterRunStatus.SUCCESS else 1), monitored[-3000:]
+        assert f"run {run_id}: {final.value}" in monitored and "embed" in monitored, monitored[-3000:]
         with dg.DagsterInstance.get() as instance:
             logs = instance.all_logs(run_id)
             if final != dg.DagsterRunStatus.SUCCESS:

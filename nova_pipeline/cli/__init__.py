@@ -6,7 +6,7 @@ import sys
 
 from rich.console import Console
 
-from nova_pipeline.cli import explore, live, protect, run, serve  # noqa: F401 - each registers its verbs on app
+from nova_pipeline.cli import explore, live, model, protect, run, serve  # noqa: F401 - each registers its verbs on app
 from nova_pipeline.cli.common import app, job_for_resume
 from nova_pipeline.core.errors import NovaError
 

@@ -173,7 +173,10 @@ def health(
         load_model=not skip_model,
     )
     if skip_model:
-        checks[3] = Check("model loads offline", NA, "skipped (--skip-model)")
+        checks = [
+            Check(c.name, NA, "skipped (--skip-model)") if c.name == "model loads offline" else c
+            for c in checks
+        ]
     ok = healthy(checks, strict=strict)
     if as_json:
         print(
@@ -261,6 +264,38 @@ def search(
         console.print(f"     [dim]{why(h)}", highlight=False)
         for line in h.snippet().splitlines():
             console.print(f"     {line}", markup=False, highlight=False)
+
+
+@app.command()
+def context(
+    question: str = typer.Argument(..., help="what the LLM will be asked"),
+    max_tokens: int = typer.Option(2000, "--max-tokens", min=1, help="the budget: never exceeded"),
+    tokenizer: str = typer.Option(
+        None,
+        "--tokenizer",
+        help="a tokenizer.json file, or a Hugging Face tokenizer name (online); "
+        "default: the embedding model's word pieces",
+    ),
+    k: int = typer.Option(20, "-k", help="places the search offers to the packer"),
+    path: str = typer.Option(None, "--path", help="only paths matching this glob"),
+    language: str = typer.Option(None, "--language", help="only this language"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown"),
+) -> None:
+    """Context for an LLM prompt: the best places for QUESTION, packed by score under --max-tokens, in file
+    order, each with its path, lines and symbol (Markdown; --json for JSON). The tokens used go to stderr."""
+    import sys
+
+    from nova_pipeline.core.serving.search_api import context as build
+
+    ctx = build(
+        question, max_tokens, tokenizer, settings=settings_from_env(), k=k, path=path, language=language
+    )
+    print(json.dumps(ctx.as_json(), indent=1) if as_json else ctx.markdown())
+    print(
+        f"{ctx.tokens_used} of {ctx.budget} tokens ({ctx.tokenizer}), {len(ctx.pieces)} of {ctx.considered} "
+        f"places" + (f"; from the backup store, stale as of {ctx.stale_as_of}" if ctx.stale_as_of else ""),
+        file=sys.stderr,
+    )
 
 
 def why(h) -> str:

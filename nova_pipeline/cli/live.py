@@ -110,7 +110,7 @@ def watch(
     poll: bool = typer.Option(
         None, "--poll/--events", help="poll the tree instead of file events (network mounts); default: events"
     ),
-    settle_ms: int = typer.Option(30, "--settle-ms", min=1, help="quiet time that ends a batch of events"),
+    settle_ms: int = typer.Option(50, "--settle-ms", min=1, help="quiet time that ends a batch of events"),
 ) -> None:
     """Keep the index live: every save is searchable within a fraction of a second.
 
@@ -143,16 +143,24 @@ def watch(
         close()
 
 
-def watch_in_thread(source: str | None = None, settle_ms: int = 30):
+def watch_in_thread(source: str | None = None, settle_ms: int = 50):
     """``nova serve --watch``: the watcher in a daemon thread of this process; returns ``(watcher, stop)``."""
     watcher, close = start_watching(source, False, None, settle_ms)
     thread = threading.Thread(target=watcher.run, name="nova-watch", daemon=True)
     thread.start()
 
+    stopped = threading.Event()
+
     def stop() -> None:
+        if stopped.is_set():
+            return
+        stopped.set()
         watcher.stop()
         thread.join(timeout=60)
         close()
+        console.print(
+            "stopped watching" if not thread.is_alive() else "[red]the watcher did not stop within 60 s"
+        )
 
     return watcher, stop
 

@@ -93,12 +93,15 @@ def serve(
 
         watcher, stop_watching = watch_in_thread()
         console.print(f"watching {watcher.live.settings.source_dir}: saves are searchable within a second")
+        # stopped in the app's shutdown: uvicorn re-raises SIGTERM once it has shut down, so code after
+        # uvicorn.run does not run on SIGTERM
+        app_.state.on_shutdown.append(stop_watching)
     if workers == 1:
         try:
             uvicorn.run(app_, host=host, port=port, log_level=level.lower())
         finally:
             if stop_watching is not None:
-                stop_watching()
+                stop_watching()  # a second call is a no-op
     else:  # each worker builds its own app, from the environment
         uvicorn.run(
             "nova_pipeline.service.app:app_from_env",
@@ -146,3 +149,23 @@ def token_revoke(name: str = typer.Argument(..., help="the token's name")) -> No
         raise NovaError(f"no token named {name!r}: nova token list shows them")
     audit.record(s.home, "token revoke", "ok", audit.actor(), name=name)
     console.print(f"revoked {name!r}")
+
+
+@app.command()
+def mcp() -> None:
+    """Serve the index to agents over the Model Context Protocol on stdio (tools: search, context, status).
+
+    For an MCP client that launches it, e.g. in its configuration: {"command": "nova", "args": ["mcp"],
+    "env": {"NOVA_HOME": "/path/to/.nova"}}. Every answer says which store answered and, from a backup,
+    how stale it is. Logs go to NOVA_HOME/logs (stdout is the protocol's)."""
+    import logging
+
+    from nova_pipeline.cli import logs
+    from nova_pipeline.service.mcp_server import build_server
+
+    settings = settings_from_env()
+    logs.configure(settings.home, "ERROR")
+    logging.getLogger("nova_pipeline.service").info(
+        "nova mcp starting on stdio (NOVA_HOME=%s)", settings.home
+    )
+    build_server(settings).run("stdio")

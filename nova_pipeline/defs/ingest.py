@@ -1,4 +1,7 @@
-"""The ``source_files`` asset: the manifest of the source tree."""
+"""The ``source_files`` asset: the manifest of the source tree; the ``source_tree_changed`` sensor."""
+
+import json
+import os
 
 import dagster as dg
 
@@ -78,4 +81,52 @@ def source_files(
     )
     return dg.MaterializeResult(
         value=result.manifest, metadata={**_scan_metadata(result), "files_lost": lost}
+    )
+
+
+# Read when the definitions load, on purpose: Dagster needs a sensor's interval then (as serving.py's).
+LIVE_POLL_INTERVAL_S = max(1, int(float(os.environ.get("NOVA_LIVE_POLL_INTERVAL") or 5)))
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.sensor(
+    name="source_tree_changed",
+    job_name="live_update",
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=LIVE_POLL_INTERVAL_S,
+    description="Polls a stat digest of the source tree (paths, sizes, mtimes: the scan's warm path, no "
+    "hashing) every NOVA_LIVE_POLL_INTERVAL seconds and requests a live_update run when it changed, never "
+    "while a live_update or rebuild run is queued or running. For a server with a daemon; on a "
+    "workstation, nova watch is faster. Stopped by default.",
+)
+def source_tree_changed(context: dg.SensorEvaluationContext, nova: NovaSettings):
+    from nova_pipeline.core.ingest.walk import stat_digest
+
+    settings = nova.settings()
+    digest, files = stat_digest(
+        ScanOptions(
+            root=settings.source_dir,
+            extra_ignore=settings.ignore,
+            exclude_dirs=settings.state_dirs_to_exclude(),
+        )
+    )
+    last = json.loads(context.cursor) if context.cursor else {}
+    if digest == last.get("digest"):
+        return dg.SkipReason(f"{files:,} files, unchanged since the last run request")
+    busy = context.instance.get_run_records(
+        filters=dg.RunsFilter(job_name="live_update", statuses=IN_FLIGHT), limit=1
+    ) or context.instance.get_run_records(
+        filters=dg.RunsFilter(job_name="rebuild", statuses=IN_FLIGHT), limit=1
+    )
+    if busy:  # the cursor keeps the old digest: the change is requested once that run is done
+        return dg.SkipReason(f"the tree changed, but run {busy[0].dagster_run.run_id[:8]} is in flight")
+    context.update_cursor(json.dumps({"digest": digest, "files": files}))
+    return dg.RunRequest(
+        run_key=f"tree-{digest}",
+        tags={"nova/requested_by": "source_tree_changed", "nova/tree_digest": digest},
     )

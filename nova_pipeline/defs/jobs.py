@@ -5,7 +5,14 @@ Asset jobs select assets by key, so this module needs no asset objects from the 
 
 import dagster as dg
 
-from nova_pipeline.core.keys import BACKUPS
+from nova_pipeline.core.keys import (
+    BACKUPS,
+    COMPRESSED_STORE,
+    LEXICAL_INDEX,
+    SOURCE_CHUNKS,
+    SOURCE_FILES,
+    VECTOR_INDEX,
+)
 from nova_pipeline.defs.protect import reset_index_op, restore_drill_op, restore_op
 from nova_pipeline.defs.serving import failback_op, failover_op
 
@@ -16,6 +23,15 @@ rebuild_job = dg.define_asset_job(
     "rebuild",
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets(BACKUPS),
     description="Incremental rebuild of every asset, ending with a verified golden copy.",
+)
+
+live_update_job = dg.define_asset_job(
+    "live_update",
+    selection=dg.AssetSelection.assets(
+        SOURCE_FILES, COMPRESSED_STORE, SOURCE_CHUNKS, VECTOR_INDEX, LEXICAL_INDEX
+    ),
+    description="The incremental part of a rebuild: scan, store, chunk, embed, lexical index; no pattern "
+    "analysis, dictionary training nor golden promotion (requested by the source_tree_changed sensor).",
 )
 
 backup_job = dg.define_asset_job(

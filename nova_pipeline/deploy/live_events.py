@@ -72,7 +72,7 @@ class LiveEventReporter:
     def _run(self) -> None:
         last = 0.0
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait()  # idle: asleep until a report or close() comes
             self._wake.clear()
             wait = self.interval_s - (time.monotonic() - last)
             if wait > 0 and self._stop.wait(wait):

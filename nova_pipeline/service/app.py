@@ -53,6 +53,7 @@ __all__ = ["LOOPBACK_HOSTS", "allowed_hosts", "app_from_env", "create_app"]
 log = logging.getLogger("nova_pipeline.service")
 MAX_K = 100
 MAX_QUERY_CHARS = 2000
+MAX_CONTEXT_TOKENS = 100_000  # a context larger than any model window is a mistake or an attack
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 NOT_BUILT = "nothing is indexed yet: run the rebuild job (make rebuild, or nova rebuild --source TREE)"
 
@@ -187,6 +188,45 @@ def create_app(
             "primary": "Chroma server" if settings.chroma_url else "embedded (NOVA_HOME/vectors)",
         }
 
+    async def context(request: Request):
+        """``GET /context?q=&max_tokens=2000&format=markdown|json&k=&path=&language=``: the context for an
+        LLM prompt (the embedding model's word pieces count the budget; no tokenizer is loaded from a
+        request)."""
+        from starlette.responses import PlainTextResponse
+
+        from nova_pipeline.core.serving.context import build_context
+
+        caller = await gate.check(request, "viewer", "context")
+        if isinstance(caller, JSONResponse):
+            return caller
+        params = _search_params(request)
+        if isinstance(params, JSONResponse):
+            return params
+        q, k, mode, path, language, _ = params
+        fmt = request.query_params.get("format", "markdown")
+        try:
+            budget = int(request.query_params.get("max_tokens", "2000"))
+        except ValueError:
+            return error(400, "max_tokens must be a whole number")
+        if not 1 <= budget <= MAX_CONTEXT_TOKENS or fmt not in ("markdown", "json"):
+            return error(400, f"max_tokens must be from 1 to {MAX_CONTEXT_TOKENS}; format markdown or json")
+        try:
+            ctx = await run_in_threadpool(
+                build_context, searcher, q, budget, None, max(k, 20), mode, path, language
+            )
+        except InvalidRequestError as exc:
+            return error(400, str(exc), settings.home)
+        except IndexNotBuiltError:
+            return error(503, NOT_BUILT)
+        except NovaError as exc:
+            return error(503, f"no store can answer now: {exc}", settings.home, **{"Retry-After": "5"})
+        if fmt == "json":
+            return JSONResponse(ctx.as_json())
+        headers = {"X-Tokens-Used": str(ctx.tokens_used), "X-Store": ctx.store}
+        if ctx.stale_as_of:
+            headers["X-Stale-As-Of"] = ctx.stale_as_of
+        return PlainTextResponse(ctx.markdown(), headers=headers, media_type="text/markdown")
+
     async def healthz(request: Request) -> JSONResponse:
         ok = await run_in_threadpool(searcher.healthy, failover.query_timeout_s)
         return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
@@ -212,11 +252,14 @@ def create_app(
             "required" if gate.required else "not required (loopback only)",
         )
         yield
+        for stop in app.state.on_shutdown:  # e.g. nova serve --watch's watcher, before the process exits
+            await run_in_threadpool(stop)
         searcher.close()
 
     app = Starlette(
         routes=[
             Route("/search", search),
+            Route("/context", context),
             Route("/healthz", healthz),
             Route("/status", status),
             *admin_routes(settings, gate, searcher),
@@ -226,6 +269,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.searcher = searcher
+    app.state.on_shutdown = []  # callables run (in a thread) when the service stops, before searcher.close
     app.state.settings = settings
     app.state.gate = gate
     return app

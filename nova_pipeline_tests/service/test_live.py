@@ -155,3 +155,71 @@ def test_chaos_eight_clients_through_a_rebuild_a_dead_primary_failover_and_failb
     finally:
         stop(chroma)
         shutil.rmtree(tmp_path / "chroma-data", ignore_errors=True)
+
+
+class RandomUnderTheModelsName(FakeEmbedder):
+    """Hash vectors under the bundled model's fingerprint: builds the index the real model will then keep
+    live (only the edit's chunk is embedded by the real model)."""
+
+    def __init__(self):
+        from nova_pipeline.core.index.embedding import bundled_fingerprint
+
+        super().__init__()
+        self.fingerprint = bundled_fingerprint()
+
+
+def test_nova_serve_watch_answers_a_save_within_seconds_and_stops_cleanly(json_tree, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nova_pipeline_tests.conftest import build_home, free_port
+
+    home = tmp_path / "home"
+    build_home(json_tree, home, RandomUnderTheModelsName())
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))},
+        "NOVA_HOME": str(home),
+        "NOVA_SOURCE_DIR": str(json_tree),
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nova_pipeline.cli", "serve", "--watch", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        time.sleep(2)  # the watcher's catch-up
+        decoder = json_tree / "json" / "decoder.py"
+        decoder.write_text(decoder.read_text() + "\n\ndef quixotic_live_helper():\n    return 7\n")
+        written, found = time.monotonic(), None
+        while time.monotonic() - written < 60:
+            hits = httpx.get(f"{base}/search", params={"q": "quixotic_live_helper", "k": 1}).json()["hits"]
+            # a short function at the end of a file shares the chunk of the one before it
+            if hits and "def quixotic_live_helper" in hits[0]["symbol"]:
+                found = time.monotonic() - written
+                break
+            time.sleep(0.05)
+        assert found is not None, (tmp_path / "serve.log").read_text()[-3000:]
+        assert found < 30  # the first save also loads the model (a few seconds)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+    text = (tmp_path / "serve.log").read_text()
+    # uvicorn shuts down, then re-raises SIGTERM: exit -15 after a clean stop is its convention
+    assert code in (0, -signal.SIGTERM), (code, text[-3000:])
+    assert "stopped watching" in text and "Application shutdown complete" in text, text[-3000:]
+    assert "Traceback" not in text

@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = [
     "CHUNKER_VERSION",
@@ -337,6 +340,15 @@ def _empty_chunks() -> pd.DataFrame:
     )
 
 
+def _file_keys(paths: pd.Series, digests: pd.Series):
+    """``path NUL blake3`` per row, as an Arrow array (for vectorised set membership)."""
+    return pc.binary_join_element_wise(
+        pa.array(paths.astype(str).to_numpy(dtype=object), pa.string()),  # typed: an empty array is no null
+        pa.array(digests.astype(str).to_numpy(dtype=object), pa.string()),
+        "\0",
+    )
+
+
 def chunk_manifest(
     root,
     manifest: pd.DataFrame,
@@ -352,37 +364,42 @@ def chunk_manifest(
     """
     stats = ChunkStats()
     live = manifest[manifest["status"] != "deleted"]
+    # the previous chunks of files that are still there unchanged, selected with Arrow's vectorised set
+    # membership (a group per file and a concat of them cost 0.1 s per call at 1,800 files; Python sets
+    # over 60,000 rows, 0.1 s more: too slow for a live update)
+    live_keys = _file_keys(live["path"], live["blake3"])
+    frames: list[pd.DataFrame] = []
+    reused_mask = np.zeros(len(live), dtype=bool)
     if previous is not None and len(previous):
-        files = set(zip(live.loc[live["size"] > 0, "path"], live.loc[live["size"] > 0, "blake3"]))
-        if files == set(zip(previous["path"], previous["file_blake3"])):
+        prev_keys = _file_keys(previous["path"], previous["file_blake3"])
+        keep = pc.is_in(prev_keys, value_set=live_keys).to_numpy(zero_copy_only=False)
+        reused_mask = pc.is_in(live_keys, value_set=prev_keys).to_numpy(zero_copy_only=False)
+        if keep.all() and reused_mask[live["size"].to_numpy() > 0].all():
             # every file is as it was: the previous table is the answer (the common nightly case)
-            stats.files_reused, stats.chunks = len(files), len(previous)
+            stats.files_reused = int(reused_mask.sum())
+            stats.chunks = len(previous)
             stats.truncated = int(previous["truncated"].sum())
             return previous.reset_index(drop=True), stats
-    reuse: dict[tuple[str, str], pd.DataFrame] = {}
-    if previous is not None and len(previous):
-        for (path, fb), group in previous.groupby(["path", "file_blake3"], sort=False):
-            reuse[(path, fb)] = group
-    frames: list[pd.DataFrame] = []
+        frames.append(previous[keep])
+    reused = {
+        (p, d) for p, d in zip(live["path"][reused_mask].tolist(), live["blake3"][reused_mask].tolist())
+    }
+    stats.files_reused = len(reused)
     records: list[dict] = []
     to_chunk = sum(
-        1 for p, d, z in zip(live["path"], live["blake3"], live["size"]) if z and (p, d) not in reuse
+        1
+        for p, d, z in zip(live["path"].tolist(), live["blake3"].tolist(), live["size"].tolist())
+        if z and (p, d) not in reused
     )
     done = 0
     for path, digest, language, size in zip(
         live["path"].tolist(), live["blake3"].tolist(), live["language"].tolist(), live["size"].tolist()
     ):
-        if size == 0:
-            continue  # nothing to chunk
-        old = reuse.get((path, digest))
-        if old is None:
-            done += 1
-            if progress is not None and (done % 25 == 0 or done == to_chunk):
-                progress(done, to_chunk)
-        if old is not None:
-            frames.append(old)
-            stats.files_reused += 1
-            continue
+        if size == 0 or (path, digest) in reused:
+            continue  # nothing to chunk, or its chunks are reused
+        done += 1
+        if progress is not None and (done % 25 == 0 or done == to_chunk):
+            progress(done, to_chunk)
         try:
             data = (Path(root) / path).read_bytes()
         except OSError as exc:
@@ -398,6 +415,7 @@ def chunk_manifest(
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=CHUNK_COLUMNS))
         stats.truncated_new = sum(1 for r in records if r["truncated"])
+    frames = [f for f in frames if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
     df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
     df = df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})

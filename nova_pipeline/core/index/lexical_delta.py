@@ -82,13 +82,20 @@ def delta_stamp(home) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def compute(base_ids: set[str] | np.ndarray, chunks: pd.DataFrame, base: str) -> Delta:
-    """The delta that makes the index ``base`` (holding ``base_ids``) hold exactly ``chunks`` (``chunk_id``,
-    the document columns and ``text``)."""
-    base_ids = set(base_ids.tolist() if isinstance(base_ids, np.ndarray) else base_ids)
-    live = set(chunks["chunk_id"])
-    added = chunks[~chunks["chunk_id"].isin(base_ids)][[*lexical.DOC_COLUMNS, "text"]].reset_index(drop=True)
-    return Delta(base=base, removed=base_ids - live, added=added)
+def compute(base_ids, chunks: pd.DataFrame, base: str) -> Delta:
+    """The delta that makes the index ``base`` (holding ``base_ids``: a set, a sequence or an Arrow array of
+    chunk ids) hold exactly ``chunks`` (``chunk_id``, the document columns and ``text``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Arrow's vectorised set membership: Series.isin on Arrow strings iterates in Python (40 ms at 60,000)
+    if not isinstance(base_ids, pa.Array):
+        base_ids = pa.array(list(base_ids) if isinstance(base_ids, set) else base_ids, pa.string())
+    ids = pa.array(chunks["chunk_id"].to_numpy(dtype=object), pa.string())
+    new = ~pc.is_in(ids, value_set=base_ids).to_numpy(zero_copy_only=False)
+    added = chunks[new][[*lexical.DOC_COLUMNS, "text"]].reset_index(drop=True)
+    removed = pc.filter(base_ids, pc.invert(pc.is_in(base_ids, value_set=ids))).to_pylist()
+    return Delta(base=base, removed=set(removed), added=added)
 
 
 def write(home, delta: Delta) -> None:
@@ -189,9 +196,13 @@ class LiveLexicalIndex(lexical.LexicalIndex):
         return [t for t in terms if t in have]
 
 
-def load_live(home, path: Path | None = None) -> lexical.LexicalIndex | None:
+def load_live(
+    home, path: Path | None = None, base: lexical.LexicalIndex | None = None
+) -> lexical.LexicalIndex | None:
     """The live lexical index of ``home``: CURRENT's (or ``path``'s) with the delta applied when there is
-    one for it; None when there is no built index.
+    one for it; None when there is no built index. ``base``: the index at ``path``, already loaded (a
+    long-running reader keeps it, and only applies each new delta: about 10 ms at 50,000 documents where
+    loading the base again costs about ten times that).
 
     Raises:
         LexicalIndexError: the built index cannot be read.
@@ -199,7 +210,7 @@ def load_live(home, path: Path | None = None) -> lexical.LexicalIndex | None:
     path = path or lexical.current_path(home)
     if path is None:
         return None
-    base = lexical.load(path)
+    base = base if base is not None and base.path == Path(path) else lexical.load(path)
     delta = read(home)
     if delta is None or delta.base != base.digest or delta.empty:
         return base

@@ -309,7 +309,12 @@ def query(
 ) -> list[list[Hit]]:
     """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
     chunks whose metadata matches the Chroma ``where`` filter when one is given. ``documents`` False leaves
-    each hit's ``text`` empty (fetched later for the few hits shown)."""
+    each hit's ``text`` empty (fetched later for the few hits shown).
+
+    A hit whose record has no metadata is left out: a view of an embedded store opened before another
+    process deleted that record still finds it in its in-memory vector index, while the record itself is
+    gone (the view is reopened at the writer's next generation; until then the deleted chunk is simply not
+    an answer)."""
     res = collection.query(
         query_embeddings=np.asarray(vectors, dtype=np.float32),
         n_results=k,
@@ -333,6 +338,7 @@ def query(
                     vector_score=1.0 - float(d),
                 )
                 for i, m, doc, d in zip(ids, metas, docs, dists)
+                if m is not None
             ]
         )
     return out

@@ -41,6 +41,7 @@ __all__ = [
     "Rule",
     "ScanOptions",
     "WalkReport",
+    "stat_digest",
     "walk",
 ]
 
@@ -380,3 +381,17 @@ def walk(options: ScanOptions, report: WalkReport) -> Iterator[list[tuple[str, s
         if found:
             yield found
         stack.extend(subdirs)
+
+
+def stat_digest(options: ScanOptions) -> tuple[str, int]:
+    """``(digest, files)``: a blake3 digest of every kept file's path, size and mtime, from a walk with the
+    scan's ignore rules and no file read (the scan's warm path without hashing): what changes when the
+    scan would find a change. About 1 ms per 100 files, warm."""
+    import blake3
+
+    rows = sorted(
+        f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        for batch in walk(options, WalkReport())
+        for rel, _, st in batch
+    )
+    return blake3.blake3("".join(rows).encode()).hexdigest()[:32], len(rows)

@@ -5,22 +5,24 @@ use, in a fraction of a second for a save.
 ``source_files`` and ``source_chunks`` tables), the model, the tokenizer, the embedding cache and the base
 ids of the lexical index. An update (:meth:`LiveIndex.update`):
 
-1. takes the writer lock (lock order 1 of :mod:`nova_pipeline.core.locks`; through
-   :func:`~nova_pipeline.core.serving.failover.writing_to`, so while failed over it writes the backup store
-   and journals it, as a run would);
-2. scans the tree against the previous manifest (:func:`~nova_pipeline.core.ingest.manifest.scan`: only
+1. scans the tree against the previous manifest (:func:`~nova_pipeline.core.ingest.manifest.scan`: only
    files whose size or mtime changed are read and hashed; the ignore rules are the scan's);
-3. consults the mass-deletion guard, then chunks the changed files
-   (:func:`~nova_pipeline.core.index.chunking.chunk_manifest`; unchanged files keep their chunks);
-4. upserts the new chunks' vectors (embedding only what the cache lacks) and deletes the gone ones: the
+2. consults the mass-deletion guard, then chunks the changed files
+   (:func:`~nova_pipeline.core.index.chunking.chunk_manifest`; unchanged files keep their chunks) and
+   embeds the new chunks (only what the cache lacks); steps 1 and 2 run before the lock is taken, so a
+   burst's embedding never keeps readers from opening a view;
+3. takes the writer lock (lock order 1 of :mod:`nova_pipeline.core.locks`; through
+   :func:`~nova_pipeline.core.serving.failover.writing_to`, so while failed over it writes the backup
+   store and journals it, as a run would), upserts the new chunks' vectors and deletes the gone ones: the
    difference of the chunk ids, so the collection is not listed; a catch-up (:meth:`LiveIndex.catch_up`,
-   at start and whenever another process wrote the tables) reconciles against the collection's ids instead,
-   like an unchanged rebuild;
-5. writes the lexical index's delta (:mod:`~nova_pipeline.core.index.lexical_delta`), or rebuilds the base
-   when the delta grew past its limit: **searchable** from here (the lock's release marks a new generation,
-   which ``nova serve``'s views follow);
-6. writes the ``source_files``, ``source_chunks`` and binaries tables and stores the new contents in the
-   content store (no garbage collection: that stays with the full rebuild).
+   at start and whenever another process wrote the tables) reconciles against the collection's ids
+   instead, like an unchanged rebuild;
+4. writes the lexical index's delta (:mod:`~nova_pipeline.core.index.lexical_delta`), or rebuilds the base
+   when the delta grew past its limit, and releases the lock: **searchable** from here (the release marks
+   a new generation, which ``nova serve``'s views follow);
+5. under the lock again (no new generation), writes the ``source_files``, ``source_chunks`` and binaries
+   tables, unless another writer wrote them meanwhile (then the next update catches up), and stores the
+   new contents in the content store (no garbage collection: that stays with the full rebuild).
 
 A ``kill -9`` anywhere leaves a state the next start's catch-up repairs exactly: vectors are content
 addressed, the embedding cache committed what was embedded, and the tables are replaced atomically.
@@ -29,6 +31,7 @@ Dictionary training, pattern analysis and golden promotion stay with the ``rebui
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -77,6 +80,7 @@ class UpdateReport:
     update_s: float = 0.0  # the update itself, lock wait included
     total_s: float = 0.0  # until the tables and the store are written too
     refused: str = ""  # the guard's message when it refused the update (nothing was written)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step: plan, lock, write, lexical
 
     @property
     def changed(self) -> bool:
@@ -112,6 +116,7 @@ class UpdateReport:
             "total_s": round(self.total_s, 4),
             "searchable_at": round(self.searchable_at, 4),
             "first_event_at": round(self.first_event_at, 4),
+            **{f"{k}_s": round(v, 4) for k, v in self.phases.items()},
         }
 
 
@@ -157,7 +162,11 @@ class LiveIndex:
         self.binaries: pd.DataFrame | None = None
         self.chunks: pd.DataFrame | None = None
         self._stamps: tuple | None = None  # the tables as this process last read or wrote them
-        self._base: tuple[str, set[str]] | None = None  # the lexical base's digest and ids
+        self._client = None  # the store's client, kept between updates (see _writing)
+        self._client_label: str | None = None
+        self._slot: int | None = None
+        self._known: str | None = None  # the vector stores' generation this client has seen
+        self._base: tuple | None = None  # the lexical base's digest and ids (an Arrow array)
 
     # ---- state ------------------------------------------------------------------------------------
 
@@ -172,7 +181,7 @@ class LiveIndex:
         self.chunks = read_table(home, SOURCE_CHUNKS)
         self._stamps = self._table_stamps()
 
-    def _base_ids(self) -> tuple[str, set[str]] | None:
+    def _base_ids(self) -> tuple | None:
         path = lexical.current_path(self.settings.home)
         if path is None:
             return None
@@ -180,8 +189,12 @@ class LiveIndex:
             meta = lexical.load(path).meta
             if not meta.get("avgdl"):  # built before live deltas: rebuild once
                 return None
-            ids = pd.read_parquet(path / "docs.parquet", columns=["chunk_id"])["chunk_id"]
-            self._base = (path.name, set(ids))
+            import pyarrow.parquet as pq
+
+            ids = (
+                pq.read_table(path / "docs.parquet", columns=["chunk_id"]).column("chunk_id").combine_chunks()
+            )
+            self._base = (path.name, ids)
         return self._base
 
     # ---- updates ----------------------------------------------------------------------------------
@@ -206,95 +219,187 @@ class LiveIndex:
         """
         return self._apply(full=False, first_event_at=first_event_at)
 
-    def _apply(self, full: bool, first_event_at: float | None) -> UpdateReport:
-        from nova_pipeline.core.serving.failover import writing_to
+    @contextlib.contextmanager
+    def _writing(self):
+        """The active store under the writer lock (as :func:`~nova_pipeline.core.serving.failover.writing_to`
+        gives it: the pointer read under the lock, journaled while failed over), with the client this index
+        keeps open between updates. It is reopened only when another process wrote since (the generation
+        is not the one this process marked) or the store changed: the first write on a new view of an
+        embedded store loads its vector index, about 0.3 s at 60,000 chunks."""
+        from nova_pipeline.core.locks import generation, writer_lock
+        from nova_pipeline.core.serving.failover import active_store
 
+        home = self.settings.home
+        with writer_lock(home):
+            store = active_store(home, self.settings.chroma_url)
+            if self._client is None or self._client_label != store.label or generation(home) != self._known:
+                self._close_client()
+                self._open_client(store)
+            store._client = self._client
+            yield store
+        now = generation(home)  # ours, unless another writer came in right after the release
+        self._known = now if now.endswith(f"-{os.getpid()}") else None
+
+    def _open_client(self, store) -> None:
+        from nova_pipeline.core.index.vector_store import open_client, open_client_at, take_view_slot
+        from nova_pipeline.core.locks import generation
+        from nova_pipeline.core.serving.pointer import BACKUP
+
+        home = self.settings.home
+        if store.label != BACKUP and self.settings.chroma_url:
+            self._client, self._slot = open_client(home, self.settings.chroma_url), None
+        else:
+            where = (
+                self.settings.layout.runtime_vectors
+                if store.label == BACKUP
+                else self.settings.layout.vectors
+            )
+            self._slot = take_view_slot()
+            self._client = open_client_at(where, True, view=self._slot)
+        self._client_label, self._known = store.label, generation(home)
+
+    def _close_client(self) -> None:
+        from nova_pipeline.core.index.vector_store import give_view_slot
+
+        if self._client is not None:
+            with contextlib.suppress(
+                Exception
+            ):  # closing writes nothing; a half-open client releases nothing
+                self._client.close()
+        if self._slot is not None:
+            give_view_slot(self._slot)
+        self._client, self._slot = None, None
+
+    def _apply(self, full: bool, first_event_at: float | None) -> UpdateReport:
         started_wall, started = time.time(), time.perf_counter()
         report = UpdateReport(first_event_at=first_event_at or started_wall)
         home = self.settings.home
-        result = None
+        plan = None
         if not full and self._stamps is not None and self._stamps == self._table_stamps():
             # outside the lock: an event that changes nothing (an ignored file, a save of the same bytes)
-            # takes no lock and marks no new generation
-            result = scan(self.options, self.manifest, workers=1, known_binaries=self.binaries)
-            if not (result.manifest["status"] != "unchanged").any():
+            # takes no lock and marks no new generation; and the embedding, the slow part, happens before
+            # the lock is taken, so the lock is held for the writes alone
+            try:
+                plan = self._plan(report)
+            except MassDeletionError as exc:
+                report.refused = str(exc)
+                return report
+            if plan is None:
                 report.kind = "unchanged"
                 return report
-        with writing_to(home, self.settings.chroma_url) as store:
+        report.phases["plan"] = time.perf_counter() - started
+        mark = time.perf_counter()
+        with self._writing() as store:
+            report.phases["lock"] = time.perf_counter() - mark
+            mark = time.perf_counter()
             if self._stamps is None or self._stamps != self._table_stamps():
                 if self._stamps is not None:
                     log.info("the tables changed in another process since the last update: catching up")
                 self._load_tables()
-                full, result = True, None
-            try:
-                self.guard.check_source_dir(self.settings.source_dir, self.manifest)
-                if result is None:
-                    result = scan(self.options, self.manifest, workers=1, known_binaries=self.binaries)
-                self.guard.check_files(self.manifest, result.manifest)
-            except MassDeletionError as exc:
-                report.refused = str(exc)
-                return report
-            counts = result.stats.status_counts
-            report.files = {k: int(counts.get(k, 0)) for k in ("added", "changed", "deleted")}
-            changed = result.manifest[result.manifest["status"] != "unchanged"]
-            report.paths = changed["path"].head(20).tolist()
-            if not full and not len(changed):
-                report.kind = "unchanged"
-                return report
-            report.kind = "catch-up" if full else "update"
-            chunks, _ = chunk_manifest(
-                self.settings.source_dir,
-                result.manifest,
-                self.chunks,
-                self.tokenizer.count,
-                self.tokenizer.max_seq_length,
-            )
+                full, plan = True, None
             collection = store.collection(self.embedder.fingerprint)
             try:
-                if full:
-                    self._reconcile_all(collection, chunks, report)
+                if plan is None:
+                    plan = self._plan(report, full=True)
+                    if plan is None:
+                        report.kind = "unchanged"
+                        return report
+                    self._reconcile_all(collection, plan[1], report)
                 else:
-                    self._apply_difference(collection, chunks, report)
+                    self._write_difference(collection, plan, report)
             except MassDeletionError as exc:
                 report.refused = str(exc)
                 return report
+            result, chunks = plan[0], plan[1]
+            report.kind = "catch-up" if full else "update"
+            report.phases["write"] = time.perf_counter() - mark
+            mark = time.perf_counter()
             report.lexical = self._lexical(chunks)
+            report.phases["lexical"] = time.perf_counter() - mark
             report.chunks = len(chunks)
-            report.searchable_at = time.time()
-            report.to_searchable_s = report.searchable_at - report.first_event_at
-            # the tables last: a kill before this line is repaired by the next start's catch-up
-            write_table(home, SOURCE_FILES, result.manifest)
-            write_table(home, SOURCE_FILES_BINARIES, result.binaries)
-            write_table(home, SOURCE_CHUNKS, chunks)
-            self.manifest, self.binaries, self.chunks = result.manifest, result.binaries, chunks
-            self._stamps = self._table_stamps()
+            stamps_before = self._table_stamps()
+        # the lock is released: a new generation is marked, and readers (nova serve) see the update now
+        report.searchable_at = time.time()
+        report.to_searchable_s = report.searchable_at - report.first_event_at
         report.update_s = time.perf_counter() - started
-        self._store_contents(result.manifest, changed)
+        # then the tables (a kill before they are written is repaired by the next start's catch-up) and
+        # the store, under the lock again but marking no generation: readers see nothing new in them
+        from nova_pipeline.core.locks import writer_lock
+
+        with writer_lock(home, bump=False):
+            if self._table_stamps() != stamps_before:  # another writer came in between: its turn to win
+                self._stamps = None  # the next update catches up
+            else:
+                write_table(home, SOURCE_FILES, result.manifest)
+                write_table(home, SOURCE_FILES_BINARIES, result.binaries)
+                write_table(home, SOURCE_CHUNKS, chunks)
+                self.manifest, self.binaries, self.chunks = result.manifest, result.binaries, chunks
+                self._stamps = self._table_stamps()
+        self._store_contents(result.manifest, result.manifest[result.manifest["status"] != "unchanged"])
         report.total_s = time.perf_counter() - started
         return report
+
+    def _plan(self, report: UpdateReport, full: bool = False):
+        """Scan, consult the guard, chunk, and (for an update) embed what is new: ``(scan result, chunks,
+        new chunks, their vectors, gone ids)``, or None when nothing changed.
+
+        Raises:
+            MassDeletionError: the guard refused (nothing was written).
+        """
+        self.guard.check_source_dir(self.settings.source_dir, self.manifest)
+        result = scan(self.options, self.manifest, workers=1, known_binaries=self.binaries)
+        self.guard.check_files(self.manifest, result.manifest)
+        counts = result.stats.status_counts
+        report.files = {k: int(counts.get(k, 0)) for k in ("added", "changed", "deleted")}
+        changed = result.manifest[result.manifest["status"] != "unchanged"]
+        report.paths = changed["path"].head(20).tolist()
+        if not full and not len(changed):
+            return None
+        chunks, _ = chunk_manifest(
+            self.settings.source_dir,
+            result.manifest,
+            self.chunks,
+            self.tokenizer.count,
+            self.tokenizer.max_seq_length,
+        )
+        if full:
+            return result, chunks, None, None, None
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        before = pa.array(
+            self.chunks["chunk_id"].to_numpy(dtype=object) if self.chunks is not None else [], pa.string()
+        )
+        now = pa.array(chunks["chunk_id"].to_numpy(dtype=object), pa.string())
+        self.guard.check_vectors(len(before), len(now), "the live index")
+        new = chunks[~pc.is_in(now, value_set=before).to_numpy(zero_copy_only=False)]
+        gone = sorted(pc.filter(before, pc.invert(pc.is_in(before, value_set=now))).to_pylist())
+        # shortest texts first across all batches, so each forward pass pads little (as reconcile does)
+        new = new.iloc[np.argsort(new["text"].str.len().to_numpy(), kind="stable")]
+        vecs = []
+        for start in range(0, len(new), DEFAULT_BATCH):
+            part = new.iloc[start : start + DEFAULT_BATCH]
+            v, es = embed_with_cache(
+                part["text"].tolist(), part["content_blake3"].tolist(), self.embedder, self.cache
+            )
+            vecs.append(np.asarray(v, dtype=np.float32))
+            report.embedded += es.embedded
+            report.cache_hits += es.cache_hits
+        return result, chunks, new, vecs, gone
 
     def _reconcile_all(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
         stats = reconcile(collection, chunks, self.embedder, self.cache, guard=self.guard)
         report.chunks_added, report.chunks_deleted = stats.upserted, stats.deleted
         report.embedded, report.cache_hits = stats.embedded, stats.cache_hits
 
-    def _apply_difference(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
-        before = set(self.chunks["chunk_id"]) if self.chunks is not None else set()
-        after = set(chunks["chunk_id"])
-        gone = sorted(before - after)
-        self.guard.check_vectors(len(before), len(after), collection.name)
-        new = chunks[~chunks["chunk_id"].isin(before)]
-        for start in range(0, len(new), DEFAULT_BATCH):
+    def _write_difference(self, collection, plan, report: UpdateReport) -> None:
+        _, _, new, vecs, gone = plan
+        for i, start in enumerate(range(0, len(new), DEFAULT_BATCH)):
             part = new.iloc[start : start + DEFAULT_BATCH]
-            vecs, es = embed_with_cache(
-                part["text"].tolist(), part["content_blake3"].tolist(), self.embedder, self.cache
-            )
-            report.embedded += es.embedded
-            report.cache_hits += es.cache_hits
             try:
                 collection.upsert(
                     ids=part["chunk_id"].tolist(),
-                    embeddings=np.asarray(vecs, dtype=np.float32),
+                    embeddings=vecs[i],
                     documents=part["text"].tolist(),
                     metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
                 )
@@ -351,4 +456,5 @@ class LiveIndex:
             store.commit_index(merged)
 
     def close(self) -> None:
+        self._close_client()
         self.cache.close()

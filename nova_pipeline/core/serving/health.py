@@ -161,6 +161,18 @@ def memory_headroom(home, max_memory_mb: int) -> Check:
     return Check("memory headroom", WARNING if est.choice == "refuse" else OK, est.message)
 
 
+def model_files(home, model_dir=None) -> Check:
+    """Every file of the embedding model matches its pinned blake3 manifest (no load: about 0.05 s)."""
+    from nova_pipeline.core.index.embedding import bundled_model_dir
+    from nova_pipeline.core.index.model_files import ModelVerificationError, verify
+
+    try:
+        check = verify(model_dir or bundled_model_dir(), home)
+    except ModelVerificationError as exc:
+        return Check("model files", CRITICAL, str(exc))
+    return Check("model files", OK, f"{check.files} files match the pinned manifest {check.manifest.name}")
+
+
 def model_loads(timeout: float = 180) -> Check:
     """The embedding model loads offline and embeds a text, in a subprocess (so a failure is a result)."""
     code = (
@@ -331,6 +343,7 @@ def run_checks(
     checks = [
         _guard("NOVA_HOME writable", lambda: home_writable(home)),
         _guard("disk headroom", lambda: disk_headroom(home)),
+        _guard("model files", lambda: model_files(home)),
         _guard("memory headroom", lambda: memory_headroom(home, max_memory_mb)),
         _guard("model loads offline", model_loads)
         if load_model

@@ -17,7 +17,7 @@ from nova_pipeline.core.index.vector_store import Hit
 from nova_pipeline.core.serving.searcher import Searcher
 from nova_pipeline.core.settings import Settings
 
-__all__ = ["hit_json", "search", "shared_searcher"]
+__all__ = ["context", "hit_json", "search", "shared_searcher"]
 
 
 def hit_json(h: Hit) -> dict:
@@ -96,6 +96,34 @@ def search(
         shared_searcher(settings, embedder)
         .search(text, k, mode=mode, path=path, language=language, collapse=collapse)
         .hits
+    )
+
+
+def context(
+    question: str,
+    max_tokens: int = 2000,
+    tokenizer: str | None = None,
+    settings: Settings | None = None,
+    embedder: Embedder | None = None,
+    k: int = 20,
+    mode: str = HYBRID,
+    path: str | None = None,
+    language: str | None = None,
+):
+    """The context for an LLM prompt about ``question``: the best places, packed under ``max_tokens``
+    tokens of ``tokenizer`` (see :mod:`nova_pipeline.core.serving.context`). Returns a ``Context``
+    (``.markdown()``, ``.as_json()``, ``.tokens_used``); the process's warm :class:`Searcher` answers.
+
+    Raises:
+        InvalidRequestError (a ``ValueError``): a bad budget, tokenizer or mode.
+        IndexNotBuiltError, VectorStoreError, FailoverError: as :func:`search`.
+    """
+    from nova_pipeline.core.serving.context import build_context
+
+    settings = settings or Settings.from_env(require_source=False)
+    _require_something_built(settings)
+    return build_context(
+        shared_searcher(settings, embedder), question, max_tokens, tokenizer, k, mode, path, language
     )
 
 

@@ -140,7 +140,8 @@ class Searcher:
             else ViewCache(settings.home, settings.layout.vectors, self.fingerprint)
         )
         self._server: tuple[object, float, int] | None = None  # (collection, counted at, count)
-        self._lexical: dict[str, lexical.LexicalIndex] = {}
+        self._lexical: dict[tuple, lexical.LexicalIndex] = {}
+        self._lexical_bases: dict[str, lexical.LexicalIndex] = {}
         self._lock = threading.Lock()
         self._batcher: QueryBatcher | None = None  # made on the first query
 
@@ -305,10 +306,11 @@ class Searcher:
         key = (str(path), lexical_delta.delta_stamp(self.settings.home) if live else None)
         with self._lock:
             if key not in self._lexical:
+                # the built index of this directory, kept while it is current; a new delta is applied to it
+                base = self._lexical_bases.get(str(path)) or lexical.load(path)
+                self._lexical_bases = {str(path): base}
                 self._lexical.clear()  # an older directory, or an older delta, is no longer current
-                self._lexical[key] = (
-                    lexical_delta.load_live(self.settings.home, path) if live else lexical.load(path)
-                )
+                self._lexical[key] = lexical_delta.load_live(self.settings.home, path, base) if live else base
             return self._lexical[key]
 
     def search(

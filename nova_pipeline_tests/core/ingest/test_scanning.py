@@ -272,3 +272,34 @@ def test_a_failing_walk_surfaces_its_own_error(tmp_path, monkeypatch):
     monkeypatch.setattr(scanning, "walk", failing_walk)
     with pytest.raises(PermissionError, match="walk failed"):
         scanning.scan(ScanOptions(tmp_path))
+
+
+def test_the_event_filter_keeps_exactly_what_the_scan_keeps(tmp_path):
+    from nova_pipeline.core.ingest.walk import PathFilter
+
+    root = tmp_path / "tree"
+    for rel in (
+        "a.py",
+        "pkg/b.py",
+        "pkg/build/c.py",  # below the root: kept
+        "build/d.py",  # at the root: the built-in rule
+        "pkg/__pycache__/e.pyc",
+        "node_modules/x/f.js",
+        "docs/_build/g.html",  # a .gitignore below says so
+        "docs/h.md",
+        "pkg/i.swp",
+        "state/j.py",  # an excluded state dir (NOVA_HOME)
+        "logs/k.log",  # NOVA_IGNORE
+    ):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    (root / "docs" / ".gitignore").write_text("_build/\n")
+    options = ScanOptions(root, extra_ignore=["*.log"], exclude_dirs=[root / "state"])
+    kept = set(scan(options).manifest["path"])
+    f = PathFilter(options)
+    every = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert {p for p in every if f.keeps(root / p)} == kept
+    assert not f.keeps(tmp_path / "elsewhere.py") and not f.keeps(root)
+    assert f.keeps(root / "docs" / ".gitignore")  # a rule changed: the scan decides again
+    (root / "docs" / ".gitignore").write_text("")  # and the filter reads it again
+    assert f.keeps(root / "docs" / "_build" / "g.html")
