@@ -44,6 +44,19 @@ def context(question: str, max_tokens: int = 2000, tokenizer: str | None = None,
     return _context(question, max_tokens, tokenizer, **search_options)
 
 
+def graph(kind: str, name: str) -> tuple[str, list[dict]]:
+    """The code graph of the index at ``NOVA_HOME``: ``kind`` is ``callers``, ``callees`` or ``imports``;
+    ``name`` a qualified name (``json.decoder.JSONDecoder.decode``) or a unique suffix of one
+    (``JSONDecoder.decode``). Returns ``(qualified name, sites)``, each site a dict with ``source``,
+    ``target`` ("" when unresolved), ``target_text`` (what the site says), ``kind``, ``path`` and ``line``
+    (1-based). Errors: ``InvalidRequestError`` for an unknown or ambiguous name (the message lists the
+    candidates), ``TableNotMaterializedError`` before the first build."""
+    from nova_pipeline.core.index.graph import load
+    from nova_pipeline.core.settings import Settings
+
+    return load(Settings.from_env(require_source=False).home).query(kind, name)
+
+
 def __getattr__(name: str):
     """``nova_pipeline.Searcher`` and ``nova_pipeline.Settings``, imported on first use (importing the package
     stays cheap: no torch, no Chroma)."""
@@ -58,4 +71,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nova_pipeline' has no attribute {name!r}")
 
 
-__all__ = ["Searcher", "Settings", "context", "search"]
+__all__ = ["Searcher", "Settings", "context", "graph", "search"]

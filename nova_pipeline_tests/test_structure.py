@@ -274,9 +274,10 @@ ASSETS = {
     keys.SOURCE_CHUNKS: (keys.INDEX, [keys.SOURCE_FILES]),
     keys.LEXICAL_INDEX: (keys.INDEX, [keys.SOURCE_CHUNKS]),
     keys.VECTOR_INDEX: (keys.INDEX, [keys.SOURCE_CHUNKS]),
+    keys.CODE_GRAPH: (keys.INDEX, [keys.SOURCE_CHUNKS, keys.SOURCE_FILES]),
     keys.GOLDEN_COPY: (
         keys.PROTECT,
-        [keys.COMPRESSED_STORE, keys.LEXICAL_INDEX, keys.SOURCE_CHUNKS, keys.VECTOR_INDEX],
+        [keys.CODE_GRAPH, keys.COMPRESSED_STORE, keys.LEXICAL_INDEX, keys.SOURCE_CHUNKS, keys.VECTOR_INDEX],
     ),
     keys.BACKUPS: (keys.PROTECT, [keys.GOLDEN_COPY]),
 }

@@ -30,7 +30,7 @@ pytestmark = [
 GROUPS = {  # the asset groups of the lineage tree and their assets
     "ingest": ["source_files"],
     "compression": ["frequent_patterns", "compression_dictionary", "compressed_store"],
-    "index": ["source_chunks", "lexical_index", "vector_index"],
+    "index": ["source_chunks", "lexical_index", "vector_index", "code_graph"],
     "protect": ["golden_copy", "backups"],
 }
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from nova_pipeline.cli.common import app, console, search_hint, settings_from_env
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.keys import ASSETS, VECTOR_INDEX
+from nova_pipeline.core.serving.model_switch import active_fingerprint
 
 
 def _instance_facts() -> tuple[dict, tuple, str | None]:
@@ -50,12 +51,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the state a
     One row per asset with the age of its last materialization."""
     import time
 
-    from nova_pipeline.core.index.embedding import bundled_fingerprint
     from nova_pipeline.core.serving.failover import FailoverSettings
     from nova_pipeline.core.serving.stats import describe_state
 
     s = settings_from_env()
-    rows = describe_state(s, bundled_fingerprint(), FailoverSettings.from_env().max_memory_mb)
+    rows = describe_state(s, active_fingerprint(s.home), FailoverSettings.from_env().max_memory_mb)
     mats, _, _ = _instance_facts()
     for r in rows:
         at = mats.get(r["asset"], {}).get("at")
@@ -67,6 +67,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the state a
                 {
                     "nova_home": str(s.home),
                     "source_dir": str(s.source_dir) if s.source_dir else None,
+                    "model": _model_line(s.home),
                     "assets": rows,
                 },
                 indent=1,
@@ -94,7 +95,24 @@ def status(as_json: bool = typer.Option(False, "--json", help="print the state a
     console.print(table)
     if s.source_dir is not None:
         console.print(f"source: {s.source_dir}")
+    console.print(f"model: {_model_line(s.home)}", highlight=False)
     console.print(f"search it: {search_hint(s.home)}", highlight=False)
+
+
+def _model_line(home) -> str:
+    """The active model, and a model NOVA_EMBED_MODEL names for a build beside it (a switch in progress)."""
+    from nova_pipeline.core.serving.model_switch import read_active
+
+    active = read_active(home)
+    line = (
+        f"{active.model_dir or 'bundled'} ({active.fingerprint}), active since {active.switched_at}"
+        if active
+        else f"bundled all-MiniLM-L6-v2 ({active_fingerprint(home, {})})"
+    )
+    chosen = active_fingerprint(home)
+    if chosen != (active.fingerprint if active else active_fingerprint(home, {})):
+        line += f"; NOVA_EMBED_MODEL names {chosen}: build it with nova model build, then nova model switch"
+    return line
 
 
 @app.command()
@@ -102,12 +120,11 @@ def stats(as_json: bool = typer.Option(False, "--json", help="print the stats as
     """Numbers of the vector store, embedding cache, compressed store, patterns, dictionary and system.
 
     The embedding cache's line includes the last run's hit rate."""
-    from nova_pipeline.core.index.embedding import bundled_fingerprint
     from nova_pipeline.core.serving.stats import collect_stats
 
     s = settings_from_env()
     mats, _, _ = _instance_facts()
-    data = collect_stats(s, bundled_fingerprint(), mats.get(VECTOR_INDEX, {}).get("metadata"))
+    data = collect_stats(s, active_fingerprint(s.home), mats.get(VECTOR_INDEX, {}).get("metadata"))
     if as_json:
         print(json.dumps(data, indent=1, default=str))
         return
@@ -152,7 +169,6 @@ def health(
     NOVA_HOME, disk, memory, the model, the primary vector store, PostgreSQL, the golden copy, the newest
     backup, the last rebuild run, and runs whose process died (failed now, resumable) or that still hold
     pool slots. Warnings are printed and exit 0 (with --strict, 1)."""
-    from nova_pipeline.core.index.embedding import bundled_fingerprint
     from nova_pipeline.core.serving.failover import FailoverSettings
     from nova_pipeline.core.serving.health import NA, Check, RunFacts, healthy, run_checks
 
@@ -166,7 +182,7 @@ def health(
     checks = run_checks(
         s.home,
         s.chroma_url,
-        bundled_fingerprint(),
+        active_fingerprint(s.home),
         FailoverSettings.from_env().max_memory_mb,
         pg_url,
         facts,
@@ -221,6 +237,11 @@ def search(
         "--collapse/--no-collapse",
         help="one hit per place: adjacent slices of one function merged (default); --no-collapse: raw chunks",
     ),
+    expand: bool = typer.Option(
+        False,
+        "--expand",
+        help="add the callers and callees of the top 3 hits (the code graph), each saying why",
+    ),
 ) -> None:
     """Search the index built by the rebuild job (same NOVA_HOME / NOVA_CHROMA_URL): hybrid by default."""
     from nova_pipeline.core.index.ranking import MODES
@@ -233,8 +254,10 @@ def search(
         hits = run_search(
             query, k, settings=settings_from_env(), mode=mode, path=path, language=language, collapse=collapse
         )
+    added = _expanded(hits) if expand else []
     if as_json:
-        print(json.dumps([hit_json(h) for h in hits], indent=1))
+        found = [hit_json(h) for h in hits]
+        print(json.dumps({"hits": found, "expanded": added} if expand else found, indent=1))
         return
     if hits and hits[0].store == "backup":
         console.print(
@@ -264,6 +287,42 @@ def search(
         console.print(f"     [dim]{why(h)}", highlight=False)
         for line in h.snippet().splitlines():
             console.print(f"     {line}", markup=False, highlight=False)
+    for a in added:
+        console.print(
+            f"+  [cyan]{a['path']}:{a['start_line']}-{a['end_line']}[/cyan]  [bold]{a['qualname']}[/bold]"
+            f"  [dim]{a['reason']}",
+            highlight=False,
+        )
+
+
+def _expanded(hits) -> list[dict]:
+    from nova_pipeline.core.index import graph
+
+    g = graph.load(settings_from_env().home)
+    return graph.expand(g, [(h.path, h.start_line, h.end_line) for h in hits[:3]])
+
+
+@app.command("graph")
+def graph_query(
+    kind: str = typer.Argument(..., help="callers, callees or imports"),
+    name: str = typer.Argument(
+        ..., help="a qualified name (json.decoder.JSONDecoder.decode) or a unique suffix"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the sites as JSON"),
+) -> None:
+    """Who calls NAME, what NAME calls, or what module NAME imports and who imports it: from the code graph
+    the rebuild job built (sites with path and line; an unresolved callee keeps its text)."""
+    from nova_pipeline.core.index import graph
+
+    qual, sites = graph.load(settings_from_env().home).query(kind, name)
+    if as_json:
+        print(json.dumps({"symbol": qual, "kind": kind, "sites": sites}, indent=1))
+        return
+    console.print(f"{kind} of [bold]{qual}[/bold]: {len(sites)}", highlight=False)
+    for site in sites:
+        other = site["source"] if kind == "callers" or site["kind"] == "IMPORTED_BY" else site["target"]
+        shown = other or f"{site['target_text']} [dim](unresolved)[/dim]"
+        console.print(f"  [cyan]{site['path']}:{site['line']}[/cyan]  {shown}", highlight=False)
 
 
 @app.command()
@@ -280,6 +339,9 @@ def context(
     path: str = typer.Option(None, "--path", help="only paths matching this glob"),
     language: str = typer.Option(None, "--language", help="only this language"),
     as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown"),
+    expand: bool = typer.Option(
+        False, "--expand", help="also offer the callers and callees of the top 3 hits (the code graph)"
+    ),
 ) -> None:
     """Context for an LLM prompt: the best places for QUESTION, packed by score under --max-tokens, in file
     order, each with its path, lines and symbol (Markdown; --json for JSON). The tokens used go to stderr."""
@@ -288,7 +350,14 @@ def context(
     from nova_pipeline.core.serving.search_api import context as build
 
     ctx = build(
-        question, max_tokens, tokenizer, settings=settings_from_env(), k=k, path=path, language=language
+        question,
+        max_tokens,
+        tokenizer,
+        settings=settings_from_env(),
+        k=k,
+        path=path,
+        language=language,
+        expand=expand,
     )
     print(json.dumps(ctx.as_json(), indent=1) if as_json else ctx.markdown())
     print(

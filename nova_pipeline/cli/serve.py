@@ -83,7 +83,8 @@ def serve(
         else None
     )
     console.print(
-        f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /healthz, /status, /api/v1/admin/...)"
+        f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /context, /healthz, /status, "
+        "/api/v1/admin/...; MCP at /mcp)"
     )
     stop_watching = None
     if watch:

@@ -19,6 +19,7 @@ __all__ = [
     "GROUPS",
     "INDEX",
     "INGEST",
+    "CODE_GRAPH",
     "LEXICAL_INDEX",
     "PROTECT",
     "SERVING",
@@ -43,6 +44,7 @@ COMPRESSED_STORE = "compressed_store"  # compression
 SOURCE_CHUNKS = "source_chunks"  # index
 LEXICAL_INDEX = "lexical_index"  # index
 VECTOR_INDEX = "vector_index"  # index
+CODE_GRAPH = "code_graph"  # index
 GOLDEN_COPY = "golden_copy"  # protect
 BACKUPS = "backups"  # protect
 ASSETS = (
@@ -53,6 +55,7 @@ ASSETS = (
     SOURCE_CHUNKS,
     LEXICAL_INDEX,
     VECTOR_INDEX,
+    CODE_GRAPH,
     GOLDEN_COPY,
     BACKUPS,
 )

@@ -18,6 +18,9 @@ from nova_pipeline.core.layout import Layout
 
 SOURCE_FILES_BINARIES = "source_files_binaries"  # binary files seen by the scan, so they are not read again
 __all__ = [
+    "CODE_NAMES",
+    "CODE_RELATIONS",
+    "CODE_SYMBOLS",
     "SOURCE_FILES_BINARIES",
     "TABLES",
     "read_table",
@@ -28,7 +31,17 @@ __all__ = [
     "SOURCE_CHUNKS",
     "SOURCE_FILES",
 ]
-TABLES = (SOURCE_FILES, SOURCE_FILES_BINARIES, FREQUENT_PATTERNS, SOURCE_CHUNKS)
+# the code graph's tables (core/index/graph.py; the code_graph asset writes all three)
+CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES = "code_symbols", "code_relations", "code_names"
+TABLES = (
+    SOURCE_FILES,
+    SOURCE_FILES_BINARIES,
+    FREQUENT_PATTERNS,
+    SOURCE_CHUNKS,
+    CODE_SYMBOLS,
+    CODE_RELATIONS,
+    CODE_NAMES,
+)
 
 
 def table_path(home: Path | Layout, name: str) -> Path:

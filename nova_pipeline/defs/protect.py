@@ -10,6 +10,7 @@ import dagster as dg
 from nova_pipeline.core.index.chunking import META_COLUMNS
 from nova_pipeline.core.keys import (
     BACKUPS,
+    CODE_GRAPH,
     COMPRESSED_STORE,
     GOLDEN_COPY,
     LEXICAL_INDEX,
@@ -44,7 +45,7 @@ GOLDEN_CHECK = dg.AssetCheckSpec(
 @dg.asset(
     kinds={"chromadb"},
     group_name=PROTECT,
-    deps=[VECTOR_INDEX, COMPRESSED_STORE, LEXICAL_INDEX, SOURCE_CHUNKS],
+    deps=[VECTOR_INDEX, COMPRESSED_STORE, LEXICAL_INDEX, SOURCE_CHUNKS, CODE_GRAPH],
     check_specs=[GOLDEN_CHECK],
 )
 def golden_copy(

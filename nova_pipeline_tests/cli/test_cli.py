@@ -144,4 +144,4 @@ def test_the_package_offers_search_and_a_searcher_without_importing_torch():
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['Searcher', 'Settings', 'context', 'search']"
+    assert out.stdout.strip() == "['Searcher', 'Settings', 'context', 'graph', 'search']"

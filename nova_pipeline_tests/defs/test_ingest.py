@@ -160,6 +160,7 @@ def test_rebuild_job_on_postgres_storage(json_tree, tmp_path, pg_database, pg_qu
         '["source_chunks"]',
         '["lexical_index"]',
         '["vector_index"]',
+        '["code_graph"]',
         '["golden_copy"]',
     }
     checks = pg_query(

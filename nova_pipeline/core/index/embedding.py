@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,16 +43,28 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def model_fingerprint(model_dir: Path, max_seq_length: int, normalize: bool, name: str = MODEL_NAME) -> str:
-    """``minilm-l6-v2-<16 hex>``: blake3 over name, weights file hash, max sequence length, normalisation.
+    """``minilm-l6-v2-<16 hex>`` for the bundled model, ``<directory name>-<16 hex>`` for another: blake3
+    over name, weights file hash, max sequence length, normalisation.
 
     Valid as a Chroma collection name (3-512 characters of ``[a-zA-Z0-9._-]``).
     """
     path = Path(model_dir) / "model.safetensors"
     st = path.stat()
+    prefix = "minilm-l6-v2"
+    if not _is_bundled(Path(model_dir)):  # another model: named after its directory (a collection name)
+        prefix = re.sub(r"[^a-zA-Z0-9._-]+", "-", Path(model_dir).resolve().name).strip("-._")[:40] or "model"
+        name = prefix
     body = json.dumps(
         [name, _weights_digest(str(path), st.st_size, st.st_mtime_ns), max_seq_length, normalize]
     ).encode()
-    return f"minilm-l6-v2-{blake3.blake3(body).hexdigest()[:16]}"
+    return f"{prefix}-{blake3.blake3(body).hexdigest()[:16]}"
+
+
+def _is_bundled(model_dir: Path) -> bool:
+    try:
+        return model_dir.resolve() == bundled_model_dir().resolve()
+    except EmbeddingError:
+        return False
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,13 +117,16 @@ class Embedder(Protocol):
 
 
 class SentenceTransformerEmbedder:
-    """all-MiniLM-L6-v2 through sentence-transformers, offline, on CPU unless a device is given.
+    """A sentence-transformers model (default the bundled all-MiniLM-L6-v2), offline, on CPU unless a
+    device is given.
 
     Args:
         model_dir: model files (default: the bundled package).
         device: ``cpu``, ``cuda``… (default: ``cuda`` when available, else ``cpu``).
         threads: torch intra-op threads (0: torch's default, one per core).
         batch_size: texts per forward pass; texts are sorted by length first so batches pad little.
+        home: the ``NOVA_HOME`` that holds the pins of models other than the bundled one (default: the
+            ``NOVA_HOME`` variable).
 
     Every file of the model is checked against its pinned blake3 manifest before the weights are read
     (:mod:`.model_files`; ``NOVA_HOME`` holds the pins of models other than the bundled one).
@@ -121,11 +137,17 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(
-        self, model_dir: Path | None = None, device: str | None = None, threads: int = 0, batch_size: int = 32
+        self,
+        model_dir: Path | None = None,
+        device: str | None = None,
+        threads: int = 0,
+        batch_size: int = 32,
+        home: Path | str | None = None,
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.model_dir = Path(model_dir) if model_dir else bundled_model_dir()
+        self.home = home if home is not None else os.environ.get("NOVA_HOME")  # where other models' pins are
         with gc_paused():  # torch and the weights live as long as the process (core/loading.py)
             self._load(device, threads)
         self.batch_size = batch_size
@@ -141,8 +163,7 @@ class SentenceTransformerEmbedder:
     def _load(self, device: str | None, threads: int) -> None:
         from nova_pipeline.core.index.model_files import verify
 
-        home = os.environ.get("NOVA_HOME")
-        self.verified = verify(self.model_dir, home)  # before a byte of the weights is used
+        self.verified = verify(self.model_dir, self.home)  # before a byte of the weights is used
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -196,7 +217,12 @@ class LazyEmbedder:
     """
 
     def __init__(
-        self, model_dir: Path | None = None, device: str | None = None, threads: int = 0, batch_size: int = 32
+        self,
+        model_dir: Path | None = None,
+        device: str | None = None,
+        threads: int = 0,
+        batch_size: int = 32,
+        home: Path | str | None = None,
     ):
         self.model_dir = Path(model_dir) if model_dir else bundled_model_dir()
         self.fingerprint = bundled_fingerprint(self.model_dir)
@@ -204,7 +230,7 @@ class LazyEmbedder:
         self.dimension = int(pooling["word_embedding_dimension"])
         cfg = json.loads((self.model_dir / "sentence_bert_config.json").read_text())
         self.max_seq_length = int(cfg.get("max_seq_length", 256))
-        self._options = {"device": device, "threads": threads, "batch_size": batch_size}
+        self._options = {"device": device, "threads": threads, "batch_size": batch_size, "home": home}
         self._model: SentenceTransformerEmbedder | None = None
 
     @property

@@ -336,8 +336,27 @@ class LiveIndex:
                 self.manifest, self.binaries, self.chunks = result.manifest, result.binaries, chunks
                 self._stamps = self._table_stamps()
         self._store_contents(result.manifest, result.manifest[result.manifest["status"] != "unchanged"])
+        self._update_graph(result.manifest, chunks, report)
         report.total_s = time.perf_counter() - started
         return report
+
+    def _update_graph(self, manifest, chunks, report: UpdateReport) -> None:
+        """The code graph of the changed files, when a rebuild made one: parsed and resolved outside the
+        lock (about 0.2 s at 100 files, 1 s at 450), written under it unless another writer came in."""
+        from nova_pipeline.core.index import graph
+        from nova_pipeline.core.locks import writer_lock
+
+        home = self.settings.layout
+        previous = [read_table(home, t) for t in graph.TABLES]
+        if any(t is None for t in previous) or self._stamps is None:
+            return  # no graph yet (the rebuild job builds the first), or another writer won: catch up first
+        mark = time.perf_counter()
+        tables = graph.build_graph(self.settings.source_dir, manifest, chunks, tuple(previous))[:3]
+        with writer_lock(home, bump=False):
+            if self._table_stamps() == self._stamps:
+                for name, table in zip(graph.TABLES, tables):
+                    write_table(home, name, table)
+        report.phases["graph"] = time.perf_counter() - mark
 
     def _plan(self, report: UpdateReport, full: bool = False):
         """Scan, consult the guard, chunk, and (for an update) embed what is new: ``(scan result, chunks,

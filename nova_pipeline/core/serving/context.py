@@ -42,7 +42,9 @@ class Piece:
 
     def header(self) -> str:
         where = f"{self.path}:{self.start_line}-{self.end_line}"
-        return f"### {where} {self.symbol}".rstrip() if self.symbol else f"### {where}"
+        head = f"### {where} {self.symbol}".rstrip() if self.symbol else f"### {where}"
+        # a place the code graph added says why it is here; a search hit's reasons are scores
+        return f"{head} ({self.why})" if self.why.startswith(("called by", "calls")) else head
 
     def render(self) -> str:
         return f"{self.header()}\n```\n{self.text.rstrip()}\n```\n"
@@ -194,6 +196,44 @@ def _texts(home, ids: list[str]) -> dict[str, tuple[str, int, int]]:
     return out
 
 
+def _expanded(home, hits) -> list[Piece]:
+    """Pieces for the graph neighbours of ``hits`` (none when no code graph is built)."""
+    import pyarrow.parquet as pq
+
+    from nova_pipeline.core.index import graph
+    from nova_pipeline.core.keys import SOURCE_CHUNKS
+    from nova_pipeline.core.tables import table_path
+
+    g = graph.load_or_none(home)
+    if g is None or not table_path(home, SOURCE_CHUNKS).exists():
+        return []
+    seen = [(h.path, h.start_line, h.end_line) for h in hits]
+    out: list[Piece] = []
+    for h in hits:
+        for a in graph.expand(g, [(h.path, h.start_line, h.end_line)]):
+            if any(p == a["path"] and s <= a["start_line"] <= e for p, s, e in seen):
+                continue
+            seen.append((a["path"], a["start_line"], a["end_line"]))
+            rows = pq.read_table(
+                table_path(home, SOURCE_CHUNKS),
+                columns=["text", "start_line", "end_line"],
+                filters=[
+                    ("path", "==", a["path"]),
+                    ("start_line", "<=", a["end_line"]),
+                    ("end_line", ">=", a["start_line"]),
+                ],
+            ).to_pylist()
+            rows.sort(key=lambda r: r["start_line"])
+            body = "\n".join(
+                (r["text"].split("\n", 1)[1] if "\n" in r["text"] else "").rstrip("\n") for r in rows
+            )
+            if body:
+                start = min(r["start_line"] for r in rows)
+                end = max(r["end_line"] for r in rows)
+                out.append(Piece(a["path"], start, end, a["qualname"], h.score / 2, body, why=a["reason"]))
+    return out
+
+
 def build_context(
     searcher,
     question: str,
@@ -203,6 +243,7 @@ def build_context(
     mode: str = "hybrid",
     path: str | None = None,
     language: str | None = None,
+    expand: bool = False,
 ) -> Context:
     """The context for ``question`` under ``max_tokens`` (see the module docstring).
 
@@ -210,6 +251,8 @@ def build_context(
         searcher: a :class:`~nova_pipeline.core.serving.searcher.Searcher`.
         k: places the search offers to the packer (the budget usually takes fewer).
         mode, path, language: as for search.
+        expand: also offer the callers and callees of the top 3 hits (the code graph, when built), each
+            at half the score of the hit it came from and saying why (``called by ...``).
 
     Raises:
         InvalidRequestError: a bad budget or tokenizer; and the search's own errors.
@@ -226,6 +269,8 @@ def build_context(
         body = "\n".join(t[0].rstrip("\n") for t in parts) if parts else (h.text.split("\n", 1)[-1])
         why = ", ".join(f"{k} {v}" for k, v in (("vector", h.vector_score), ("bm25", h.lexical_score)) if v)
         candidates.append(Piece(h.path, h.start_line, h.end_line, h.symbol, h.score, body, why=why))
+    if expand:
+        candidates += _expanded(searcher.settings.home, result.hits[:3])
     pieces, used = pack(candidates, max_tokens, count)
     return Context(
         question=question,

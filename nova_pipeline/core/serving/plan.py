@@ -132,8 +132,11 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     except MassDeletionError as exc:
         plan.refusals.append(str(exc))
 
-    fingerprint = fingerprint or bundled_fingerprint()
-    tok = Tokenizer()
+    from nova_pipeline.core.serving.model_switch import model_dir_for
+
+    model_dir = model_dir_for(settings.home) if fingerprint is None else None
+    fingerprint = fingerprint or bundled_fingerprint(model_dir)
+    tok = Tokenizer(model_dir)
     chunks, _ = chunk_manifest(
         settings.source_dir, manifest, read_table(home, SOURCE_CHUNKS), tok.count, tok.max_seq_length
     )
@@ -161,6 +164,15 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     except MassDeletionError as exc:
         plan.refusals.append(str(exc))
 
+    from nova_pipeline.core.serving.model_switch import read_active
+
+    active = read_active(home)
+    active_fp = active.fingerprint if active else bundled_fingerprint()
+    if fingerprint != active_fp:
+        plan.notes.append(
+            f"model change: {plan.chunks_to_upsert} chunks to embed into collection "
+            f"{collection_name(fingerprint)}; {active_fp} keeps answering until nova model switch"
+        )
     store = ContentStore(home)
     present = manifest[manifest["status"] != DELETED]
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from nova_pipeline.core.errors import IndexNotBuiltError
-from nova_pipeline.core.index.embedding import Embedder, bundled_fingerprint
+from nova_pipeline.core.index.embedding import Embedder
 from nova_pipeline.core.index.ranking import HYBRID
 from nova_pipeline.core.index.vector_store import Hit
 from nova_pipeline.core.serving.searcher import Searcher
@@ -49,12 +49,19 @@ def shared_searcher(settings: Settings, embedder: Embedder | None = None) -> Sea
     """The process's :class:`Searcher` of ``(NOVA_HOME, NOVA_CHROMA_URL, model)``, made on first use and kept:
     the model, the BM25 index and the store views stay loaded between calls, and each reopens what changed
     (a new lexical directory, a new generation of the vector store, a new CURRENT)."""
-    fingerprint = embedder.fingerprint if embedder is not None else bundled_fingerprint()
+    from nova_pipeline.core.serving.model_switch import FollowingSearcher
+
+    fingerprint = embedder.fingerprint if embedder is not None else ""
     key = (str(settings.home), settings.chroma_url or "", fingerprint, id(embedder) if embedder else 0)
     with _SHARED_LOCK:
         found = _SHARED.get(key)
         if found is None:
-            found = _SHARED[key] = Searcher(settings, embedder)
+            # with the default model, follow nova model switch (a process may live for days: nova mcp)
+            found = _SHARED[key] = (
+                Searcher(settings, embedder)
+                if embedder is not None
+                else FollowingSearcher(settings.home, lambda d: Searcher(settings, model_dir=d))
+            )
         return found
 
 
@@ -109,8 +116,10 @@ def context(
     mode: str = HYBRID,
     path: str | None = None,
     language: str | None = None,
+    expand: bool = False,
 ):
-    """The context for an LLM prompt about ``question``: the best places, packed under ``max_tokens``
+    """The context for an LLM prompt about ``question`` (``expand``: with the graph neighbours of the top
+    hits): the best places, packed under ``max_tokens``
     tokens of ``tokenizer`` (see :mod:`nova_pipeline.core.serving.context`). Returns a ``Context``
     (``.markdown()``, ``.as_json()``, ``.tokens_used``); the process's warm :class:`Searcher` answers.
 
@@ -123,7 +132,7 @@ def context(
     settings = settings or Settings.from_env(require_source=False)
     _require_something_built(settings)
     return build_context(
-        shared_searcher(settings, embedder), question, max_tokens, tokenizer, k, mode, path, language
+        shared_searcher(settings, embedder), question, max_tokens, tokenizer, k, mode, path, language, expand
     )
 
 

@@ -108,11 +108,15 @@ class Searcher:
 
     Args:
         settings: ``NOVA_HOME`` and ``NOVA_CHROMA_URL``.
-        embedder: the query embedder (default: the bundled model, loaded on the first query that needs it).
+        embedder: the query embedder (default: the model of ``model_dir``, loaded on the first query that
+            needs it).
         failover: timeouts and breaker settings (default: from the environment).
         prefer_memory: let the backup store live in memory when the estimate allows (``nova serve``); the
             one-shot API and CLI use the on-disk runtime copy.
         ranking: hybrid weights (default: from the environment).
+        model_dir: the model when no ``embedder`` is given: ``"auto"`` (``NOVA_EMBED_MODEL``, else the
+            active model of ``nova model switch``, else the bundled one), None for the bundled one, or a
+            directory. Its fingerprint names the collection searched.
     """
 
     def __init__(
@@ -122,12 +126,20 @@ class Searcher:
         failover: FailoverSettings | None = None,
         prefer_memory: bool = False,
         ranking: SearchSettings | None = None,
+        model_dir: Path | None | str = "auto",
     ):
         self.settings = settings
         self.failover = failover or FailoverSettings.from_env()
         self.ranking = ranking or SearchSettings.from_env()
         self._embedder = embedder
-        self.fingerprint = embedder.fingerprint if embedder is not None else bundled_fingerprint()
+        if model_dir == "auto":  # NOVA_EMBED_MODEL, else the active model, else the bundled one
+            from nova_pipeline.core.serving.model_switch import model_dir_for
+
+            model_dir = model_dir_for(settings.home)
+        self.model_dir = None if embedder is not None else model_dir
+        self.fingerprint = (
+            embedder.fingerprint if embedder is not None else bundled_fingerprint(self.model_dir)
+        )
         self.backup = BackupStore(settings, self.fingerprint, self.failover.max_memory_mb, prefer_memory)
         self.breaker = QueryBreaker(self.failover.failure_threshold, self.failover.half_open_after_s)
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -149,7 +161,7 @@ class Searcher:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = SentenceTransformerEmbedder()
+                self._embedder = SentenceTransformerEmbedder(self.model_dir, home=self.settings.home)
             return self._embedder
 
     def embed_query(self, text: str) -> np.ndarray:

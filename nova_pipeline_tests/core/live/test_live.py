@@ -228,3 +228,18 @@ def test_kill_9_mid_update_then_a_restart_embeds_nothing_twice_and_is_exact(json
     assert 0 < committed < 60  # killed mid-update
     assert counting.texts == 60 - committed and r.embedded == 60 - committed  # nothing embedded twice
     assert_exact(home, src)
+
+
+def test_a_save_updates_the_code_graph_when_a_rebuild_made_one(live, json_tree):
+    from nova_pipeline.core.index import graph
+    from nova_pipeline_tests.service.test_mcp import write_graph
+
+    home = live.settings.home
+    assert live.update().kind == "unchanged" and not graph.load_or_none(home)  # no graph: nothing to update
+    write_graph(json_tree, home)
+    decoder = json_tree / "json" / "decoder.py"
+    decoder.write_text(decoder.read_text() + "\n\ndef live_graph_probe(s):\n    return py_scanstring(s, 0)\n")
+    r = live.update()
+    assert r.kind == "update" and "graph" in r.phases
+    _, sites = graph.load(home).query("callers", "json.decoder.py_scanstring")
+    assert "json.decoder.live_graph_probe" in {s["source"] for s in sites}

@@ -71,3 +71,25 @@ def test_the_tokenizer_is_the_callers(tmp_path):
         token_counter(str(tmp_path / "bad.json"))
     with pytest.raises(InvalidRequestError, match="nova-no-such-tokenizer"):
         token_counter("nova-no-such-tokenizer-xyz/none")
+
+
+def test_expand_offers_the_graph_neighbours_of_the_top_hits_saying_why(searcher):
+    from nova_pipeline_tests.service.test_mcp import write_graph
+
+    home = searcher.settings.home
+    plain = build_context(searcher, "JSONDecoder raw_decode", 100_000, k=1, mode="lexical")
+    assert build_context(
+        searcher, "JSONDecoder raw_decode", 100_000, k=1, mode="lexical", expand=True
+    ).pieces == (plain.pieces)  # no graph built: nothing to add
+    write_graph(home.parent / "src", home)
+    wide = build_context(searcher, "JSONDecoder raw_decode", 100_000, k=1, mode="lexical", expand=True)
+    added = [p for p in wide.pieces if p.why.startswith(("calls", "called by"))]
+    assert len(wide.pieces) == len(plain.pieces) + len(added) and added
+    assert all(f"({p.why})" in p.header() for p in added)
+    assert wide.tokens_used <= 100_000
+    tight = build_context(
+        searcher, "JSONDecoder raw_decode", plain.tokens_used, k=1, mode="lexical", expand=True
+    )
+    assert [p.path for p in tight.pieces] == [
+        p.path for p in plain.pieces
+    ]  # hits first: the graph's are worth half

@@ -3,7 +3,7 @@
 A version holds::
 
     export/part-NN.parquet   the vectors (:mod:`.export`)
-    tables/*.parquet         the manifest and patterns tables
+    tables/*.parquet         the manifest, patterns and code graph tables
     store_index.parquet      the store's index (the objects themselves stay in the store, or go in backups)
     dictionaries/*.zdict     the dictionaries the store index refers to
     lexical/                 the BM25 index of the same chunks, when the rebuild made one
@@ -75,7 +75,7 @@ from nova_pipeline.core.protect.golden.versions import (
     sync_pins,
 )
 from nova_pipeline.core.protect.guard import DeletionGuard
-from nova_pipeline.core.tables import read_table, table_path
+from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, read_table, table_path
 
 __all__ = ["FORMAT", "TABLES", "Promotion", "content_key", "promote", "shard_digests"]
 
@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2
 
-TABLES = (SOURCE_FILES, FREQUENT_PATTERNS)
+TABLES = (SOURCE_FILES, FREQUENT_PATTERNS, CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES)
 
 
 def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:

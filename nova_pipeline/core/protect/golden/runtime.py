@@ -205,8 +205,22 @@ def reset_index(home: Path, chroma_url: str | None, confirm: bool, who: str) -> 
     lex = restore_lexical(home, cur.path)
     how = "installed" if (cur.path / LEXICAL_DIR).exists() else "rebuilt from the export"
     details["lexical"] = f"{lex.docs} documents, {how}"
+    details["code_graph"] = _restore_graph_tables(home, cur.path)
     outcome = "ok" if count == model["count"] else f"count {count} != {model['count']}"
     return audit.record(home, "reset_index", outcome, who, version=cur.name, count=count, **details)
+
+
+def _restore_graph_tables(home: Path, version_dir: Path) -> str:
+    """Put the golden version's code graph tables in place (verified with the version); what was done."""
+    from nova_pipeline.core.atomic import atomic_write_bytes
+    from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, table_path
+
+    names = (CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES)
+    if not all((version_dir / "tables" / f"{t}.parquet").is_file() for t in names):
+        return "not in this golden version"
+    for t in names:
+        atomic_write_bytes(table_path(home, t), (version_dir / "tables" / f"{t}.parquet").read_bytes())
+    return "installed"
 
 
 def forget_cached_clients() -> None:

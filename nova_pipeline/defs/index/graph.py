@@ -1,0 +1,48 @@
+"""The ``index`` group's ``code_graph``: symbols and their relations (calls, imports, bases, contents,
+document links). Logic: :mod:`nova_pipeline.core.index.graph`."""
+
+import dagster as dg
+
+from nova_pipeline.core.index import graph
+from nova_pipeline.core.keys import INDEX, SOURCE_CHUNKS, SOURCE_FILES
+from nova_pipeline.core.tables import read_table, require_table, write_table
+from nova_pipeline.defs.resources import NovaSettings
+from nova_pipeline.deploy.run_events import progress_reporter
+
+
+@dg.asset(kinds={"python", "parquet"}, group_name=INDEX, deps=[SOURCE_FILES, SOURCE_CHUNKS])
+def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
+    """The code graph as three tables under ``NOVA_HOME/tables``: ``code_symbols``, ``code_relations`` and
+    ``code_names`` (core/index/graph.py gives their columns). Only files whose blake3 changed are parsed
+    again; names are resolved over the whole tree each time."""
+    settings = nova.settings()
+    layout = settings.layout
+    manifest = require_table(layout, SOURCE_FILES)
+    chunks = read_table(layout, SOURCE_CHUNKS, columns=["chunk_id", "path", "start_line", "end_line"])
+    tables = [read_table(layout, t) for t in graph.TABLES]
+    last = context.instance.get_latest_materialization_event(context.asset_key)
+    meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
+    same_version = "graph_version" in meta and meta["graph_version"].value == graph.GRAPH_VERSION
+    previous = tuple(tables) if all(t is not None for t in tables) and same_version else None
+    symbols, relations, names, stats = graph.build_graph(
+        settings.source_dir, manifest, chunks, previous, progress=progress_reporter(context, "graph", "files")
+    )
+    for name, table in zip(graph.TABLES, (symbols, relations, names)):
+        write_table(layout, name, table)
+    if stats.skipped:
+        context.log.warning(
+            f"{len(stats.skipped)} files not in the code graph: "
+            + "; ".join(f"{p}: {why}" for p, why in list(stats.skipped.items())[:10])
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "symbols": stats.symbols,
+            "relations": stats.relations,
+            "calls": stats.calls,
+            "calls_resolved": stats.resolved_calls,
+            "files_parsed": stats.files_parsed,
+            "files_reused": stats.files_reused,
+            "files_skipped": len(stats.skipped),
+            "graph_version": graph.GRAPH_VERSION,
+        }
+    )

@@ -1,0 +1,165 @@
+"""The code graph on the standard library's json package: symbols, resolved calls (self, imports,
+re-exports, inheritance), what stays unresolved, document links, incremental rebuilds equal to clean ones,
+files that do not parse, and the queries."""
+
+import blake3
+import pandas as pd
+import pytest
+
+from nova_pipeline.core.errors import InvalidRequestError
+from nova_pipeline.core.index import graph
+from nova_pipeline.core.ingest.languages import language_of
+
+
+def manifest_of(root):
+    rows = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        rows.append(
+            {
+                "path": rel,
+                "blake3": blake3.blake3(f.read_bytes()).hexdigest(),
+                "language": language_of(rel),
+                "status": "added",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def built(root, previous=None):
+    s, r, n, stats = graph.build_graph(root, manifest_of(root), None, previous)
+    return graph.Graph(s, r), (s, r, n), stats
+
+
+def test_calls_resolve_through_self_imports_reexports_and_bases(json_tree):
+    g, _, stats = built(json_tree)
+    assert stats.files_parsed == 5 and not stats.skipped and 0 < stats.resolved_calls < stats.calls
+    kinds = dict(zip(g.symbols["qualname"], g.symbols["kind"]))
+    assert (
+        kinds["json.decoder.JSONDecoder"] == "class" and kinds["json.decoder.JSONDecoder.decode"] == "method"
+    )
+    assert kinds["json"] == "module" and kinds["json.decoder.py_scanstring"] == "function"
+    q, sites = g.query("callers", "JSONDecoder.raw_decode")  # self.raw_decode in JSONDecoder.decode
+    assert q == "json.decoder.JSONDecoder.raw_decode"
+    assert [(s["source"], s["path"]) for s in sites] == [
+        ("json.decoder.JSONDecoder.decode", "json/decoder.py")
+    ]
+    # json.load calls loads (same module); loads calls JSONDecoder via `cls = JSONDecoder` only: unresolved
+    _, callees = g.query("callees", "json.load")
+    assert "json.loads" in {s["target"] for s in callees}
+    # an import through the package's re-export: tool.py's json.loads -> json.loads
+    rel = g.relations
+    tool = rel[(rel["path"] == "json/tool.py") & (rel["kind"] == "CALLS")]
+    assert "json.dumps" in set(tool["target"]) or "json.load" in set(tool["target"])
+    # from .decoder import JSONDecodeError, re-exported by json/__init__.py
+    imp = rel[(rel["kind"] == "IMPORTS") & (rel["source"] == "json")]
+    assert "json.decoder.JSONDecoder" in set(imp["target"])
+    # a builtin base stays unresolved, with its text
+    base = rel[(rel["kind"] == "INHERITS") & (rel["source"] == "json.decoder.JSONDecodeError")]
+    assert base[["target", "target_text"]].values.tolist() == [["", "ValueError"]]
+    # every resolved target is a symbol of the tree
+    resolved = set(rel.loc[rel["target"] != "", "target"]) - set(rel.loc[rel["kind"] == "LINKS", "target"])
+    assert resolved <= set(g.symbols["qualname"])
+
+
+def test_self_calls_resolve_to_a_base_class_method(tmp_path):
+    root = tmp_path / "t"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "base.py").write_text(
+        "class Base:\n    def run(self):\n        return self.step()\n\n"
+        "    def step(self):\n        return 1\n"
+    )
+    (root / "pkg" / "child.py").write_text(
+        "from .base import Base\n\n\nclass Child(Base):\n"
+        "    def step(self):\n        return super().step() + 1\n\n"
+        "    def go(self):\n        return self.run()\n"
+    )
+    g, _, _ = built(root)
+    _, callees = g.query("callees", "Child.go")
+    assert [s["target"] for s in callees] == ["pkg.base.Base.run"]
+    _, callees = g.query("callees", "Child.step")  # super().step(), and super() itself (a builtin)
+    assert [(s["target"], s["target_text"]) for s in callees] == [
+        ("pkg.base.Base.step", "super().step"),
+        ("", "super"),
+    ]
+    inh = g.relations[g.relations["kind"] == "INHERITS"]
+    assert inh[["source", "target"]].values.tolist() == [["pkg.child.Child", "pkg.base.Base"]]
+
+
+def test_an_edit_reparses_one_file_and_equals_a_clean_build(json_tree):
+    _, tables, _ = built(json_tree)
+    decoder = json_tree / "json" / "decoder.py"
+    decoder.write_text(
+        decoder.read_text() + "\n\ndef extra_helper(s):\n    return JSONDecoder().raw_decode(s)\n"
+    )
+    g2, _, stats = built(json_tree, tables)
+    assert stats.files_parsed == 1 and stats.files_reused == 4
+    clean, _, _ = built(json_tree)
+    pd.testing.assert_frame_equal(g2.symbols, clean.symbols)
+    pd.testing.assert_frame_equal(
+        g2.relations.sort_values(["path", "line", "target_text", "kind"], ignore_index=True),
+        clean.relations.sort_values(["path", "line", "target_text", "kind"], ignore_index=True),
+    )
+    assert "json.decoder.extra_helper" in set(g2.symbols["qualname"])
+
+
+def test_a_file_that_does_not_parse_is_skipped_by_name_and_documents_link(json_tree):
+    (json_tree / "broken.py").write_text("def oops(:\n")
+    (json_tree / "README.md").write_text(
+        "See [the decoder](json/decoder.py), [web](https://x.org), [gone](nope.md).\n"
+    )
+    g, _, stats = built(json_tree)
+    assert list(stats.skipped) == ["broken.py"] and "does not parse" in stats.skipped["broken.py"]
+    links = g.relations[g.relations["kind"] == "LINKS"]
+    assert links[["source", "target", "target_text"]].values.tolist() == [
+        ["README.md", "json/decoder.py", "json/decoder.py"],
+        ["README.md", "", "nope.md"],
+    ]
+
+
+def test_names_must_be_known_and_unique(json_tree):
+    g, _, _ = built(json_tree)
+    with pytest.raises(InvalidRequestError, match="no symbol"):
+        g.query("callers", "no_such_function_anywhere")
+    with pytest.raises(InvalidRequestError, match="ambiguous: .*JSONDecoder.decode.*JSONEncoder|ambiguous"):
+        g.query("callers", "__init__")
+    with pytest.raises(InvalidRequestError, match="unknown graph query"):
+        g.query("siblings", "json.loads")
+
+
+def test_expand_adds_callers_and_callees_with_the_reason(json_tree):
+    g, _, _ = built(json_tree)
+    decode = g.symbols[g.symbols["qualname"] == "json.decoder.JSONDecoder.decode"].iloc[0]
+    added = graph.expand(g, [(decode["path"], int(decode["start_line"]), int(decode["end_line"]))])
+    assert {
+        "qualname": "json.decoder.JSONDecoder.raw_decode",
+        "reason": "called by json.decoder.JSONDecoder.decode",
+    }.items() <= next(a for a in added if a["qualname"] == "json.decoder.JSONDecoder.raw_decode").items()
+    raw = g.symbols[g.symbols["qualname"] == "json.decoder.JSONDecoder.raw_decode"].iloc[0]
+    added = graph.expand(g, [(raw["path"], int(raw["start_line"]), int(raw["end_line"]))])
+    assert {(a["qualname"], a["reason"]) for a in added} >= {
+        ("json.decoder.JSONDecoder.decode", "calls json.decoder.JSONDecoder.raw_decode")
+    }
+
+
+def test_a_name_always_bound_to_one_class_resolves_its_methods_and_others_stay_unresolved(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    (root / "shapes.py").write_text(
+        "class Pen:\n    def draw(self):\n        return 1\n\n\n"
+        "class Canvas:\n    def __init__(self):\n        self.pen = Pen()\n        self.other = None\n\n"
+        "    def paint(self):\n        self.pen.draw()\n        self.other.draw()\n\n\n"
+        "default = Canvas()\n\n\n"
+        "def go(flag):\n    c = Canvas()\n    c.paint()\n    d = Canvas() if flag else None\n    d.paint()\n"
+        "    default.paint()\n    e = Pen()\n    e = make()\n    e.draw()\n"
+    )
+    g, _, _ = built(root)
+    calls = g.relations[g.relations["kind"] == "CALLS"]
+    got = dict(zip(calls["target_text"] + "@" + calls["line"].astype(str), calls["target"]))
+    assert got["self.pen.draw@12"] == "shapes.Pen.draw"  # self.pen is only ever Pen()
+    assert got["self.other.draw@13"] == ""  # self.other is None
+    assert got["c.paint@21"] == "shapes.Canvas.paint"
+    assert got["d.paint@23"] == ""  # a conditional value: not one class
+    assert got["default.paint@24"] == "shapes.Canvas.paint"  # a module-level instance
+    assert got["e.draw@27"] == ""  # bound twice, to different values
