@@ -150,6 +150,21 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
                     **({"warning": True} if stale else {}),
                 }
             )
+        from nova_pipeline.core.keys import CODE_GRAPH
+        from nova_pipeline.core.tables import CODE_RELATIONS, CODE_SYMBOLS
+
+        symbols = read_table(s.layout, CODE_SYMBOLS, columns=["kind"])
+        relations = read_table(s.layout, CODE_RELATIONS, columns=["kind", "target"])
+        if symbols is not None and relations is not None:
+            calls = relations[relations["kind"] == "CALLS"]
+            rows.append(
+                {
+                    "asset": CODE_GRAPH,
+                    "where": str(table_path(s.layout, CODE_SYMBOLS).parent),
+                    "what": f"{len(symbols):,} symbols, {len(relations):,} relations, "
+                    f"{int((calls['target'] != '').sum()):,} of {len(calls):,} calls resolved",
+                }
+            )
     cur = golden.current_version(s.home)
     if cur is not None:
         rows.append(

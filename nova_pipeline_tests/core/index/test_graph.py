@@ -163,3 +163,10 @@ def test_a_name_always_bound_to_one_class_resolves_its_methods_and_others_stay_u
     assert got["d.paint@23"] == ""  # a conditional value: not one class
     assert got["default.paint@24"] == "shapes.Canvas.paint"  # a module-level instance
     assert got["e.draw@27"] == ""  # bound twice, to different values
+
+
+def test_a_tree_rooted_at_a_package_names_its_modules_from_the_package(json_tree):
+    g, _, stats = built(json_tree / "json")  # the tree is json/ itself
+    assert not stats.skipped and "json.decoder.JSONDecoder.decode" in set(g.symbols["qualname"])
+    _, sites = g.query("callers", "JSONDecoder.decode")
+    assert {s["source"] for s in sites} == {"json.loads"}  # through `from .decoder import JSONDecoder`

@@ -29,7 +29,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = "1"  # bump when extraction or resolution changes: every file is parsed again
+GRAPH_VERSION = "2"  # bump when extraction or resolution changes: every file is parsed again
 SYMBOL_COLUMNS = [
     "symbol_id",
     "qualname",
@@ -82,6 +82,8 @@ def build_graph(
     (``path, start_line, end_line, chunk_id``) gives each symbol its chunk.
     """
     stats = GraphStats()
+    # a tree rooted at a package (``.../json``): its modules are named from the package (``json.decoder``)
+    package = Path(root).resolve().name if (Path(root) / "__init__.py").is_file() else ""
     live = manifest[(manifest["status"] != "deleted") & manifest["language"].isin(["python", "markdown"])]
     present = set(manifest.loc[manifest["status"] != "deleted", "path"].tolist())
     live_keys = set(zip(live["path"].tolist(), live["blake3"].tolist()))
@@ -113,7 +115,11 @@ def build_graph(
             continue
         text = data.decode("utf-8", errors="replace")
         try:
-            g = extract_python(path, text) if language == "python" else extract_markdown(path, text, present)
+            g = (
+                extract_python(path, text, package)
+                if language == "python"
+                else extract_markdown(path, text, present)
+            )
         except (SyntaxError, ValueError, RecursionError) as exc:
             stats.skipped[path] = f"does not parse ({type(exc).__name__}: {exc})"
             continue

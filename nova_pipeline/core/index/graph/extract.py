@@ -12,12 +12,13 @@ import blake3
 __all__ = ["FileGraph", "extract_markdown", "extract_python", "module_of", "parse_scope", "scope_text"]
 
 
-def module_of(path: str) -> str:
+def module_of(path: str, package: str = "") -> str:
     """The dotted module name of a tree path: ``json/decoder.py`` -> ``json.decoder``,
-    ``json/__init__.py`` -> ``json``; a document keeps its path (``docs/intro.md``)."""
+    ``json/__init__.py`` -> ``json``; a document keeps its path (``docs/intro.md``). ``package``: the name
+    of the tree's root when the root is itself a package (``json`` for a tree rooted at ``.../json``)."""
     if not path.endswith(".py"):
         return path
-    parts = path[:-3].split("/")
+    parts = [*([package] if package else []), *path[:-3].split("/")]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts) or path
@@ -316,13 +317,14 @@ def _site_text(node: ast.AST) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def extract_python(path: str, text: str) -> FileGraph:
-    """The symbols, aliases and unresolved relations of one Python file (``path``: tree-relative POSIX).
+def extract_python(path: str, text: str, package: str = "") -> FileGraph:
+    """The symbols, aliases and unresolved relations of one Python file (``path``: tree-relative POSIX;
+    ``package``: as for :func:`module_of`).
 
     Raises:
         SyntaxError: the file does not parse (the caller logs and skips it).
     """
-    module = module_of(path)
+    module = module_of(path, package)
     ex = _Extractor(path, module, path.endswith("__init__.py"))
     tree = ast.parse(text, filename=path)
     ex.graph.symbols.append(
