@@ -2,28 +2,18 @@
 re-exports, inheritance), what stays unresolved, document links, incremental rebuilds equal to clean ones,
 files that do not parse, and the queries."""
 
-import blake3
 import pandas as pd
 import pytest
 
 from nova_pipeline.core.errors import InvalidRequestError
 from nova_pipeline.core.index import graph
-from nova_pipeline.core.ingest.languages import language_of
+from nova_pipeline.core.ingest.manifest import scan
+from nova_pipeline.core.ingest.walk import ScanOptions
 
 
 def manifest_of(root):
-    rows = []
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = f.relative_to(root).as_posix()
-        rows.append(
-            {
-                "path": rel,
-                "blake3": blake3.blake3(f.read_bytes()).hexdigest(),
-                "language": language_of(rel),
-                "status": "added",
-            }
-        )
-    return pd.DataFrame(rows)
+    """The tree's manifest, as the scan asset makes it."""
+    return scan(ScanOptions(root=root), workers=1).manifest
 
 
 def built(root, previous=None):
