@@ -27,7 +27,8 @@ from nova_pipeline.core.index.chunking import chunk_manifest
 from nova_pipeline.core.index.embedding import SentenceTransformerEmbedder, Tokenizer
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.reconcile import reconcile
-from nova_pipeline.core.index.vector_store import get_collection, open_client, query
+from nova_pipeline.core.index.vector_query import query
+from nova_pipeline.core.index.vector_store import get_collection, open_client
 from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import ScanOptions
 

@@ -49,6 +49,7 @@ def measure_memory(version, fingerprint):
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
+    from nova_pipeline.core.index.vector_store import upsert_records
     from nova_pipeline.core.protect import golden
 
     files = golden.export_files(version.path)
@@ -57,19 +58,23 @@ def measure_memory(version, fingerprint):
     gc.collect()
     rss0 = proc.memory_info().rss
     client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
-    col = client.get_or_create_collection(
-        f"bench-{fingerprint}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    col = client.get_or_create_collection(  # as the backup store holds it: slim records
+        f"bench-{fingerprint}",
+        metadata={"records": "slim"},
+        configuration={"hnsw": {"space": "cosine"}},
+        embedding_function=None,
     )
     counts = []
     for part in (half, files[len(half) :]):
         for f in part:
             t = golden.read_shard(f)
             mat = golden.embedding_matrix(t)
-            col.upsert(
-                ids=t.column("id").to_pylist(),
-                embeddings=mat,
-                documents=t.column("document").to_pylist(),
-                metadatas=[json.loads(m) for m in t.column("metadata").to_pylist()],
+            upsert_records(
+                col,
+                t.column("id").to_pylist(),
+                mat,
+                t.column("document").to_pylist(),
+                [json.loads(m) for m in t.column("metadata").to_pylist()],
             )
         col.query(query_embeddings=mat[:1], n_results=1)
         gc.collect()

@@ -13,10 +13,11 @@ docker/dagster.yaml, a cold embedding cache each time):
     embed phase (first to last step of vector_index), with ratios to the anchor;
   * every run must leave exactly the same collection (ids and documents): checked, and printed.
 
-``--free-embedder``: the non-embedding path alone. ``reconcile`` with an embedder that returns random unit
-vectors at no cost, over ~10k chunks, in embedded and server mode, next to raw encode; then where its time
-goes (metadata rows, the SQLite cache, Chroma's upsert and HNSW insert, listing ids), and Chroma's own
-cost by what a record carries: the vector alone, with our metadata, and with the document as well.
+``--free-embedder``: the non-embedding path alone, slim records against full ones (issue 25). ``reconcile``
+with an embedder that returns random unit vectors at no cost, over ~10k chunks, in embedded and server mode,
+next to its anchor, Chroma's own upsert of the same records; bytes per chunk on disk, in a golden version
+(export and lexical index), in the backup estimate and measured in an in-memory load; and the document
+table's lookup of 50 ids.
 
 Usage: python benchmarks/bench_scaleout.py [--chunks 2000] [--free-embedder [--free-chunks 10000]]
 """
@@ -408,85 +409,203 @@ class FreeEmbedder:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _rss_of_load(version_dir: Path, records: str) -> tuple[int, int]:
+    """``(vectors, RSS growth in bytes)`` of loading an export into an in-memory Chroma, as the backup store
+    does, in a fresh process (so nothing else this bench did is counted)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--load-rss", str(version_dir), records],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    n, grew = out.split()[-2:]
+    return int(n), int(grew)
+
+
+def load_rss(version_dir: str, records: str) -> None:
+    """The child of :func:`_rss_of_load`: loads the export in two halves, as the backup store does (its own
+    record schema; batches of 1,000), and prints ``vectors rss_growth_of_the_second_half``: the marginal
+    cost, without the fixed costs of the first vectors (as ``bench_failover`` measures it)."""
+    import gc
+
+    import chromadb
+    import psutil
+    from chromadb.config import Settings as ChromaSettings
+
+    from nova_pipeline.core.index.vector_store import upsert_records
+    from nova_pipeline.core.protect.golden.export import embedding_matrix, export_files, read_shard
+
+    client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
+    meta = {"records": "slim"} if records == "slim" else None
+    col = client.get_or_create_collection(
+        "load", metadata=meta, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+    )
+    table = read_shard(export_files(Path(version_dir))[0])
+    mat = embedding_matrix(table)
+    ids = table.column("id").to_pylist()
+    docs = table.column("document").to_pylist()
+    metas = [json.loads(m) for m in table.column("metadata").to_pylist()]
+    half = len(ids) // 2
+    rss = []
+    for lo, hi in ((0, half), (half, len(ids))):
+        for i in range(lo, hi, 1000):
+            j = min(hi, i + 1000)
+            upsert_records(col, ids[i:j], mat[i:j], docs[i:j], metas[i:j])
+        col.query(query_embeddings=mat[:1], n_results=1)
+        gc.collect()
+        rss.append(psutil.Process().memory_info().rss)
+    print(len(ids) - half, rss[1] - rss[0])
+
+
 def bench_free(args) -> None:
+    """Slim against full vector records with a free embedder (issue 25): reconcile's throughput next to
+    Chroma's own upsert of the same records, bytes per chunk on disk, in a golden version and in the backup
+    store's memory, and the document table's lookup."""
+    import pyarrow.parquet as pq
+
+    from nova_pipeline.core.index import lexical
     from nova_pipeline.core.index.embedding_cache import EmbeddingCache
-    from nova_pipeline.core.index.reconcile import chunk_metadata, reconcile
-    from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
+    from nova_pipeline.core.index.reconcile import reconcile
+    from nova_pipeline.core.index.vector_store import (
+        FULL,
+        SLIM,
+        existing_ids,
+        full_metadata,
+        get_collection,
+        open_client,
+        slim_metadata,
+    )
+    from nova_pipeline.core.protect.golden.export import EXPORT_DIR, fetch_rows, table_bytes
+    from nova_pipeline.core.serving.estimate import CHROMA_MEMORY_FACTOR, estimate, export_vector_bytes
 
     work = Path(tempfile.mkdtemp(prefix="bench_free_"))
     chroma = None
     try:
         tree, chunks = build_tree(work, args.free_chunks)
-        texts = chunks["text"].tolist()
-        print(f"corpus: {len(chunks):,} chunks from {tree}; {os.cpu_count()} cores")
+        texts, ids = chunks["text"].tolist(), chunks["chunk_id"].tolist()
+        n = len(chunks)
+        print(f"corpus: {n:,} chunks from {tree}; {os.cpu_count()} cores")
         anchor = raw_encode_rate(texts[:512])
         print(f"anchor: raw SentenceTransformer.encode (512 chunks, all cores): {anchor:,.1f} chunks/s")
         url, chroma = start_chroma(work / "server", work / "chroma.log")
-        for label, home, chroma_url in (("embedded", work / "emb", None), ("server", work / "srv", url)):
-            client = open_client(home, chroma_url)
-            col = get_collection(client, FreeEmbedder.fingerprint)
-            cache = EmbeddingCache(home, FreeEmbedder.fingerprint)
-            started = time.perf_counter()
-            stats = reconcile(col, chunks, FreeEmbedder(), cache, max_batch=client.get_max_batch_size())
-            took = time.perf_counter() - started
-            print(
-                f"reconcile, free embedder, {label:<8}: {len(chunks) / took:7.1f} chunks/s "
-                f"({took:.1f} s; {stats.upserted:,} upserted) = {len(chunks) / took / anchor:.0f}x raw encode"
-            )
-            cache.close()
-        # where the time goes, each part alone, over the same chunks
         vecs = FreeEmbedder().embed(texts)
-        parts = {}
-        t = time.perf_counter()
-        metas = [chunk_metadata(r) for r in chunks.itertuples(index=False)]
-        parts["metadata rows"] = time.perf_counter() - t
-        cache = EmbeddingCache(work / "parts", "free")
-        t = time.perf_counter()
-        for i in range(0, len(texts), 256):
-            cache.get_many(chunks["content_blake3"].iloc[i : i + 256].tolist())
-            cache.put_many(dict(zip(chunks["content_blake3"].iloc[i : i + 256], vecs[i : i + 256])))
-        parts["SQLite cache (get + put)"] = time.perf_counter() - t
-        for label, chroma_url in (("embedded", None), ("server", url)):
-            col = get_collection(open_client(work / f"parts-{label}", chroma_url), "parts-" + label)
-            ids = chunks["chunk_id"].tolist()
+        slim_metas = [slim_metadata(r.path, r.language, 0) for r in chunks.itertuples(index=False)]
+        full_metas = [full_metadata(r) for r in chunks.itertuples(index=False)]
+
+        def chroma_alone(label: str, chroma_url, metas, docs) -> float:
+            """Chroma's own upsert of prepared records (batches of 256, as reconcile writes): chunks/s."""
+            col = get_collection(open_client(work / f"alone-{label}", chroma_url), f"alone-{label}")
             t = time.perf_counter()
-            for i in range(0, len(texts), 256):
+            for i in range(0, n, 256):
                 col.upsert(
                     ids=ids[i : i + 256],
                     embeddings=vecs[i : i + 256],
-                    documents=texts[i : i + 256],
                     metadatas=metas[i : i + 256],
+                    **({"documents": docs[i : i + 256]} if docs else {}),
                 )
-            parts[f"Chroma upsert + HNSW, {label}"] = time.perf_counter() - t
+            return n / (time.perf_counter() - t)
+
+        rates, sizes = {}, {}
+        for mode, chroma_url in (("embedded", None), ("server", url)):
+            rates[("anchor slim", mode)] = chroma_alone(f"slim-{mode}", chroma_url, slim_metas, None)
+            rates[("anchor full", mode)] = chroma_alone(f"full-{mode}", chroma_url, full_metas, texts)
+            for records in (SLIM, FULL):
+                home = work / f"{records}-{mode}"
+                client = open_client(home, chroma_url)
+                col = get_collection(client, FreeEmbedder.fingerprint, records=records)
+                cache = EmbeddingCache(home, FreeEmbedder.fingerprint)
+                t = time.perf_counter()
+                stats = reconcile(col, chunks, FreeEmbedder(), cache, max_batch=client.get_max_batch_size())
+                rates[(f"reconcile {records}", mode)] = stats.upserted / (time.perf_counter() - t)
+                cache.close()
+                if mode == "embedded":
+                    sizes[(records, "chroma dir")] = _dir_bytes(home / "vectors") / n
+                    version = work / f"version-{records}"
+                    (version / EXPORT_DIR).mkdir(parents=True)
+                    table = fetch_rows(col, sorted(ids), chunks.set_index("chunk_id"))  # as promote does
+                    (version / EXPORT_DIR / "part-00.parquet").write_bytes(table_bytes(table))
+                    meta = pq.ParquetFile(version / EXPORT_DIR / "part-00.parquet").metadata
+                    sizes[(records, "export")] = _dir_bytes(version / EXPORT_DIR) / n
+                    sizes[(records, "export, uncompressed")] = (
+                        sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / n
+                    )
+                    # what the estimate counts: ids and vectors (the backup keeps slim records)
+                    sizes[(records, "export ids and vectors")] = (
+                        export_vector_bytes([version / EXPORT_DIR / "part-00.parquet"]) / n
+                    )
+                    t0 = time.perf_counter()
+                    existing_ids(col)
+                    rates[(f"listing ids {records}", mode)] = n / (time.perf_counter() - t0)
+        # the lexical index: before, without texts (they were in the export); after, with texts.arrow
+        lex_dir = work / "lexical"
+        lexical.build(chunks, lex_dir)
+        texts_bytes = _dir_bytes(lex_dir / lexical.TEXTS)
+        sizes[(FULL, "lexical index")] = (_dir_bytes(lex_dir) - texts_bytes) / n
+        sizes[(SLIM, "lexical index")] = _dir_bytes(lex_dir) / n
+        for records in (SLIM, FULL):
+            golden = sizes[(records, "export")] + sizes[(records, "lexical index")]
+            sizes[(records, "golden version")] = golden
+            if records == FULL:  # before: 3x the whole export, for a store that held the documents too
+                sizes[(records, "backup estimate")] = 3.0 * sizes[(records, "export, uncompressed")]
+            else:
+                est = estimate(n, int(sizes[(records, "export ids and vectors")] * n), available_bytes=2**40)
+                sizes[(records, "backup estimate")] = est.bytes_per_chunk
+            loaded, grew = _rss_of_load(work / f"version-{records}", records)
+            sizes[(records, "backup in memory, measured")] = grew / loaded  # marginal: the second half
+        # the document table: 50 ids looked up, as a search shows them
+        table = lexical.load(lex_dir)
+        rng = np.random.default_rng(1)
+        times = []
+        for _ in range(200):
+            pick = list(rng.choice(ids, 50, replace=False))
             t = time.perf_counter()
-            existing_ids(col)
-            parts[f"listing ids, {label}"] = time.perf_counter() - t
-        # Chroma's own cost by what a record carries (embedded mode): the vector alone (HNSW and the
-        # log), then with our metadata (a row per key in its SQLite metadata segment), then with the
-        # document (also indexed by SQLite full-text search): the last is what the product writes.
-        ids = chunks["chunk_id"].tolist()
-        for label, with_meta, with_docs in (
-            ("vector only", False, False),
-            ("+ metadata", True, False),
-            ("+ metadata + document", True, True),
+            got = table.documents(pick)
+            times.append(time.perf_counter() - t)
+            assert len(got) == 50
+        print("\nthroughput (chunks/s; reconcile with a free embedder, batches of 256):")
+        print(f"  {'':<22} {'embedded':>10} {'server':>10}")
+        for what in ("anchor slim", "reconcile slim", "anchor full", "reconcile full"):
+            label = {
+                "anchor slim": "Chroma upsert, slim",
+                "anchor full": "Chroma upsert, full",
+            }.get(what, what)
+            print(f"  {label:<22} {rates[(what, 'embedded')]:10,.0f} {rates[(what, 'server')]:10,.0f}")
+        for mode in ("embedded", "server"):
+            slim, full = rates[("reconcile slim", mode)], rates[("reconcile full", mode)]
+            alone = rates[("anchor slim", mode)]
+            print(
+                f"  {mode}: reconcile slim / Chroma's slim upsert = {slim / alone:.2f}x "
+                f"(target >= 0.9); slim / full reconcile = {slim / full:.2f}x (target >= 2); "
+                f"= {slim / anchor:.0f}x raw encode"
+            )
+        print("\nbytes per chunk (before: full records; after: slim):")
+        print(f"  {'':<32} {'full':>8} {'slim':>8}")
+        for what in (
+            "chroma dir",
+            "export",
+            "lexical index",
+            "golden version",
+            "export, uncompressed",
+            "export ids and vectors",
+            "backup estimate",
+            "backup in memory, measured",
         ):
-            col = get_collection(open_client(work / f"shape-{len(parts)}"), f"shape-{len(parts)}")
-            t = time.perf_counter()
-            for i in range(0, len(texts), 1024):
-                col.upsert(
-                    ids=ids[i : i + 1024],
-                    embeddings=vecs[i : i + 1024],
-                    metadatas=metas[i : i + 1024] if with_meta else None,
-                    documents=texts[i : i + 1024] if with_docs else None,
-                )
-            parts[f"Chroma record: {label}"] = time.perf_counter() - t
-        print("where the time goes (each part alone, all chunks, batches of 256; record shapes 1,024):")
-        for k, v in parts.items():
-            print(f"  {k:<38} {v:7.2f} s  {len(chunks) / v:10,.0f} chunks/s")
-        upserts = [v for k, v in parts.items() if k.startswith("Chroma upsert")]
+            print(f"  {what:<32} {sizes[(FULL, what)]:8,.0f} {sizes[(SLIM, what)]:8,.0f}")
+        measured = sizes[(SLIM, "backup in memory, measured")] / sizes[(SLIM, "export ids and vectors")]
         print(
-            f"ceiling set by Chroma's upsert: {len(chunks) / min(upserts):,.0f} chunks/s "
-            f"({statistics.mean([len(chunks) / v for v in upserts]):,.0f} mean of the two modes)"
+            f"  (backup estimate target: <= 3,072 bytes per chunk; the estimate is {CHROMA_MEMORY_FACTOR:g}x "
+            f"the export's id and embedding bytes; measured: {measured:.2f}x)"
+        )
+        print(
+            f"\ndocument table: 50 ids by chunk id, {n:,} chunks: "
+            f"p50 {statistics.median(times) * 1e3:.3f} ms, "
+            f"max {max(times) * 1e3:.3f} ms (texts {texts_bytes / 2**20:.1f} MB in 64 files, memory-mapped)"
         )
     finally:
         if chroma is not None:
@@ -499,8 +618,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=2000)
     parser.add_argument("--free-embedder", action="store_true")
     parser.add_argument("--free-chunks", type=int, default=10000)
+    parser.add_argument("--load-rss", nargs=2, help=argparse.SUPPRESS)  # the child of _rss_of_load
     args = parser.parse_args()
-    if args.free_embedder:
+    if args.load_rss:
+        load_rss(*args.load_rss)
+    elif args.free_embedder:
         bench_free(args)
     else:
         bench_executors(args)

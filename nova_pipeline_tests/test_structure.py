@@ -273,7 +273,7 @@ ASSETS = {
     keys.COMPRESSED_STORE: (keys.COMPRESSION, [keys.COMPRESSION_DICTIONARY, keys.SOURCE_FILES]),
     keys.SOURCE_CHUNKS: (keys.INDEX, [keys.SOURCE_FILES]),
     keys.LEXICAL_INDEX: (keys.INDEX, [keys.SOURCE_CHUNKS]),
-    keys.VECTOR_INDEX: (keys.INDEX, [keys.SOURCE_CHUNKS]),
+    keys.VECTOR_INDEX: (keys.INDEX, [keys.LEXICAL_INDEX, keys.SOURCE_CHUNKS]),
     keys.CODE_GRAPH: (keys.INDEX, [keys.SOURCE_CHUNKS, keys.SOURCE_FILES]),
     keys.GOLDEN_COPY: (
         keys.PROTECT,

@@ -188,16 +188,24 @@ def admin_routes(settings: Settings, gate: Gate, searcher=None) -> list[Route]:
             raise _Reply(400, "limit and offset must be whole numbers") from None
         if not 1 <= limit <= 500 or offset < 0:
             raise _Reply(400, "limit must be from 1 to 500 and offset at least 0")
+        from nova_pipeline.core.index import lexical_delta
         from nova_pipeline.core.index.vector_store import get_collection
 
         with active_client(home, settings.chroma_url) as client:  # a view of now, closed after
             col = get_collection(client, fingerprint, create=False)
             got = col.get(limit=limit, offset=offset, include=["documents", "metadatas"])
             total = col.count()
-        items = [
-            {"id": i, "document": d, "metadata": m}
-            for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])
-        ]
+        # slim records hold path and language: the text, lines and symbol come from the document table
+        table = lexical_delta.load_live(home)
+        docs = table.documents(got["ids"]) if table is not None else {}
+        items = []
+        for i, d, m in zip(got["ids"], got["documents"], got["metadatas"]):
+            doc = docs.get(i)
+            if doc is not None:
+                lines = {"start_line": doc.start_line, "end_line": doc.end_line, "symbol": doc.symbol}
+                m = {**(m or {}), **lines}
+                d = doc.text if doc.text is not None else d
+            items.append({"id": i, "document": d, "metadata": m})
         return {"total": total, "limit": limit, "offset": offset, "items": items}, 200
 
     def backups(request):

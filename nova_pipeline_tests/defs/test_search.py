@@ -151,3 +151,41 @@ def test_an_error_message_finds_its_raise_site_above_docstrings_that_quote_it(re
     assert "Expecting property name enclosed in double quotes" in hits[0].text
     quoting = [n for n, h in enumerate(hits) if h.path in ("json/tool.py", "json/__init__.py")]
     assert all(n > 0 for n in quoting)
+
+
+def test_a_record_schema_change_is_built_beside_copied_not_embedded_and_switched_to(tmp_path, monkeypatch):
+    """Full records (NOVA_CHROMA_DOCUMENTS=1, as every collection was before slim records), then the
+    default: the rebuild builds the slim collection beside the full one from its vectors, with no text
+    embedded, switches readers to it and drops the full one; search answers the same, texts included."""
+    import shutil
+
+    from nova_pipeline.core.index.vector_store import FULL, SLIM, collection_name, open_client
+    from nova_pipeline.core.layout import Layout
+    from nova_pipeline_tests.conftest import STDLIB, fake_embedder_resource
+
+    src, home = tmp_path / "src", tmp_path / "home"
+    shutil.copytree(STDLIB / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    model = FakeEmbedder()
+    monkeypatch.setenv("NOVA_CHROMA_DOCUMENTS", "1")
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(src, home, instance, embedder=fake_embedder_resource(model)).success
+        before = Searcher(Settings.build(None, home, require_source=False), FakeEmbedder())
+        want = [(h.chunk_id, h.start_line, h.text) for h in before.search("decode a JSON document", 5).hits]
+        before.close()
+        names = {c.name for c in open_client(home).list_collections()}
+        assert names == {collection_name(FakeEmbedder.fingerprint, FULL)}
+        embedded = model.texts
+        # no cache to help: every vector must come from the full collection
+        for f in Layout.of(home).embedding_cache(FakeEmbedder.fingerprint).parent.iterdir():
+            f.unlink()
+        monkeypatch.delenv("NOVA_CHROMA_DOCUMENTS")
+        second = materialize_rebuild(src, home, instance, embedder=fake_embedder_resource(model))
+    assert second.success and model.texts == embedded  # every vector copied from the full collection
+    m = asset_metadata(second, "vector_index")
+    assert m["embedded"] == 0 and m["copied"] == m["vectors"] > 0
+    names = {c.name for c in open_client(home).list_collections()}
+    assert names == {collection_name(FakeEmbedder.fingerprint, SLIM)}
+    after = Searcher(Settings.build(None, home, require_source=False), FakeEmbedder())
+    got = [(h.chunk_id, h.start_line, h.text) for h in after.search("decode a JSON document", 5).hits]
+    after.close()
+    assert got == want and all(text for _, _, text in got)

@@ -1,24 +1,26 @@
 """The lexical index: BM25 over the chunks (bm25s), with a tokenizer that knows code.
 
 Engineers search code with identifiers, error strings and half-remembered docstrings; a small general
-embedding model misses many of those, and term matching catches them. :func:`code_tokens` turns text into
-terms the way code is written:
-
-* every identifier is kept whole, lower-cased (``IgnoreRules`` → ``ignorerules``, ``read_table`` →
-  ``read_table``), so a query naming it matches exactly;
-* and split into its words at ``_`` and case changes (``IgnoreRules`` → ``ignore``, ``rules``;
-  ``HTTPServer`` → ``http``, ``server``), stemmed with the Snowball English stemmer (PyStemmer), English stop
-  words left out, so ``decoded JSON documents`` meets ``JSONDecoder.decode``;
-* a lower-case compound of 5 or more characters is also split into its words by wordninja (``isclosed`` →
-  ``is``, ``closed``; ``rfc2231`` → ``rfc``, ``2231``), so ``True if the connection is closed`` meets
-  ``HTTPResponse.isclosed`` (see :func:`_compound_words`).
+embedding model misses many of those, and term matching catches them. Terms come from
+:func:`~nova_pipeline.core.index.code_tokens.code_tokens`, which turns text into terms the way code is
+written.
 
 Scores are BM25 (Lucene's variant, ``k1=1.2, b=0.75`` as Lucene and Elasticsearch default) computed by bm25s
 (Lù, 2024, "BM25S: Orders of magnitude faster lexical search via eager sparse scoring").
 
 An index is a directory: bm25s's arrays and vocabulary, ``docs.parquet`` (one row per document, in index
-order: ``chunk_id, path, symbol, language, start_line, end_line``) and ``meta.json`` (written last: the
-commit marker) with the chunk-set digest it was built from. ``NOVA_HOME/lexical/<digest>/`` holds the
+order: ``chunk_id, path, symbol, language, start_line, end_line`` and where its text is),
+``texts/part-NN.arrow`` (the documents' texts in :data:`TEXT_SHARDS` uncompressed Arrow IPC files by the
+blake3 of the path, which readers memory-map; an edit of one file changes one shard, so a golden version
+links the others) and
+``meta.json`` (written last: the commit marker) with the chunk-set digest it was built from.
+
+**The document table.** Together, ``docs.parquet`` and ``texts/`` are the id-indexed view of
+``source_chunks`` that search reads its hits' text, lines and symbol from (:meth:`LexicalIndex.documents`;
+:mod:`.documents`): the vector store keeps slim records. A lookup is a dict probe per id and a read of the
+mapped rows (``benchmarks/bench_scaleout.py --free-embedder`` prints its cost for 50 ids). Live updates
+keep a small delta beside it (:mod:`.lexical_delta`), compacted when the tree is quiet, instead of
+rewriting it. ``NOVA_HOME/lexical/<digest>/`` holds the
 built ones and ``NOVA_HOME/lexical/CURRENT`` names the live one, so a rebuild never leaves a half-written
 index in use and an unchanged chunk set is not indexed again.
 """
@@ -34,7 +36,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import blake3
@@ -43,6 +44,16 @@ import pandas as pd
 
 from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
+from nova_pipeline.core.index.code_tokens import MIN_COMPOUND, TOKENIZER_VERSION, code_tokens
+from nova_pipeline.core.index.documents import (
+    TEXT_SHARDS,
+    TEXTS,
+    Document,
+    DocumentTableError,
+    map_texts,
+    text_shard,
+    write_texts,
+)
 from nova_pipeline.core.layout import Layout
 
 __all__ = [
@@ -50,6 +61,10 @@ __all__ = [
     "DIGEST_COLUMNS",
     "DELTA",
     "DOC_COLUMNS",
+    "FORMAT_VERSION",
+    "TEXTS",
+    "TEXT_SHARDS",
+    "Document",
     "K1",
     "META",
     "MIN_COMPOUND",
@@ -67,6 +82,7 @@ __all__ = [
     "id_failures",
     "index_files",
     "install",
+    "text_shard",
     "load",
     "load_current",
     "update",
@@ -74,82 +90,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_VERSION = "code-tokens-2"  # part of every index's digest: a tokenizer change rebuilds the index
+FORMAT_VERSION = "texts-2"  # the directory's files (texts/ since slim vector records), also digested
 K1, B = 1.2, 0.75
 DOC_COLUMNS = ["chunk_id", "path", "symbol", "language", "start_line", "end_line"]
 META = "meta.json"
 DELTA = "DELTA.json"  # the live delta beside the built indexes (lexical_delta.py)
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?")
-# split points inside an identifier: lower→Upper, and the end of an acronym before a capitalised word
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
 
 class LexicalIndexError(NovaError):
     """A lexical index directory is missing a file or does not match its chunks."""
-
-
-@lru_cache(maxsize=1)
-def _stemmer():
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-@lru_cache(maxsize=1)
-def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN)
-
-
-@lru_cache(maxsize=200_000)
-def _identifier_terms(word: str) -> tuple[str, ...]:
-    """The terms of one identifier or number: itself (lower-cased) and its stemmed words."""
-    whole = word.lower()
-    if word[0].isdigit():
-        return (whole,)
-    parts = [p.lower() for chunk in word.split("_") for p in _CAMEL.split(chunk) if p]
-    words = [w for p in parts for w in _compound_words(p) if w not in _stopwords()]
-    stems = _stemmer().stemWords(words) if words else []
-    out = [whole] if whole.strip("_") and whole not in _stopwords() else []
-    for s in stems:
-        if s != whole and len(s) > 1:
-            out.append(s)
-    return tuple(out)
-
-
-MIN_COMPOUND = 5  # shorter lower-case words (``cwd``, ``hdr``, ``msg``) are abbreviations, not compounds
-
-
-@lru_cache(maxsize=200_000)
-def _compound_words(part: str) -> tuple[str, ...]:
-    """``part`` and, for a lower-case compound (``isclosed``, ``getvalue``, ``rfc2231``), its words.
-
-    The split is wordninja's (the most probable sequence of English words under a Zipf model of word
-    frequency, Wikipedia's unigram counts): kept only when every piece has at least 2 characters, so an
-    abbreviation it cannot read (``getaddrinfo`` → ``get a ddr info``) stays whole.
-    """
-    if len(part) < MIN_COMPOUND:
-        return (part,)
-    import wordninja
-
-    pieces = wordninja.split(part)
-    if len(pieces) < 2 or any(len(p) < 2 for p in pieces):
-        return (part,)
-    return (part, *pieces)
-
-
-def code_tokens(text: str) -> list[str]:
-    """Terms of ``text`` for the BM25 index and for queries (see the module docstring).
-
-    >>> code_tokens("class IgnoreRules: raise ValueError('bad')")
-    ['class', 'ignorerules', 'ignor', 'rule', 'raise', 'rais', 'valueerror', 'valu', 'error', 'bad']
-    """
-    out: list[str] = []
-    for m in _WORD.finditer(text):
-        out.extend(_identifier_terms(m.group()))
-    return out
 
 
 DIGEST_COLUMNS = ["chunk_id", "content_blake3", "path", "symbol", "language", "start_line", "end_line"]
@@ -165,7 +114,7 @@ def chunks_digest(chunks: pd.DataFrame) -> str:
     seconds on every unchanged rebuild (``lexical_index`` and ``golden_copy`` each compute it).
     """
     rows = pd.util.hash_pandas_object(chunks[DIGEST_COLUMNS], index=False).to_numpy()
-    h = blake3.blake3(TOKENIZER_VERSION.encode())
+    h = blake3.blake3(f"{TOKENIZER_VERSION}/{FORMAT_VERSION}".encode())
     h.update(np.sort(rows).tobytes())
     return h.hexdigest()[:32]
 
@@ -180,10 +129,16 @@ class LexicalHit:
 
 
 class LexicalIndex:
-    """A loaded BM25 index (read-only, thread-safe to query)."""
+    """A loaded BM25 index (read-only, thread-safe to query), and the document table of its chunks."""
 
-    def __init__(self, path: Path, retriever, docs: pd.DataFrame, meta: dict):
+    def __init__(self, path: Path, retriever, docs: pd.DataFrame, meta: dict, texts=None):
         self.path, self.retriever, self.docs, self.meta = Path(path), retriever, docs, meta
+        self.texts = (
+            texts  # shard -> the ``text`` Arrow column of texts/part-NN.arrow (memory-mapped), or None
+        )
+        if texts is not None:
+            self._text_shard = docs["text_shard"].fillna(0).to_numpy(dtype=np.int64)
+            self._text_row = docs["text_row"].fillna(0).to_numpy(dtype=np.int64)
         self._vocab = retriever.vocab_dict
         # plain arrays of the document table, for the per-hit lookups of every search (a pandas lookup per
         # value cost 4.5 ms per hybrid search)
@@ -246,6 +201,31 @@ class LexicalIndex:
 
     def path_of(self, row: int) -> str:
         return self._paths[row]
+
+    def texts_of(self, rows: Sequence[int]) -> list[str | None]:
+        """The texts of document ``rows`` (None for each when the index has no ``texts/``: built before
+        the document table held texts)."""
+        if self.texts is None or not len(rows):
+            return [None] * len(rows)
+        return [self.texts[self._text_shard[r]][int(self._text_row[r])].as_py() for r in rows]
+
+    def documents(self, chunk_ids: Sequence[str]) -> dict[str, Document]:
+        """The documents of ``chunk_ids`` that the index holds, by id (ids it lacks are left out: a chunk no
+        longer in ``source_chunks``). Costs a dict probe per id and one Arrow ``take``."""
+        found = [(cid, r) for cid in dict.fromkeys(chunk_ids) if (r := self.row_of(cid)) is not None]
+        texts = self.texts_of([r for _, r in found])
+        return {
+            cid: Document(
+                cid,
+                self._paths[r],
+                int(self.starts[r]),
+                int(self.ends[r]),
+                self.symbols[r] or "",
+                self._languages[r],
+                text,
+            )
+            for (cid, r), text in zip(found, texts)
+        }
 
     def language_of(self, row: int) -> str:
         return self._languages[row]
@@ -325,6 +305,7 @@ def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildS
         retriever.index(corpus, show_progress=False)
         retriever.save(str(tmp), show_progress=False)
     docs = chunks[DOC_COLUMNS].reset_index(drop=True)
+    docs["text_shard"], docs["text_row"] = write_texts(tmp / TEXTS, docs["path"], chunks["text"])
     docs.to_parquet(tmp / "docs.parquet", index=False)
     meta = {
         "digest": digest,
@@ -372,7 +353,11 @@ def load(path: Path) -> LexicalIndex:
             f"the lexical index at {path} has {len(docs)} documents, its meta says "
             f"{meta['docs']}: run the rebuild job"
         )
-    return LexicalIndex(path, retriever, docs, meta)
+    try:
+        texts = map_texts(path, docs)
+    except DocumentTableError as exc:
+        raise LexicalIndexError(str(exc)) from exc
+    return LexicalIndex(path, retriever, docs, meta, texts)
 
 
 def current_path(home: Path) -> Path | None:
@@ -487,8 +472,9 @@ def _prune(layout: Layout, keep: int, *protected: str | None) -> None:
 
 
 def index_files(path: Path) -> Iterable[Path]:
-    """Every file of an index directory (for the golden copy)."""
-    return sorted(p for p in Path(path).iterdir() if p.is_file())
+    """Every file of an index directory, its ``texts/`` shards included (for the golden copy); their names
+    relative to ``path`` are ``f.relative_to(path)``."""
+    return sorted(p for p in Path(path).rglob("*") if p.is_file())
 
 
 def id_failures(path: Path, ids: Iterable[str]) -> list[str]:

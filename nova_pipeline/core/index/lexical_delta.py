@@ -135,8 +135,9 @@ class LiveLexicalIndex(lexical.LexicalIndex):
     def __init__(self, base: lexical.LexicalIndex, delta: Delta):
         added = delta.added.reset_index(drop=True)
         docs = pd.concat([base.docs, added[lexical.DOC_COLUMNS]], ignore_index=True)
-        super().__init__(base.path, base.retriever, docs, base.meta)
+        super().__init__(base.path, base.retriever, docs, base.meta, base.texts)
         self.base_size = len(base.docs)
+        self._added_texts = added["text"].tolist()
         self.delta = delta
         self._alive = ~np.isin(base.ids, list(delta.removed)) if delta.removed else None
         self._tokens = [Counter(lexical.code_tokens(t or "") or [""]) for t in added["text"].tolist()]
@@ -188,6 +189,20 @@ class LiveLexicalIndex(lexical.LexicalIndex):
             )
             for i in top
         ]
+
+    def texts_of(self, rows):
+        base = [r for r in rows if r < self.base_size]
+        got = iter(super().texts_of(base))
+        return [next(got) if r < self.base_size else self._added_texts[r - self.base_size] for r in rows]
+
+    def documents(self, chunk_ids):
+        if self._alive is None:
+            return super().documents(chunk_ids)
+        return {  # a removed chunk of the base is no document any more
+            cid: d
+            for cid, d in super().documents(chunk_ids).items()
+            if (r := self.row_of(cid)) is not None and (r >= self.base_size or self._alive[r])
+        }
 
     def matched_terms(self, row, terms):
         if row < self.base_size:

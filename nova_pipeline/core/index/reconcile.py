@@ -4,6 +4,10 @@ It compares what Chroma *actually* holds with the wanted chunks: wanted ids miss
 (through the cache) and upserted in batches; then ids in Chroma that are not wanted are deleted. New data
 always lands before stale data goes, so a half-finished run or outside damage is repaired by the next run,
 and a killed run loses at most the batches in flight (one embedding, one being written).
+
+Records are written in the collection's own schema (slim by default; see
+:mod:`~nova_pipeline.core.index.vector_store`). During a schema change the new collection is filled from the
+old one (``seed``): the vectors of the same chunk ids are copied, never embedded again.
 """
 
 from __future__ import annotations
@@ -19,9 +23,15 @@ import pandas as pd
 from nova_pipeline.core.errors import VectorStoreError
 from nova_pipeline.core.index.embedding import Embedder
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache, embed_with_cache
-from nova_pipeline.core.index.vector_store import DEFAULT_BATCH, bucket_of, buckets_of, existing_ids
+from nova_pipeline.core.index.vector_store import (
+    DEFAULT_BATCH,
+    buckets_of,
+    existing_ids,
+    mark_complete,
+    upsert_chunks,
+)
 
-__all__ = ["IndexStats", "ShrinkGuard", "chunk_metadata", "reconcile"]
+__all__ = ["IndexStats", "ShrinkGuard", "reconcile", "seed_vectors"]
 
 
 class ShrinkGuard(Protocol):
@@ -31,17 +41,16 @@ class ShrinkGuard(Protocol):
     def check_vectors(self, before: int, after: int, collection: str) -> None: ...
 
 
-def chunk_metadata(row) -> dict:
-    """Flat scalar metadata of a chunk row."""
-    return {
-        "path": row.path,
-        "start_line": int(row.start_line),
-        "end_line": int(row.end_line),
-        "symbol": row.symbol or "",
-        "language": row.language,
-        "content_blake3": row.content_blake3,
-        "bucket": bucket_of(row.chunk_id),
-    }
+def seed_vectors(seed, ids: list[str]) -> dict[str, np.ndarray]:
+    """The vectors ``seed`` (a collection of the same model, or None) holds for ``ids``: id → float32 vector.
+    A failed read gives none (those chunks go through the embedding cache instead)."""
+    if seed is None or not ids:
+        return {}
+    try:
+        got = seed.get(ids=ids, include=["embeddings"])
+    except Exception:  # noqa: BLE001 - the seed is only a shortcut
+        return {}
+    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"])}
 
 
 @dataclass
@@ -55,6 +64,7 @@ class IndexStats:
     upserted: int = 0
     embedded: int = 0
     cache_hits: int = 0
+    copied: int = 0  # vectors copied from the seed collection (a record-schema change)
     deleted: int = 0
     batches: int = 0
     count_after: int = 0
@@ -72,6 +82,7 @@ def reconcile(
     on_batch: Callable[[int, IndexStats], None] | None = None,
     guard: ShrinkGuard | None = None,
     buckets: Sequence[int] | None = None,
+    seed=None,
 ) -> IndexStats:
     """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
 
@@ -92,6 +103,11 @@ def reconcile(
         buckets: reconcile only these buckets (see :func:`bucket_of`): ``chunks`` must hold only their
             chunks, and only the collection's vectors of these buckets are listed, upserted or deleted,
             so concurrent slices never touch each other's vectors.
+        seed: another collection of the same fingerprint (the other record schema's, during a schema
+            change): vectors it holds for the missing ids are copied rather than embedded.
+
+    A whole-collection run (``buckets`` None) marks the collection complete at the end
+    (:func:`~nova_pipeline.core.index.vector_store.mark_complete`), so readers may switch to it.
 
     Raises:
         VectorStoreError: Chroma failed; everything committed so far stays.
@@ -123,12 +139,7 @@ def reconcile(
 
     def write(b: int, part: pd.DataFrame, vecs: np.ndarray) -> int:
         try:
-            collection.upsert(
-                ids=part["chunk_id"].tolist(),
-                embeddings=vecs,
-                documents=part["text"].tolist(),
-                metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
-            )
+            upsert_chunks(collection, part, vecs)
         except Exception as exc:  # noqa: BLE001
             raise VectorStoreError(f"upsert of batch {b} into {collection.name} failed: {exc}") from exc
         return len(part)
@@ -143,11 +154,24 @@ def reconcile(
         pending = None
         for b, start in enumerate(range(0, len(todo), size), 1):
             part = todo.iloc[start : start + size]
-            texts, keys = part["text"].tolist(), part["content_blake3"].tolist()
-            vecs, es = embed_with_cache(texts, keys, embedder, cache)
-            stats.embedded += es.embedded
-            stats.cache_hits += es.cache_hits
-            stats.embed_seconds += es.seconds
+            copied = seed_vectors(seed, part["chunk_id"].tolist())
+            if copied:  # into the cache as well: it must hold every vector of the collection
+                stats.copied += len(copied)
+                keys = dict(zip(part["chunk_id"], part["content_blake3"]))
+                cache.put_many({keys[i]: v for i, v in copied.items()})
+                rest = part[~part["chunk_id"].isin(copied.keys())]
+                part = pd.concat([part[part["chunk_id"].isin(copied.keys())], rest])
+            else:
+                rest = part
+            texts, keys = rest["text"].tolist(), rest["content_blake3"].tolist()
+            vecs, es = embed_with_cache(texts, keys, embedder, cache) if len(rest) else (None, None)
+            if copied:
+                head = np.stack([copied[i] for i in part["chunk_id"].iloc[: len(part) - len(rest)]])
+                vecs = head if vecs is None else np.concatenate([head, np.asarray(vecs, dtype=np.float32)])
+            if es is not None:
+                stats.embedded += es.embedded
+                stats.cache_hits += es.cache_hits
+                stats.embed_seconds += es.seconds
             if pending is not None:
                 committed(*pending)
             pending = (b, writer.submit(write, b, part, vecs))
@@ -162,6 +186,7 @@ def reconcile(
     stats.deleted = len(stale)  # Chroma's own delete count cannot be trusted: count what we asked for
     if buckets is None:
         stats.count_after = collection.count()
+        mark_complete(collection)
     else:  # the slice's own vectors; counting them in Chroma would list the slice again
         stats.count_after = len(have) + stats.upserted - stats.deleted
     stats.seconds = time.perf_counter() - started

@@ -1,8 +1,25 @@
-"""The Chroma vector index: clients, one collection per model fingerprint, buckets and queries.
+"""The Chroma vector index: clients, one collection per model fingerprint and record schema, buckets and
+queries.
 
 Every vector carries its ``bucket`` (:func:`bucket_of`, 16 fixed buckets of chunk ids), so the work can be
 split into slices that each reconcile their own buckets and never touch another slice's vectors. Writers
 take the locks of :mod:`nova_pipeline.core.locks`.
+
+**Record schemas.** A *slim* record (the default) holds the vector and only what a query filters on:
+``path``, ``language`` and ``bucket``. The chunk's text, lines and symbol are read by chunk id from the
+document table of the lexical index (:meth:`~nova_pipeline.core.index.lexical.LexicalIndex.documents`),
+which holds every chunk of ``source_chunks``. A *full* record (``NOVA_CHROMA_DOCUMENTS=1``, for tools that
+read the collection themselves, such as LangChain's Chroma vector store) also holds the document and the
+metadata of :func:`full_metadata`. Measured by ``benchmarks/bench_scaleout.py``: Chroma upserts a bare
+vector about 3.7 times as fast as our full record, and the full record's document and trigram index make
+up most of an embedded store's bytes.
+
+The collection name carries the schema (:func:`collection_name`): ``nova-<fingerprint>`` is the full
+schema (every collection made before slim records existed), ``nova-<fingerprint>.slim2`` the slim one.
+Changing the schema builds the other collection beside the live one (vectors copied from it, never
+embedded again), marks it complete when its first reconcile finished, and only then do readers switch to it
+(:func:`get_collection` with ``create=False``) and the writer drop the old one (:func:`retire_other_schema`):
+the same build-beside-then-switch a model change uses.
 """
 
 from __future__ import annotations
@@ -11,8 +28,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,21 +41,31 @@ from nova_pipeline.core.layout import Layout
 __all__ = [
     "BUCKETS",
     "DEFAULT_BATCH",
+    "FULL",
     "PAGE",
-    "Hit",
+    "SLIM",
     "bucket_of",
     "buckets_of",
     "collection_name",
     "existing_ids",
+    "full_metadata",
+    "is_complete",
+    "is_slim",
+    "mark_complete",
+    "other_schema",
+    "other_schema_collection",
+    "record_schema",
+    "retire_other_schema",
+    "slim_metadata",
+    "upsert_chunks",
+    "upsert_records",
     "get_collection",
     "open_client",
     "fresh_client",
     "give_view_slot",
     "open_client_at",
     "take_view_slot",
-    "query",
     "slice_buckets",
-    "top_ids",
 ]
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -52,9 +78,136 @@ DEFAULT_BATCH = 256  # chunks per batch: small enough to redo, well under Chroma
 PAGE = 5000
 
 
-def collection_name(fingerprint: str) -> str:
-    """The collection of a model fingerprint (3-512 characters of ``[a-zA-Z0-9._-]``)."""
-    return f"nova-{fingerprint}"
+FULL, SLIM = "full", "slim"  # the record schemas (module docstring)
+_SCHEMA_SUFFIX = {FULL: "", SLIM: ".slim2"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def record_schema(env: dict | None = None) -> str:
+    """The record schema this process writes: :data:`FULL` when ``NOVA_CHROMA_DOCUMENTS`` is 1/true/yes/on,
+    else :data:`SLIM`."""
+    env = os.environ if env is None else env
+    return FULL if str(env.get("NOVA_CHROMA_DOCUMENTS", "")).strip().lower() in TRUE_WORDS else SLIM
+
+
+def collection_name(fingerprint: str, records: str | None = None) -> str:
+    """The collection of a model fingerprint in a record schema (default: :func:`record_schema`):
+    ``nova-<fingerprint>`` for full records, ``nova-<fingerprint>.slim2`` for slim ones (3-512 characters of
+    ``[a-zA-Z0-9._-]``)."""
+    return f"nova-{fingerprint}{_SCHEMA_SUFFIX[records or record_schema()]}"
+
+
+def slim_metadata(path: str, language: str, bucket: int) -> dict:
+    """A slim record's metadata: what queries filter on (``path``, ``language``) and the slice ``bucket``."""
+    return {"path": path, "language": language, "bucket": int(bucket)}
+
+
+def full_metadata(row) -> dict:
+    """A full record's metadata (flat scalars) of a chunk row (``chunk_id, path, start_line, end_line,
+    symbol, language, content_blake3``)."""
+    return {
+        "path": row.path,
+        "start_line": int(row.start_line),
+        "end_line": int(row.end_line),
+        "symbol": row.symbol or "",
+        "language": row.language,
+        "content_blake3": row.content_blake3,
+        "bucket": bucket_of(row.chunk_id),
+    }
+
+
+def is_slim(collection) -> bool:
+    """Whether ``collection`` keeps slim records (its metadata says so)."""
+    return (getattr(collection, "metadata", None) or {}).get("records") == SLIM
+
+
+def upsert_chunks(collection, part: pd.DataFrame, vectors: np.ndarray) -> None:
+    """Upsert chunk rows (the ``source_chunks`` columns, ``text`` needed only for a full collection) with
+    their vectors, in the collection's own record schema. The one write path of reconcile, live updates and
+    imports. Raises whatever Chroma raises (callers name the batch)."""
+    ids = part["chunk_id"].tolist()
+    if is_slim(collection):
+        paths, languages = part["path"].tolist(), part["language"].tolist()
+        metas = [slim_metadata(p, g, b) for p, g, b in zip(paths, languages, buckets_of(part["chunk_id"]))]
+        collection.upsert(ids=ids, embeddings=vectors, metadatas=metas)
+        return
+    collection.upsert(
+        ids=ids,
+        embeddings=vectors,
+        documents=part["text"].tolist(),
+        metadatas=[full_metadata(r) for r in part.itertuples(index=False)],
+    )
+
+
+def upsert_records(collection, ids: list[str], embeddings, documents, metadatas: list[dict]) -> None:
+    """Upsert records read back from an export or a journal (either schema) in ``collection``'s own schema:
+    a slim collection keeps only the slim metadata; a full one takes the documents when every record has
+    one (a slim export has none: its texts are in the golden lexical index)."""
+    if is_slim(collection):
+        metas = [
+            slim_metadata(m["path"], m.get("language", ""), m.get("bucket", bucket_of(i)))
+            for i, m in zip(ids, metadatas)
+        ]
+        collection.upsert(ids=ids, embeddings=embeddings, metadatas=metas)
+        return
+    docs = {"documents": list(documents)} if documents is not None and None not in documents else {}
+    collection.upsert(ids=ids, embeddings=embeddings, metadatas=metadatas, **docs)
+
+
+COMPLETE = "complete"  # collection metadata: its first reconcile finished (readers may switch to it)
+
+
+def is_complete(collection) -> bool:
+    """Whether readers may use ``collection``: one made before record schemas (no ``records`` key) is, a
+    new one only once :func:`mark_complete` ran."""
+    meta = getattr(collection, "metadata", None) or {}
+    return "records" not in meta or bool(meta.get(COMPLETE))
+
+
+def mark_complete(collection) -> None:
+    """Record that ``collection`` holds every chunk (its reconcile or import finished); idempotent."""
+    if is_complete(collection):
+        return
+    try:
+        collection.modify(metadata={**(collection.metadata or {}), COMPLETE: True})
+    except Exception as exc:  # noqa: BLE001
+        raise VectorStoreError(f"cannot mark {collection.name} complete: {exc}") from exc
+
+
+def other_schema(records: str | None = None) -> str:
+    """The record schema that is not ``records`` (default: :func:`record_schema`)."""
+    return FULL if (records or record_schema()) == SLIM else SLIM
+
+
+def other_schema_collection(client, fingerprint: str, records: str | None = None):
+    """The other record schema's collection of ``fingerprint`` (the one a schema change copies vectors
+    from), or None when there is none."""
+    records = records or record_schema()
+    try:
+        return client.get_collection(
+            collection_name(fingerprint, FULL if records == SLIM else SLIM), embedding_function=None
+        )
+    except Exception:  # noqa: BLE001 - missing (or unreadable): nothing to copy from
+        return None
+
+
+def retire_other_schema(client, fingerprint: str, records: str | None = None) -> str | None:
+    """Drop the other record schema's collection of ``fingerprint`` once this schema's is complete: the end
+    of a schema change. Returns the dropped collection's name, or None (nothing to drop, or this schema's
+    collection is not complete yet)."""
+    records = records or record_schema()
+    other = FULL if records == SLIM else SLIM
+    try:
+        mine = client.get_collection(collection_name(fingerprint, records), embedding_function=None)
+        if not is_complete(mine):
+            return None
+        name = collection_name(fingerprint, other)
+        client.get_collection(name, embedding_function=None)
+    except Exception:  # noqa: BLE001 - either one missing: nothing to retire
+        return None
+    client.delete_collection(name)
+    log.info("dropped %s: %s holds every chunk in the %s record schema", name, mine.name, records)
+    return name
 
 
 def open_client(home: Path, chroma_url: str | None = None, create: bool = True):
@@ -190,34 +343,58 @@ def _chroma_settings():
     return ChromaSettings(anonymized_telemetry=False, allow_reset=False)
 
 
-def get_collection(client, fingerprint: str, create: bool = True):
-    """The collection of ``fingerprint`` (cosine space, embeddings supplied by us).
+def get_collection(client, fingerprint: str, create: bool = True, records: str | None = None):
+    """The collection of ``fingerprint`` (cosine space, embeddings supplied by us) in the record schema
+    ``records`` (default :func:`record_schema`).
+
+    A writer (``create`` True) gets that schema's collection, made if missing. A reader (``create`` False)
+    gets it when it is complete (:func:`is_complete`), else the other schema's collection while that one
+    exists (a schema change being built beside it), else the incomplete one.
 
     Raises:
-        IndexNotBuiltError: ``create`` is False and the collection does not exist (only then does the
+        IndexNotBuiltError: ``create`` is False and neither schema's collection exists (only then does the
             message say to run the rebuild job).
         VectorStoreError: the store is unreachable (a server that stopped answering) or damaged (a data
             dir Chroma cannot read); the message says which, and where.
     """
     from chromadb.errors import NotFoundError
 
-    name = collection_name(fingerprint)
+    records = records or record_schema()
+    name = collection_name(fingerprint, records)
     try:
         if create:
             return client.get_or_create_collection(
                 name,
-                metadata={"model_fingerprint": fingerprint, "created_by": "nova_pipeline"},
+                metadata={
+                    "model_fingerprint": fingerprint,
+                    "created_by": "nova_pipeline",
+                    "records": records,
+                },
                 configuration={"hnsw": {"space": "cosine"}},
                 embedding_function=None,
             )
-        return client.get_collection(name, embedding_function=None)
+        mine = None
+        with contextlib.suppress(NotFoundError):
+            mine = client.get_collection(name, embedding_function=None)
+            if is_complete(mine):
+                return mine
+        other = collection_name(fingerprint, FULL if records == SLIM else SLIM)
+        with contextlib.suppress(NotFoundError):
+            return client.get_collection(other, embedding_function=None)
+        if mine is not None:
+            return mine
     except NotFoundError as exc:
-        raise IndexNotBuiltError(
-            f"no vector index {name!r} yet: run the rebuild job "
-            "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
-        ) from exc
+        raise _not_built(name) from exc
     except Exception as exc:  # noqa: BLE001 - transport and storage errors come in many types
         raise _describe_failure(client, exc, f"collection {name!r}") from exc
+    raise _not_built(name)
+
+
+def _not_built(name: str) -> IndexNotBuiltError:
+    return IndexNotBuiltError(
+        f"no vector index {name!r} yet: run the rebuild job "
+        "(make rebuild, or dagster job execute -m nova_pipeline.definitions -j rebuild)"
+    )
 
 
 def _describe_failure(client, exc: Exception, what: str) -> VectorStoreError:
@@ -276,74 +453,3 @@ def buckets_of(chunk_ids: pd.Series) -> np.ndarray:
 def slice_buckets(slice_index: int, slices: int) -> list[int]:
     """The buckets slice ``slice_index`` of ``slices`` reconciles (every bucket belongs to exactly one)."""
     return [b for b in range(BUCKETS) if b % slices == slice_index]
-
-
-@dataclass
-class Hit:
-    """A search result. Lines are 1-based and inclusive; ``score`` is cosine similarity (1 is identical)."""
-
-    path: str
-    start_line: int
-    end_line: int
-    symbol: str
-    language: str
-    score: float
-    text: str
-    chunk_id: str
-    store: str = ""  # which store answered: primary or backup
-    stale_as_of: str | None = None  # a backup answer: when the golden version it came from was made
-    vector_score: float | None = None  # cosine similarity, when the vector side ranked it
-    lexical_score: float | None = None  # BM25 score, when the lexical side ranked it
-    matched_terms: list[str] = field(default_factory=list)  # query terms (code_tokens) the chunk contains
-    exact: bool = False  # the query names this chunk's symbol or path exactly (boosted)
-    merged: list[str] = field(default_factory=list)  # other chunks of the same place collapsed into this hit
-
-    def snippet(self, lines: int = 3) -> str:
-        """The first non-blank lines of the chunk body (its header line left out)."""
-        body = self.text.split("\n", 1)[1] if "\n" in self.text else self.text
-        return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
-
-
-def query(
-    collection, vectors: np.ndarray, k: int, where: dict | None = None, documents: bool = True
-) -> list[list[Hit]]:
-    """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
-    chunks whose metadata matches the Chroma ``where`` filter when one is given. ``documents`` False leaves
-    each hit's ``text`` empty (fetched later for the few hits shown).
-
-    A hit whose record has no metadata is left out: a view of an embedded store opened before another
-    process deleted that record still finds it in its in-memory vector index, while the record itself is
-    gone (the view is reopened at the writer's next generation; until then the deleted chunk is simply not
-    an answer)."""
-    res = collection.query(
-        query_embeddings=np.asarray(vectors, dtype=np.float32),
-        n_results=k,
-        where=where or None,
-        include=["metadatas", "documents", "distances"] if documents else ["metadatas", "distances"],
-    )
-    out = []
-    docs_of = res["documents"] if documents else [[None] * len(ids) for ids in res["ids"]]
-    for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], docs_of, res["distances"]):
-        out.append(
-            [
-                Hit(
-                    path=m["path"],
-                    start_line=int(m["start_line"]),
-                    end_line=int(m["end_line"]),
-                    symbol=m.get("symbol", ""),
-                    language=m.get("language", ""),
-                    score=1.0 - float(d),
-                    text=doc or "",
-                    chunk_id=i,
-                    vector_score=1.0 - float(d),
-                )
-                for i, m, doc, d in zip(ids, metas, docs, dists)
-                if m is not None
-            ]
-        )
-    return out
-
-
-def top_ids(collection, vectors: Sequence[np.ndarray], k: int) -> list[list[str]]:
-    """Ids of the top ``k`` hits per query vector (for comparisons in tests and restores)."""
-    return [[h.chunk_id for h in hits] for hits in query(collection, np.stack(vectors), k)]

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
-from nova_pipeline.core.index.vector_store import collection_name, existing_ids, query
+from nova_pipeline.core.index.vector_query import query
+from nova_pipeline.core.index.vector_store import collection_name, existing_ids
 from nova_pipeline.core.layout import Layout
 
 __all__ = [
@@ -194,10 +195,11 @@ def self_retrieval_failures(
     if not rows:
         return 0, ["no cached embeddings for the sampled chunks"]
     hits = query(collection, np.stack([vecs[r.content_blake3] for r in rows]), 1)
+    content = dict(zip(chunks["chunk_id"], chunks["content_blake3"]))  # slim records carry no text
     failures = []
     for r, h in zip(rows, hits):
         top = h[0] if h else None
-        if top is None or (top.chunk_id != r.chunk_id and top.text != r.text):
+        if top is None or (top.chunk_id != r.chunk_id and content.get(top.chunk_id) != r.content_blake3):
             failures.append(
                 f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) found "
                 f"{top.chunk_id if top else 'nothing'} first"

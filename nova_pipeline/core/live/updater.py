@@ -46,8 +46,8 @@ from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.chunking import chunk_manifest
 from nova_pipeline.core.index.embedding import Embedder, Tokenizer
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache, embed_with_cache
-from nova_pipeline.core.index.reconcile import chunk_metadata, reconcile
-from nova_pipeline.core.index.vector_store import DEFAULT_BATCH
+from nova_pipeline.core.index.reconcile import reconcile
+from nova_pipeline.core.index.vector_store import DEFAULT_BATCH, upsert_chunks
 from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import DEFAULT_MAX_FILE_SIZE, ScanOptions
 from nova_pipeline.core.keys import SOURCE_CHUNKS, SOURCE_FILES
@@ -304,18 +304,25 @@ class LiveIndex:
                     if plan is None:
                         report.kind = "unchanged"
                         return report
-                    self._reconcile_all(collection, plan[1], report)
-                else:
-                    self._write_difference(collection, plan, report)
+                    self.guard.check_vectors(collection.count(), len(plan[1]), collection.name)
             except MassDeletionError as exc:
                 report.refused = str(exc)
                 return report
             result, chunks = plan[0], plan[1]
             report.kind = "catch-up" if full else "update"
-            report.phases["write"] = time.perf_counter() - mark
-            mark = time.perf_counter()
+            # the document table first (lexical index and delta): a vector is never without its document
             report.lexical = self._lexical(chunks)
             report.phases["lexical"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            try:
+                if full:
+                    self._reconcile_all(collection, chunks, report)
+                else:
+                    self._write_difference(collection, plan, report)
+            except MassDeletionError as exc:
+                report.refused = str(exc)
+                return report
+            report.phases["write"] = time.perf_counter() - mark
             report.chunks = len(chunks)
             stamps_before = self._table_stamps()
         # the lock is released: a new generation is marked, and readers (nova serve) see the update now
@@ -407,7 +414,10 @@ class LiveIndex:
         return result, chunks, new, vecs, gone
 
     def _reconcile_all(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
-        stats = reconcile(collection, chunks, self.embedder, self.cache, guard=self.guard)
+        from nova_pipeline.core.index.vector_store import other_schema_collection
+
+        seed = other_schema_collection(self._client, self.embedder.fingerprint)  # a record-schema change
+        stats = reconcile(collection, chunks, self.embedder, self.cache, guard=self.guard, seed=seed)
         report.chunks_added, report.chunks_deleted = stats.upserted, stats.deleted
         report.embedded, report.cache_hits = stats.embedded, stats.cache_hits
 
@@ -416,12 +426,7 @@ class LiveIndex:
         for i, start in enumerate(range(0, len(new), DEFAULT_BATCH)):
             part = new.iloc[start : start + DEFAULT_BATCH]
             try:
-                collection.upsert(
-                    ids=part["chunk_id"].tolist(),
-                    embeddings=vecs[i],
-                    documents=part["text"].tolist(),
-                    metadatas=[chunk_metadata(r) for r in part.itertuples(index=False)],
-                )
+                upsert_chunks(collection, part, vecs[i])
             except Exception as exc:  # noqa: BLE001 - whatever the store raised, named
                 raise VectorStoreError(f"live upsert into {collection.name} failed: {exc}") from exc
         for start in range(0, len(gone), DEFAULT_BATCH):

@@ -121,6 +121,7 @@ class BackupStore:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
+        from nova_pipeline.core.index.vector_store import SLIM
         from nova_pipeline.core.protect import golden
 
         try:
@@ -131,8 +132,11 @@ class BackupStore:
             col_name = f"backup-{self.fingerprint}-{name}"[:500]
             with contextlib.suppress(Exception):  # a half-loaded one from an earlier attempt
                 client.delete_collection(col_name)
-            col = client.get_or_create_collection(
-                col_name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            col = client.get_or_create_collection(  # slim records: texts come from the golden lexical index
+                col_name,
+                metadata={"records": SLIM},
+                configuration={"hnsw": {"space": "cosine"}},
+                embedding_function=None,
             )
             golden.import_export(col, cur.path)
             with self._lock:

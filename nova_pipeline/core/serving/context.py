@@ -177,22 +177,15 @@ def pack(candidates: Sequence[Piece], budget: int, count: TokenCount) -> tuple[l
     return chosen, used
 
 
-def _texts(home, ids: list[str]) -> dict[str, tuple[str, int, int]]:
-    """chunk id -> (text without its header line, start, end), from the chunks table."""
-    import pyarrow.parquet as pq
-
-    from nova_pipeline.core.keys import SOURCE_CHUNKS
-    from nova_pipeline.core.tables import table_path
-
-    path = table_path(home, SOURCE_CHUNKS)
-    if not ids or not path.exists():
+def _texts(table, ids: list[str]) -> dict[str, tuple[str, int, int]]:
+    """chunk id -> (text without its header line, start, end), from the document table ``table`` (the
+    lexical index of the store that answered; None: none)."""
+    if not ids or table is None:
         return {}
-    table = pq.read_table(
-        path, columns=["chunk_id", "text", "start_line", "end_line"], filters=[("chunk_id", "in", ids)]
-    )
     out = {}
-    for cid, text, start, end in zip(*(table.column(c).to_pylist() for c in table.column_names)):
-        out[cid] = (text.split("\n", 1)[1] if "\n" in text else "", start, end)
+    for cid, d in table.documents(ids).items():
+        text = d.text or ""
+        out[cid] = (text.split("\n", 1)[1] if "\n" in text else "", d.start_line, d.end_line)
     return out
 
 
@@ -262,7 +255,7 @@ def build_context(
     name, count = token_counter(tokenizer)
     result = searcher.search(question, k, mode=mode, path=path, language=language)
     ids = [i for h in result.hits for i in (h.chunk_id, *h.merged)]
-    texts = _texts(searcher.settings.home, ids)
+    texts = _texts(searcher.lexical_index(result.store), ids)
     candidates = []
     for h in result.hits:
         parts = sorted((texts[i] for i in (h.chunk_id, *h.merged) if i in texts), key=lambda t: t[1])

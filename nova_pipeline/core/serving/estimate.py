@@ -1,10 +1,10 @@
 """Resource zones of the backup store (seed 004): where a backup of CURRENT can live.
 
 Green under 100,000 chunks, yellow to 500,000, red above. The memory a backup needs is estimated from the
-real collection's cost per chunk (the golden export's uncompressed bytes over its vectors, times
-:data:`CHROMA_MEMORY_FACTOR`, plus :data:`CHROMA_FIXED_BYTES`), with the seed's safety buffer: 2x the
-estimate + 500 MB must be available. Red, or not enough memory, or over ``max_memory_mb``: the on-disk
-runtime copy. Where that cannot be had either: a refusal that says why.
+real collection's cost per chunk (the golden export's uncompressed id and embedding bytes over its
+vectors, times :data:`CHROMA_MEMORY_FACTOR`, plus :data:`CHROMA_FIXED_BYTES`), with the seed's safety
+buffer: 2x the estimate + 500 MB must be available. Red, or not enough memory, or over ``max_memory_mb``:
+the on-disk runtime copy. Where that cannot be had either: a refusal that says why.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "Estimate",
     "estimate",
     "estimate_for_version",
+    "export_vector_bytes",
 ]
 
 MEMORY, DISK = "memory", "disk"
@@ -38,12 +39,14 @@ SEED_BYTES_PER_CHUNK = 5 * 1024  # seed 004's guess, kept only for comparison
 
 BUFFER_BYTES = 500 * 2**20  # seed 004: "2x estimated + 500MB"
 
-# An in-memory Chroma store holds each vector several times (the embeddings queue, the HNSW graph) and each
-# document twice (the row and the trigram full-text index): its memory grows by about 3x the export's
-# uncompressed bytes per chunk, on top of about 32 MB for the store itself. Both measured by
-# benchmarks/bench_failover.py (RSS of loading half, then all, of a golden export; chromadb 1.5), which
-# prints them again on every run.
-CHROMA_MEMORY_FACTOR = 3.0
+# The in-memory backup store holds slim records (vector, path, language, bucket): its memory grows by
+# about 1.7x the export's uncompressed id and embedding bytes per chunk (2,678 B measured against 1,570 B
+# on 10,354 stdlib chunks: the vector in the embeddings log and in the HNSW graph, the slim metadata
+# rows), on top of about 32 MB for the store itself; 1.8 leaves a margin. Measured by
+# benchmarks/bench_scaleout.py --free-embedder and benchmarks/bench_failover.py (RSS of loading half,
+# then all, of a golden export; chromadb 1.5), which print them again on every run. Full records (the
+# document and its trigram index too) measured 3x the whole export's bytes.
+CHROMA_MEMORY_FACTOR = 1.8
 
 CHROMA_FIXED_BYTES = 32 * 2**20
 
@@ -99,7 +102,8 @@ def estimate(
 
     Args:
         chunks: vectors in the store.
-        export_bytes: the golden export's uncompressed size (vectors, documents, metadata); the cost per
+        export_bytes: the golden export's uncompressed ids and vectors (:func:`export_vector_bytes`); the
+            cost per
             chunk is ``export_bytes / chunks * CHROMA_MEMORY_FACTOR``, and the estimate adds
             ``CHROMA_FIXED_BYTES``.
         available_bytes: free memory (default: psutil's ``virtual_memory().available``).
@@ -166,14 +170,33 @@ def estimate(
 def estimate_for_version(
     version, available_bytes: int | None = None, max_memory_mb: int = 2048, disk_copy: bool = True
 ) -> Estimate:
-    """:func:`estimate` for a golden version: its vector count and its export's uncompressed bytes (from the
-    Parquet footers, without reading the data)."""
-    import pyarrow.parquet as pq
+    """:func:`estimate` for a golden version: its vector count and :func:`export_vector_bytes` of its
+    export."""
 
     from nova_pipeline.core.protect.golden.export import export_files
 
-    export_bytes = 0
-    for f in export_files(version.path):
+    return estimate(
+        version.count,
+        export_vector_bytes(export_files(version.path)),
+        available_bytes,
+        max_memory_mb,
+        disk_copy,
+    )
+
+
+def export_vector_bytes(files) -> int:
+    """The uncompressed bytes of an export's ``id`` and ``embedding`` columns: what an in-memory backup store
+    holds of each chunk besides the few bytes of its slim metadata (its texts are read from the golden
+    lexical index). From the Parquet footers, without reading the data."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
         meta = pq.ParquetFile(f).metadata
-        export_bytes += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    return estimate(version.count, export_bytes, available_bytes, max_memory_mb, disk_copy)
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                if col.path_in_schema.split(".")[0] in ("id", "embedding"):
+                    total += col.total_uncompressed_size
+    return total

@@ -44,7 +44,8 @@ class Journal:
         atomic_write_bytes(path, table_bytes(table))
         return path
 
-    def upsert(self, ids, embeddings, documents, metadatas) -> None:
+    def upsert(self, ids, embeddings, documents=None, metadatas=None) -> None:
+        documents = [None] * len(ids) if documents is None else documents
         mat = np.asarray(embeddings, dtype=np.float32)
         self._write(
             "upsert",
@@ -84,6 +85,7 @@ class Journal:
 
     def replay(self, collection, batch: int = 1000) -> tuple[int, int]:
         """Apply every entry, in order, to ``collection``; returns ``(upserted, deleted)`` ids."""
+        from nova_pipeline.core.index.vector_store import upsert_records
         from nova_pipeline.core.protect.golden.export import embedding_matrix
 
         upserted = deleted = 0
@@ -92,11 +94,12 @@ class Journal:
                 part = t.slice(start, batch)
                 ids = part.column("id").to_pylist()
                 if op == "upsert":
-                    collection.upsert(
-                        ids=ids,
-                        embeddings=embedding_matrix(part),
-                        documents=part.column("document").to_pylist(),
-                        metadatas=[json.loads(m) for m in part.column("metadata").to_pylist()],
+                    upsert_records(
+                        collection,
+                        ids,
+                        embedding_matrix(part),
+                        part.column("document").to_pylist(),
+                        [json.loads(m) for m in part.column("metadata").to_pylist()],
                     )
                     upserted += len(ids)
                 else:
@@ -124,12 +127,11 @@ class JournalingCollection:
             self._on_first_write()
             self._on_first_write = None
 
-    def upsert(self, ids, embeddings, documents, metadatas):
+    def upsert(self, ids, embeddings, documents=None, metadatas=None):
         self._first_write()
         self._journal.upsert(ids, embeddings, documents, metadatas)
-        return self._collection.upsert(
-            ids=ids, embeddings=embeddings, documents=documents, metadatas=metadatas
-        )
+        docs = {} if documents is None else {"documents": documents}
+        return self._collection.upsert(ids=ids, embeddings=embeddings, metadatas=metadatas, **docs)
 
     def delete(self, ids):
         self._first_write()

@@ -39,7 +39,7 @@ def _probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, time
     Raises:
         Any error of the vector store (an HTTP status, a transport error, a Chroma error).
     """
-    from nova_pipeline.core.index.vector_store import collection_name, get_collection
+    from nova_pipeline.core.index.vector_store import collection_name, get_collection, other_schema
 
     if chroma_url:
         import httpx
@@ -49,6 +49,8 @@ def _probe_in_process(home: Path, chroma_url: str | None, fingerprint: str, time
         with httpx.Client(timeout=timeout) as http:
             http.get(f"{base}/heartbeat").raise_for_status()
             got = http.get(f"{db}/{collection_name(fingerprint)}")
+            if got.status_code == 404:  # a record-schema change not built yet: the other schema answers
+                got = http.get(f"{db}/{collection_name(fingerprint, other_schema())}")
             got.raise_for_status()
             cid = got.json()["id"]
             count = int(http.get(f"{db}/{cid}/count").raise_for_status().json())

@@ -13,7 +13,7 @@ import threading
 from nova_pipeline.core.errors import IndexNotBuiltError
 from nova_pipeline.core.index.embedding import Embedder
 from nova_pipeline.core.index.ranking import HYBRID
-from nova_pipeline.core.index.vector_store import Hit
+from nova_pipeline.core.index.vector_query import Hit
 from nova_pipeline.core.serving.searcher import Searcher
 from nova_pipeline.core.settings import Settings
 

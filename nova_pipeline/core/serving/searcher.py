@@ -11,14 +11,14 @@ chunks of one symbol in one file collapse into one hit
 (:func:`~nova_pipeline.core.index.ranking.collapse_places`) with the merged line range, the best score and
 the other chunks' ids in ``Hit.merged``; ``k`` counts collapsed hits. ``collapse=False`` returns raw chunks.
 
-**Failover.** A :class:`Searcher` reads the failover pointer (``NOVA_HOME/failover/state.json``) on every
-query:
+**Documents.** Hits get their text, lines and symbol from the document table of the lexical index that
+goes with the store that answered (:meth:`Searcher.lexical_index`): vectors are slim records.
 
-* primary active: the primary is queried, bounded by ``query_timeout_s``; a query that fails or times out
-  is answered from the backup store in the same call, and counts as a failure on the searcher's circuit
-  breaker (3 failures open it, so the next queries go straight to the backup until it half-opens after
-  30 s and a trial query decides);
-* backup active: the backup store answers.
+**Failover.** A :class:`Searcher` reads the failover pointer (``NOVA_HOME/failover/state.json``) on every
+query. Primary active: the primary is queried, bounded by ``query_timeout_s``; a query that fails or times
+out is answered from the backup store in the same call, and counts as a failure on the searcher's circuit
+breaker (3 failures open it, so the next queries go straight to the backup until it half-opens after 30 s
+and a trial query decides). Backup active: the backup store answers.
 
 The backup store is made from the CURRENT golden copy: in memory (a Chroma ``EphemeralClient`` loaded from
 CURRENT's export) when the resource estimate allows it, else the on-disk runtime copy; it is reloaded when
@@ -61,7 +61,8 @@ from nova_pipeline.core.index.ranking import (
     fuse,
     phrase_of,
 )
-from nova_pipeline.core.index.vector_store import Hit, get_collection, open_client, query
+from nova_pipeline.core.index.vector_query import Hit, query, with_documents
+from nova_pipeline.core.index.vector_store import get_collection, open_client
 from nova_pipeline.core.serving.backup_store import BackupStore
 from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.pointer import BACKUP, PRIMARY, read_state
@@ -357,20 +358,28 @@ class Searcher:
         if mode not in MODES:
             raise InvalidRequestError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
         state = read_state(self.settings.home)
-        lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY) if mode != VECTOR else None
+        # the lexical index: the lexical side of the search, and the document table every hit's text,
+        # lines and symbol are read from (the vector store keeps slim records)
+        lex = self.lexical_index(BACKUP if state.failed_over else PRIMARY)
         if lex is None and mode == LEXICAL:
             raise IndexNotBuiltError(
                 "no lexical index yet: run the rebuild job (make rebuild, or dagster "
                 "job execute -m nova_pipeline.definitions -j rebuild)"
             )
-        if lex is None and mode == HYBRID:
-            log.warning("no lexical index yet: hybrid search answers from the vector side only")
+        if lex is None and mode != LEXICAL:
+            log.warning(
+                "no lexical index (the document table) yet: run the rebuild job; until then hits have no text"
+            )
         # collapsing merges some candidates: ask for more, so that k places remain
         n = max(k, self.ranking.candidates) if mode == HYBRID else k * COLLAPSE_FETCH if collapse else k
         where, paths = _filters(lex, path, language)
         if paths is not None and not paths:
             return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
-        lex_hits = lex.search(text, n, lex.mask(path, language), with_terms=False) if lex is not None else []
+        lex_hits = (
+            lex.search(text, n, lex.mask(path, language), with_terms=False)
+            if lex is not None and mode != VECTOR
+            else []
+        )
         lex_ids = [lex.ids[h.row] for h in lex_hits]
         vectors = self.embed_query(text) if mode != LEXICAL else None
         if deadline is None:  # from here: loading the model on a first query is not the primary's delay
@@ -394,10 +403,10 @@ class Searcher:
         def op(col):
             vhits = []
             if vectors is not None:
-                # texts of every candidate only for the phrase rule; else only for the hits shown (below)
-                vhits = query(col, vectors, n * over, where, documents=mode != HYBRID or bool(phrase))[0]
+                vhits = query(col, vectors, n * over, where)[0]
                 if path and paths is None:
                     vhits = [h for h in vhits if lexical.glob_match(h.path, path)][:n]
+                vhits = with_documents(vhits, lex, col)  # texts, lines and symbols from the document table
             by_id = {h.chunk_id: h for h in vhits}
             if mode == VECTOR:
                 order = [(h.chunk_id, h.score) for h in vhits]
@@ -405,8 +414,7 @@ class Searcher:
                 order = [(i, h.score) for i, h in zip(lex_ids, lex_hits)]
             else:
                 # the lexical candidates' texts: for the phrase match now, and for the hits shown
-                need = [i for i in lex_ids if i not in by_id] if phrase else []
-                texts = _documents(col, need)
+                texts = _texts(lex, [i for i in lex_ids if i not in by_id] if phrase else [])
                 candidates = [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits] + [
                     (i, lex.symbols[h.row], lex.path_of(h.row), by_id[i].text if i in by_id else texts.get(i))
                     for i, h in zip(lex_ids, lex_hits)
@@ -426,19 +434,21 @@ class Searcher:
                 for cid, _ in order:
                     if cid in by_id:
                         by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
-                if not phrase:  # the texts of the hits shown, in one get
-                    texts = _documents(col, [cid for cid, _ in order])
-                    for cid, h in by_id.items():
-                        h.text = texts.get(cid, h.text)
+                if not phrase:  # the texts of the lexical-only hits shown
+                    texts = _texts(lex, [cid for cid, _ in order if cid not in by_id])
                 return order, by_id, texts, boosted, merged
             order, merged = top(order, vhits)
-            texts = _documents(col, [cid for cid, _ in order if cid not in by_id])
+            texts = _texts(lex, [cid for cid, _ in order if cid not in by_id])
             return order, by_id, texts, {}, merged
 
         answer, store, stale, fell_back, error = self._run(op, state.failed_over, deadline)
         order, by_id, texts, boosted, merged = answer
         lex_by_id = {i: h for i, h in zip(lex_ids, lex_hits)}
-        terms = [t for t in dict.fromkeys(lexical.code_tokens(text)) if lex is not None and t in lex.vocab]
+        terms = [
+            t
+            for t in dict.fromkeys(lexical.code_tokens(text))
+            if lex is not None and mode != VECTOR and t in lex.vocab
+        ]
         hits = []
         for cid, score in order:
             h = by_id.get(cid)
@@ -483,12 +493,9 @@ class Searcher:
         self.backup.close()
 
 
-def _documents(col, ids: list[str]) -> dict[str, str]:
-    """Chunk id → document, for ``ids`` (one ``get``; none when ``ids`` is empty)."""
-    if not ids:
-        return {}
-    got = col.get(ids=ids, include=["documents"])
-    return {i: d or "" for i, d in zip(got["ids"], got["documents"])}
+def _texts(lex, ids: list[str]) -> dict[str, str]:
+    """Chunk id → text, for ``ids``, from the document table (none when ``ids`` is empty)."""
+    return {i: d.text or "" for i, d in lex.documents(ids).items()} if ids and lex is not None else {}
 
 
 def _filters(lex, path: str | None, language: str | None) -> tuple[dict | None, list[str] | None]:

@@ -207,7 +207,7 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
 def _vector_store_stats(settings: Settings, fingerprint: str) -> dict:
     """Collections (name: vectors), the vectors and documents of ours, bytes on disk (embedded mode).
     Reads only: an embedded data dir that does not exist yet is reported empty, not created."""
-    from nova_pipeline.core.index.vector_store import collection_name
+    from nova_pipeline.core.index.vector_store import collection_name, other_schema
 
     out: dict = {"where": settings.chroma_url or str(settings.layout.vectors)}
     try:
@@ -225,7 +225,7 @@ def _vector_store_stats(settings: Settings, fingerprint: str) -> dict:
         return {**out, "collections": {}, "vectors": 0, "documents": 0, "bytes_on_disk": 0}
     except Exception as exc:  # noqa: BLE001 - an unreachable store is a fact to report
         return {**out, "error": str(exc)}
-    ours = cols.get(collection_name(fingerprint), 0)
+    ours = cols.get(collection_name(fingerprint), cols.get(collection_name(fingerprint, other_schema()), 0))
     out.update(
         collections=cols,
         vectors=ours,

@@ -24,6 +24,10 @@ from nova_pipeline.core.index.vector_store import (
     collection_name,
     existing_ids,
     get_collection,
+    is_complete,
+    mark_complete,
+    other_schema_collection,
+    retire_other_schema,
     slice_buckets,
 )
 from nova_pipeline.core.index.verification import (
@@ -31,7 +35,7 @@ from nova_pipeline.core.index.verification import (
     ids_digest,
     store_state,
 )
-from nova_pipeline.core.keys import INDEX, SOURCE_CHUNKS, VECTOR_INDEX
+from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, VECTOR_INDEX
 from nova_pipeline.core.serving.failover import ActiveStore, active_client, active_store, writing_to
 from nova_pipeline.core.serving.pointer import PRIMARY
 from nova_pipeline.core.tables import require_table
@@ -100,7 +104,7 @@ _STEP_OUT = "step_io_manager"
 
 
 @dg.op(
-    ins={SOURCE_CHUNKS: dg.In(dg.Nothing)},
+    ins={SOURCE_CHUNKS: dg.In(dg.Nothing), LEXICAL_INDEX: dg.In(dg.Nothing)},
     out={
         "plan": dg.Out(dict, io_manager_key=_STEP_OUT),
         "slices": dg.DynamicOut(dict, io_manager_key=_STEP_OUT),
@@ -212,6 +216,7 @@ def reconcile_vector_slice(
                 store.client.get_max_batch_size(),
                 on_batch,
                 buckets=task["buckets"],
+                seed=other_schema_collection(store.client, model.fingerprint),  # a schema change: copy
             )
     finally:
         cache.close()
@@ -316,6 +321,7 @@ def finish_vector_index(
     with active_client(settings.home, settings.chroma_url) as client:  # a view opened after every write
         collection = get_collection(client, fingerprint)
         count = collection.count()
+        switching = not is_complete(collection) or other_schema_collection(client, fingerprint) is not None
         yield from _finish(
             context,
             settings,
@@ -330,6 +336,13 @@ def finish_vector_index(
             swept,
             started,
         )
+    if switching and count == len(source_chunks):
+        # a record-schema change (or a sliced first build) is complete: readers switch, the old one goes
+        with writing_to(settings.home, settings.chroma_url) as writer:
+            mark_complete(writer.collection(fingerprint))
+            retired = retire_other_schema(writer.client, fingerprint)
+        if retired:
+            context.log.info(f"{name} holds every chunk: readers switched to it and {retired} was dropped")
 
 
 def _finish(
@@ -352,7 +365,16 @@ def _finish(
         verified.record("reconcile", digest, state, context.run_id, count=count)
     total = {
         k: sum(r[k] for r in results)
-        for k in ("unchanged", "upserted", "embedded", "cache_hits", "deleted", "batches", "embed_seconds")
+        for k in (
+            "unchanged",
+            "upserted",
+            "embedded",
+            "cache_hits",
+            "copied",
+            "deleted",
+            "batches",
+            "embed_seconds",
+        )
     }
     if total["embedded"] == 0:
         context.log.info(
@@ -428,7 +450,12 @@ def _finish(
 @dg.graph_asset(
     kinds={"chromadb"},
     group_name=INDEX,
-    ins={SOURCE_CHUNKS: dg.AssetIn(SOURCE_CHUNKS, dagster_type=dg.Nothing)},
+    # after the lexical index: it is the document table slim vector records are read with, so a new
+    # vector never lacks its document
+    ins={
+        SOURCE_CHUNKS: dg.AssetIn(SOURCE_CHUNKS, dagster_type=dg.Nothing),
+        LEXICAL_INDEX: dg.AssetIn(LEXICAL_INDEX, dagster_type=dg.Nothing),
+    },
     config=_vector_index_config,
     check_specs=[COUNT_CHECK, SELF_CHECK],
     description="""A Chroma collection named after the model fingerprint, reconciled with ``source_chunks``.
@@ -442,8 +469,8 @@ shrink the collection by a mass deletion. Its two blocking checks run in the las
 the same and nothing wrote to the (embedded) collection since this asset and both its checks last passed,
 Chroma is not even opened.""",
 )
-def vector_index(source_chunks):
-    plan, slices = plan_vector_slices(source_chunks)
+def vector_index(source_chunks, lexical_index):
+    plan, slices = plan_vector_slices(source_chunks=source_chunks, lexical_index=lexical_index)
     results = slices.map(reconcile_vector_slice).collect()
     result, count_check, self_check = finish_vector_index(plan, results)
     return {

@@ -101,3 +101,71 @@ def test_an_unreadable_delta_leaves_the_base_answering(chunks, tmp_path):
     (home / "lexical" / lexical_delta.DELTA).write_text("{half")
     assert lexical_delta.read(home) is None
     assert type(lexical_delta.load_live(home)) is lexical.LexicalIndex
+
+
+def test_the_document_table_gives_each_live_chunk_by_id_and_none_that_is_gone(chunks, tmp_path):
+    home = tmp_path / "home"
+    lexical.update(home, chunks)
+    base = lexical.load_current(home)
+    assert (base.path / lexical.TEXTS / "part-00.arrow").is_file()
+    some = chunks.sample(20, random_state=3)
+    got = base.documents([*some["chunk_id"], "no-such-id"])
+    assert set(got) == set(some["chunk_id"])  # an unknown id is left out
+    for row in some.itertuples():
+        d = got[row.chunk_id]
+        assert (d.path, d.start_line, d.end_line, d.text) == (
+            row.path,
+            row.start_line,
+            row.end_line,
+            row.text,
+        )
+        assert d.symbol == (row.symbol or "") and d.language == row.language
+
+    live, changed_row = edited(chunks)
+    lexical_delta.write(home, lexical_delta.compute(base.ids, live, base.digest))
+    idx = lexical_delta.load_live(home, base=base)
+    gone = chunks.loc[changed_row, "chunk_id"]
+    scanner = chunks[chunks["path"] == "json/scanner.py"]["chunk_id"].tolist()
+    kept = live[live["path"] == "json/encoder.py"]["chunk_id"].tolist()[:3]
+    docs = idx.documents(["new-1", "changed-" + gone, gone, *scanner, *kept])
+    assert set(docs) == {"new-1", "changed-" + gone, *kept}  # removed and changed base chunks are gone
+    assert (
+        docs["new-1"].text == "def quux_handler(): return 'zebra'" and docs["new-1"].path == "json/extra.py"
+    )
+    assert docs["changed-" + gone].text.endswith("def frobnicate_widget_xyz(): pass\n")
+    by_id = live.set_index("chunk_id")
+    assert all(docs[i].text == by_id.loc[i, "text"] for i in kept)
+
+
+def test_an_index_without_texts_still_answers_and_a_damaged_texts_file_is_named(chunks, tmp_path):
+    import shutil
+
+    lexical.build(chunks, tmp_path / "idx")
+    shutil.rmtree(tmp_path / "idx" / lexical.TEXTS)  # built before the document table held texts
+    old = lexical.load(tmp_path / "idx")
+    cid = chunks["chunk_id"].iloc[0]
+    assert old.documents([cid])[cid].text is None and old.search("JSONDecodeError", 3)
+    lexical.build(chunks, tmp_path / "idx2")
+    lexical.build(chunks.iloc[:5], tmp_path / "short")
+    shard = lexical.text_shard(chunks["path"].iloc[-1])
+    name = f"part-{shard:02d}.arrow"
+    short = (tmp_path / "short" / lexical.TEXTS / name).read_bytes()
+    (tmp_path / "idx2" / lexical.TEXTS / name).write_bytes(short)
+    with pytest.raises(lexical.LexicalIndexError, match=f"texts shard {shard}"):
+        lexical.load(tmp_path / "idx2")
+
+
+def test_the_same_texts_give_the_same_shard_files_and_an_edit_changes_one(chunks, tmp_path):
+    lexical.build(chunks, tmp_path / "a")
+    lexical.build(chunks.copy(), tmp_path / "b")
+    edited_chunks = chunks.copy()
+    i = edited_chunks.index[edited_chunks["path"] == "json/decoder.py"][0]
+    edited_chunks.loc[i, "text"] += "\n# edited\n"
+    lexical.build(edited_chunks, tmp_path / "c")
+
+    def shards(d):
+        return {f.name: f.read_bytes() for f in sorted((tmp_path / d / lexical.TEXTS).iterdir())}
+
+    a, b, c = shards("a"), shards("b"), shards("c")
+    assert a == b and len(a) == lexical.TEXT_SHARDS
+    assert [n for n in a if a[n] != c[n]] == [f"part-{lexical.text_shard('json/decoder.py'):02d}.arrow"]

@@ -11,11 +11,17 @@ from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.reconcile import reconcile
 from nova_pipeline.core.index.vector_store import (
     BUCKETS,
+    FULL,
+    SLIM,
     bucket_of,
     buckets_of,
+    collection_name,
     existing_ids,
     get_collection,
+    is_complete,
     open_client,
+    other_schema_collection,
+    retire_other_schema,
     slice_buckets,
 )
 from nova_pipeline.core.index.verification import self_retrieval_failures
@@ -52,17 +58,11 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
     assert s1.embedded == unique and s1.upserted == len(chunks) == s1.count_after
     assert batches == list(range(1, len(batches) + 1)) and len(batches) == -(-len(chunks) // 16)
     got = col.get(ids=[chunks["chunk_id"].iloc[0]], include=["documents", "metadatas"])
-    assert got["documents"][0] == chunks["text"].iloc[0]
-    assert set(got["metadatas"][0]) == {
-        "path",
-        "start_line",
-        "end_line",
-        "symbol",
-        "language",
-        "content_blake3",
-        "bucket",
-    }
+    # slim records by default: the vector and what queries filter on, no document
+    assert got["documents"][0] is None
+    assert set(got["metadatas"][0]) == {"path", "language", "bucket"}
     assert got["metadatas"][0]["bucket"] == bucket_of(chunks["chunk_id"].iloc[0])
+    assert col.name == collection_name(fake_embedder.fingerprint, SLIM) and is_complete(col)
 
     s2 = reconcile(col, chunks, fake_embedder, cache)
     assert (s2.embedded, s2.upserted, s2.deleted, s2.unchanged) == (0, 0, 0, len(chunks))
@@ -76,6 +76,48 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
     s3 = reconcile(col, chunks, fake_embedder, cache)
     assert s3.upserted == 5 and s3.embedded == 0 and s3.cache_hits == 5 and s3.deleted == 1
     assert existing_ids(col) == set(chunks["chunk_id"])
+
+
+def test_full_records_keep_documents_and_a_schema_change_copies_vectors_without_embedding(
+    tmp_path, chunks, fake_embedder, monkeypatch
+):
+    fp = fake_embedder.fingerprint
+    client = open_client(tmp_path)
+    monkeypatch.setenv("NOVA_CHROMA_DOCUMENTS", "1")
+    full = get_collection(client, fp)
+    reconcile(full, chunks, fake_embedder, EmbeddingCache(tmp_path, fp))
+    first = chunks.iloc[0]
+    got = full.get(ids=[first["chunk_id"]], include=["documents", "metadatas"])
+    assert full.name == collection_name(fp, FULL) == f"nova-{fp}"  # the name every earlier collection has
+    assert got["documents"][0] == first["text"]
+    assert (
+        got["metadatas"][0]["start_line"] == first["start_line"] and "content_blake3" in got["metadatas"][0]
+    )
+
+    # back to the default (slim): until the slim collection is complete, readers keep the full one
+    monkeypatch.delenv("NOVA_CHROMA_DOCUMENTS")
+    slim = get_collection(client, fp)
+    assert slim.name == collection_name(fp, SLIM) and not is_complete(slim)
+    assert get_collection(client, fp, create=False).name == full.name
+    assert retire_other_schema(client, fp) is None  # not before the new one is complete
+
+    class NoModel:  # the schema change must not embed: every vector is copied from the full collection
+        fingerprint = fp
+
+        def embed(self, texts):
+            raise AssertionError(f"embedded {len(texts)} texts during a schema change")
+
+    seed = other_schema_collection(client, fp)
+    stats = reconcile(slim, chunks, NoModel(), EmbeddingCache(tmp_path / "empty", fp), seed=seed)
+    assert (stats.copied, stats.embedded, stats.count_after) == (len(chunks), 0, len(chunks))
+    ids = chunks["chunk_id"].tolist()[:10]
+    a = full.get(ids=ids, include=["embeddings"])
+    b = slim.get(ids=ids, include=["embeddings"])
+    va, vb = dict(zip(a["ids"], a["embeddings"])), dict(zip(b["ids"], b["embeddings"]))
+    assert va.keys() == vb.keys() and all(np.allclose(va[i], vb[i], atol=1e-6) for i in va)
+    assert get_collection(client, fp, create=False).name == slim.name  # complete: readers switch
+    assert retire_other_schema(client, fp) == full.name
+    assert other_schema_collection(client, fp) is None
 
 
 def test_slices_partition_the_buckets_and_ids():

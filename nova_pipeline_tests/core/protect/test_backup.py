@@ -9,7 +9,8 @@ import zstandard as zstd
 from nova_pipeline.core.compression.store import ContentStore
 from nova_pipeline.core.errors import BackupVerifyError, ConfirmationRequired
 from nova_pipeline.core.index import lexical
-from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client, top_ids
+from nova_pipeline.core.index.vector_query import top_ids
+from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
 from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.core.protect.backup import archive as archive_mod
 from nova_pipeline_tests.conftest import FakeEmbedder, build_home, inject_crash

@@ -18,10 +18,10 @@ GB = 2**30
 
 
 def test_zones_and_where_a_backup_can_live():
-    small = estimate(2_000, 6_000_000, available_bytes=8 * GB)  # 3,000 uncompressed export bytes per chunk
+    small = estimate(2_000, 6_000_000, available_bytes=8 * GB)  # 3,000 export bytes (ids, vectors) per chunk
     assert (small.zone, small.choice) == ("green", "memory")
     assert small.bytes_per_chunk == 3000 * CHROMA_MEMORY_FACTOR
-    assert small.estimate_bytes == 3 * 6_000_000 + CHROMA_FIXED_BYTES
+    assert small.estimate_bytes == int(CHROMA_MEMORY_FACTOR * 6_000_000) + CHROMA_FIXED_BYTES
     assert small.required_bytes == 2 * small.estimate_bytes + 500 * 2**20  # the seed's buffer
     assert estimate(200_000, 200_000 * 3000, available_bytes=8 * GB).zone == "yellow"
     red = estimate(600_000, 600_000 * 3000, available_bytes=64 * GB, max_memory_mb=10**6)
@@ -33,7 +33,7 @@ def test_zones_and_where_a_backup_can_live():
     refused = estimate(2_000, 6_000_000, available_bytes=100 * 2**20, disk_copy=False)
     assert refused.choice == "refuse"
     assert refused.message.startswith(
-        "BACKUP ACTIVATION FAILED - Insufficient memory. Required: 0.58GB, Available: 0.10GB"
+        "BACKUP ACTIVATION FAILED - Insufficient memory. Required: 0.57GB, Available: 0.10GB"
     )
 
 

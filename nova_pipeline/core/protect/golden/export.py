@@ -23,9 +23,7 @@ import pyarrow.parquet as pq
 
 from nova_pipeline.core.errors import GoldenCopyError
 from nova_pipeline.core.index import lexical
-from nova_pipeline.core.index.vector_store import (
-    existing_ids,
-)
+from nova_pipeline.core.index.vector_store import existing_ids, mark_complete, upsert_records
 from nova_pipeline.core.protect.golden.versions import LEXICAL_DIR
 
 __all__ = [
@@ -79,27 +77,36 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
 
-def fetch_rows(collection, ids: list[str]) -> pa.Table:
-    """``id, embedding, document, metadata`` of ``ids`` from ``collection``, sorted by id.
+def fetch_rows(collection, ids: list[str], chunks: pd.DataFrame | None = None) -> pa.Table:
+    """``id, embedding, document, metadata`` of ``ids``, sorted by id: the vectors from ``collection``; the
+    documents and metadata from ``chunks`` (the chunk table indexed by ``chunk_id``, with ``text`` and the
+    metadata columns) when given, so an export holds full records whatever the collection's record schema
+    (slim records carry no document), else from the collection too.
 
     Raises:
         GoldenCopyError: an id is not in the collection (the index does not match the chunks table).
     """
+    from nova_pipeline.core.index.vector_store import full_metadata
+
     got_ids, embs, docs, metas = [], [], [], []
+    include = ["embeddings"] if chunks is not None else ["embeddings", "documents", "metadatas"]
     for start in range(0, len(ids), FETCH_PAGE):
-        got = collection.get(
-            ids=ids[start : start + FETCH_PAGE], include=["embeddings", "documents", "metadatas"]
-        )
+        got = collection.get(ids=ids[start : start + FETCH_PAGE], include=include)
         got_ids += got["ids"]
         embs.append(np.asarray(got["embeddings"], dtype=np.float32).reshape(len(got["ids"]), -1))
-        docs += got["documents"]
-        metas += [json.dumps(m, sort_keys=True) for m in got["metadatas"]]
+        if chunks is None:
+            docs += got["documents"]
+            metas += [json.dumps(m, sort_keys=True) for m in got["metadatas"]]
     missing = set(ids) - set(got_ids)
     if missing:
         raise GoldenCopyError(
             f"{collection.name} lacks {len(missing)} chunks of the chunks table (e.g. {sorted(missing)[0]}): "
             "run the rebuild job so that vector_index reconciles it"
         )
+    if chunks is not None:
+        rows = chunks.loc[got_ids].reset_index()
+        docs = rows["text"].tolist()
+        metas = [json.dumps(full_metadata(r), sort_keys=True) for r in rows.itertuples(index=False)]
     order = np.argsort(np.asarray(got_ids, dtype=object), kind="stable")
     mat = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
     dim = mat.shape[1] if mat.size else 0
@@ -144,16 +151,18 @@ def import_export(collection, version_dir: Path, batch: int = 1000) -> tuple[int
         mat = embedding_matrix(t)
         for start in range(0, len(t), batch):
             part = t.slice(start, batch)
-            collection.upsert(
-                ids=part.column("id").to_pylist(),
-                embeddings=mat[start : start + len(part)],
-                documents=part.column("document").to_pylist(),
-                metadatas=[json.loads(m) for m in part.column("metadata").to_pylist()],
+            upsert_records(
+                collection,
+                part.column("id").to_pylist(),
+                mat[start : start + len(part)],
+                part.column("document").to_pylist(),
+                [json.loads(m) for m in part.column("metadata").to_pylist()],
             )
         upserted += len(t)
     stale = sorted(have - wanted)
     for start in range(0, len(stale), batch):
         collection.delete(ids=stale[start : start + batch])
+    mark_complete(collection)
     return upserted, len(stale)
 
 
@@ -163,6 +172,12 @@ def chunks_from_export(version_dir: Path) -> pd.DataFrame:
     frames = []
     for f in export_files(Path(version_dir)):
         t = read_shard(f, ["id", "document", "metadata"]).to_pandas()
+        if len(t) and t["document"].isna().all():
+            raise GoldenCopyError(
+                f"the golden version {Path(version_dir).name} holds slim vector records, whose texts are in "
+                "its lexical index only, and that index is missing or damaged: run the rebuild job to "
+                "promote a new version"
+            )
         meta = pd.DataFrame([json.loads(m) for m in t["metadata"]], index=t.index)
         frames.append(
             pd.DataFrame(

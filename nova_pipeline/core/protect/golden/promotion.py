@@ -284,13 +284,16 @@ def promote(
                     f"{collection.name} holds {count} vectors for {len(chunks)} chunks: run the rebuild job "
                     "(its blocking check vector_count_matches_chunks keeps such an index from being promoted)"
                 )
+            rows = None  # the chunk table with texts: read only when a shard is written
             for shard, ids in sorted(by_shard.items()):
                 rel = shard_name(shard)
                 if prev_shards.get(str(shard)) == digests[shard] and placer.can_link(rel):
                     placer.link(rel)  # same chunk ids, same model: the same rows; not even read from Chroma
                     shards_linked += 1
                 else:
-                    placer.put(rel, table_bytes(fetch_rows(collection, sorted(ids))))
+                    if rows is None:
+                        rows = _export_rows(home, chunks)
+                    placer.put(rel, table_bytes(fetch_rows(collection, sorted(ids), rows)))
                     shards_written += 1
                 if progress is not None:
                     progress(shards_written + shards_linked, len(by_shard))
@@ -301,7 +304,7 @@ def promote(
             placer.put("store_index.parquet", store.index_path.read_bytes())
         if lexical_dir is not None:
             for f in lexical.index_files(lexical_dir):
-                placer.put(f"{LEXICAL_DIR}/{f.name}", f.read_bytes())
+                placer.put(f"{LEXICAL_DIR}/{f.relative_to(lexical_dir).as_posix()}", f.read_bytes())
         registry = DictionaryRegistry(home)
         for digest in dictionaries:
             placer.put(f"dictionaries/{registry.path(digest).name}", registry.path(digest).read_bytes())
@@ -370,6 +373,21 @@ def promote(
         seconds=time.perf_counter() - started,
         removed=removed,
     )
+
+
+def _export_rows(home: Path, chunks: pd.DataFrame) -> pd.DataFrame | None:
+    """``chunks`` with their texts, indexed by ``chunk_id``: the documents and metadata of the export (the
+    vectors come from Chroma, whose slim records hold neither). None when the table lacks a column (the
+    collection's own records are exported then)."""
+    need = {"chunk_id", "path", "start_line", "end_line", "symbol", "language", "content_blake3"}
+    if not need <= set(chunks.columns):
+        return None
+    if "text" not in chunks.columns:
+        texts = read_table(home, SOURCE_CHUNKS, columns=["chunk_id", "text"])
+        if texts is None:
+            return None
+        chunks = chunks.merge(texts, on="chunk_id", how="left")
+    return chunks.drop_duplicates("chunk_id").set_index("chunk_id")
 
 
 def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:

@@ -1,0 +1,290 @@
+"""How the pipeline's cost grows with the tree: 1,000, 10,000 and 100,000 files, stage by stage (issue 25).
+
+Trees are made from the running interpreter's standard library (its ``.py`` files, tests left out). Copy
+``c`` of a file gets a unique header line and every name the file defines (``def``/``class``) renamed with
+a ``_c<c>`` suffix, so that file hashes, chunks and patterns are real work and not deduplication hits. A tree
+is kept under ``--work`` and reused by later runs.
+
+For each tier, with the free embedder (blake3 of each text as its vector: everything but the model), in one
+process on one Dagster instance:
+
+* the ``rebuild`` job from nothing: every step's wall time (``STEP_START`` to ``STEP_SUCCESS`` in the event
+  log), peak RSS of this process and its children during the step (psutil, sampled every 50 ms) and its
+  throughput (files/s, MB/s of source, chunks/s);
+* the unchanged rerun, and the rerun after a one-file edit: wall time of the whole job;
+* the anchor, measured in the same run: raw blake3 of every file of the tree (read and hash, one thread).
+
+Then the growth exponent of every stage between the two largest tiers: ``log(t_big / t_small) /
+log(files_big / files_small)`` (1.0 is linear). Targets: every exponent <= 1.15; peak RSS <= 4 GB at 100K
+files; the unchanged rerun at 100K <= 15 s and <= 3x the one at 10K; a one-file edit at 100K <= 20 s.
+
+Usage: python benchmarks/bench_scale.py [--tiers 1k,10k] [--work DIR] (100k: ``--tiers 1k,10k,100k``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TIERS = {"1k": 1_000, "3k": 3_000, "10k": 10_000, "30k": 30_000, "100k": 100_000}
+SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "lib2to3"}
+DEFINED = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.M)
+
+
+def stdlib_sources() -> list[Path]:
+    """The stdlib's ``.py`` files (tests, ``site-packages`` and lib2to3's Python 2 fixtures left out), in a
+    fixed order."""
+    out = []
+    for p in sorted(STDLIB.rglob("*.py")):
+        rel = p.relative_to(STDLIB)
+        if SKIP_DIRS & set(rel.parts[:-1]) or p.stat().st_size > 400_000:
+            continue
+        out.append(p)
+    return out
+
+
+def variant(text: str, copy: int, rel: str) -> str:
+    """Copy ``copy`` of a file: a unique header, and every name it defines renamed (copy 0 is the file)."""
+    if copy == 0:
+        return text
+    names = sorted(set(DEFINED.findall(text)) - {"__init__", "__repr__", "__eq__", "__hash__"}, key=len)
+    if names:
+        rx = re.compile(r"\b(" + "|".join(map(re.escape, names[::-1])) + r")\b")
+        text = rx.sub(lambda m: f"{m.group(1)}_c{copy}", text)
+    return f"# copy {copy} of {rel}\n{text}"
+
+
+def make_tree(dst: Path, files: int) -> Path:
+    """A tree of ``files`` files under ``dst`` (kept and reused when complete: ``.complete`` is written
+    last)."""
+    tree = dst / f"tree-{files}"
+    if (tree / ".complete").exists():
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    sources = stdlib_sources()
+    for i in range(files):
+        src = sources[i % len(sources)]
+        copy = i // len(sources)
+        rel = src.relative_to(STDLIB).as_posix()
+        out = tree / f"c{copy:03d}" / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            variant(src.read_text(encoding="utf-8", errors="replace"), copy, rel), encoding="utf-8"
+        )
+    (tree / ".complete").write_text(str(files))
+    return tree
+
+
+def tree_files(tree: Path) -> list[Path]:
+    return [p for p in tree.rglob("*.py") if p.is_file()]
+
+
+def blake3_anchor(files: list[Path]) -> float:
+    """Seconds to read and blake3 every file (one thread): the floor of any scan."""
+    import blake3
+
+    t = time.perf_counter()
+    for f in files:
+        blake3.blake3(f.read_bytes()).digest()
+    return time.perf_counter() - t
+
+
+class PeakRss:
+    """Samples RSS of this process and its children every ``every`` seconds: ``(time, bytes)``."""
+
+    def __init__(self, every: float = 0.05):
+        import psutil
+
+        self.proc, self.every, self.samples = psutil.Process(), every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            try:
+                total = self.proc.memory_info().rss
+                for c in self.proc.children(recursive=True):
+                    try:
+                        total += c.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            self.samples.append((time.time(), total))
+            self._stop.wait(self.every)
+
+    def peak(self, start: float, end: float) -> int:
+        return max((b for t, b in self.samples if start - self.every <= t <= end + self.every), default=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def step_times(instance, run_id: str) -> dict[str, tuple[float, float]]:
+    """Step key → (start, end) wall-clock times, from the run's event log."""
+    import dagster as dg
+
+    starts, out = {}, {}
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type == dg.DagsterEventType.STEP_START:
+            starts[ev.step_key] = rec.timestamp
+        elif ev.event_type == dg.DagsterEventType.STEP_SUCCESS:
+            out[ev.step_key] = (starts.get(ev.step_key, rec.timestamp), rec.timestamp)
+    return out
+
+
+STAGES = {  # report name → step keys (a graph asset has several ops)
+    "scan": ["source_files"],
+    "patterns": ["frequent_patterns"],
+    "dictionary": ["compression_dictionary"],
+    "compression": ["compressed_store"],
+    "chunks": ["source_chunks"],
+    "lexical": ["lexical_index"],
+    "reconcile": ["vector_index.plan_vector_slices", "vector_index.reconcile_vector_slice", "vector_index."],
+    "code graph": ["code_graph"],
+    "golden copy": ["golden_copy"],
+}
+
+
+def stage_windows(times: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for stage, keys in STAGES.items():
+        spans = [v for k, v in times.items() if any(k == p or k.startswith(p) for p in keys)]
+        if spans:
+            out[stage] = (min(s for s, _ in spans), max(e for _, e in spans))
+    return out
+
+
+def run_tier(name: str, files: int, work: Path) -> dict:
+    import dagster as dg
+
+    from nova_pipeline.core.keys import SOURCE_CHUNKS
+    from nova_pipeline.core.tables import read_table
+    from nova_pipeline_tests.conftest import materialize_rebuild
+
+    t = time.perf_counter()
+    tree = make_tree(work, files)
+    made = time.perf_counter() - t
+    paths = tree_files(tree)
+    mb = sum(p.stat().st_size for p in paths) / 2**20
+    anchor = blake3_anchor(paths)
+    print(
+        f"\n== {name}: {len(paths):,} files, {mb:,.1f} MB (tree ready in {made:.1f} s); anchor: read + "
+        f"blake3 of every file {anchor:.2f} s ({mb / anchor:,.0f} MB/s)",
+        flush=True,
+    )
+    home = work / f"home-{files}"
+    shutil.rmtree(home, ignore_errors=True)
+    dagster_home = Path(tempfile.mkdtemp(prefix="bench_scale_dh_"))
+    rss = PeakRss()
+    try:
+        with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
+            t = time.perf_counter()
+            cold = materialize_rebuild(tree, home, instance)
+            cold_s = time.perf_counter() - t
+            windows = stage_windows(step_times(instance, cold.run_id))
+            chunks = len(read_table(home, SOURCE_CHUNKS, columns=["chunk_id"]))
+            t = time.perf_counter()
+            again = materialize_rebuild(tree, home, instance)
+            unchanged_s = time.perf_counter() - t
+            unchanged_w = stage_windows(step_times(instance, again.run_id))
+            target = paths[len(paths) // 2]
+            target.write_text(target.read_text() + "\n\ndef bench_scale_edit():\n    return 1\n")
+            t = time.perf_counter()
+            edited = materialize_rebuild(tree, home, instance)
+            edit_s = time.perf_counter() - t
+            edit_w = stage_windows(step_times(instance, edited.run_id))
+    finally:
+        rss.close()
+        shutil.rmtree(dagster_home, ignore_errors=True)
+    peak_all = max((b for _, b in rss.samples), default=0)
+    stages = {}
+    print(
+        f"  {'stage':<12} {'wall s':>8} {'peak RSS MB':>12} {'files/s':>10} {'MB/s':>8} {'chunks/s':>10}"
+        f" {'unchanged s':>12} {'edit s':>8}"
+    )
+
+    def span(w, stage):
+        return (w[stage][1] - w[stage][0]) if stage in w else 0.0
+
+    for stage, (s, e) in windows.items():
+        wall = max(e - s, 1e-6)
+        peak = rss.peak(s, e)
+        stages[stage] = {"wall": wall, "peak": peak}
+        print(
+            f"  {stage:<12} {wall:8.2f} {peak / 2**20:12.0f} {len(paths) / wall:10,.0f} {mb / wall:8.1f} "
+            f"{chunks / wall:10,.0f} {span(unchanged_w, stage):12.2f} {span(edit_w, stage):8.2f}"
+        )
+    print(
+        f"  cold rebuild {cold_s:.1f} s ({chunks:,} chunks); unchanged rerun {unchanged_s:.2f} s; one-file "
+        f"edit {edit_s:.2f} s; peak RSS {peak_all / 2**30:.2f} GB; scan / anchor "
+        f"{stages.get('scan', {}).get('wall', 0) / anchor:.1f}x",
+        flush=True,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+    # leave the tree as it was (the edited file back), so a later run reuses it
+    target.write_text(target.read_text().rsplit("\n\ndef bench_scale_edit():", 1)[0])
+    return {
+        "files": len(paths),
+        "mb": mb,
+        "chunks": chunks,
+        "stages": stages,
+        "cold": cold_s,
+        "unchanged": unchanged_s,
+        "edit": edit_s,
+        "peak": peak_all,
+        "anchor": anchor,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiers", default="1k,10k", help="comma-separated: " + ", ".join(TIERS))
+    parser.add_argument("--work", type=Path, default=None, help="where trees are kept (default: a temp dir)")
+    args = parser.parse_args()
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{os.cpu_count()} cores; stdlib {STDLIB} ({len(stdlib_sources()):,} source files); work {work}")
+    results = {t: run_tier(t, TIERS[t], work) for t in tiers}
+    if len(results) >= 2:
+        a, b = (results[t] for t in sorted(results, key=lambda t: TIERS[t])[-2:])
+        span = math.log(b["files"] / a["files"])
+        print(f"\ngrowth exponents between {a['files']:,} and {b['files']:,} files (target <= 1.15):")
+        for stage in b["stages"]:
+            if stage in a["stages"]:
+                ratio = b["stages"][stage]["wall"] / a["stages"][stage]["wall"]
+                print(f"  {stage:<12} {math.log(ratio) / span:5.2f}  ({ratio:.1f}x the time)")
+        for what in ("cold", "unchanged", "edit"):
+            ratio = b[what] / a[what]
+            print(f"  {what + ' run':<12} {math.log(ratio) / span:5.2f}  ({ratio:.1f}x the time)")
+        print(f"  chunks      {math.log(b['chunks'] / a['chunks']) / span:5.2f}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
