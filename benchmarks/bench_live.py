@@ -168,9 +168,9 @@ def rename_function(src: Path, name: str, rename_over: bool) -> float:
     return t
 
 
-def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[list, list, list]:
-    """``n`` edits; returns (commit seconds, serve seconds, modes) per edit."""
-    commits, served, modes = [], [], []
+def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[list, list, list, list]:
+    """``n`` edits; returns (commit seconds, serve seconds, modes, nova watch's report) per edit."""
+    commits, served, modes, recs = [], [], [], []
     session = httpx.Client(base_url=base, timeout=30) if base else None
     for i in range(n):
         name = f"probe_{tag}_{uuid.uuid4().hex[:8]}_{i}"
@@ -192,8 +192,19 @@ def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[
         commits.append(rec["searchable_at"] - t0)
         served.append((t_serve - t0) if t_serve else float("nan"))
         modes.append("rename-over" if rename_over else "write")
+        recs.append({**rec, "saved_at": t0})
         time.sleep(0.3)  # one save at a time, as a person saves
-    return commits, served, modes
+    return commits, served, modes, recs
+
+
+def phase_breakdown(recs: list[dict]) -> str:
+    """Median of each part of save-to-searchable: the file event reaching nova watch (notify + settle), then
+    the update's own phases (plan: scan, chunk, embed; lock; lexical; write), from its JSON lines."""
+    parts = {"event + settle": [r["first_event_at"] - r["saved_at"] for r in recs]}
+    for key in ("plan_s", "lock_s", "lexical_s", "write_s"):
+        parts[key[:-2]] = [r.get(key, 0.0) for r in recs]
+    parts["to searchable"] = [r["searchable_at"] - r["saved_at"] for r in recs]
+    return ", ".join(f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in parts.items())
 
 
 def prepare_probe(src: Path) -> None:
@@ -450,8 +461,8 @@ def main() -> None:
     try:
         watch.wait_for(lambda r: r.get("kind") == "catch-up", 300)
         edits(src, watch, base, 2, "warm")  # the model loads on the first text to embed
-        alone, _, _ = edits(src, watch, None, args.edits, "alone")  # nobody searching meanwhile
-        commits, served, modes = edits(src, watch, base, args.edits, "edit")
+        alone, _, _, alone_recs = edits(src, watch, None, args.edits, "alone")  # nobody searching meanwhile
+        commits, served, modes, recs = edits(src, watch, base, args.edits, "edit")
         print(
             "\nsave to searchable (one function renamed; targets: commit p50 <= 100 ms, p95 <= 200 ms; "
             "through nova serve p50 <= 250 ms):"
@@ -459,6 +470,8 @@ def main() -> None:
         print("  " + summary("commit, no search running", alone))
         print("  " + summary("commit, /search polled meanwhile", commits))
         print("  " + summary("first /search with it at rank 1", served))
+        print(f"  where the time goes (medians), no search running: {phase_breakdown(alone_recs)}")
+        print(f"  where the time goes (medians), /search polled:    {phase_breakdown(recs)}")
         for m in ("write", "rename-over"):
             c = [x for x, k in zip(commits, modes) if k == m]
             s = [x for x, k in zip(served, modes) if k == m]
@@ -519,8 +532,9 @@ def scale(work: Path, target: int, env: dict, n: int) -> None:
     try:
         watch.wait_for(lambda r: r.get("kind") == "catch-up", 900)
         edits(big, watch, base, 2, "warm")
-        commits, served, _ = edits(big, watch, base, n, "scale")
+        commits, served, _, recs = edits(big, watch, base, n, "scale")
         print("  " + summary("commit (nova watch's timestamps)", commits) + "  (target p50 <= 250 ms)")
+        print(f"  where the time goes (medians): {phase_breakdown(recs)}")
         print("  " + summary("first /search with it at rank 1", served))
     finally:
         watch.stop()

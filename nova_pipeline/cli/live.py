@@ -28,12 +28,19 @@ def start_watching(source: str | None, as_json: bool, poll: bool | None, settle_
     from nova_pipeline.core.index.embedding import LazyEmbedder
     from nova_pipeline.core.live.updater import LiveIndex
     from nova_pipeline.core.live.watcher import Watcher, promote_after_s
+    from nova_pipeline.core.serving.model_switch import model_dir_for
     from nova_pipeline.core.settings import Settings
 
     if source:
         os.environ["NOVA_SOURCE_DIR"] = str(Path(source).expanduser().resolve())
     settings = Settings.from_env(require_source=True)
-    live = LiveIndex(settings, embedder or LazyEmbedder())
+
+    def active_model():  # the model searches use (nova model switch's pointer), followed on a switch
+        return LazyEmbedder(model_dir_for(settings.home), home=settings.home)
+
+    live = LiveIndex(
+        settings, embedder or active_model(), make_embedder=active_model if embedder is None else None
+    )
     reporter = None
     if os.environ.get("DAGSTER_HOME"):
         import dagster as dg

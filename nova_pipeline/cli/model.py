@@ -48,9 +48,10 @@ def trust(
 
 
 def _model_dir(raw: str) -> Path | None:
-    from nova_pipeline.core.serving.model_switch import BUNDLED
+    """``--model-dir``: a directory, a Hugging Face model name (downloaded once when online), or bundled."""
+    from nova_pipeline.core.serving.model_switch import resolve_model
 
-    return None if raw in ("", BUNDLED) else Path(raw).expanduser().resolve()
+    return resolve_model(raw, settings_from_env().home)
 
 
 @model_app.command("show")
@@ -77,7 +78,9 @@ def show() -> None:
 
 @model_app.command("build")
 def build(
-    model_dir: str = typer.Option(..., "--model-dir", help="a sentence-transformers directory, or 'bundled'"),
+    model_dir: str = typer.Option(
+        ..., "--model-dir", help="a sentence-transformers directory, a Hugging Face name, or 'bundled'"
+    ),
 ) -> None:
     """Build the vector index of another model beside the active one (vector_index alone, its checks
     included): searches keep using the active model. Then: nova model switch --model-dir DIR."""

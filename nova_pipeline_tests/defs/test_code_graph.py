@@ -34,7 +34,12 @@ def test_the_graph_is_built_incrementally_kept_in_the_golden_copy_and_queried(js
         )
         second = materialize_rebuild(json_tree, home, instance)
         meta = asset_metadata(second, "code_graph")
-        assert meta["files_parsed"] == 1 and meta["files_reused"] == 4
+        assert meta["files_parsed"] == 1 and meta["files_reused"] == 4 and meta["unchanged"] is False
+        relations = table_path(home, CODE_RELATIONS).stat().st_mtime_ns
+        third = materialize_rebuild(json_tree, home, instance)  # nothing changed: nothing parsed nor written
+        meta = asset_metadata(third, "code_graph")
+        assert meta["unchanged"] is True and meta["files_parsed"] == 0 and meta["files_reused"] == 5
+        assert table_path(home, CODE_RELATIONS).stat().st_mtime_ns == relations
     callers = graph.load(home).query("callers", "JSONDecoder.decode")[1]
     # json.loads calls it through _default_decoder = JSONDecoder(...), a module-level instance
     assert {c["source"] for c in callers} == {"json.decoder.graph_probe", "json.loads"}

@@ -130,9 +130,10 @@ def reconcile(
     wanted_ids = set(chunks["chunk_id"])
     if guard is not None:
         guard.check_vectors(len(have), len(wanted_ids), collection.name)
-    todo = chunks[~chunks["chunk_id"].isin(have)]
-    # Shortest texts first across all batches, so each forward pass pads little (as encode() does).
-    todo = todo.iloc[np.argsort(todo["text"].str.len().to_numpy(), kind="stable")]
+    # Row positions of the chunks to upsert, shortest texts first across all batches, so each forward pass
+    # pads little (as encode() does); each batch takes its rows then (no copy of the whole table's texts).
+    todo = np.flatnonzero(~chunks["chunk_id"].isin(have).to_numpy())
+    todo = todo[np.argsort(chunks["text"].str.len().to_numpy()[todo], kind="stable")]
     stats.unchanged = len(chunks) - len(todo)
     stats.to_upsert = len(todo)
     size = max(1, min(batch_size, max_batch or batch_size))
@@ -153,7 +154,7 @@ def reconcile(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chroma-writer") as writer:
         pending = None
         for b, start in enumerate(range(0, len(todo), size), 1):
-            part = todo.iloc[start : start + size]
+            part = chunks.iloc[todo[start : start + size]]
             copied = seed_vectors(seed, part["chunk_id"].tolist())
             if copied:  # into the cache as well: it must hold every vector of the collection
                 stats.copied += len(copied)

@@ -22,6 +22,7 @@ from nova_pipeline.core.index.vector_store import collection_name, existing_ids
 from nova_pipeline.core.layout import Layout
 
 __all__ = [
+    "MIN_FOUND_FIRST",
     "embedded_ids",
     "VerifiedRecord",
     "count_failures",
@@ -177,15 +178,23 @@ def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[in
     return count, len(missing), len(extra), named
 
 
+MIN_FOUND_FIRST = 0.5  # the share of sampled chunks that must come back first (HNSW is approximate)
+
+
 def self_retrieval_failures(
     collection, chunks: pd.DataFrame, cache: EmbeddingCache, sample: int, seed: int = 0
 ) -> tuple[int, list[str]]:
-    """Query a sample of chunks with their own (cached) embeddings; each must come back first.
+    """Query a sample of chunks with their own (cached) embeddings; each should come back first.
 
-    A chunk whose text is duplicated elsewhere passes when the top hit has the same content.
+    A chunk whose text is duplicated elsewhere passes when the top hit has the same content. A chunk that
+    does not come back first fails when its stored vector is missing or differs from the cache's; when the
+    stored vector is right, the miss is the HNSW index's approximation (with random vectors, 77.5 % of
+    self-queries came back first at 343,000 vectors, Chroma's ``ef_search`` 100; the real model's clustered
+    vectors do far better), and the check fails only when fewer than :data:`MIN_FOUND_FIRST` of the sample
+    came back first: an index that does not answer as its records say.
 
     Returns:
-        ``(checked, failures)``, one message per chunk that did not find itself.
+        ``(checked, failures)``, one message per failing chunk (or one for the share found first).
     """
     if len(chunks) == 0:
         return 0, []
@@ -196,12 +205,29 @@ def self_retrieval_failures(
         return 0, ["no cached embeddings for the sampled chunks"]
     hits = query(collection, np.stack([vecs[r.content_blake3] for r in rows]), 1)
     content = dict(zip(chunks["chunk_id"], chunks["content_blake3"]))  # slim records carry no text
-    failures = []
+    missed = []
     for r, h in zip(rows, hits):
         top = h[0] if h else None
         if top is None or (top.chunk_id != r.chunk_id and content.get(top.chunk_id) != r.content_blake3):
+            missed.append((r, top))
+    if not missed:
+        return len(rows), []
+    got = collection.get(ids=[r.chunk_id for r, _ in missed], include=["embeddings"])
+    stored = {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"])}
+    failures = []
+    for r, top in missed:
+        vec = stored.get(r.chunk_id)
+        if vec is None or not np.allclose(vec, vecs[r.content_blake3], atol=1e-5):
             failures.append(
                 f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) found "
-                f"{top.chunk_id if top else 'nothing'} first"
+                f"{top.chunk_id if top else 'nothing'} first, and its stored vector "
+                + ("is missing" if vec is None else "differs from its embedding")
             )
+    found = len(rows) - len(missed)
+    if found < MIN_FOUND_FIRST * len(rows):
+        failures.append(
+            f"only {found} of {len(rows)} sampled chunks came back first for their own vector (e.g. "
+            f"{missed[0][0].path}:{missed[0][0].start_line}): the vector index does not answer as its "
+            "records say"
+        )
     return len(rows), failures

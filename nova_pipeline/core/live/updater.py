@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +138,9 @@ class LiveIndex:
         tokenizer: the model's tokenizer (default: the bundled model's).
         guard: the mass-deletion guard (default settings).
         max_file_size: as the scan's.
+        make_embedder: builds the embedder of the active model (``nova model switch``'s pointer): when the
+            pointer changes, the next update takes the new model, its embedding cache and its collection
+            (one catch-up reconcile: ``nova model build`` has filled it). None: ``embedder`` for good.
     """
 
     def __init__(
@@ -146,9 +150,14 @@ class LiveIndex:
         tokenizer: Tokenizer | None = None,
         guard: DeletionGuard | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        make_embedder: Callable[[], Embedder] | None = None,
     ):
+        from nova_pipeline.core.serving.model_switch import active_stamp
+
         self.settings = settings
         self.embedder = embedder
+        self._make_embedder = make_embedder
+        self._model_stamp = active_stamp(settings.home) if make_embedder is not None else None
         self.tokenizer = tokenizer or Tokenizer()
         self.guard = guard or DeletionGuard()
         self.options = ScanOptions(
@@ -270,7 +279,27 @@ class LiveIndex:
             give_view_slot(self._slot)
         self._client, self._slot = None, None
 
+    def _follow_model(self) -> None:
+        """After ``nova model switch``: take the active model, its cache and (a catch-up) its collection."""
+        from nova_pipeline.core.serving.model_switch import active_stamp
+
+        if self._make_embedder is None or active_stamp(self.settings.home) == self._model_stamp:
+            return
+        self._model_stamp = active_stamp(self.settings.home)
+        new = self._make_embedder()
+        if new.fingerprint == self.embedder.fingerprint:
+            return
+        log.info(
+            "the active model changed (%s -> %s): updates go to its collection from now on",
+            self.embedder.fingerprint,
+            new.fingerprint,
+        )
+        self.cache.close()
+        self.embedder, self.cache = new, EmbeddingCache(self.settings.home, new.fingerprint)
+        self._stamps = None  # the next update catches up: one reconcile of the new model's collection
+
     def _apply(self, full: bool, first_event_at: float | None) -> UpdateReport:
+        self._follow_model()
         started_wall, started = time.time(), time.perf_counter()
         report = UpdateReport(first_event_at=first_event_at or started_wall)
         home = self.settings.home

@@ -15,9 +15,9 @@ old collection keeps answering while the new one is built beside it:
    the new model beside the old one, warms it, and swaps; queries in flight finish on the old one. The next
    rebuild embeds with ``D`` and promotes a golden version of it (the failover backup follows).
 
-Which model a process uses: ``NOVA_EMBED_MODEL`` when set (a sentence-transformers directory; for building
-a new collection), else the pointer's, else the bundled all-MiniLM-L6-v2. The old collection is kept, so
-switching back is immediate (``--model-dir bundled``).
+Which model a process uses: ``NOVA_EMBED_MODEL`` when set (a sentence-transformers directory, or a Hugging
+Face model name, downloaded once; for building a new collection), else the pointer's, else the bundled
+all-MiniLM-L6-v2. The old collection is kept, so switching back is immediate (``--model-dir bundled``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "active_stamp",
     "model_dir_for",
     "read_active",
+    "resolve_model",
     "switch",
 ]
 
@@ -101,13 +103,58 @@ def active_stamp(home) -> tuple[int, int]:
         return 0, 0
 
 
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def resolve_model(raw: str, home) -> Path | None:
+    """The model directory ``raw`` names: None for ``bundled`` (or empty); a local sentence-transformers
+    directory as it is; a Hugging Face model name (``org/name``, not an existing path) as its local copy
+    ``NOVA_HOME/models/hf/org--name``, downloaded with ``huggingface_hub.snapshot_download`` the first time
+    (its files are then pinned on first use, like any user's model: :mod:`~nova_pipeline.core.index.
+    model_files`).
+
+    Raises:
+        ModelSwitchError: a Hugging Face name that is not downloaded yet while the hub is offline
+            (``HF_HUB_OFFLINE``), or that the hub refused.
+    """
+    raw = (raw or "").strip()
+    if raw in ("", BUNDLED):
+        return None
+    path = Path(raw).expanduser()
+    if path.exists() or not _HUB_NAME.match(raw):
+        return path.resolve()
+    local = Layout.of(home).home / "models" / "hf" / raw.replace("/", "--")
+    if (local / "modules.json").is_file():
+        return local
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelSwitchError(
+            f"{raw} is a Hugging Face model name that is not downloaded yet, and the hub is offline "
+            f"(HF_HUB_OFFLINE is set): download it once online (it goes to {local}), or name a local "
+            "sentence-transformers directory"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(raw, local_dir=str(local))
+    except Exception as exc:  # noqa: BLE001 - network, authentication, a missing repository
+        raise ModelSwitchError(f"downloading {raw} from the Hugging Face hub failed: {exc}") from exc
+    if not (local / "modules.json").is_file():
+        raise ModelSwitchError(f"{raw} has no modules.json: it is not a sentence-transformers model")
+    log.info("downloaded %s from the Hugging Face hub to %s", raw, local)
+    return local
+
+
 def model_dir_for(home, env: dict | None = None) -> Path | None:
-    """The model directory a process of ``home`` uses: ``NOVA_EMBED_MODEL``, else the pointer's, else None
-    (the bundled model)."""
+    """The model directory a process of ``home`` uses: ``NOVA_EMBED_MODEL`` (see :func:`resolve_model`),
+    else the pointer's, else None (the bundled model).
+
+    Raises:
+        ModelSwitchError: as :func:`resolve_model`.
+    """
     env = os.environ if env is None else env
     raw = (env.get("NOVA_EMBED_MODEL") or "").strip()
     if raw:
-        return None if raw == BUNDLED else Path(raw).expanduser().resolve()
+        return resolve_model(raw, home)
     active = read_active(home)
     return Path(active.model_dir) if active and active.model_dir else None
 

@@ -14,7 +14,8 @@ from nova_pipeline.deploy.run_events import progress_reporter
 def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
     """The code graph as three tables under ``NOVA_HOME/tables``: ``code_symbols``, ``code_relations`` and
     ``code_names`` (core/index/graph.py gives their columns). Only files whose blake3 changed are parsed
-    again; names are resolved over the whole tree each time."""
+    again; names are resolved over the whole tree each time a file or chunk changed, and nothing is done
+    when none did (the digest of its inputs is the last materialization's)."""
     settings = nova.settings()
     layout = settings.layout
     manifest = require_table(layout, SOURCE_FILES)
@@ -24,6 +25,17 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
     meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
     same_version = "graph_version" in meta and meta["graph_version"].value == graph.GRAPH_VERSION
     previous = tuple(tables) if all(t is not None for t in tables) and same_version else None
+    digest = graph.inputs_digest(settings.source_dir, manifest, chunks)
+    if previous is not None and "inputs_digest" in meta and meta["inputs_digest"].value == digest:
+        context.log.info("no file or chunk changed since the last code graph: no work")
+        return dg.MaterializeResult(
+            metadata={
+                **{k: v.value for k, v in meta.items() if k not in ("files_parsed", "files_reused")},
+                "files_parsed": 0,
+                "files_reused": int(meta["files_parsed"].value) + int(meta["files_reused"].value),
+                "unchanged": True,
+            }
+        )
     symbols, relations, names, stats = graph.build_graph(
         settings.source_dir, manifest, chunks, previous, progress=progress_reporter(context, "graph", "files")
     )
@@ -44,5 +56,7 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
             "files_reused": stats.files_reused,
             "files_skipped": len(stats.skipped),
             "graph_version": graph.GRAPH_VERSION,
+            "inputs_digest": digest,
+            "unchanged": False,
         }
     )

@@ -28,7 +28,7 @@ from nova_pipeline.core.index.verification import self_retrieval_failures
 from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import ScanOptions
 from nova_pipeline.core.locks import bucket_locks
-from nova_pipeline_tests.conftest import free_port
+from nova_pipeline_tests.conftest import FakeEmbedder, free_port
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +207,38 @@ def test_self_retrieval(tmp_path, chunks, fake_embedder):
     reconcile(col, chunks, fake_embedder, cache)
     checked, failures = self_retrieval_failures(col, chunks, cache, 10)
     assert checked == 10 and failures == []
+    # a stored vector that is not the chunk's embedding (damage, or another model's) fails, named
+    sample = chunks.sample(n=10, random_state=0)
+    victim = sample.iloc[0]
+    other = fake_embedder.embed(["something else entirely"])
+    col.update(ids=[victim["chunk_id"]], embeddings=other)
+    checked, failures = self_retrieval_failures(col, chunks, cache, 10)
+    assert len(failures) == 1 and victim["chunk_id"] in failures[0] and "differs" in failures[0]
+
+
+def test_self_retrieval_tolerates_the_approximate_index_but_not_one_that_answers_wrong(tmp_path, chunks):
+    class Approximate:  # right records; its index answers the first query with another chunk
+        def __init__(self, col, wrong):
+            self.col, self.wrong = col, wrong
+
+        def query(self, query_embeddings, n_results, where=None, include=()):
+            res = self.col.query(
+                query_embeddings=query_embeddings, n_results=n_results, include=list(include)
+            )
+            for i in range(self.wrong):
+                res["ids"][i] = ["some-other-chunk"]
+            return res
+
+        def get(self, **kw):
+            return self.col.get(**kw)
+
+    model = FakeEmbedder()
+    col = get_collection(open_client(tmp_path), model.fingerprint)
+    cache = EmbeddingCache(tmp_path, model.fingerprint)
+    reconcile(col, chunks, model, cache)
+    assert self_retrieval_failures(Approximate(col, 4), chunks, cache, 10) == (10, [])  # 6 of 10 first
+    checked, failures = self_retrieval_failures(Approximate(col, 6), chunks, cache, 10)
+    assert checked == 10 and failures and "only 4 of 10" in failures[-1]
 
 
 def test_missing_collection_says_to_run_the_rebuild(tmp_path):

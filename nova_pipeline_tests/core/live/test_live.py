@@ -243,3 +243,37 @@ def test_a_save_updates_the_code_graph_when_a_rebuild_made_one(live, json_tree):
     assert r.kind == "update" and "graph" in r.phases
     _, sites = graph.load(home).query("callers", "json.decoder.py_scanstring")
     assert "json.decoder.live_graph_probe" in {s["source"] for s in sites}
+
+
+def test_a_model_switch_is_followed_by_the_next_update(json_tree, tmp_path):
+    """``nova watch`` writes into the active model's collection: after the pointer changes, its next update
+    catches the new model's collection up (embedding with the new model) and later saves go there."""
+    import json as json_mod
+
+    from nova_pipeline.core.layout import Layout
+
+    home = tmp_path / "home"
+    build_home(json_tree, home)
+    models = {"": FakeEmbedder(), "other": FakeEmbedder(trim=True)}  # two fingerprints
+
+    def active():
+        path = Layout.of(home).home / "models" / "active.json"
+        return models[json_mod.loads(path.read_text())["model_dir"] if path.exists() else ""]
+
+    li = LiveIndex(Settings.build(json_tree, home), active(), make_embedder=active)
+    try:
+        assert li.catch_up().embedded == 0
+        pointer = Layout.of(home).home / "models" / "active.json"
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(json_mod.dumps({"model_dir": "other"}))  # what nova model switch writes, in short
+        decoder = json_tree / "json" / "decoder.py"
+        decoder.write_text(decoder.read_text() + "\n\ndef switched_model_helper():\n    return 1\n")
+        r = li.update()
+        want = clean_ids(json_tree)
+        assert r.kind == "catch-up" and li.embedder is models["other"]
+        assert r.embedded == models["other"].texts > 0  # every text, once, by the new model
+        with fresh_client(home) as client:
+            assert existing_ids(get_collection(client, models["other"].fingerprint)) == want
+            assert existing_ids(get_collection(client, FP)) != want  # the old model's: left as it was
+    finally:
+        li.close()

@@ -120,3 +120,22 @@ def test_a_second_model_is_built_beside_the_first_and_a_running_service_switches
     cosine = (old_vectors * new_vectors).sum(axis=1)
     assert (cosine < 0.95).all(), cosine  # the same text under two model versions does not look the same
     assert read_active(home).model_dir == "" and "model_switch" in (home / "audit.log").read_text()
+
+
+def test_a_hugging_face_model_name_resolves_to_its_local_copy_and_offline_says_what_to_do(
+    tmp_path, monkeypatch
+):
+    from nova_pipeline.core.serving.model_switch import resolve_model
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    assert resolve_model("bundled", home) is None and resolve_model("", home) is None
+    assert resolve_model(str(bundled_model_dir()), home) == bundled_model_dir().resolve()
+    with pytest.raises(ModelSwitchError, match="not downloaded yet, and the hub is offline"):
+        resolve_model(name, home)
+    local = home / "models" / "hf" / "sentence-transformers--all-MiniLM-L6-v2"
+    shutil.copytree(bundled_model_dir(), local)  # what a download while online leaves
+    assert resolve_model(name, home) == local
+    assert model_dir_for(home, {"NOVA_EMBED_MODEL": name}) == local
+    assert bundled_fingerprint(local)  # a model like any local one: fingerprinted, pinned on first use

@@ -41,6 +41,7 @@ from nova_pipeline.core.index.graph.build import (
     TABLES,
     GraphStats,
     build_graph,
+    inputs_digest,
 )
 from nova_pipeline.core.index.graph.extract import FileGraph, extract_markdown, extract_python, module_of
 from nova_pipeline.core.index.graph.query import (
@@ -73,6 +74,7 @@ __all__ = [
     "extract_python",
     "find_symbol",
     "imports",
+    "inputs_digest",
     "load",
     "load_or_none",
     "module_of",

@@ -18,6 +18,7 @@ from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS
 
 __all__ = [
     "GRAPH_VERSION",
+    "inputs_digest",
     "NAME_COLUMNS",
     "RELATION_COLUMNS",
     "RELATION_KINDS",
@@ -62,6 +63,20 @@ class GraphStats:
 def _empty(columns: list[str]) -> pd.DataFrame:
     ints = {"start_line", "end_line", "line"}
     return pd.DataFrame({c: pd.Series(dtype="int64" if c in ints else "str") for c in columns})
+
+
+def inputs_digest(root, manifest: pd.DataFrame, chunks: pd.DataFrame | None) -> str:
+    """What :func:`build_graph` reads, as 32 hex digits: the graph version, the tree's root, the live Python
+    and Markdown files' ``(path, blake3)`` and the chunks' ``(chunk_id, path, start_line, end_line)``, each
+    row hashed by pandas (vectorised) and sorted. An equal digest gives the same tables: an unchanged
+    rebuild skips the graph."""
+    live = manifest[(manifest["status"] != "deleted") & manifest["language"].isin(["python", "markdown"])]
+    h = blake3.blake3(f"{GRAPH_VERSION}\0{Path(root).resolve()}".encode())
+    h.update(np.sort(pd.util.hash_pandas_object(live[["path", "blake3"]], index=False).to_numpy()).tobytes())
+    if chunks is not None:
+        cols = ["chunk_id", "path", "start_line", "end_line"]
+        h.update(np.sort(pd.util.hash_pandas_object(chunks[cols], index=False).to_numpy()).tobytes())
+    return h.hexdigest()[:32]
 
 
 def build_graph(
