@@ -26,7 +26,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -46,22 +45,6 @@ QUERIES = [
     ("HTTPConnection request", "hybrid"),
     ("quote a URL path", "vector"),
 ]
-
-
-def nova(args: list[str], home: Path, dagster_home: Path) -> subprocess.CompletedProcess:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))},
-        "NOVA_HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
-        "HF_HUB_OFFLINE": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "nova_pipeline.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
 
 
 def pct(values: list[float]) -> str:
@@ -86,7 +69,7 @@ def main() -> None:
     from nova_pipeline.core.tables import read_table
     from nova_pipeline.service.app import create_app
     from nova_pipeline_tests.conftest import ServerThread, build_home
-    from nova_pipeline_tests.core.serving.test_model_switch import perturbed_model
+    from nova_pipeline_tests.core.serving.test_model_switch import nova, perturbed_model
     from nova_pipeline_tests.service.test_live import RandomUnderTheModelsName
 
     work = Path(tempfile.mkdtemp(prefix="bench_model_switch_"))
@@ -131,7 +114,7 @@ def main() -> None:
             time.sleep(5)
             phase[0] = "build"
             t = time.perf_counter()
-            built = nova(["model", "build", "--model-dir", str(model_b)], home, dagster_home)
+            built = nova(["model", "build", "--model-dir", str(model_b)], home, dagster_home, timeout=3600)
             build_s = time.perf_counter() - t
             if built.returncode != 0:
                 raise SystemExit(f"nova model build failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}")

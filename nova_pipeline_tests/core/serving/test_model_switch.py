@@ -45,7 +45,8 @@ def perturbed_model(dest, scale=0.2, seed=0):
     return dest
 
 
-def nova(args, home, dagster_home):
+def nova(args, home, dagster_home, timeout: float = 600):
+    """``python -m nova_pipeline.cli ARGS`` on ``home`` and ``dagster_home``, offline, in a clean env."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))},
         "NOVA_HOME": str(home),
@@ -57,7 +58,7 @@ def nova(args, home, dagster_home):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 
