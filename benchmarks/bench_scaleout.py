@@ -542,7 +542,7 @@ def bench_free(args) -> None:
                     t0 = time.perf_counter()
                     existing_ids(col)
                     rates[(f"listing ids {records}", mode)] = n / (time.perf_counter() - t0)
-        # the lexical index: before, without texts (they were in the export); after, with texts.arrow
+        # the lexical index: before, without texts (they were in the export); after, with texts/
         lex_dir = work / "lexical"
         lexical.build(chunks, lex_dir)
         texts_bytes = _dir_bytes(lex_dir / lexical.TEXTS)
