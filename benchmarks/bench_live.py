@@ -198,9 +198,10 @@ def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[
 
 
 def phase_breakdown(recs: list[dict]) -> str:
-    """Median of each part of save-to-searchable: the file event reaching nova watch (notify + settle), then
-    the update's own phases (plan: scan, chunk, embed; lock; lexical; write), from its JSON lines."""
-    parts = {"event + settle": [r["first_event_at"] - r["saved_at"] for r in recs]}
+    """Median of each part of save-to-searchable, from nova watch's JSON lines: the wait for watchfiles'
+    batch (notify, the settle, its loop's step: ``to_searchable_s - update_s``, as ``first_event_at`` is the
+    save's own mtime), then the update's phases (plan: scan, chunk, embed; lock; lexical; write)."""
+    parts = {"batch wait": [r["to_searchable_s"] - r["update_s"] for r in recs]}
     for key in ("plan_s", "lock_s", "lexical_s", "write_s"):
         parts[key[:-2]] = [r.get(key, 0.0) for r in recs]
     parts["to searchable"] = [r["searchable_at"] - r["saved_at"] for r in recs]
