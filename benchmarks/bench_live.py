@@ -51,6 +51,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
+from anchors import raw_encode_rate  # noqa: E402 - benchmarks/anchors.py
 
 from nova_pipeline_tests.conftest import free_port, start_process, stop_group, wait_until  # noqa: E402
 
@@ -285,19 +286,6 @@ def chunk_texts(root: Path, rel_dir: str) -> list[str]:
     return chunks["text"].tolist()
 
 
-def raw_encode_rate(texts: list[str]) -> float:
-    """Chunks/s of sentence-transformers' own encode of ``texts`` (the anchor), all cores."""
-    from sentence_transformers import SentenceTransformer
-
-    from nova_pipeline.core.index.embedding import bundled_model_dir
-
-    model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
-    model.encode(texts[:32], batch_size=32)
-    t = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    return len(texts) / (time.perf_counter() - t)
-
-
 def burst(src: Path, watch: Watch, folder: str, files: list[Path]) -> dict:
     dest = src / folder
     dest.mkdir(parents=True)
@@ -403,8 +391,8 @@ def bursts(src: Path, home: Path, watch: Watch) -> None:
     run = uuid.uuid4().hex[:6]  # in the paths, so in every chunk's text: nothing comes from the cache
     b200 = burst(src, watch, f"burst200_{run}", pool[:200])
     b50 = burst(src, watch, f"burst50_{run}/new_package", pool[200:250])
-    rate200 = raw_encode_rate(chunk_texts(src, f"burst200_{run}/"))
-    rate50 = raw_encode_rate(chunk_texts(src, f"burst50_{run}/"))
+    rate200 = raw_encode_rate(chunk_texts(src, f"burst200_{run}/"), normalize=False)
+    rate50 = raw_encode_rate(chunk_texts(src, f"burst50_{run}/"), normalize=False)
     print("\nbursts (target: chunks/s >= 0.95x raw encode of the same texts):")
     for label, b, rate in (("200 files at once", b200, rate200), ("a new folder of 50", b50, rate50)):
         print(

@@ -61,6 +61,7 @@ def main() -> None:
 
     import dagster as dg
     import httpx
+    from anchors import raw_encode_rate
 
     from nova_pipeline.core.index.embedding import bundled_fingerprint
     from nova_pipeline.core.index.embedding_cache import EmbeddingCache
@@ -157,13 +158,7 @@ def main() -> None:
             print(f"  searches {name:<7} {len(times):5d} served   {pct(times)}")
         print(f"failed searches: {len(failures)}" + (f" (first: {failures[0]})" if failures else ""))
 
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(model_b), device="cpu")
-        model.encode(texts[:32], batch_size=32)
-        t = time.perf_counter()
-        model.encode(texts, batch_size=32, normalize_embeddings=True)
-        anchor = len(texts) / (time.perf_counter() - t)
+        anchor = raw_encode_rate(texts, model_b)
         rate = (meta.get("embedded") or 0) / build_s if build_s else 0.0
         print(
             f"anchor: raw encode of the same {len(texts):,} texts with B: {anchor:.1f} texts/s; nova model "

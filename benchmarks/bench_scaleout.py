@@ -44,6 +44,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+from anchors import raw_encode_rate  # noqa: E402 - benchmarks/anchors.py
+
 from nova_pipeline_tests.conftest import (  # noqa: E402 - the same process helpers the tests use
     free_port,
     start_chroma,
@@ -314,22 +316,6 @@ def run_mode(
         for p in procs:
             stop_group(p)
         stop(chroma)
-
-
-def raw_encode_rate(texts: list[str], threads: int = 0) -> float:
-    """Chunks/s of plain ``SentenceTransformer.encode`` (batch 32, normalised), the model already loaded."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from nova_pipeline.core.index.embedding import bundled_model_dir
-
-    if threads:
-        torch.set_num_threads(threads)
-    model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
-    model.encode(texts[:32], batch_size=32)
-    started = time.perf_counter()
-    model.encode(texts, batch_size=32, normalize_embeddings=True)
-    return len(texts) / (time.perf_counter() - started)
 
 
 def bench_executors(args) -> None:

@@ -3,10 +3,7 @@ perturbed: another "version") gets its own collection beside the first, a switch
 collection is complete, a running service swaps to it with no failed search, its query vectors are the new
 model's (cosine < 0.95 to the old one's for the same text), and switching back is immediate."""
 
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,6 +16,7 @@ from nova_pipeline.core.index.model_files import bundled_model_dir
 from nova_pipeline.core.serving.model_switch import ModelSwitchError, model_dir_for, read_active, switch
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.service.app import create_app
+from nova_pipeline_tests.cli.test_cli import nova as cli_nova
 from nova_pipeline_tests.conftest import ServerThread, build_home
 from nova_pipeline_tests.service.test_live import RandomUnderTheModelsName
 
@@ -46,20 +44,9 @@ def perturbed_model(dest, scale=0.2, seed=0):
 
 
 def nova(args, home, dagster_home, timeout: float = 600):
-    """``python -m nova_pipeline.cli ARGS`` on ``home`` and ``dagster_home``, offline, in a clean env."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("NOVA_", "DAGSTER_"))},
-        "NOVA_HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
-        "HF_HUB_OFFLINE": "1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "nova_pipeline.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """The ``nova`` CLI on ``home`` and ``dagster_home``, offline (test_cli's helper: a clean environment)."""
+    env = {"NOVA_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "HF_HUB_OFFLINE": "1"}
+    return cli_nova(args, env, None, timeout)
 
 
 def test_a_second_model_is_built_beside_the_first_and_a_running_service_switches_without_a_failed_search(
