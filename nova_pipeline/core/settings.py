@@ -20,9 +20,16 @@ from pathlib import Path
 from nova_pipeline.core.errors import SettingsError
 from nova_pipeline.core.layout import Layout
 
-__all__ = ["DEFAULT_HOME", "Settings"]
+__all__ = ["DEFAULT_HOME", "Settings", "env_flag"]
 
 DEFAULT_HOME = ".nova"
+
+
+def env_flag(name: str, env=None) -> bool:
+    """Whether the environment variable ``name`` (in ``env``, default ``os.environ``) is set to 1, true,
+    yes or on (any case, surrounding space ignored)."""
+    env = os.environ if env is None else env
+    return str(env.get(name, "")).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _split_patterns(value: str) -> tuple[str, ...]:

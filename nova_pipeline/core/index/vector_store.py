@@ -37,6 +37,7 @@ import pandas as pd
 
 from nova_pipeline.core.errors import IndexNotBuiltError, VectorStoreError
 from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.settings import env_flag
 
 __all__ = [
     "BUCKETS",
@@ -80,14 +81,12 @@ PAGE = 5000
 
 FULL, SLIM = "full", "slim"  # the record schemas (module docstring)
 _SCHEMA_SUFFIX = {FULL: "", SLIM: ".slim2"}
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
 def record_schema(env: dict | None = None) -> str:
     """The record schema this process writes: :data:`FULL` when ``NOVA_CHROMA_DOCUMENTS`` is 1/true/yes/on,
     else :data:`SLIM`."""
-    env = os.environ if env is None else env
-    return FULL if str(env.get("NOVA_CHROMA_DOCUMENTS", "")).strip().lower() in TRUE_WORDS else SLIM
+    return FULL if env_flag("NOVA_CHROMA_DOCUMENTS", env) else SLIM
 
 
 def collection_name(fingerprint: str, records: str | None = None) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.settings import env_flag
 
 __all__ = [
     "ACTIVE",
@@ -126,7 +127,7 @@ def resolve_model(raw: str, home) -> Path | None:
     local = Layout.of(home).home / "models" / "hf" / raw.replace("/", "--")
     if (local / "modules.json").is_file():
         return local
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if env_flag("HF_HUB_OFFLINE"):
         raise ModelSwitchError(
             f"{raw} is a Hugging Face model name that is not downloaded yet, and the hub is offline "
             f"(HF_HUB_OFFLINE is set): download it once online (it goes to {local}), or name a local "
