@@ -43,16 +43,13 @@ class Hit:
         return "\n".join([ln for ln in body.splitlines() if ln.strip()][:lines])
 
 
-def query(
-    collection, vectors: np.ndarray, k: int, where: dict | None = None, documents: bool = False
-) -> list[list[Hit]]:
+def query(collection, vectors: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
     """Top-``k`` hits for each query vector (``score`` and ``vector_score``: cosine similarity), among the
-    chunks whose metadata matches the Chroma ``where`` filter when one is given.
+    chunks whose metadata matches the Chroma ``where`` filter when one is given. Hits carry no text:
+    :func:`with_documents` reads it from the document table.
 
-    A slim record (module docstring) gives only ``path`` and ``language``: its hit has ``start_line`` 0, no
-    symbol and no text, for the caller to fill from the document table
-    (:meth:`~nova_pipeline.core.index.lexical.LexicalIndex.documents`). A full record gives its lines and
-    symbol, and its text when ``documents`` is True.
+    A slim record (module docstring) gives only ``path`` and ``language``: its hit has ``start_line`` 0 and
+    no symbol, for :func:`with_documents` to fill in. A full record gives its lines and symbol too.
 
     A hit whose record has no metadata is left out: a view of an embedded store opened before another
     process deleted that record still finds it in its in-memory vector index, while the record itself is
@@ -62,29 +59,26 @@ def query(
         query_embeddings=np.asarray(vectors, dtype=np.float32),
         n_results=k,
         where=where or None,
-        include=["metadatas", "documents", "distances"] if documents else ["metadatas", "distances"],
+        include=["metadatas", "distances"],
     )
-    out = []
-    docs_of = res["documents"] if documents else [[None] * len(ids) for ids in res["ids"]]
-    for ids, metas, docs, dists in zip(res["ids"], res["metadatas"], docs_of, res["distances"]):
-        out.append(
-            [
-                Hit(
-                    path=m["path"],
-                    start_line=int(m.get("start_line", 0)),
-                    end_line=int(m.get("end_line", 0)),
-                    symbol=m.get("symbol", ""),
-                    language=m.get("language", ""),
-                    score=1.0 - float(d),
-                    text=doc or "",
-                    chunk_id=i,
-                    vector_score=1.0 - float(d),
-                )
-                for i, m, doc, d in zip(ids, metas, docs, dists)
-                if m is not None
-            ]
-        )
-    return out
+    return [
+        [
+            Hit(
+                path=m["path"],
+                start_line=int(m.get("start_line", 0)),
+                end_line=int(m.get("end_line", 0)),
+                symbol=m.get("symbol", ""),
+                language=m.get("language", ""),
+                score=1.0 - float(d),
+                text="",
+                chunk_id=i,
+                vector_score=1.0 - float(d),
+            )
+            for i, m, d in zip(ids, metas, dists)
+            if m is not None
+        ]
+        for ids, metas, dists in zip(res["ids"], res["metadatas"], res["distances"])
+    ]
 
 
 def with_documents(hits: list[Hit], docs, collection=None) -> list[Hit]:

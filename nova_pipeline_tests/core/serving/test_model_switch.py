@@ -126,4 +126,5 @@ def test_a_hugging_face_model_name_resolves_to_its_local_copy_and_offline_says_w
     shutil.copytree(bundled_model_dir(), local)  # what a download while online leaves
     assert resolve_model(name, home) == local
     assert model_dir_for(home, {"NOVA_EMBED_MODEL": name}) == local
-    assert bundled_fingerprint(local)  # a model like any local one: fingerprinted, pinned on first use
+    # a model like any local one: its own fingerprint (so its own collection and cache), named after it
+    assert bundled_fingerprint(local).startswith("sentence-transformers--all-MiniLM-L6-v2-")
