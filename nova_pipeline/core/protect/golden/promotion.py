@@ -284,15 +284,21 @@ def promote(
                     f"{collection.name} holds {count} vectors for {len(chunks)} chunks: run the rebuild job "
                     "(its blocking check vector_count_matches_chunks keeps such an index from being promoted)"
                 )
-            rows = None  # the chunk table with texts: read only when a shard is written
+            linked = {
+                shard
+                for shard in by_shard
+                if prev_shards.get(str(shard)) == digests[shard] and placer.can_link(shard_name(shard))
+            }
+            # the texts and metadata of the chunks of the shards to write (only theirs are read)
+            rows = _export_rows(
+                home, chunks, [i for s, ids in by_shard.items() if s not in linked for i in ids]
+            )
             for shard, ids in sorted(by_shard.items()):
                 rel = shard_name(shard)
-                if prev_shards.get(str(shard)) == digests[shard] and placer.can_link(rel):
+                if shard in linked:
                     placer.link(rel)  # same chunk ids, same model: the same rows; not even read from Chroma
                     shards_linked += 1
                 else:
-                    if rows is None:
-                        rows = _export_rows(home, chunks)
                     placer.put(rel, table_bytes(fetch_rows(collection, sorted(ids), rows)))
                     shards_written += 1
                 if progress is not None:
@@ -375,19 +381,27 @@ def promote(
     )
 
 
-def _export_rows(home: Path, chunks: pd.DataFrame) -> pd.DataFrame | None:
-    """``chunks`` with their texts, indexed by ``chunk_id``: the documents and metadata of the export (the
-    vectors come from Chroma, whose slim records hold neither). None when the table lacks a column (the
-    collection's own records are exported then)."""
+def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFrame | None:
+    """The rows of ``chunks`` whose id is in ``ids``, with their texts, indexed by ``chunk_id``: the documents
+    and metadata of the export shards to write (the vectors come from Chroma, whose slim records hold
+    neither). Only those rows' texts are read from the chunks table. None when ``chunks`` lacks a column
+    (the collection's own records are exported then)."""
     need = {"chunk_id", "path", "start_line", "end_line", "symbol", "language", "content_blake3"}
     if not need <= set(chunks.columns):
         return None
-    if "text" not in chunks.columns:
-        texts = read_table(home, SOURCE_CHUNKS, columns=["chunk_id", "text"])
-        if texts is None:
+    rows = chunks[chunks["chunk_id"].isin(ids)].drop_duplicates("chunk_id")
+    if "text" not in rows.columns and len(rows):
+        import pyarrow.parquet as pq
+
+        path = table_path(home, SOURCE_CHUNKS)
+        if not path.exists():
             return None
-        chunks = chunks.merge(texts, on="chunk_id", how="left")
-    return chunks.drop_duplicates("chunk_id").set_index("chunk_id")
+        every = len(rows) == len(chunks)  # a first version: no filter to evaluate
+        texts = pq.read_table(
+            path, columns=["chunk_id", "text"], filters=None if every else [("chunk_id", "in", list(ids))]
+        )
+        rows = rows.merge(texts.to_pandas(), on="chunk_id", how="left")
+    return rows.set_index("chunk_id")
 
 
 def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
