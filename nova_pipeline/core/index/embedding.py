@@ -203,7 +203,8 @@ class SentenceTransformerEmbedder:
 
 
 class LazyEmbedder:
-    """The bundled model behind the :class:`Embedder` protocol, loaded on the first :meth:`embed` call.
+    """A model (default: the bundled one) behind the :class:`Embedder` protocol, loaded on the first
+    :meth:`embed` call.
 
     ``fingerprint``, ``dimension`` and ``max_seq_length`` come from the model's files, so a run with nothing
     to embed never imports torch nor loads the weights (importing sentence-transformers and loading the model

@@ -283,9 +283,10 @@ class LiveIndex:
         """After ``nova model switch``: take the active model, its cache and (a catch-up) its collection."""
         from nova_pipeline.core.serving.model_switch import active_stamp
 
-        if self._make_embedder is None or active_stamp(self.settings.home) == self._model_stamp:
+        stamp = active_stamp(self.settings.home) if self._make_embedder is not None else None
+        if stamp == self._model_stamp:
             return
-        self._model_stamp = active_stamp(self.settings.home)
+        self._model_stamp = stamp
         new = self._make_embedder()
         if new.fingerprint == self.embedder.fingerprint:
             return
