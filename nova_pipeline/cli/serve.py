@@ -77,8 +77,21 @@ def serve(
     if host not in LOOPBACK and host not in ("0.0.0.0", "::"):
         extra += f",{host}"  # the address it listens on is a name its clients use
     os.environ["NOVA_SERVE_HOSTS"] = extra.strip(",")  # what every worker process reads
+    if watch and workers != 1:
+        raise NovaError("--watch needs --workers 1: the watcher is the one writer of the index")
+    stop_watching = watcher = None
+    if watch:
+        from nova_pipeline.cli.live import watch_in_thread
+
+        watcher, stop_watching = watch_in_thread()
     app_ = (
-        create_app(settings, FailoverSettings.from_env(), hosts=allowed_hosts(extra))
+        create_app(
+            settings,
+            FailoverSettings.from_env(),
+            hosts=allowed_hosts(extra),
+            # one client: searches read the watcher's own, and see each update as soon as it is written
+            shared_primary=watcher.live.reading if watcher is not None else None,
+        )
         if workers == 1
         else None
     )
@@ -86,13 +99,7 @@ def serve(
         f"nova serve on http://{host}:{port}  (GET /search?q=...&k=5, /context, /healthz, /status, "
         "/api/v1/admin/...; MCP at /mcp)"
     )
-    stop_watching = None
-    if watch:
-        if workers != 1:
-            raise NovaError("--watch needs --workers 1: the watcher is the one writer of the index")
-        from nova_pipeline.cli.live import watch_in_thread
-
-        watcher, stop_watching = watch_in_thread()
+    if watcher is not None:
         console.print(f"watching {watcher.live.settings.source_dir}: saves are searchable within a second")
         # stopped in the app's shutdown: uvicorn re-raises SIGTERM once it has shut down, so code after
         # uvicorn.run does not run on SIGTERM

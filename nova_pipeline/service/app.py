@@ -124,9 +124,11 @@ def create_app(
     failover: FailoverSettings | None = None,
     embedder=None,
     hosts: list[str] | None = None,
+    shared_primary=None,
 ) -> Starlette:
     """The service for ``settings``; ``embedder`` defaults to the bundled model (loaded at startup); ``hosts``
-    (default :func:`allowed_hosts`) are the ``Host`` names it answers to.
+    (default :func:`allowed_hosts`) are the ``Host`` names it answers to; ``shared_primary`` is the watcher's
+    client when it runs in this process (``nova serve --watch``; see :class:`Searcher`).
 
     When ``NOVA_HOME/tokens.json`` exists at startup, ``/search`` and ``/status`` need a viewer token too
     (see :mod:`.auth`); ``/healthz`` stays open and says only whether searches can be answered.
@@ -135,7 +137,7 @@ def create_app(
 
     failover = failover or FailoverSettings.from_env()
     if embedder is not None:
-        searcher = Searcher(settings, embedder, failover, prefer_memory=True)
+        searcher = Searcher(settings, embedder, failover, prefer_memory=True, shared_primary=shared_primary)
     else:  # the active model, followed across nova model switch without a restart
         from nova_pipeline.core.index.embedding import LazyEmbedder
         from nova_pipeline.core.serving.model_switch import FollowingSearcher
@@ -149,6 +151,7 @@ def create_app(
                 LazyEmbedder(d, threads=_serve_torch_threads(), home=settings.home),
                 failover,
                 prefer_memory=True,
+                shared_primary=shared_primary,
             ),
         )
     tokens = TokenStore(settings.home)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,6 +349,27 @@ def _file_keys(paths: pd.Series, digests: pd.Series):
     )
 
 
+def _assemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One chunk table from parts: sorted by ``(path, start_line)``, :data:`CHUNK_COLUMNS`, typed."""
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
+    df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
+    return df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})
+
+
+def splice_chunks(previous: pd.DataFrame | None, paths: Iterable[str], fresh: pd.DataFrame) -> pd.DataFrame:
+    """``previous`` with every chunk of ``paths`` replaced by ``fresh`` (the chunks those paths have now; a
+    deleted path has none): what :func:`chunk_manifest` gives for the tree after those files changed, when
+    ``fresh`` is its output for them."""
+    if previous is None or not len(previous):
+        return _assemble([fresh])
+    changed = pa.array(sorted(set(paths)), pa.string())
+    gone = pc.is_in(
+        pa.array(previous["path"].astype(str).to_numpy(dtype=object), pa.string()), value_set=changed
+    )
+    return _assemble([previous[~gone.to_numpy(zero_copy_only=False)], fresh])
+
+
 def chunk_manifest(
     root,
     manifest: pd.DataFrame,
@@ -415,10 +436,7 @@ def chunk_manifest(
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=CHUNK_COLUMNS))
         stats.truncated_new = sum(1 for r in records if r["truncated"])
-    frames = [f for f in frames if len(f)]
-    df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
-    df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
-    df = df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})
+    df = _assemble(frames)
     stats.chunks = len(df)
     stats.truncated = int(df["truncated"].sum())
     if stats.truncated_new:

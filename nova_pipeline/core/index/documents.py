@@ -61,11 +61,14 @@ def write_texts(where: Path, paths: pd.Series, texts: pd.Series) -> tuple[np.nda
     by_path = {p: text_shard(p) for p in pd.unique(paths)}
     shard = paths.map(by_path).to_numpy(dtype=np.uint8) if len(paths) else np.zeros(0, np.uint8)
     row = np.zeros(len(paths), dtype=np.int64)
-    values = texts.fillna("").to_numpy(dtype=object)
+    import pyarrow.compute as pc
+
+    # as Arrow: no Python string per text (the chunk table's column is Arrow already)
+    values = pc.fill_null(pa.chunked_array([pa.array(texts, pa.large_string())]), "")
     for s in range(TEXT_SHARDS):
         mine = np.flatnonzero(shard == s)
         row[mine] = np.arange(len(mine))
-        table = pa.table({"text": pa.array(values[mine].tolist(), pa.large_string())})
+        table = pa.table({"text": values.take(pa.array(mine)).combine_chunks()})
         f = where / f"part-{s:02d}.arrow"
         with pa.OSFile(str(f), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=1 << 20)

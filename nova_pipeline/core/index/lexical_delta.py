@@ -8,10 +8,13 @@ built index that ``lexical/CURRENT`` names (its ``base`` digest):
 * ``removed``: ids of the base whose chunk is gone or changed (masked out of the base's scores);
 * ``added``: the live chunks the base lacks, with their text (scored at query time).
 
-A delta is always the whole difference to its base (recomputed from the chunk set, never patched), so it is
-exact whatever happened before, and a delta whose ``base`` is not CURRENT is ignored. A rebuild of the base
-(:func:`~nova_pipeline.core.index.lexical.update`, and :func:`compact` when the delta grows past
-:data:`COMPACT_ABOVE` documents or the tree is quiet) removes it.
+A delta is always the whole difference to its base, and a delta whose ``base`` is not CURRENT is ignored.
+:func:`compute` derives it from the whole chunk set (a catch-up: a start, or another process wrote); each
+later update of ``nova watch`` patches the delta that process wrote last with its own change, so its cost
+follows the change and not the tree (:meth:`~nova_pipeline.core.live.updater.LiveIndex._patched_delta`; a
+test checks the patched delta equals :func:`compute`'s after edits, additions, deletions and a revert). A
+rebuild of the base (:func:`~nova_pipeline.core.index.lexical.update`, and :func:`compact` when the delta
+grows past :data:`COMPACT_ABOVE` documents or the tree is quiet) removes it.
 
 **Scoring.** Added documents are scored with the same formula bm25s uses for the base (Lucene's BM25 as in
 Kamphuis et al., ECIR 2020: ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, ``tf / (tf + k1 (1 - b + b dl /

@@ -34,8 +34,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +45,12 @@ import pandas as pd
 
 from nova_pipeline.core.errors import MassDeletionError, VectorStoreError
 from nova_pipeline.core.index import lexical, lexical_delta
-from nova_pipeline.core.index.chunking import chunk_manifest
+from nova_pipeline.core.index.chunking import chunk_manifest, splice_chunks
 from nova_pipeline.core.index.embedding import Embedder, Tokenizer
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache, embed_with_cache
 from nova_pipeline.core.index.reconcile import reconcile
 from nova_pipeline.core.index.vector_store import DEFAULT_BATCH, upsert_chunks
-from nova_pipeline.core.ingest.manifest import scan
+from nova_pipeline.core.ingest.manifest import ScanResult, scan
 from nova_pipeline.core.ingest.walk import DEFAULT_MAX_FILE_SIZE, ScanOptions
 from nova_pipeline.core.keys import SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.protect.guard import DeletionGuard
@@ -129,6 +130,20 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
+@dataclass
+class _Plan:
+    """What one update or catch-up writes (see :meth:`LiveIndex._plan`)."""
+
+    result: ScanResult
+    chunks: pd.DataFrame | None = None  # the whole chunk table after it (an update's: spliced late)
+    fresh: pd.DataFrame | None = None  # an update's: every chunk of the added and changed files
+    changed: frozenset[str] = frozenset()  # an update's: the paths added, changed or deleted
+    new: pd.DataFrame | None = None  # an update's: chunks the table lacked (embedded, upserted)
+    vecs: list[np.ndarray] = field(default_factory=list)  # their vectors, one array per batch
+    gone: list[str] = field(default_factory=list)  # an update's: ids the table loses
+    count: int = 0  # chunks after it
+
+
 class LiveIndex:
     """The index of one tree, kept live by :meth:`update`. One writer per process: call it from one thread.
 
@@ -175,7 +190,15 @@ class LiveIndex:
         self._client_label: str | None = None
         self._slot: int | None = None
         self._known: str | None = None  # the vector stores' generation this client has seen
-        self._base: tuple | None = None  # the lexical base's digest and ids (an Arrow array)
+        self._base: tuple | None = None  # the lexical base's digest, ids (an Arrow array), and id set
+        self._ids_by_path: dict[str, list[str]] = {}  # the chunk ids of each path in self.chunks
+        self._delta: lexical_delta.Delta | None = None  # the lexical delta this process last wrote
+        self._graph_pending: tuple | None = None  # (manifest, chunks) the code graph has not caught up with
+        self.defer_graph = False  # True: the code graph waits for update_graph() (the watcher: a quiet tree)
+        # readers of the client through reading() (nova serve --watch), waited for before it is closed
+        self._share = threading.Condition()
+        self._readers = 0
+        self._shared: tuple | None = None  # (client, fingerprint, collection) last given to readers
 
     # ---- state ------------------------------------------------------------------------------------
 
@@ -187,8 +210,24 @@ class LiveIndex:
         home = self.settings.home
         self.manifest = read_table(home, SOURCE_FILES)
         self.binaries = read_table(home, SOURCE_FILES_BINARIES)
-        self.chunks = read_table(home, SOURCE_CHUNKS)
+        self._set_chunks(read_table(home, SOURCE_CHUNKS))
         self._stamps = self._table_stamps()
+        self._delta = None  # recomputed whole by the catch-up that follows a load
+
+    def _set_chunks(self, chunks: pd.DataFrame | None, plan: _Plan | None = None) -> None:
+        """Take ``chunks`` as the table, and index its ids by path: in full, or for an update's ``plan``,
+        only the changed paths again."""
+        self.chunks = chunks
+        if plan is not None and plan.fresh is not None:
+            for path in plan.changed:
+                self._ids_by_path.pop(path, None)
+            rows = plan.fresh
+        else:
+            self._ids_by_path = {}
+            rows = chunks
+        if rows is not None:
+            for path, chunk_id in zip(rows["path"].tolist(), rows["chunk_id"].tolist()):
+                self._ids_by_path.setdefault(path, []).append(chunk_id)
 
     def _base_ids(self) -> tuple | None:
         path = lexical.current_path(self.settings.home)
@@ -203,8 +242,16 @@ class LiveIndex:
             ids = (
                 pq.read_table(path / "docs.parquet", columns=["chunk_id"]).column("chunk_id").combine_chunks()
             )
-            self._base = (path.name, ids)
+            self._base = (path.name, ids, None)
         return self._base
+
+    def _in_base(self) -> frozenset[str]:
+        """The base's chunk ids as a set (made once per base, on the first patched delta)."""
+        name, ids, as_set = self._base
+        if as_set is None:
+            as_set = frozenset(ids.to_pylist())
+            self._base = (name, ids, as_set)
+        return as_set
 
     # ---- updates ----------------------------------------------------------------------------------
 
@@ -250,7 +297,12 @@ class LiveIndex:
         self._known = now if now.endswith(f"-{os.getpid()}") else None
 
     def _open_client(self, store) -> None:
-        from nova_pipeline.core.index.vector_store import open_client, open_client_at, take_view_slot
+        from nova_pipeline.core.index.vector_store import (
+            give_view_slot,
+            open_client,
+            open_client_at,
+            take_view_slot,
+        )
         from nova_pipeline.core.locks import generation
         from nova_pipeline.core.serving.pointer import BACKUP
 
@@ -263,21 +315,74 @@ class LiveIndex:
                 if store.label == BACKUP
                 else self.settings.layout.vectors
             )
-            self._slot = take_view_slot()
-            self._client = open_client_at(where, True, view=self._slot)
-        self._client_label, self._known = store.label, generation(home)
+            slot = take_view_slot()
+            try:
+                client = open_client_at(where, True, view=slot)
+            except BaseException:
+                give_view_slot(slot)
+                raise
+            with self._share:
+                self._client, self._slot = client, slot
+        with self._share:
+            self._client_label, self._known = store.label, generation(home)
+
+    @contextlib.contextmanager
+    def reading(self, fingerprint: str) -> Iterator[tuple[object, int] | None]:
+        """``(collection, count)`` of the primary collection of ``fingerprint`` through this index's own
+        client, for a searcher in the same process (``nova serve --watch``): one client, so a search sees an
+        update the moment its vectors are written, with no view to reopen. None when this client cannot
+        answer for the primary: it is not open, it is the backup store's (failed over), it talks to a
+        server (a server has no stale views), or another process wrote since this index last did (its
+        client may not see that write; the caller's fresh views do).
+
+        The client stays open until the block ends (closing it waits for readers). Thread-safe.
+
+        Raises:
+            IndexNotBuiltError: the store has no collection of ``fingerprint``.
+        """
+        from nova_pipeline.core.index.vector_store import get_collection
+        from nova_pipeline.core.locks import generation
+        from nova_pipeline.core.serving.pointer import PRIMARY
+
+        with self._share:
+            client = self._client
+            if (
+                client is None
+                or self._client_label != PRIMARY
+                or self.settings.chroma_url
+                or self._known is None
+                or generation(self.settings.home) != self._known
+            ):
+                client = None
+            else:
+                self._readers += 1
+        if client is None:
+            yield None
+            return
+        try:
+            shared = self._shared
+            if shared is None or shared[0] is not client or shared[1] != fingerprint:
+                col = get_collection(client, fingerprint, create=False)
+                shared = self._shared = (client, fingerprint, col)
+            yield shared[2], shared[2].count()
+        finally:
+            with self._share:
+                self._readers -= 1
+                self._share.notify_all()
 
     def _close_client(self) -> None:
         from nova_pipeline.core.index.vector_store import give_view_slot
 
-        if self._client is not None:
-            with contextlib.suppress(
-                Exception
-            ):  # closing writes nothing; a half-open client releases nothing
-                self._client.close()
-        if self._slot is not None:
-            give_view_slot(self._slot)
-        self._client, self._slot = None, None
+        with self._share:  # readers (reading()) finish their query first, and no new one takes it
+            self._share.wait_for(lambda: self._readers == 0)
+            client, slot = self._client, self._slot
+            self._client, self._slot, self._shared = None, None, None
+        if client is not None:
+            # closing writes nothing; a half-open client releases nothing
+            with contextlib.suppress(Exception):
+                client.close()
+        if slot is not None:
+            give_view_slot(slot)
 
     def _follow_model(self) -> None:
         """After ``nova model switch``: take the active model, its cache and (a catch-up) its collection."""
@@ -334,26 +439,26 @@ class LiveIndex:
                     if plan is None:
                         report.kind = "unchanged"
                         return report
-                    self.guard.check_vectors(collection.count(), len(plan[1]), collection.name)
+                    self.guard.check_vectors(collection.count(), plan.count, collection.name)
             except MassDeletionError as exc:
                 report.refused = str(exc)
                 return report
-            result, chunks = plan[0], plan[1]
+            result = plan.result
             report.kind = "catch-up" if full else "update"
             # the document table first (lexical index and delta): a vector is never without its document
-            report.lexical = self._lexical(chunks)
+            report.lexical = self._lexical(plan)
             report.phases["lexical"] = time.perf_counter() - mark
             mark = time.perf_counter()
             try:
                 if full:
-                    self._reconcile_all(collection, chunks, report)
+                    self._reconcile_all(collection, plan.chunks, report)
                 else:
                     self._write_difference(collection, plan, report)
             except MassDeletionError as exc:
                 report.refused = str(exc)
                 return report
             report.phases["write"] = time.perf_counter() - mark
-            report.chunks = len(chunks)
+            report.chunks = plan.count
             stamps_before = self._table_stamps()
         # the lock is released: a new generation is marked, and readers (nova serve) see the update now
         report.searchable_at = time.time()
@@ -363,6 +468,7 @@ class LiveIndex:
         # the store, under the lock again but marking no generation: readers see nothing new in them
         from nova_pipeline.core.locks import writer_lock
 
+        chunks = self._table_of(plan)  # an update's whole chunk table, spliced only now
         with writer_lock(home, bump=False):
             if self._table_stamps() != stamps_before:  # another writer came in between: its turn to win
                 self._stamps = None  # the next update catches up
@@ -370,7 +476,8 @@ class LiveIndex:
                 write_table(home, SOURCE_FILES, result.manifest)
                 write_table(home, SOURCE_FILES_BINARIES, result.binaries)
                 write_table(home, SOURCE_CHUNKS, chunks)
-                self.manifest, self.binaries, self.chunks = result.manifest, result.binaries, chunks
+                self.manifest, self.binaries = result.manifest, result.binaries
+                self._set_chunks(chunks, plan)
                 self._stamps = self._table_stamps()
         self._store_contents(result.manifest, result.manifest[result.manifest["status"] != "unchanged"])
         self._update_graph(result.manifest, chunks, report)
@@ -378,26 +485,48 @@ class LiveIndex:
         return report
 
     def _update_graph(self, manifest, chunks, report: UpdateReport) -> None:
-        """The code graph of the changed files, when a rebuild made one: parsed and resolved outside the
-        lock (about 0.2 s at 100 files, 1 s at 450), written under it unless another writer came in."""
+        """The code graph after an update: now, or with ``defer_graph`` when :meth:`update_graph` is called
+        (the watcher calls it once the tree is quiet)."""
+        self._graph_pending = (manifest, chunks)
+        if not self.defer_graph:
+            took = self.update_graph()
+            if took is not None:
+                report.phases["graph"] = took
+
+    @property
+    def graph_pending(self) -> bool:
+        """Whether an update since the last :meth:`update_graph` left the code graph behind."""
+        return self._graph_pending is not None
+
+    def update_graph(self) -> float | None:
+        """Bring the code graph to the last update's tree, when a rebuild made one: the changed files parsed
+        again and every call resolved again outside the lock (about 0.45 s at 110 files), written under it
+        unless another writer came in since. Returns the seconds it took, or None when nothing was done."""
         from nova_pipeline.core.index import graph
         from nova_pipeline.core.locks import writer_lock
 
+        pending, self._graph_pending = self._graph_pending, None
+        if pending is None or self._stamps is None or pending[1] is not self.chunks:
+            return None  # nothing to do, or another writer won: the next catch-up brings it
         home = self.settings.layout
         previous = [read_table(home, t) for t in graph.TABLES]
-        if any(t is None for t in previous) or self._stamps is None:
-            return  # no graph yet (the rebuild job builds the first), or another writer won: catch up first
+        if any(t is None for t in previous):
+            return None  # no graph yet: the rebuild job builds the first
         mark = time.perf_counter()
-        tables = graph.build_graph(self.settings.source_dir, manifest, chunks, tuple(previous))[:3]
+        tables = graph.build_graph(self.settings.source_dir, pending[0], pending[1], tuple(previous))[:3]
         with writer_lock(home, bump=False):
             if self._table_stamps() == self._stamps:
                 for name, table in zip(graph.TABLES, tables):
                     write_table(home, name, table)
-        report.phases["graph"] = time.perf_counter() - mark
+        return time.perf_counter() - mark
 
-    def _plan(self, report: UpdateReport, full: bool = False):
-        """Scan, consult the guard, chunk, and (for an update) embed what is new: ``(scan result, chunks,
-        new chunks, their vectors, gone ids)``, or None when nothing changed.
+    def _plan(self, report: UpdateReport, full: bool = False) -> _Plan | None:
+        """Scan, consult the guard, chunk, and (for an update) embed what is new; None when nothing changed.
+
+        A catch-up (``full``) chunks the tree against the whole previous table. An update chunks only the
+        added and changed files and compares their chunk ids with the ones their paths had, so its cost
+        follows the change, not the tree; the whole table is spliced after the update is searchable
+        (:meth:`_table_of`).
 
         Raises:
             MassDeletionError: the guard refused (nothing was written).
@@ -411,25 +540,30 @@ class LiveIndex:
         report.paths = changed["path"].head(20).tolist()
         if not full and not len(changed):
             return None
-        chunks, _ = chunk_manifest(
+        if full:
+            chunks, _ = chunk_manifest(
+                self.settings.source_dir,
+                result.manifest,
+                self.chunks,
+                self.tokenizer.count,
+                self.tokenizer.max_seq_length,
+            )
+            return _Plan(result, chunks=chunks, count=len(chunks))
+        paths = frozenset(changed["path"].tolist())
+        fresh, _ = chunk_manifest(
             self.settings.source_dir,
-            result.manifest,
-            self.chunks,
+            result.manifest[result.manifest["path"].isin(paths)],
+            None,
             self.tokenizer.count,
             self.tokenizer.max_seq_length,
         )
-        if full:
-            return result, chunks, None, None, None
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        before = pa.array(
-            self.chunks["chunk_id"].to_numpy(dtype=object) if self.chunks is not None else [], pa.string()
-        )
-        now = pa.array(chunks["chunk_id"].to_numpy(dtype=object), pa.string())
-        self.guard.check_vectors(len(before), len(now), "the live index")
-        new = chunks[~pc.is_in(now, value_set=before).to_numpy(zero_copy_only=False)]
-        gone = sorted(pc.filter(before, pc.invert(pc.is_in(before, value_set=now))).to_pylist())
+        before = {i for p in paths for i in self._ids_by_path.get(p, ())}
+        fresh_ids = fresh["chunk_id"].tolist()
+        new = fresh[np.array([i not in before for i in fresh_ids], dtype=bool)]
+        gone = sorted(before.difference(fresh_ids))
+        had = len(self.chunks) if self.chunks is not None else 0
+        count = had - len(gone) + len(new)
+        self.guard.check_vectors(had, count, "the live index")
         # shortest texts first across all batches, so each forward pass pads little (as reconcile does)
         new = new.iloc[np.argsort(new["text"].str.len().to_numpy(), kind="stable")]
         vecs = []
@@ -441,7 +575,14 @@ class LiveIndex:
             vecs.append(np.asarray(v, dtype=np.float32))
             report.embedded += es.embedded
             report.cache_hits += es.cache_hits
-        return result, chunks, new, vecs, gone
+        return _Plan(result, fresh=fresh, changed=paths, new=new, vecs=vecs, gone=gone, count=count)
+
+    def _table_of(self, plan: _Plan) -> pd.DataFrame:
+        """The whole chunk table after ``plan``: a catch-up's own, or the previous table with the changed
+        paths' chunks replaced by their fresh ones (kept on the plan)."""
+        if plan.chunks is None:
+            plan.chunks = splice_chunks(self.chunks, plan.changed, plan.fresh)
+        return plan.chunks
 
     def _reconcile_all(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
         from nova_pipeline.core.index.vector_store import other_schema_collection
@@ -452,7 +593,7 @@ class LiveIndex:
         report.embedded, report.cache_hits = stats.embedded, stats.cache_hits
 
     def _write_difference(self, collection, plan, report: UpdateReport) -> None:
-        _, _, new, vecs, gone = plan
+        new, vecs, gone = plan.new, plan.vecs, plan.gone
         for i, start in enumerate(range(0, len(new), DEFAULT_BATCH)):
             part = new.iloc[start : start + DEFAULT_BATCH]
             try:
@@ -466,17 +607,45 @@ class LiveIndex:
                 raise VectorStoreError(f"live delete from {collection.name} failed: {exc}") from exc
         report.chunks_added, report.chunks_deleted = len(new), len(gone)
 
-    def _lexical(self, chunks: pd.DataFrame) -> str:
-        """Bring the lexical side to ``chunks``: a delta against the base, or a rebuilt base."""
+    def _lexical(self, plan: _Plan) -> str:
+        """Bring the lexical side to the plan's chunks: a delta against the base, or a rebuilt base. An
+        update patches the delta this process last wrote with its own change (cost follows the change); a
+        catch-up, or an update without such a delta, computes it from the whole chunk table."""
         home = self.settings.home
         base = self._base_ids()
         if base is not None:
-            delta = lexical_delta.compute(base[1], chunks, base[0])
+            delta = self._patched_delta(base, plan) if plan.fresh is not None else None
+            if delta is None:
+                delta = lexical_delta.compute(base[1], self._table_of(plan), base[0])
             if len(delta.added) <= lexical_delta.COMPACT_ABOVE:
                 lexical_delta.write(home, delta)
+                self._delta = delta
                 return "unchanged" if delta.empty else f"delta (+{len(delta.added)} -{len(delta.removed)})"
-        stats = lexical.update(home, chunks)
+        stats = lexical.update(home, self._table_of(plan))
+        self._delta = lexical_delta.Delta(base=stats.digest)  # the base holds every chunk now
         return "rebuilt" if stats.built else "unchanged"
+
+    def _patched_delta(self, base: tuple, plan: _Plan) -> lexical_delta.Delta | None:
+        """The last delta with the update's change applied, or None when there is none of this base.
+
+        With ``B`` the base, ``T`` the chunks before and ``D`` the delta (``added = T - B``, ``removed = B -
+        T``), an update removes ``gone`` (in ``T``) and adds ``new`` (not in ``T``), so ``added' = added -
+        gone + (new - B)`` and ``removed' = (removed + (gone & B)) - new``: what
+        :func:`~nova_pipeline.core.index.lexical_delta.compute` gives for the new chunks (a test checks).
+        """
+        last = self._delta
+        if last is None or last.base != base[0]:
+            return None
+        in_base = self._in_base()
+        gone = set(plan.gone)
+        new_ids = plan.new["chunk_id"].tolist()
+        kept = last.added[~last.added["chunk_id"].isin(gone)] if gone and len(last.added) else last.added
+        fresh = plan.new[np.array([i not in in_base for i in new_ids], dtype=bool)][
+            [*lexical.DOC_COLUMNS, "text"]
+        ]
+        added = pd.concat([kept, fresh], ignore_index=True) if len(fresh) else kept.reset_index(drop=True)
+        removed = (last.removed | (gone & in_base)) - set(new_ids)
+        return lexical_delta.Delta(base=last.base, removed=removed, added=added)
 
     def compact(self) -> bool:
         """Rebuild the lexical base from every chunk when a delta exists (the tree is quiet); whether it
@@ -486,7 +655,8 @@ class LiveIndex:
         if self.chunks is None or lexical_delta.delta_stamp(self.settings.home) is None:
             return False
         with writer_lock(self.settings.home, bump=False):
-            lexical.update(self.settings.home, self.chunks)
+            stats = lexical.update(self.settings.home, self.chunks)
+        self._delta = lexical_delta.Delta(base=stats.digest)
         return True
 
     def _store_contents(self, manifest: pd.DataFrame, changed: pd.DataFrame) -> None:

@@ -99,11 +99,14 @@ class DeletionGuard:
         Raises:
             MassDeletionError: the loss is a mass deletion and the override is off.
         """
+        deleted = (manifest["status"] == "deleted").to_numpy(dtype=bool)
+        if not deleted.any():  # the common case, and a live update's: nothing to weigh
+            return 0
         before = _present(previous)
         if not before:
             return 0
-        present = manifest[manifest["status"] != "deleted"]
-        gone = manifest[(manifest["status"] == "deleted") & ~manifest["blake3"].isin(set(present["blake3"]))]
+        present = manifest[~deleted]
+        gone = manifest[deleted & ~manifest["blake3"].isin(set(present["blake3"])).to_numpy(dtype=bool)]
         lost = len(gone)
         if not self.allow and self.is_mass(before, lost, len(present)):
             cause = (

@@ -118,6 +118,10 @@ class Searcher:
         model_dir: the model when no ``embedder`` is given: ``"auto"`` (``NOVA_EMBED_MODEL``, else the
             active model of ``nova model switch``, else the bundled one), None for the bundled one, or a
             directory. Its fingerprint names the collection searched.
+        shared_primary: a writer's own client, for a searcher in the writer's process (``nova serve
+            --watch``: :meth:`~nova_pipeline.core.live.updater.LiveIndex.reading`): called with the
+            fingerprint, a context manager giving ``(collection, count)``, or None when it cannot answer for
+            the primary now (then the fresh views answer).
     """
 
     def __init__(
@@ -128,8 +132,10 @@ class Searcher:
         prefer_memory: bool = False,
         ranking: SearchSettings | None = None,
         model_dir: Path | None | str = "auto",
+        shared_primary: Callable[[str], contextlib.AbstractContextManager] | None = None,
     ):
         self.settings = settings
+        self._shared_primary = shared_primary
         self.failover = failover or FailoverSettings.from_env()
         self.ranking = ranking or SearchSettings.from_env()
         self._embedder = embedder
@@ -184,6 +190,14 @@ class Searcher:
                 its data is a failed primary).
             VectorStoreError: it cannot be opened.
         """
+        if self._shared_primary is not None:
+            with self._shared_primary(self.fingerprint) as shared:
+                if shared is not None:
+                    col, count = shared
+                    if count == 0:
+                        raise IndexNotBuiltError(f"the primary collection {col.name} is empty")
+                    yield col
+                    return
         if self._views is not None:
             with self._views.collection() as (col, count):
                 if count == 0:

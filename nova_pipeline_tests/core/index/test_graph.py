@@ -160,3 +160,22 @@ def test_a_tree_rooted_at_a_package_names_its_modules_from_the_package(json_tree
     assert not stats.skipped and "json.decoder.JSONDecoder.decode" in set(g.symbols["qualname"])
     _, sites = g.query("callers", "JSONDecoder.decode")
     assert {s["source"] for s in sites} == {"json.loads"}  # through `from .decoder import JSONDecoder`
+
+
+def test_each_symbol_gets_the_first_chunk_that_holds_its_first_line(json_tree):
+    from nova_pipeline.core.index.chunking import chunk_manifest
+    from nova_pipeline.core.index.embedding import Tokenizer
+
+    manifest = manifest_of(json_tree)
+    tok = Tokenizer()
+    chunks, _ = chunk_manifest(json_tree, manifest, None, tok.count, tok.max_seq_length)
+    chunks = chunks[chunks["path"] != "json/tool.py"]  # a file with symbols and no chunks gets ""
+    symbols = graph.build_graph(json_tree, manifest, chunks, None)[0]
+    want = []
+    for path, line in zip(symbols["path"], symbols["start_line"]):
+        rows = chunks[(chunks["path"] == path) & (chunks["start_line"] <= max(line, 1))]
+        rows = rows[rows["end_line"] >= max(line, 1)]
+        want.append(rows["chunk_id"].iloc[0] if len(rows) else "")
+    assert symbols["chunk_id"].tolist() == want
+    assert (symbols.loc[symbols["path"] == "json/tool.py", "chunk_id"] == "").all()
+    assert (symbols.loc[symbols["path"] != "json/tool.py", "chunk_id"] != "").mean() > 0.9

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 
+import pandas as pd
 import pytest
 
 from nova_pipeline.core.index import lexical_delta
@@ -92,6 +93,41 @@ def test_edit_add_delete_and_rename_are_each_applied_exactly(live, json_tree):
     assert live.update().kind == "unchanged"  # nothing happened since
 
 
+def test_an_updates_patched_lexical_delta_equals_the_one_computed_from_every_chunk(live, json_tree):
+    """An update patches the last delta with its own change (its cost follows the change); after an edit,
+    an addition, a deletion and a revert to the base's text it equals the delta computed from the whole
+    chunk table, and the table spliced late equals a clean chunking."""
+    import pyarrow.parquet as pq
+
+    from nova_pipeline.core.index import lexical
+    from nova_pipeline.core.tables import read_table
+
+    src, home = json_tree, live.settings.home
+    decoder, extra = src / "json" / "decoder.py", src / "json" / "extra.py"
+    original = decoder.read_text()
+    steps = [
+        lambda: decoder.write_text(original + "\n\ndef patched_delta_probe():\n    return 3\n"),
+        lambda: extra.write_text("def another_patched_probe():\n    return 4\n"),
+        lambda: (src / "json" / "tool.py").unlink(),
+        lambda: decoder.write_text(original),  # back to the base's chunks: they leave "removed"
+    ]
+    for step in steps:
+        step()
+        assert live.update().kind == "update"
+        base = lexical.current_path(home)
+        ids = pq.read_table(base / "docs.parquet", columns=["chunk_id"]).column("chunk_id")
+        whole = lexical_delta.compute(ids.combine_chunks(), read_table(home, "source_chunks"), base.name)
+        patched = lexical_delta.read(home) or lexical_delta.Delta(base=base.name)
+        assert patched.base == whole.base and patched.removed == whole.removed
+        assert sorted(patched.added["chunk_id"]) == sorted(whole.added["chunk_id"])
+        tok = Tokenizer()
+        clean, _ = chunk_manifest(src, scan(ScanOptions(src)).manifest, None, tok.count, tok.max_seq_length)
+        table = read_table(home, "source_chunks")
+        pd.testing.assert_frame_equal(table.astype(object), clean.astype(object), check_dtype=False)
+        assert_exact(home, src)
+    assert not any("decoder" in p for p in patched.added["path"])  # reverted: nothing of it added
+
+
 def test_the_guard_refuses_a_mass_deletion_and_the_next_update_works(live, json_tree):
     src, home = json_tree, live.settings.home
     kept = src / "json" / "__init__.py"
@@ -119,6 +155,52 @@ def test_another_process_writing_the_tables_is_caught_up(live, json_tree, tmp_pa
     r = live.update()
     assert r.kind == "catch-up"  # reconciled against the collection, not the difference
     assert_exact(home, src)
+
+
+def test_a_searcher_in_the_watchers_process_reads_its_client_and_sees_each_update(live, json_tree):
+    """nova serve --watch: searches go through the watcher's own client (no view opened), see an update as
+    soon as it is written, and go back to fresh views once another process wrote."""
+    from nova_pipeline.core.locks import writer_lock
+    from nova_pipeline.core.serving.searcher import Searcher
+
+    src, home = json_tree, live.settings.home
+    searcher = Searcher(live.settings, live.embedder, shared_primary=live.reading)
+    try:
+        decoder = src / "json" / "decoder.py"
+        for name in ("glimmerwick_first", "glimmerwick_second"):
+            decoder.write_text(decoder.read_text() + f"\n\ndef {name}():\n    return 1\n")
+            assert live.update().chunks_added >= 1
+            text = live.chunks[live.chunks["text"].str.contains(name)]["text"].iloc[0]
+            hits = searcher.search(text, k=1, mode="vector").hits  # the fake embedder: its own text first
+            assert hits and name in hits[0].text and hits[0].store == "primary"
+        assert searcher._views.opened == 0  # every search read the watcher's client
+
+        with writer_lock(home):  # another writer: the watcher's client may not see its writes
+            pass
+        with live.reading(FP) as shared:
+            assert shared is None
+        assert name in searcher.search(text, k=1, mode="vector").hits[0].text
+        assert searcher._views.opened == 1  # a fresh view answered instead
+    finally:
+        searcher.close()
+
+
+def test_closing_the_watchers_client_waits_for_its_readers(live, json_tree):
+    decoder = json_tree / "json" / "decoder.py"
+    decoder.write_text(decoder.read_text() + "\n\ndef reader_wait_probe():\n    return 2\n")
+    live.update()
+    closed = threading.Event()
+    with live.reading(FP) as shared:
+        col, count = shared
+        closer = threading.Thread(target=lambda: (live.close(), closed.set()))
+        closer.start()
+        time.sleep(0.3)
+        assert not closed.is_set()  # the reader's client stays open
+        assert col.count() == count
+    closer.join(10)
+    assert closed.is_set()
+    with live.reading(FP) as shared:
+        assert shared is None  # closed: nothing to share
 
 
 def test_quiet_time_compacts_the_delta_and_promotes_once(live, json_tree):
@@ -243,6 +325,21 @@ def test_a_save_updates_the_code_graph_when_a_rebuild_made_one(live, json_tree):
     assert r.kind == "update" and "graph" in r.phases
     _, sites = graph.load(home).query("callers", "json.decoder.py_scanstring")
     assert "json.decoder.live_graph_probe" in {s["source"] for s in sites}
+
+    # the watcher defers the graph to a quiet tick: a save does not wait for it
+    watcher = Watcher(live, lambda r: None)
+    decoder.write_text(
+        decoder.read_text() + "\n\ndef deferred_graph_probe(s):\n    return py_scanstring(s, 0)\n"
+    )
+    r = live.update()
+    assert r.kind == "update" and "graph" not in r.phases and live.graph_pending
+
+    def callers():
+        return {s["source"] for s in graph.load(home).query("callers", "json.decoder.py_scanstring")[1]}
+
+    assert "json.decoder.deferred_graph_probe" not in callers()
+    watcher.quiet_tasks()
+    assert "json.decoder.deferred_graph_probe" in callers() and not live.graph_pending
 
 
 def test_a_model_switch_is_followed_by_the_next_update(json_tree, tmp_path):

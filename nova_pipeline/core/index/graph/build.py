@@ -231,20 +231,26 @@ def _resolve_tree(symbols: pd.DataFrame, relations: pd.DataFrame, names: pd.Data
 
 
 def _chunk_of(symbols: pd.DataFrame, chunks: pd.DataFrame | None) -> list[str]:
-    """The chunk holding each symbol's first line ("" when none)."""
-    if chunks is None or not len(chunks):
+    """The chunk holding each symbol's first line ("" when none): of a file's chunks that hold it, the first
+    in the chunk table's order. One comparison matrix per file (its symbols by its chunks), not a lookup
+    per symbol: 10,000 symbols cost about 0.55 s one at a time, and a few ms so."""
+    if chunks is None or not len(chunks) or not len(symbols):
         return [""] * len(symbols)
-    out = []
-    by_path = {p: g for p, g in chunks.groupby("path")}
-    for path, line in zip(symbols["path"], symbols["start_line"]):
-        g = by_path.get(path)
-        if g is None:
-            out.append("")
+    out = np.full(len(symbols), "", dtype=object)
+    starts = chunks["start_line"].to_numpy(dtype=np.int64)
+    ends = chunks["end_line"].to_numpy(dtype=np.int64)
+    ids = chunks["chunk_id"].to_numpy(dtype=object)
+    lines = np.maximum(symbols["start_line"].to_numpy(dtype=np.int64), 1)
+    of_path = chunks.groupby("path", sort=False).indices  # path -> row positions, in table order
+    for path, rows in symbols.groupby("path", sort=False).indices.items():
+        cols = of_path.get(path)
+        if cols is None:
             continue
-        starts, ends = g["start_line"].to_numpy(), g["end_line"].to_numpy()
-        hit = np.nonzero((starts <= max(line, 1)) & (ends >= max(line, 1)))[0]
-        out.append(str(g["chunk_id"].iloc[hit[0]]) if len(hit) else "")
-    return out
+        at = lines[rows][:, None]
+        holds = (starts[cols][None, :] <= at) & (ends[cols][None, :] >= at)
+        found = holds.any(axis=1)
+        out[rows[found]] = ids[cols[holds.argmax(axis=1)[found]]]
+    return out.tolist()
 
 
 # -- queries -------------------------------------------------------------------------------------------
