@@ -292,7 +292,10 @@ class LiveIndex:
                 self._close_client()
                 self._open_client(store)
             store._client = self._client
-            yield store
+            try:
+                yield store
+            finally:
+                self._shared = None  # readers look the collection up again (a catch-up may switch schema)
         now = generation(home)  # ours, unless another writer came in right after the release
         self._known = now if now.endswith(f"-{os.getpid()}") else None
 
