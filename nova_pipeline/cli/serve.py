@@ -90,7 +90,7 @@ def serve(
             FailoverSettings.from_env(),
             hosts=allowed_hosts(extra),
             # one client: searches read the watcher's own, and see each update as soon as it is written
-            shared_primary=watcher.live.reading if watcher is not None else None,
+            shared_primary=watcher.live.client.reading if watcher is not None else None,
         )
         if workers == 1
         else None

@@ -20,7 +20,7 @@ import time
 import dagster as dg
 
 from nova_pipeline.core.keys import LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES, VECTOR_INDEX
-from nova_pipeline.core.live.updater import UpdateReport
+from nova_pipeline.core.live.report import UpdateReport
 
 __all__ = ["LIVE_ASSETS", "LiveEventReporter", "merge_metadata"]
 

@@ -10,7 +10,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from nova_pipeline.core.live.updater import UpdateReport
+from nova_pipeline.core.live.report import UpdateReport
 from nova_pipeline.core.protect import audit
 from nova_pipeline.core.serving.failover import FailoverSettings
 from nova_pipeline.core.serving.tokens import TokenStore

@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import time
-from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ import pandas as pd
 
 from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import IndexNotBuiltError, NovaError
-from nova_pipeline.core.index.code_tokens import MIN_COMPOUND, TOKENIZER_VERSION, code_tokens
+from nova_pipeline.core.index.code_tokens import MIN_COMPOUND, TOKENIZER_VERSION, code_tokens, token_ids
 from nova_pipeline.core.index.documents import (
     TEXT_SHARDS,
     TEXTS,
@@ -283,29 +282,6 @@ class BuildStats:
     built: bool = False
     seconds: float = 0.0
     path: Path | None = None
-
-
-TOKENIZE_SLICE = 8192  # texts turned into Python strings at a time while tokenizing
-
-
-def token_ids(texts: pd.Series) -> tuple[list[array], dict[str, int], float]:
-    """The corpus as bm25s takes it pre-tokenized: ``(ids, vocab, mean tokens per document)``, where
-    ``ids[i]`` is the :func:`code_tokens` of ``texts[i]`` (``[""]`` when it has none) as an ``array("i")``
-    of term ids and ``vocab`` maps each term to its id (in order of first use).
-
-    Memory: 4 bytes per token, plus one string per distinct term. bm25s given lists of token strings keeps
-    those lists and then lists of Python ints beside them, about 60 bytes per token: 4.3 GB of the lexical
-    stage's peak at 343,000 chunks (bench_scale, 10K files). The texts become Python strings
-    :data:`TOKENIZE_SLICE` at a time, not all at once."""
-    vocab: dict[str, int] = {}
-    ids: list[array] = []
-    tokens = 0
-    for start in range(0, len(texts), TOKENIZE_SLICE):
-        for text in texts.iloc[start : start + TOKENIZE_SLICE].tolist():
-            terms = code_tokens(text or "") or [""]
-            tokens += len(terms)
-            ids.append(array("i", [vocab.setdefault(t, len(vocab)) for t in terms]))
-    return ids, vocab, (tokens / len(ids) if ids else 0.0)
 
 
 def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildStats:

@@ -14,7 +14,7 @@ import numpy as np
 
 from nova_pipeline.core.index.vector_store import is_slim
 
-__all__ = ["Hit", "query", "top_ids", "with_documents"]
+__all__ = ["Hit", "query", "texts_by_id", "top_ids", "where_filter", "with_documents"]
 
 
 @dataclass
@@ -110,3 +110,24 @@ def with_documents(hits: list[Hit], docs, collection=None) -> list[Hit]:
 def top_ids(collection, vectors: Sequence[np.ndarray], k: int) -> list[list[str]]:
     """Ids of the top ``k`` hits per query vector (for comparisons in tests and restores)."""
     return [[h.chunk_id for h in hits] for hits in query(collection, np.stack(vectors), k)]
+
+
+def texts_by_id(lex, ids: list[str]) -> dict[str, str]:
+    """Chunk id → text, for ``ids``, from the document table of the lexical index ``lex`` (none when ``ids``
+    is empty or there is no ``lex``)."""
+    return {i: d.text or "" for i, d in lex.documents(ids).items()} if ids and lex is not None else {}
+
+
+def where_filter(lex, path: str | None, language: str | None) -> tuple[dict | None, list[str] | None]:
+    """``(where, paths)``: the Chroma filter for ``path``/``language``, and the paths the glob matches
+    (None when there is no glob, or no lexical index to list paths from)."""
+    clauses = []
+    paths = None
+    if language:
+        clauses.append({"language": {"$eq": language}})
+    if path and lex is not None:
+        paths = lex.paths_matching(path)
+        if paths and len(paths) < lex.distinct_paths:
+            clauses.append({"path": {"$in": paths}})
+    where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return where, paths

@@ -31,12 +31,10 @@ Dictionary training, pattern analysis and golden promotion stay with the ``rebui
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,73 +51,15 @@ from nova_pipeline.core.index.vector_store import DEFAULT_BATCH, upsert_chunks
 from nova_pipeline.core.ingest.manifest import ScanResult, scan
 from nova_pipeline.core.ingest.walk import DEFAULT_MAX_FILE_SIZE, ScanOptions
 from nova_pipeline.core.keys import SOURCE_CHUNKS, SOURCE_FILES
+from nova_pipeline.core.live.client import WriterClient
+from nova_pipeline.core.live.report import UpdateReport
 from nova_pipeline.core.protect.guard import DeletionGuard
 from nova_pipeline.core.settings import Settings
 from nova_pipeline.core.tables import SOURCE_FILES_BINARIES, read_table, table_path, write_table
 
-__all__ = ["LiveIndex", "UpdateReport"]
+__all__ = ["LiveIndex"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class UpdateReport:
-    """What one live update did. Times are seconds; ``first_event_at`` and ``searchable_at`` are
-    ``time.time()`` wall clock (comparable across processes), the rest are durations."""
-
-    kind: str = "update"  # update, catch-up, or unchanged
-    files: dict[str, int] = field(default_factory=dict)  # added / changed / deleted
-    paths: list[str] = field(default_factory=list)  # the changed paths (at most 20)
-    chunks: int = 0  # chunks in the index after the update
-    chunks_added: int = 0
-    chunks_deleted: int = 0
-    embedded: int = 0
-    cache_hits: int = 0
-    lexical: str = ""  # delta, rebuilt, or unchanged
-    first_event_at: float = 0.0
-    searchable_at: float = 0.0
-    to_searchable_s: float = 0.0  # from the first event (or the update's start) to searchable
-    update_s: float = 0.0  # the update itself, lock wait included
-    total_s: float = 0.0  # until the tables and the store are written too
-    refused: str = ""  # the guard's message when it refused the update (nothing was written)
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per step: plan, lock, write, lexical
-
-    @property
-    def changed(self) -> bool:
-        return self.kind != "unchanged" and not self.refused
-
-    def line(self) -> str:
-        """One line for a terminal: what changed, what was embedded and deleted, and how long it took."""
-        if self.refused:
-            return f"refused: {self.refused}"
-        if self.kind == "unchanged":
-            return "no change to the index"
-        what = ", ".join(f"{k} {v}" for k, v in self.files.items() if v) or "no file"
-        shown = ", ".join(self.paths[:3]) + (f" (+{len(self.paths) - 3})" if len(self.paths) > 3 else "")
-        return (
-            f"{self.kind}: {what}{' (' + shown + ')' if shown else ''}: +{self.chunks_added} -"
-            f"{self.chunks_deleted} chunks ({self.embedded} embedded, {self.cache_hits} from the cache), "
-            f"lexical {self.lexical}; searchable in {self.to_searchable_s * 1000:.0f} ms"
-        )
-
-    def metadata(self) -> dict:
-        """The numbers as plain values (for the runless materializations and ``--json``)."""
-        return {
-            "kind": self.kind,
-            **{f"files_{k}": v for k, v in self.files.items()},
-            "chunks": self.chunks,
-            "chunks_added": self.chunks_added,
-            "chunks_deleted": self.chunks_deleted,
-            "embedded": self.embedded,
-            "cache_hits": self.cache_hits,
-            "lexical": self.lexical,
-            "to_searchable_s": round(self.to_searchable_s, 4),
-            "update_s": round(self.update_s, 4),
-            "total_s": round(self.total_s, 4),
-            "searchable_at": round(self.searchable_at, 4),
-            "first_event_at": round(self.first_event_at, 4),
-            **{f"{k}_s": round(v, 4) for k, v in self.phases.items()},
-        }
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -186,19 +126,12 @@ class LiveIndex:
         self.binaries: pd.DataFrame | None = None
         self.chunks: pd.DataFrame | None = None
         self._stamps: tuple | None = None  # the tables as this process last read or wrote them
-        self._client = None  # the store's client, kept between updates (see _writing)
-        self._client_label: str | None = None
-        self._slot: int | None = None
-        self._known: str | None = None  # the vector stores' generation this client has seen
+        self.client = WriterClient(settings)  # kept open between updates; lent to a searcher in-process
         self._base: tuple | None = None  # the lexical base's digest, ids (an Arrow array), and id set
         self._ids_by_path: dict[str, list[str]] = {}  # the chunk ids of each path in self.chunks
         self._delta: lexical_delta.Delta | None = None  # the lexical delta this process last wrote
         self._graph_pending: tuple | None = None  # (manifest, chunks) the code graph has not caught up with
         self.defer_graph = False  # True: the code graph waits for update_graph() (the watcher: a quiet tree)
-        # readers of the client through reading() (nova serve --watch), waited for before it is closed
-        self._share = threading.Condition()
-        self._readers = 0
-        self._shared: tuple | None = None  # (client, fingerprint, collection) last given to readers
 
     # ---- state ------------------------------------------------------------------------------------
 
@@ -275,118 +208,6 @@ class LiveIndex:
         """
         return self._apply(full=False, first_event_at=first_event_at)
 
-    @contextlib.contextmanager
-    def _writing(self):
-        """The active store under the writer lock (as :func:`~nova_pipeline.core.serving.failover.writing_to`
-        gives it: the pointer read under the lock, journaled while failed over), with the client this index
-        keeps open between updates. It is reopened only when another process wrote since (the generation
-        is not the one this process marked) or the store changed: the first write on a new view of an
-        embedded store loads its vector index, about 0.3 s at 60,000 chunks."""
-        from nova_pipeline.core.locks import generation, writer_lock
-        from nova_pipeline.core.serving.failover import active_store
-
-        home = self.settings.home
-        with writer_lock(home):
-            store = active_store(home, self.settings.chroma_url)
-            if self._client is None or self._client_label != store.label or generation(home) != self._known:
-                self._close_client()
-                self._open_client(store)
-            store._client = self._client
-            try:
-                yield store
-            finally:
-                self._shared = None  # readers look the collection up again (a catch-up may switch schema)
-        now = generation(home)  # ours, unless another writer came in right after the release
-        self._known = now if now.endswith(f"-{os.getpid()}") else None
-
-    def _open_client(self, store) -> None:
-        from nova_pipeline.core.index.vector_store import (
-            give_view_slot,
-            open_client,
-            open_client_at,
-            take_view_slot,
-        )
-        from nova_pipeline.core.locks import generation
-        from nova_pipeline.core.serving.pointer import BACKUP
-
-        home = self.settings.home
-        if store.label != BACKUP and self.settings.chroma_url:
-            self._client, self._slot = open_client(home, self.settings.chroma_url), None
-        else:
-            where = (
-                self.settings.layout.runtime_vectors
-                if store.label == BACKUP
-                else self.settings.layout.vectors
-            )
-            slot = take_view_slot()
-            try:
-                client = open_client_at(where, True, view=slot)
-            except BaseException:
-                give_view_slot(slot)
-                raise
-            with self._share:
-                self._client, self._slot = client, slot
-        with self._share:
-            self._client_label, self._known = store.label, generation(home)
-
-    @contextlib.contextmanager
-    def reading(self, fingerprint: str) -> Iterator[tuple[object, int] | None]:
-        """``(collection, count)`` of the primary collection of ``fingerprint`` through this index's own
-        client, for a searcher in the same process (``nova serve --watch``): one client, so a search sees an
-        update the moment its vectors are written, with no view to reopen. None when this client cannot
-        answer for the primary: it is not open, it is the backup store's (failed over), it talks to a
-        server (a server has no stale views), or another process wrote since this index last did (its
-        client may not see that write; the caller's fresh views do).
-
-        The client stays open until the block ends (closing it waits for readers). Thread-safe.
-
-        Raises:
-            IndexNotBuiltError: the store has no collection of ``fingerprint``.
-        """
-        from nova_pipeline.core.index.vector_store import get_collection
-        from nova_pipeline.core.locks import generation
-        from nova_pipeline.core.serving.pointer import PRIMARY
-
-        with self._share:
-            client = self._client
-            if (
-                client is None
-                or self._client_label != PRIMARY
-                or self.settings.chroma_url
-                or self._known is None
-                or generation(self.settings.home) != self._known
-            ):
-                client = None
-            else:
-                self._readers += 1
-        if client is None:
-            yield None
-            return
-        try:
-            shared = self._shared
-            if shared is None or shared[0] is not client or shared[1] != fingerprint:
-                col = get_collection(client, fingerprint, create=False)
-                shared = self._shared = (client, fingerprint, col)
-            yield shared[2], shared[2].count()
-        finally:
-            with self._share:
-                self._readers -= 1
-                self._share.notify_all()
-
-    def _close_client(self) -> None:
-        from nova_pipeline.core.index.vector_store import give_view_slot
-
-        with self._share:  # readers (reading()) finish their query first, and no new one takes it
-            self._share.wait_for(lambda: self._readers == 0)
-            client, slot = self._client, self._slot
-            self._client, self._slot, self._shared = None, None, None
-        if client is not None:
-            # closing writes nothing; a half-open client releases nothing
-            with contextlib.suppress(Exception):
-                client.close()
-        if slot is not None:
-            give_view_slot(slot)
-
     def _follow_model(self) -> None:
         """After ``nova model switch``: take the active model, its cache and (a catch-up) its collection."""
         from nova_pipeline.core.serving.model_switch import active_stamp
@@ -427,7 +248,7 @@ class LiveIndex:
                 return report
         report.phases["plan"] = time.perf_counter() - started
         mark = time.perf_counter()
-        with self._writing() as store:
+        with self.client.writing() as store:
             report.phases["lock"] = time.perf_counter() - mark
             mark = time.perf_counter()
             if self._stamps is None or self._stamps != self._table_stamps():
@@ -590,7 +411,9 @@ class LiveIndex:
     def _reconcile_all(self, collection, chunks: pd.DataFrame, report: UpdateReport) -> None:
         from nova_pipeline.core.index.vector_store import other_schema_collection
 
-        seed = other_schema_collection(self._client, self.embedder.fingerprint)  # a record-schema change
+        seed = other_schema_collection(
+            self.client.client, self.embedder.fingerprint
+        )  # a record-schema change
         stats = reconcile(collection, chunks, self.embedder, self.cache, guard=self.guard, seed=seed)
         report.chunks_added, report.chunks_deleted = stats.upserted, stats.deleted
         report.embedded, report.cache_hits = stats.embedded, stats.cache_hits
@@ -683,5 +506,5 @@ class LiveIndex:
             store.commit_index(merged)
 
     def close(self) -> None:
-        self._close_client()
+        self.client.close()
         self.cache.close()

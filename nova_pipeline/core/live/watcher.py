@@ -39,7 +39,8 @@ from collections.abc import Callable
 
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.ingest.walk import PathFilter
-from nova_pipeline.core.live.updater import LiveIndex, UpdateReport
+from nova_pipeline.core.live.report import UpdateReport
+from nova_pipeline.core.live.updater import LiveIndex
 
 __all__ = ["Watcher", "promote_after_s"]
 

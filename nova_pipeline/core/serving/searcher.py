@@ -61,7 +61,7 @@ from nova_pipeline.core.index.ranking import (
     fuse,
     phrase_of,
 )
-from nova_pipeline.core.index.vector_query import Hit, query, with_documents
+from nova_pipeline.core.index.vector_query import Hit, query, texts_by_id, where_filter, with_documents
 from nova_pipeline.core.index.vector_store import get_collection, open_client
 from nova_pipeline.core.serving.backup_store import BackupStore
 from nova_pipeline.core.serving.failover import FailoverSettings
@@ -386,7 +386,7 @@ class Searcher:
             )
         # collapsing merges some candidates: ask for more, so that k places remain
         n = max(k, self.ranking.candidates) if mode == HYBRID else k * COLLAPSE_FETCH if collapse else k
-        where, paths = _filters(lex, path, language)
+        where, paths = where_filter(lex, path, language)
         if paths is not None and not paths:
             return SearchResult(hits=[], store=BACKUP if state.failed_over else PRIMARY, mode=mode)
         lex_hits = (
@@ -428,7 +428,7 @@ class Searcher:
                 order = [(i, h.score) for i, h in zip(lex_ids, lex_hits)]
             else:
                 # the lexical candidates' texts: for the phrase match now, and for the hits shown
-                texts = _texts(lex, [i for i in lex_ids if i not in by_id] if phrase else [])
+                texts = texts_by_id(lex, [i for i in lex_ids if i not in by_id] if phrase else [])
                 candidates = [(h.chunk_id, h.symbol, h.path, h.text) for h in vhits] + [
                     (i, lex.symbols[h.row], lex.path_of(h.row), by_id[i].text if i in by_id else texts.get(i))
                     for i, h in zip(lex_ids, lex_hits)
@@ -449,10 +449,10 @@ class Searcher:
                     if cid in by_id:
                         by_id[cid].exact = boosted.get(cid, 0.0) >= 1.0
                 if not phrase:  # the texts of the lexical-only hits shown
-                    texts = _texts(lex, [cid for cid, _ in order if cid not in by_id])
+                    texts = texts_by_id(lex, [cid for cid, _ in order if cid not in by_id])
                 return order, by_id, texts, boosted, merged
             order, merged = top(order, vhits)
-            texts = _texts(lex, [cid for cid, _ in order if cid not in by_id])
+            texts = texts_by_id(lex, [cid for cid, _ in order if cid not in by_id])
             return order, by_id, texts, {}, merged
 
         answer, store, stale, fell_back, error = self._run(op, state.failed_over, deadline)
@@ -505,26 +505,6 @@ class Searcher:
         if self._views is not None:
             self._views.close()
         self.backup.close()
-
-
-def _texts(lex, ids: list[str]) -> dict[str, str]:
-    """Chunk id → text, for ``ids``, from the document table (none when ``ids`` is empty)."""
-    return {i: d.text or "" for i, d in lex.documents(ids).items()} if ids and lex is not None else {}
-
-
-def _filters(lex, path: str | None, language: str | None) -> tuple[dict | None, list[str] | None]:
-    """``(where, paths)``: the Chroma filter for ``path``/``language``, and the paths the glob matches
-    (None when there is no glob, or no lexical index to list paths from)."""
-    clauses = []
-    paths = None
-    if language:
-        clauses.append({"language": {"$eq": language}})
-    if path and lex is not None:
-        paths = lex.paths_matching(path)
-        if paths and len(paths) < lex.distinct_paths:
-            clauses.append({"path": {"$in": paths}})
-    where = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
-    return where, paths
 
 
 def _label(hits: list[Hit], store: str, stale: str | None) -> list[Hit]:

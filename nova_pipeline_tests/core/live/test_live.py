@@ -164,7 +164,7 @@ def test_a_searcher_in_the_watchers_process_reads_its_client_and_sees_each_updat
     from nova_pipeline.core.serving.searcher import Searcher
 
     src, home = json_tree, live.settings.home
-    searcher = Searcher(live.settings, live.embedder, shared_primary=live.reading)
+    searcher = Searcher(live.settings, live.embedder, shared_primary=live.client.reading)
     try:
         decoder = src / "json" / "decoder.py"
         for name in ("glimmerwick_first", "glimmerwick_second"):
@@ -177,7 +177,7 @@ def test_a_searcher_in_the_watchers_process_reads_its_client_and_sees_each_updat
 
         with writer_lock(home):  # another writer: the watcher's client may not see its writes
             pass
-        with live.reading(FP) as shared:
+        with live.client.reading(FP) as shared:
             assert shared is None
         assert name in searcher.search(text, k=1, mode="vector").hits[0].text
         assert searcher._views.opened == 1  # a fresh view answered instead
@@ -190,7 +190,7 @@ def test_closing_the_watchers_client_waits_for_its_readers(live, json_tree):
     decoder.write_text(decoder.read_text() + "\n\ndef reader_wait_probe():\n    return 2\n")
     live.update()
     closed = threading.Event()
-    with live.reading(FP) as shared:
+    with live.client.reading(FP) as shared:
         col, count = shared
         closer = threading.Thread(target=lambda: (live.close(), closed.set()))
         closer.start()
@@ -199,7 +199,7 @@ def test_closing_the_watchers_client_waits_for_its_readers(live, json_tree):
         assert col.count() == count
     closer.join(10)
     assert closed.is_set()
-    with live.reading(FP) as shared:
+    with live.client.reading(FP) as shared:
         assert shared is None  # closed: nothing to share
 
 
