@@ -15,6 +15,9 @@ takes an earlier one while it holds a later one:
    bucket of a Chroma server's collection, so the slices of one run write side by side.
 3. ``failover/pointer.lock``, **the pointer lock** (:func:`pointer_lock`): every read-modify-write of the
    failover pointer. Held for milliseconds.
+4. In one process only, the condition of the writer's shared client
+   (:class:`~nova_pipeline.core.live.client.WriterClient`, ``nova serve --watch``): held for bookkeeping,
+   never while waiting for another lock; readers take it without the writer lock.
 
 Opening an embedded Chroma data dir writes to it (every client rewrites a few of its files when it opens
 them), so even a reader opens one only under the writer lock, held for the open alone (a few milliseconds;

@@ -119,7 +119,7 @@ class Searcher:
             active model of ``nova model switch``, else the bundled one), None for the bundled one, or a
             directory. Its fingerprint names the collection searched.
         shared_primary: a writer's own client, for a searcher in the writer's process (``nova serve
-            --watch``: :meth:`~nova_pipeline.core.live.updater.LiveIndex.reading`): called with the
+            --watch``: :meth:`~nova_pipeline.core.live.client.WriterClient.reading`): called with the
             fingerprint, a context manager giving ``(collection, count)``, or None when it cannot answer for
             the primary now (then the fresh views answer).
     """
