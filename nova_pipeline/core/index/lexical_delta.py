@@ -11,7 +11,7 @@ built index that ``lexical/CURRENT`` names (its ``base`` digest):
 A delta is always the whole difference to its base, and a delta whose ``base`` is not CURRENT is ignored.
 :func:`compute` derives it from the whole chunk set (a catch-up: a start, or another process wrote); each
 later update of ``nova watch`` patches the delta that process wrote last with its own change, so its cost
-follows the change and not the tree (:meth:`~nova_pipeline.core.live.updater.LiveIndex._patched_delta`; a
+follows the change and not the tree (:func:`patch`; a
 test checks the patched delta equals :func:`compute`'s after edits, additions, deletions and a revert). A
 rebuild of the base (:func:`~nova_pipeline.core.index.lexical.update`, and :func:`compact` when the delta
 grows past :data:`COMPACT_ABOVE` documents or the tree is quiet) removes it.
@@ -32,6 +32,7 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ __all__ = [
     "compute",
     "delta_stamp",
     "load_live",
+    "patch",
     "read",
     "write",
 ]
@@ -99,6 +101,24 @@ def compute(base_ids, chunks: pd.DataFrame, base: str) -> Delta:
     added = chunks[new][[*lexical.DOC_COLUMNS, "text"]].reset_index(drop=True)
     removed = pc.filter(base_ids, pc.invert(pc.is_in(base_ids, value_set=ids))).to_pylist()
     return Delta(base=base, removed=set(removed), added=added)
+
+
+def patch(last: Delta, in_base: Container[str], gone: Sequence[str], new: pd.DataFrame) -> Delta:
+    """``last`` after one change of the chunks: ``gone`` (ids that were live) left and ``new`` (chunks
+    that were not live: ``chunk_id``, the document columns and ``text``) came. ``in_base`` holds the ids of
+    the base ``last`` is a delta of.
+
+    With ``B`` the base and ``T`` the chunks before (``added = T - B``, ``removed = B - T``), the chunks
+    after are ``T - gone + new``, so ``added' = added - gone + (new - B)`` and ``removed' = (removed +
+    (gone & B)) - new``: what :func:`compute` gives for them (a test checks), at a cost that follows the
+    change and not the index."""
+    gone = set(gone)
+    new_ids = new["chunk_id"].tolist()
+    kept = last.added[~last.added["chunk_id"].isin(gone)] if gone and len(last.added) else last.added
+    fresh = new[np.array([i not in in_base for i in new_ids], dtype=bool)][[*lexical.DOC_COLUMNS, "text"]]
+    added = pd.concat([kept, fresh], ignore_index=True) if len(fresh) else kept.reset_index(drop=True)
+    removed = (last.removed | {i for i in gone if i in in_base}) - set(new_ids)
+    return Delta(base=last.base, removed=removed, added=added)
 
 
 def write(home, delta: Delta) -> None:

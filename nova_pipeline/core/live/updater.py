@@ -364,23 +364,18 @@ class LiveIndex:
         report.paths = changed["path"].head(20).tolist()
         if not full and not len(changed):
             return None
-        if full:
-            chunks, _ = chunk_manifest(
-                self.settings.source_dir,
-                result.manifest,
-                self.chunks,
-                self.tokenizer.count,
-                self.tokenizer.max_seq_length,
-            )
-            return _Plan(result, chunks=chunks, count=len(chunks))
         paths = frozenset(changed["path"].tolist())
-        fresh, _ = chunk_manifest(
+        # a catch-up chunks the tree against the whole previous table; an update, only what changed
+        chunks, _ = chunk_manifest(
             self.settings.source_dir,
-            result.manifest[result.manifest["path"].isin(paths)],
-            None,
+            result.manifest if full else result.manifest[result.manifest["path"].isin(paths)],
+            self.chunks if full else None,
             self.tokenizer.count,
             self.tokenizer.max_seq_length,
         )
+        if full:
+            return _Plan(result, chunks=chunks, count=len(chunks))
+        fresh = chunks  # every chunk of the added and changed files
         before = {i for p in paths for i in self._ids_by_path.get(p, ())}
         fresh_ids = fresh["chunk_id"].tolist()
         new = fresh[np.array([i not in before for i in fresh_ids], dtype=bool)]
@@ -440,7 +435,10 @@ class LiveIndex:
         home = self.settings.home
         base = self._base_ids()
         if base is not None:
-            delta = self._patched_delta(base, plan) if plan.fresh is not None else None
+            last = self._delta
+            delta = None
+            if plan.fresh is not None and last is not None and last.base == base[0]:
+                delta = lexical_delta.patch(last, self._in_base(), plan.gone, plan.new)
             if delta is None:
                 delta = lexical_delta.compute(base[1], self._table_of(plan), base[0])
             if len(delta.added) <= lexical_delta.COMPACT_ABOVE:
@@ -450,28 +448,6 @@ class LiveIndex:
         stats = lexical.update(home, self._table_of(plan))
         self._delta = lexical_delta.Delta(base=stats.digest)  # the base holds every chunk now
         return "rebuilt" if stats.built else "unchanged"
-
-    def _patched_delta(self, base: tuple, plan: _Plan) -> lexical_delta.Delta | None:
-        """The last delta with the update's change applied, or None when there is none of this base.
-
-        With ``B`` the base, ``T`` the chunks before and ``D`` the delta (``added = T - B``, ``removed = B -
-        T``), an update removes ``gone`` (in ``T``) and adds ``new`` (not in ``T``), so ``added' = added -
-        gone + (new - B)`` and ``removed' = (removed + (gone & B)) - new``: what
-        :func:`~nova_pipeline.core.index.lexical_delta.compute` gives for the new chunks (a test checks).
-        """
-        last = self._delta
-        if last is None or last.base != base[0]:
-            return None
-        in_base = self._in_base()
-        gone = set(plan.gone)
-        new_ids = plan.new["chunk_id"].tolist()
-        kept = last.added[~last.added["chunk_id"].isin(gone)] if gone and len(last.added) else last.added
-        fresh = plan.new[np.array([i not in in_base for i in new_ids], dtype=bool)][
-            [*lexical.DOC_COLUMNS, "text"]
-        ]
-        added = pd.concat([kept, fresh], ignore_index=True) if len(fresh) else kept.reset_index(drop=True)
-        removed = (last.removed | (gone & in_base)) - set(new_ids)
-        return lexical_delta.Delta(base=last.base, removed=removed, added=added)
 
     def compact(self) -> bool:
         """Rebuild the lexical base from every chunk when a delta exists (the tree is quiet); whether it
