@@ -153,6 +153,17 @@ def found(session: httpx.Client, name: str) -> bool:
     return bool(hits) and name in (hits[0]["symbol"] or "")
 
 
+def seconds_to_found(session: httpx.Client, name: str, t0: float, timeout: float, poll_s: float) -> float:
+    """Seconds from ``t0`` (a save's ``time.time()``) to the first ``/search`` with ``name`` at rank 1,
+    polling every ``poll_s`` (NaN after ``timeout``). Every search also costs the 2 cores a query
+    embedding, as a client's would."""
+    while time.time() - t0 < timeout:
+        if found(session, name):
+            return time.time() - t0
+        time.sleep(poll_s)
+    return float("nan")
+
+
 def rename_function(src: Path, name: str, rename_over: bool) -> float:
     """Give the probed function of ``json/decoder.py`` the name ``name``; returns the write's time."""
     path = src / TARGET
@@ -179,13 +190,7 @@ def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[
         name = f"probe_{tag}_{uuid.uuid4().hex[:8]}_{i}"
         rename_over = i % 2 == 1
         t0 = rename_function(src, name, rename_over)
-        t_serve = None
-        if session is not None:
-            while time.time() - t0 < 30:
-                if found(session, name):
-                    t_serve = time.time()
-                    break
-                time.sleep(0.02)  # a client polling: every search also costs the 2 cores a query embedding
+        serve_s = seconds_to_found(session, name, t0, 30, 0.02) if session is not None else float("nan")
         rec = watch.wait_for(
             lambda r, t0=t0: (
                 r.get("kind") == "update" and r.get("searchable_at", 0) >= t0 and TARGET in r.get("paths", [])
@@ -193,7 +198,7 @@ def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[
             30,
         )
         commits.append(rec["searchable_at"] - t0)
-        served.append((t_serve - t0) if t_serve else float("nan"))
+        served.append(serve_s)
         modes.append("rename-over" if rename_over else "write")
         recs.append({**rec, "saved_at": t0})
         time.sleep(0.3)  # one save at a time, as a person saves
@@ -370,14 +375,7 @@ def sensor_path(src: Path, home: Path, dhome: Path, work: Path, env: dict, base:
         session = httpx.Client(base_url=base, timeout=30)
         for i in range(reps):
             name = f"probe_sensor_{uuid.uuid4().hex[:8]}_{i}"
-            t0 = rename_function(src, name, False)
-            while time.time() - t0 < 180:
-                if found(session, name):
-                    out.append(time.time() - t0)
-                    break
-                time.sleep(0.1)
-            else:
-                out.append(float("nan"))
+            out.append(seconds_to_found(session, name, rename_function(src, name, False), 180, 0.1))
     finally:
         stop_group(daemon)
     return out
@@ -514,14 +512,7 @@ def one_process(src: Path, work: Path, env: dict, n: int, poll_s: float = 0.02) 
         served = []
         for i in range(n + 2):  # the first two load the model and open the watcher's client
             name = f"probe_one_{uuid.uuid4().hex[:8]}_{i}"
-            t0 = rename_function(src, name, i % 2 == 1)
-            while time.time() - t0 < 60:
-                if found(session, name):
-                    served.append(time.time() - t0)
-                    break
-                time.sleep(poll_s)
-            else:
-                served.append(float("nan"))
+            served.append(seconds_to_found(session, name, rename_function(src, name, i % 2 == 1), 60, poll_s))
             time.sleep(0.3)
         print("\none process (nova serve --watch: searches read the watcher's client):")
         print(
