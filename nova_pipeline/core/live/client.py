@@ -32,7 +32,7 @@ class WriterClient:
         # readers of the client through reading() (nova serve --watch), waited for before it is closed
         self._share = threading.Condition()
         self._readers = 0
-        self._shared: tuple | None = None  # (client, fingerprint, collection) last given to readers
+        self._shared: tuple | None = None  # (client, fingerprint, collection, count) given to readers
 
     @contextlib.contextmanager
     def writing(self):
@@ -125,8 +125,9 @@ class WriterClient:
             shared = self._shared
             if shared is None or shared[0] is not client or shared[1] != fingerprint:
                 col = get_collection(client, fingerprint, create=False)
-                shared = self._shared = (client, fingerprint, col)
-            yield shared[2], shared[2].count()
+                # counted once per write, as a view counts once when it is opened
+                shared = self._shared = (client, fingerprint, col, col.count())
+            yield shared[2], shared[3]
         finally:
             with self._share:
                 self._readers -= 1
