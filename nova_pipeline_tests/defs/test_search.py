@@ -50,6 +50,52 @@ def test_the_lexical_index_is_an_asset_checked_against_the_chunks_and_idle_when_
     assert (golden.current_version(home).path / "lexical" / "meta.json").exists()
 
 
+def test_an_edit_is_a_lexical_delta_that_the_golden_copy_carries_and_a_reset_restores(tmp_path):
+    """After an edit, the rebuild job writes a delta against the built base (only the changed chunks'
+    texts read); its check, search, the golden copy (linking the base) and a reset all see base + delta; a
+    rerun does no work; ``compact_above: 0`` folds the delta into a new base."""
+    import shutil
+
+    from nova_pipeline.core.index import lexical_delta
+    from nova_pipeline_tests.conftest import STDLIB
+
+    src, home = tmp_path / "src", tmp_path / "home"
+    shutil.copytree(STDLIB / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    with dg.instance_for_test() as instance:
+        first = materialize_rebuild(src, home, instance)
+        base = asset_metadata(first, "lexical_index")["digest"]
+        p = src / "json" / "decoder.py"
+        p.write_text(p.read_text() + "\n\ndef zorblax_delta_probe():\n    return 1\n")
+        edited = materialize_rebuild(src, home, instance)
+        m = asset_metadata(edited, "lexical_index")
+        chunks = read_table(home, "source_chunks")
+        assert (m["how"], m["base"], m["documents"]) == ("delta", base, len(chunks)) and m["delta_added"] >= 1
+        assert lexical.current_path(home).name == base and m["digest"] == lexical.chunks_digest(chunks)
+        assert {e.check_name: e.passed for e in edited.get_asset_check_evaluations()}[
+            "lexical_index_matches_chunks"
+        ]
+        live = lexical_delta.load_live(home)
+        assert live.path_of(live.search("zorblax_delta_probe", 1)[0].row) == "json/decoder.py"
+        v = golden.current_version(home)
+        assert asset_metadata(edited, "golden_copy")["promoted"] and (v.path / golden.LEXICAL_DELTA).exists()
+        assert asset_metadata(edited, "golden_copy")["files_linked"] >= len(
+            list((v.path / "lexical").rglob("*.*"))
+        )
+        again = materialize_rebuild(src, home, instance)
+        assert asset_metadata(again, "lexical_index")["how"] == "unchanged"
+        assert asset_metadata(again, "golden_copy")["promoted"] is False
+        lexical_delta.clear(home)  # lost: a reset brings base and delta back from the golden copy
+        golden.reset_index(home, None, True, "test")
+        assert lexical_delta.read(home).digest == m["digest"] and not lexical_delta.live_id_failures(
+            home, chunks["chunk_id"].tolist()
+        )
+        compacted = materialize_rebuild(
+            src, home, instance, run_config={"ops": {"lexical_index": {"config": {"compact_above": 0}}}}
+        )
+        assert asset_metadata(compacted, "lexical_index")["how"] == "built"
+        assert lexical.current_path(home).name == m["digest"] and lexical_delta.read(home) is None
+
+
 def test_hybrid_says_why_each_hit_matched_and_puts_the_exact_symbol_first(searcher):
     r = searcher.search("JSONDecodeError", 5)
     assert r.mode == "hybrid" and r.store == "primary"

@@ -19,8 +19,8 @@ links the others) and
 ``source_chunks`` that search reads its hits' text, lines and symbol from (:meth:`LexicalIndex.documents`;
 :mod:`.documents`): the vector store keeps slim records. A lookup is a dict probe per id and a read of the
 mapped rows (``benchmarks/bench_scaleout.py --free-embedder`` prints its cost for 50 ids). Live updates
-keep a small delta beside it (:mod:`.lexical_delta`), compacted when the tree is quiet, instead of
-rewriting it. ``NOVA_HOME/lexical/<digest>/`` holds the
+and the rebuild job's small changes keep a small delta beside it (:mod:`.lexical_delta`), compacted when
+the tree is quiet or the delta grows, instead of rewriting it. ``NOVA_HOME/lexical/<digest>/`` holds the
 built ones and ``NOVA_HOME/lexical/CURRENT`` names the live one, so a rebuild never leaves a half-written
 index in use and an unchanged chunk set is not indexed again.
 """
@@ -478,12 +478,15 @@ def index_files(path: Path) -> Iterable[Path]:
     return sorted(p for p in Path(path).rglob("*") if p.is_file())
 
 
-def id_failures(path: Path, ids: Iterable[str]) -> list[str]:
-    """Why the index at ``path`` does not hold exactly the documents ``ids`` (empty: it does).
+def id_failures(
+    path: Path, ids: Iterable[str], removed: Iterable[str] = (), added: Iterable[str] = ()
+) -> list[str]:
+    """Why the index at ``path`` does not hold exactly the documents ``ids`` (empty: it does); with a live
+    delta (:mod:`.lexical_delta`), its ``removed`` ids taken out of the base's and its ``added`` ids put in.
 
     Reads only ``meta.json`` and ``docs.parquet``'s ``chunk_id`` column.
     """
-    path = Path(path)
+    path, removed, added = Path(path), set(removed), set(added)
     try:
         meta = json.loads((path / META).read_text())
         have = pd.read_parquet(path / "docs.parquet", columns=["chunk_id"])["chunk_id"].tolist()
@@ -495,10 +498,11 @@ def id_failures(path: Path, ids: Iterable[str]) -> list[str]:
         failures.append(
             f"the lexical index at {path} has {len(have)} documents, its meta says {meta.get('docs')}"
         )
-    missing, extra = want - set(have), set(have) - want
+    live = (set(have) - removed) | added
+    missing, extra = want - live, live - want
     if missing or extra:
         failures.append(
-            f"the lexical index at {path} lacks {len(missing)} chunks and has {len(extra)} others "
-            f"(e.g. {sorted(missing or extra)[0]})"
+            f"the lexical index at {path}{' with its delta' if removed or added else ''} lacks "
+            f"{len(missing)} chunks and has {len(extra)} others (e.g. {sorted(missing or extra)[0]})"
         )
     return failures

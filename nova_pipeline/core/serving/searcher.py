@@ -330,6 +330,8 @@ class Searcher:
         if path is None:
             return None
         live = path == lexical.current_path(self.settings.home)
+        # a golden version's delta sits beside its lexical/ and never changes
+        delta_path = None if live else path.parent / golden.LEXICAL_DELTA
         key = (str(path), lexical_delta.delta_stamp(self.settings.home) if live else None)
         with self._lock:
             if key not in self._lexical:
@@ -337,7 +339,7 @@ class Searcher:
                 base = self._lexical_bases.get(str(path)) or lexical.load(path)
                 self._lexical_bases = {str(path): base}
                 self._lexical.clear()  # an older directory, or an older delta, is no longer current
-                self._lexical[key] = lexical_delta.load_live(self.settings.home, path, base) if live else base
+                self._lexical[key] = lexical_delta.load_live(self.settings.home, path, base, delta_path)
             return self._lexical[key]
 
     def search(

@@ -140,13 +140,21 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
                 }
             )
         else:
+            from nova_pipeline.core.index import lexical_delta
+
             meta = json.loads((lex / lexical.META).read_text())
-            stale = "" if lex.name == lexical.chunks_digest(chunks) else "; not of the current chunks"
+            held = lexical_delta.holding(s.home, chunks)
+            stale = "" if held is not None else "; not of the current chunks"
+            delta = lexical_delta.parse(held[1]) if held is not None and held[1] is not None else None
+            docs = meta["docs"] + (len(delta.added) - len(delta.removed) if delta is not None else 0)
+            of_delta = (
+                f" (a delta of {len(delta.added):,} documents on the base)" if delta is not None else ""
+            )
             rows.append(
                 {
                     "asset": LEXICAL_INDEX,
                     "where": str(lex),
-                    "what": f"{meta['docs']:,} documents, {meta.get('vocabulary', 0):,} terms{stale}",
+                    "what": f"{docs:,} documents, {meta.get('vocabulary', 0):,} terms{of_delta}{stale}",
                     **({"warning": True} if stale else {}),
                 }
             )

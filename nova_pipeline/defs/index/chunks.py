@@ -7,10 +7,10 @@ check runs inside its step (``check_specs``); downstream assets read the chunks 
 import dagster as dg
 import pandas as pd
 
-from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES
-from nova_pipeline.core.tables import read_table, require_table
+from nova_pipeline.core.tables import read_rows, read_table, require_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
 from nova_pipeline.deploy.run_events import progress_reporter
@@ -71,45 +71,69 @@ LEXICAL_CHECK = dg.AssetCheckSpec(
 )
 
 
+class LexicalIndexConfig(dg.Config):
+    """``compact_above``: added documents beyond which the base is rebuilt instead of a delta written (a
+    delta is also never more than a tenth of the base's documents; 0: rebuild the base now, folding the
+    delta in)."""
+
+    compact_above: int = lexical_delta.COMPACT_ABOVE
+
+
 @dg.asset(
     kinds={"python", "bm25s"},
     group_name=INDEX,
     deps=[SOURCE_CHUNKS],
     check_specs=[LEXICAL_CHECK],
 )
-def lexical_index(context: dg.AssetExecutionContext, nova: NovaSettings):
-    """The BM25 index of the chunks under ``NOVA_HOME/lexical/`` (core/lexical.py): the lexical side of
-    hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a changed one is
-    built beside the live index and switched to atomically. Its check runs in the same step."""
+def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig, nova: NovaSettings):
+    """The BM25 index of the chunks under ``NOVA_HOME/lexical/`` (core/index/lexical.py): the lexical side of
+    hybrid search. Content-addressed by the chunk set: an unchanged set does no work; a small change is a
+    delta beside the built base (core/index/lexical_delta.py: only the changed chunks' texts are read); a
+    larger one (``compact_above``) builds a new base beside the live one and switches to it atomically. Its
+    check runs in the same step."""
+    from nova_pipeline.core.locks import writer_lock
+
     home = nova.settings(require_source=False).home
     source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
-    stats = lexical.update(home, source_chunks, with_texts=lambda: require_table(home, SOURCE_CHUNKS))
+    with writer_lock(home, bump=False):  # nova watch writes the same delta (core/locks.py)
+        a = lexical_delta.apply(
+            home,
+            source_chunks,
+            texts_of=lambda ids: read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, ["chunk_id", "text"]),
+            with_texts=lambda: require_table(home, SOURCE_CHUNKS),
+            compact_above=config.compact_above,
+        )
+        check = lexical_index_matches_chunks(home, source_chunks)
     context.log.info(
-        f"lexical index {stats.digest[:12]}: {stats.docs:,} documents, {stats.vocabulary:,} terms "
-        + (f"built in {stats.seconds:.2f} s" if stats.built else "(unchanged: no work)")
+        f"lexical index {a.digest[:12]}: {a.docs:,} documents, "
+        + {
+            "unchanged": "unchanged: no work",
+            "delta": f"a delta of +{a.added:,} -{a.removed:,} documents against base {a.base[:12]}",
+            "built": f"{a.vocabulary:,} terms, built in {a.seconds:.2f} s",
+        }[a.how]
     )
     return dg.MaterializeResult(
         metadata={
-            "documents": stats.docs,
-            "vocabulary": stats.vocabulary,
-            "built": stats.built,
-            "digest": stats.digest,
-            "path": dg.MetadataValue.path(str(stats.path)),
+            "documents": a.docs,
+            "vocabulary": a.vocabulary,
+            "built": a.how == "built",
+            "how": a.how,
+            "digest": a.digest,
+            "base": a.base,
+            "delta_added": a.added,
+            "delta_removed": a.removed,
+            "path": dg.MetadataValue.path(str(a.path)),
             "tokenizer": lexical.TOKENIZER_VERSION,
-            "duration_s": round(stats.seconds, 3),
+            "duration_s": round(a.seconds, 3),
         },
-        check_results=[lexical_index_matches_chunks(home, source_chunks)],
+        check_results=[check],
     )
 
 
 def lexical_index_matches_chunks(home, chunks: pd.DataFrame) -> dg.AssetCheckResult:
-    """The live lexical index under ``home`` against ``chunks``: fails naming ids missing or extra."""
-    path = lexical.current_path(home)
-    failures = (
-        ["there is no live lexical index"]
-        if path is None
-        else lexical.id_failures(path, chunks["chunk_id"].tolist())
-    )
+    """The live lexical index under ``home`` (its base and delta) against ``chunks``: fails naming ids
+    missing or extra."""
+    failures = lexical_delta.live_id_failures(home, chunks["chunk_id"].tolist())
     return dg.AssetCheckResult(
         check_name=LEXICAL_CHECK.name,
         passed=not failures,

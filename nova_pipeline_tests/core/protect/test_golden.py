@@ -287,6 +287,42 @@ def test_runtime_copy_is_writable_follows_current_and_golden_is_untouched(home, 
     assert golden.runtime_version(h)["version"] == v2.name and not rt2.rebuilt
 
 
+def runtime_ids(h) -> set[str]:
+    from nova_pipeline.core.index.vector_store import fresh_client
+
+    with fresh_client(h, path=golden.runtime_dir(h)) as client:
+        return existing_ids(get_collection(client, FP, create=False))
+
+
+def test_the_runtime_copy_follows_by_export_shard_without_listing_its_collection(
+    home, json_tree, monkeypatch
+):
+    """The copy holds the version its record names, so the next one is applied as a diff of the changed
+    export shards (read from both versions) and the collection is never listed; a deleted file's chunks go."""
+    from nova_pipeline.core.protect.golden import export as export_mod
+
+    h, chunks = home
+    golden.promote(h, FP)
+    golden.make_runtime_copy(h)
+    listed, read = [], set()
+    monkeypatch.setattr(export_mod, "existing_ids", lambda col, *a: listed.append(col) or set())
+    real_read = export_mod.read_shard
+    monkeypatch.setattr(export_mod, "read_shard", lambda f, *a: read.add(f.name) or real_read(f, *a))
+    edit(json_tree)
+    gone = sorted(json_tree.rglob("*.py"))[-1]
+    gone.unlink()
+    new_chunks = build_home(json_tree, h)
+    golden.promote(h, FP)
+    rt = golden.make_runtime_copy(h)
+    assert listed == [] and not rt.rebuilt
+    assert 1 <= len(read) <= 2  # the shards of the edited and the deleted file, of the 64
+    removed = set(chunks["chunk_id"]) - set(new_chunks["chunk_id"])
+    rel = gone.relative_to(json_tree).as_posix()
+    assert rt.deleted == len(removed) >= len(chunks[chunks["path"] == rel]) > 0
+    monkeypatch.undo()
+    assert runtime_ids(h) == set(new_chunks["chunk_id"]) and rt.count == len(new_chunks)
+
+
 @pytest.mark.integration
 def test_server_mode_exports_and_refills_an_empty_server(json_tree, tmp_path, chroma_server, fake_embedder):
     from nova_pipeline.core.index.chunking import chunk_manifest

@@ -40,6 +40,7 @@ from nova_pipeline.core.protect.golden.verify import (
 from nova_pipeline.core.protect.golden.versions import (
     CURRENT,
     DEFAULT_KEEP,
+    LEXICAL_DELTA,
     LEXICAL_DIR,
     MANIFEST,
     PARTIAL_PREFIX,
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_KEEP",
     "EXPORT_DIR",
     "EXPORT_SHARDS",
+    "LEXICAL_DELTA",
     "LEXICAL_DIR",
     "MANIFEST",
     "PARTIAL_PREFIX",

@@ -6,7 +6,8 @@ A version holds::
     tables/*.parquet         the manifest, patterns and code graph tables
     store_index.parquet      the store's index (the objects themselves stay in the store, or go in backups)
     dictionaries/*.zdict     the dictionaries the store index refers to
-    lexical/                 the BM25 index of the same chunks, when the rebuild made one
+    lexical/                 the BM25 index of the same chunks, when the rebuild made one: its base,
+    lexical_delta.json       and the live delta against it, when there is one (core/index/lexical_delta.py)
     model.json               model fingerprint, collection name, vector count, mode, per-shard digests,
                              the content key
     MANIFEST.json            blake3 and size of every file above; written last: the commit marker
@@ -57,6 +58,7 @@ from nova_pipeline.core.protect.golden.verify import verify_tree, verify_with_ca
 from nova_pipeline.core.protect.golden.versions import (
     CURRENT,
     DEFAULT_KEEP,
+    LEXICAL_DELTA,
     LEXICAL_DIR,
     MANIFEST,
     PARTIAL_PREFIX,
@@ -75,7 +77,14 @@ from nova_pipeline.core.protect.golden.versions import (
     sync_pins,
 )
 from nova_pipeline.core.protect.guard import DeletionGuard
-from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, read_table, table_path
+from nova_pipeline.core.tables import (
+    CODE_NAMES,
+    CODE_RELATIONS,
+    CODE_SYMBOLS,
+    read_rows,
+    read_table,
+    table_path,
+)
 
 __all__ = ["FORMAT", "TABLES", "Promotion", "content_key", "promote", "shard_digests"]
 
@@ -236,14 +245,13 @@ def promote(
     store_index = store.index()
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
     digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
-    lexical_dir = _lexical_for(home, chunks)
-    key = content_key(
-        fingerprint,
-        digests,
-        store_index["key"].tolist(),
-        dictionaries,
-        lexical_dir.name if lexical_dir is not None else None,
-    )
+    lexical_dir, lexical_delta_bytes = _lexical_for(home, chunks)
+    lexical_key = None
+    if lexical_dir is not None:
+        lexical_key = lexical_dir.name
+        if lexical_delta_bytes is not None:
+            lexical_key += "+" + blake3.blake3(lexical_delta_bytes).hexdigest()
+    key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries, lexical_key)
 
     cur = current_version(home)
     cur_failures = verify_tree(cur.path) if cur is not None else []
@@ -264,7 +272,8 @@ def promote(
     if cur is not None:
         guard.check_golden(cur.count, len(chunks), cur.name)
     prev_files = read_manifest(usable.path)["files"] if usable else {}
-    prev_shards = json.loads((usable.path / "model.json").read_text()).get("shards", {}) if usable else {}
+    prev_model = json.loads((usable.path / "model.json").read_text()) if usable else {}
+    prev_shards = prev_model.get("shards", {})
 
     name = new_version_name(root)
     stage = root / f"{PARTIAL_PREFIX}{name}"
@@ -309,8 +318,17 @@ def promote(
         if store.index_path.exists():
             placer.put("store_index.parquet", store.index_path.read_bytes())
         if lexical_dir is not None:
+            # a base directory is named by the digest of its chunks: CURRENT's of the same name has the
+            # same files, linked without reading them (as export shards of the same ids)
+            same_base = prev_model.get("lexical") == lexical_dir.name
             for f in lexical.index_files(lexical_dir):
-                placer.put(f"{LEXICAL_DIR}/{f.relative_to(lexical_dir).as_posix()}", f.read_bytes())
+                rel = f"{LEXICAL_DIR}/{f.relative_to(lexical_dir).as_posix()}"
+                if same_base and placer.can_link(rel):
+                    placer.link(rel)
+                else:
+                    placer.put(rel, f.read_bytes())
+            if lexical_delta_bytes is not None:
+                placer.put(LEXICAL_DELTA, lexical_delta_bytes)
         registry = DictionaryRegistry(home)
         for digest in dictionaries:
             placer.put(f"dictionaries/{registry.path(digest).name}", registry.path(digest).read_bytes())
@@ -326,6 +344,7 @@ def promote(
                     "content_key": key,
                     "shards": {str(k): v for k, v in digests.items()},
                     "lexical": lexical_dir.name if lexical_dir is not None else None,
+                    "lexical_delta": lexical_delta_bytes is not None,
                 },
                 indent=1,
             ).encode(),
@@ -391,25 +410,28 @@ def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFra
         return None
     rows = chunks[chunks["chunk_id"].isin(ids)].drop_duplicates("chunk_id")
     if "text" not in rows.columns and len(rows):
-        import pyarrow.parquet as pq
-
-        path = table_path(home, SOURCE_CHUNKS)
-        if not path.exists():
-            return None
         every = len(rows) == len(chunks)  # a first version: no filter to evaluate
-        texts = pq.read_table(
-            path, columns=["chunk_id", "text"], filters=None if every else [("chunk_id", "in", list(ids))]
+        cols = ["chunk_id", "text"]
+        texts = (
+            read_table(home, SOURCE_CHUNKS, cols)
+            if every
+            else read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, cols)
         )
-        rows = rows.merge(texts.to_pandas(), on="chunk_id", how="left")
+        if texts is None:
+            return None
+        rows = rows.merge(texts, on="chunk_id", how="left")
     return rows.set_index("chunk_id")
 
 
-def _lexical_for(home: Path, chunks: pd.DataFrame) -> Path | None:
-    """The live lexical index directory when it holds exactly ``chunks`` (else None, logged)."""
-    path = lexical.current_path(home)
-    if path is None or not set(lexical.DIGEST_COLUMNS) <= set(chunks.columns):
-        return None
-    if path.name != lexical.chunks_digest(chunks):
-        log.warning("the lexical index %s does not index these chunks: left out of the golden copy", path)
-        return None
-    return path
+def _lexical_for(home: Path, chunks: pd.DataFrame) -> tuple[Path | None, bytes | None]:
+    """``(base directory, delta file's bytes or None)`` of the live lexical index when, with its delta, it
+    holds exactly ``chunks``; ``(None, None)`` otherwise (logged): the version then has no lexical index."""
+    from nova_pipeline.core.index import lexical_delta
+
+    if lexical.current_path(home) is None or not set(lexical.DIGEST_COLUMNS) <= set(chunks.columns):
+        return None, None
+    held = lexical_delta.holding(home, chunks)
+    if held is None:
+        log.warning("the live lexical index does not index these chunks: left out of the golden copy")
+        return None, None
+    return held

@@ -26,8 +26,10 @@ from nova_pipeline.core.protect.golden.export import import_export, restore_lexi
 from nova_pipeline.core.protect.golden.verify import verify_tree
 from nova_pipeline.core.protect.golden.versions import (
     LEXICAL_DIR,
+    MANIFEST,
     GoldenVersion,
     current_version,
+    golden_root,
     remove_tree,
 )
 
@@ -63,16 +65,17 @@ def _require_current(home: Path) -> GoldenVersion:
     return cur
 
 
-def _apply_to_data_dir(version: GoldenVersion, dest: Path, home: Path) -> Applied:
-    """Make the embedded store at ``dest`` hold exactly ``version``: a diff when it opens, else a fresh
-    store built beside it and swapped in by rename."""
+def _apply_to_data_dir(version: GoldenVersion, dest: Path, home: Path, held: Path | None = None) -> Applied:
+    """Make the embedded store at ``dest`` hold exactly ``version``: a diff when it opens (by export shard
+    against ``held``, the version it is known to hold, when given), else a fresh store built beside it and
+    swapped in by rename."""
     started = time.perf_counter()
     model = json.loads((version.path / "model.json").read_text())
     rebuilt = False
     try:
         with fresh_client(home, path=dest) as client:
             col = get_collection(client, model["fingerprint"])
-            upserted, deleted = import_export(col, version.path)
+            upserted, deleted = import_export(col, version.path, held=held)
             count = col.count()
     except Exception as exc:  # noqa: BLE001 - a damaged data dir raises anything; rebuild it from the export
         log.warning(
@@ -137,9 +140,13 @@ def make_runtime_copy(home: Path, force: bool = False) -> Applied:
             seconds=0.0,
         )
     with writer_lock(home):
+        held = runtime_version(home)  # again, under the lock: what the copy holds, unless written since
+        held_dir = golden_root(home) / str(held.get("version")) if held and not force else None
+        if held_dir is not None and not (held_dir / MANIFEST).exists() or not dest.is_dir():
+            held_dir = None  # removed by retention, or no copy: list the collection
         dest.parent.mkdir(parents=True, exist_ok=True)
         Layout.of(home).runtime_version.unlink(missing_ok=True)
-        applied = _apply_to_data_dir(cur, dest, home)
+        applied = _apply_to_data_dir(cur, dest, home, held_dir)
         atomic_write_bytes(
             Layout.of(home).runtime_version,
             json.dumps({"version": cur.name, "created_at": cur.created_at, "count": applied.count}).encode(),

@@ -20,7 +20,13 @@ import pyarrow as pa
 from nova_pipeline.core.index.vector_store import (
     open_client_at,
 )
-from nova_pipeline.core.protect.golden.export import embedding_matrix, export_files, import_export, read_shard
+from nova_pipeline.core.protect.golden.export import (
+    embedding_matrix,
+    export_files,
+    import_export,
+    lexical_failures,
+    read_shard,
+)
 from nova_pipeline.core.protect.golden.versions import LEXICAL_DIR, MANIFEST
 
 __all__ = ["open_check", "open_check_in_subprocess", "verify_export", "verify_tree", "verify_with_cache"]
@@ -95,9 +101,7 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
     if len(set(all_ids)) != len(all_ids):
         failures.append(f"the export repeats {len(all_ids) - len(set(all_ids))} ids")
     if (version_dir / LEXICAL_DIR / "meta.json").exists():  # the BM25 index must cover exactly the export
-        from nova_pipeline.core.index import lexical
-
-        failures += lexical.id_failures(version_dir / LEXICAL_DIR, all_ids)
+        failures += lexical_failures(version_dir, all_ids)
     if failures or count == 0:
         return {"count": count, "expected": model["count"], "failures": failures}
     rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ from nova_pipeline.core.layout import Layout
 __all__ = [
     "CURRENT",
     "DEFAULT_KEEP",
+    "LEXICAL_DELTA",
     "LEXICAL_DIR",
     "MANIFEST",
     "PARTIAL_PREFIX",
@@ -64,6 +65,7 @@ PARTIAL_PREFIX = ".partial-"
 DEFAULT_KEEP = 3
 
 LEXICAL_DIR = "lexical"
+LEXICAL_DELTA = "lexical_delta.json"  # the live delta against lexical/, when the index had one
 
 
 def golden_root(home: Path | Layout) -> Path:
