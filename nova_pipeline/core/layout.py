@@ -125,6 +125,11 @@ class Layout:
     def verified_record(self) -> Path:
         return self.home / "vectors.verified.json"
 
+    @property
+    def verified_ids(self) -> Path:
+        """The chunk ids the embedded collection held when it was last reconciled (Arrow IPC)."""
+        return self.home / "vectors.verified.ids.arrow"
+
     # golden copies, runtime copy, backups
     @property
     def golden(self) -> Path:

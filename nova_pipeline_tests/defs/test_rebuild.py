@@ -219,3 +219,33 @@ def test_count_failures_names_the_missing_chunk_and_the_extra_vector(json_tree, 
     count, missing, extra, named = count_failures(col, chunks.drop(index=chunks.index[5:7]))
     assert (count, missing, extra) == (len(chunks) - 1, 1, 2)
     assert f"vector {min(chunks.iloc[5].chunk_id, chunks.iloc[6].chunk_id)} is no chunk's" in named
+
+
+def test_an_edits_reconcile_uses_the_recorded_ids_and_lists_the_collection_only_after_outside_writes(
+    json_tree, tmp_path, monkeypatch
+):
+    """The last reconcile recorded the ids it left at the store's state; the next one, when nothing wrote
+    since, starts from them instead of listing Chroma, and ends with exactly the chunks' ids."""
+    from nova_pipeline.core.index import reconcile as reconcile_mod
+    from nova_pipeline.core.index.vector_store import existing_ids
+    from nova_pipeline.core.tables import read_table
+
+    home = tmp_path / "home"
+    listed = []
+    real = reconcile_mod.existing_ids
+    monkeypatch.setattr(reconcile_mod, "existing_ids", lambda col, *a: listed.append(1) or real(col, *a))
+    with dg.instance_for_test() as instance:
+        materialize_rebuild(json_tree, home, instance)
+        assert listed == [1]  # the first build lists (an empty collection)
+        p = sorted(json_tree.rglob("*.py"))[0]
+        p.write_text(p.read_text() + "\n\ndef recorded_ids_probe():\n    return 1\n")
+        edited = materialize_rebuild(json_tree, home, instance)
+        assert listed == [1] and asset_metadata(edited, "vector_index")["upserted"] >= 1
+        col = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
+        assert existing_ids(col) == set(read_table(home, "source_chunks")["chunk_id"])
+        col.delete(ids=col.get(limit=1)["ids"])  # a write the record does not know
+        p.write_text(p.read_text() + "\n\ndef recorded_ids_probe_2():\n    return 2\n")
+        repaired = materialize_rebuild(json_tree, home, instance)
+    assert listed == [1, 1] and asset_metadata(repaired, "vector_index")["upserted"] >= 2
+    col = get_collection(open_client(home), FakeEmbedder.fingerprint, create=False)
+    assert existing_ids(col) == set(read_table(home, "source_chunks")["chunk_id"])

@@ -83,6 +83,7 @@ def reconcile(
     guard: ShrinkGuard | None = None,
     buckets: Sequence[int] | None = None,
     seed=None,
+    have: set[str] | None = None,
 ) -> IndexStats:
     """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
 
@@ -105,6 +106,8 @@ def reconcile(
             so concurrent slices never touch each other's vectors.
         seed: another collection of the same fingerprint (the other record schema's, during a schema
             change): vectors it holds for the missing ids are copied rather than embedded.
+        have: the ids the collection is known to hold (the verified record's, at the store's state now:
+            :meth:`~nova_pipeline.core.index.verification.VerifiedRecord.ids_at`); None lists them.
 
     A whole-collection run (``buckets`` None) marks the collection complete at the end
     (:func:`~nova_pipeline.core.index.vector_store.mark_complete`), so readers may switch to it.
@@ -122,10 +125,11 @@ def reconcile(
         chunks = chunks[np.isin(buckets_of(chunks["chunk_id"]), buckets)]
         where = {"bucket": {"$in": buckets}}
     stats = IndexStats(wanted=len(chunks))
-    try:
-        have = existing_ids(collection, where)
-    except Exception as exc:  # noqa: BLE001
-        raise VectorStoreError(f"cannot list the collection {collection.name}: {exc}") from exc
+    if have is None or buckets is not None:
+        try:
+            have = existing_ids(collection, where)
+        except Exception as exc:  # noqa: BLE001
+            raise VectorStoreError(f"cannot list the collection {collection.name}: {exc}") from exc
     stats.present_before = len(have)
     wanted_ids = set(chunks["chunk_id"])
     if guard is not None:

@@ -153,6 +153,63 @@ class VerifiedRecord:
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.ids_path.unlink(missing_ok=True)
+
+    @property
+    def ids_path(self) -> Path:
+        return self.path.with_name(Layout.of(self.path.parent).verified_ids.name)
+
+    def record_ids(self, chunk_ids, state: str | None) -> None:
+        """Record that the collection holds exactly ``chunk_ids`` at ``state`` (a reconcile just made it so,
+        and its count agrees). A None state records nothing."""
+        import pyarrow as pa
+
+        from nova_pipeline.core.atomic import atomic_write_with
+
+        if state is None:
+            return
+        table = pa.table({"chunk_id": pa.array(list(chunk_ids), pa.string())})
+        table = table.replace_schema_metadata({"state": state, "count": str(table.num_rows)})
+
+        def write(fh) -> None:
+            with pa.ipc.new_file(fh, table.schema) as w:
+                w.write_table(table)
+
+        atomic_write_with(self.ids_path, write)
+
+    def count_at(self, state: str | None) -> int | None:
+        """How many ids were recorded at ``state`` (read from the file's schema alone), or None as
+        :meth:`ids_at`."""
+        import pyarrow as pa
+
+        if state is None:
+            return None
+        try:
+            with pa.memory_map(str(self.ids_path)) as src:
+                meta = pa.ipc.open_file(src).schema.metadata or {}
+        except (OSError, pa.ArrowException):
+            return None
+        if meta.get(b"state", b"").decode() != state or b"count" not in meta:
+            return None
+        return int(meta[b"count"])
+
+    def ids_at(self, state: str | None) -> set[str] | None:
+        """The ids recorded at ``state`` (:meth:`record_ids`), or None when the collection's state is
+        another (any write since changes it), unknown, or nothing was recorded. Reading them costs about
+        0.1 s at 100,000 ids where listing the collection through Chroma took 1.2 s (its pages are read with
+        ``OFFSET``, so the listing grows faster than the collection)."""
+        import pyarrow as pa
+
+        if state is None:
+            return None
+        try:
+            with pa.memory_map(str(self.ids_path)) as src:
+                table = pa.ipc.open_file(src).read_all()
+        except (OSError, pa.ArrowException):
+            return None
+        if (table.schema.metadata or {}).get(b"state", b"").decode() != state:
+            return None
+        return set(table.column("chunk_id").to_pylist())
 
 
 def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[int, int, int, list[str]]:

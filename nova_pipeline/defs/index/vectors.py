@@ -134,13 +134,16 @@ def plan_vector_slices(
             "plan",
         )
         return
-    with active_client(settings.home, settings.chroma_url) as client:
-        collection = get_collection(client, fingerprint)
-        try:
-            present = collection.count()
-        except Exception as exc:  # noqa: BLE001 - whatever the store raised, the run stops here, saying so
-            raise VectorStoreError(f"cannot count the collection {collection.name}: {exc}") from exc
-    guard.guard().check_vectors(present, len(source_chunks), collection.name)
+    name = collection_name(fingerprint)
+    present = verified.count_at(state)  # nothing wrote since the last reconcile: its count, Chroma unopened
+    if present is None:
+        with active_client(settings.home, settings.chroma_url) as client:
+            collection = get_collection(client, fingerprint)
+            try:
+                present = collection.count()
+            except Exception as exc:  # noqa: BLE001 - whatever the store raised, the run stops here
+                raise VectorStoreError(f"cannot count the collection {name}: {exc}") from exc
+    guard.guard().check_vectors(present, len(source_chunks), name)
     n = resolve_slices(config.slices)
     yield dg.Output(
         {
@@ -207,6 +210,9 @@ def reconcile_vector_slice(
                     f"every write to {store.journal.dir} for the failback"
                 )
             collection = store.collection(model.fingerprint)
+            known = None  # the embedded primary's ids, when nothing wrote to it since the last reconcile
+            if task["buckets"] is None and store.label == PRIMARY and not settings.chroma_url:
+                known = VerifiedRecord(settings.home).ids_at(store_state(settings.home, model.fingerprint))
             stats = reconcile(
                 collection,
                 source_chunks,
@@ -217,6 +223,7 @@ def reconcile_vector_slice(
                 on_batch,
                 buckets=task["buckets"],
                 seed=other_schema_collection(store.client, model.fingerprint),  # a schema change: copy
+                have=known,
             )
     finally:
         cache.close()
@@ -363,6 +370,8 @@ def _finish(
     verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
     if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
         verified.record("reconcile", digest, state, context.run_id, count=count)
+        if count == len(source_chunks):  # the reconcile made the ids exact; the count agrees
+            verified.record_ids(source_chunks["chunk_id"], state)
     total = {
         k: sum(r[k] for r in results)
         for k in (

@@ -318,3 +318,23 @@ def test_a_server_that_stops_answering_is_reported_unreachable(tmp_path, fake_em
         get_collection(client, fake_embedder.fingerprint, create=False)
     assert "unreachable" in str(exc.value) and url in str(exc.value)
     assert not isinstance(exc.value, IndexNotBuiltError)
+
+
+def test_listing_reads_every_id_in_about_eight_pages_whatever_the_size(
+    tmp_path, chunks, fake_embedder, monkeypatch
+):
+    from nova_pipeline.core.index import vector_store
+
+    col = get_collection(open_client(tmp_path / "home"), fake_embedder.fingerprint)
+    reconcile(col, chunks, fake_embedder, EmbeddingCache(tmp_path / "home", fake_embedder.fingerprint))
+    monkeypatch.setattr(vector_store, "PAGE", 2)
+    pages = []
+    real_get = type(col).get
+    monkeypatch.setattr(
+        type(col), "get", lambda self, **kw: pages.append(kw["limit"]) or real_get(self, **kw)
+    )
+    assert existing_ids(col) == set(chunks["chunk_id"])
+    assert len(pages) in (8, 9) and pages[0] == -(-len(chunks) // 8) > 2
+    b = bucket_of(chunks["chunk_id"].iloc[0])
+    want = {i for i in chunks["chunk_id"] if bucket_of(i) == b}
+    assert existing_ids(col, {"bucket": {"$in": [b]}}) == want
