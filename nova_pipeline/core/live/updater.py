@@ -324,8 +324,9 @@ class LiveIndex:
 
     def update_graph(self) -> float | None:
         """Bring the code graph to the last update's tree, when a rebuild made one: the changed files parsed
-        again and every call resolved again outside the lock (about 0.45 s at 110 files), written under it
-        unless another writer came in since. Returns the seconds it took, or None when nothing was done."""
+        again and the calls whose answer may have changed resolved again (graph.build_graph) outside the
+        lock, written under it unless another writer came in since. Returns the seconds it took, or None
+        when nothing was done."""
         from nova_pipeline.core.index import graph
         from nova_pipeline.core.locks import writer_lock
 

@@ -52,6 +52,7 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
             "relations": stats.relations,
             "calls": stats.calls,
             "calls_resolved": stats.resolved_calls,
+            "calls_kept": stats.calls_kept,
             "files_parsed": stats.files_parsed,
             "files_reused": stats.files_reused,
             "files_skipped": len(stats.skipped),

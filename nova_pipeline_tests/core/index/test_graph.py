@@ -179,3 +179,92 @@ def test_each_symbol_gets_the_first_chunk_that_holds_its_first_line(json_tree):
     assert symbols["chunk_id"].tolist() == want
     assert (symbols.loc[symbols["path"] == "json/tool.py", "chunk_id"] == "").all()
     assert (symbols.loc[symbols["path"] != "json/tool.py", "chunk_id"] != "").mean() > 0.9
+
+
+def _same_relations(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    key = ["path", "line", "kind", "source", "target_text", "scope"]
+    pd.testing.assert_frame_equal(
+        a.sort_values(key, ignore_index=True), b.sort_values(key, ignore_index=True), check_like=True
+    )
+
+
+def _edit(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_an_incremental_resolution_equals_a_full_one_after_each_kind_of_change(stdlib_tree):
+    """Call sites of unchanged files keep their targets only when nothing they read changed: after a body
+    edit, a method added to a base class that another file's call finds through inheritance, an import
+    alias and a class's bases changed, a file added and one deleted, the tables equal a clean build's."""
+    email = stdlib_tree / "email"
+    pkg = stdlib_tree / "pkgx"  # C's base comes through n's re-export; a call site elsewhere goes through it
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for mod in ("o", "p"):
+        (pkg / f"{mod}.py").write_text("class Base:\n    def m(self):\n        return 1\n")
+    (pkg / "n.py").write_text("from pkgx.o import Base\n")
+    (pkg / "c.py").write_text("from pkgx.n import Base\n\n\nclass C(Base):\n    pass\n")
+    (pkg / "site.py").write_text("from pkgx.c import C\n\n\ndef f():\n    return C().m()\n")
+    helpers = "".join(f"class {c}:\n    def run(self):\n        return 1\n\n\n" for c in ("Helper", "Other"))
+    holder = "class Holder:\n    def __init__(self):\n        self.h = Helper()\n"
+    (pkg / "q.py").write_text(helpers + holder)  # self.h is always one class's instance, inherited below
+    (pkg / "sub.py").write_text(
+        "from pkgx.q import Holder\n\n\nclass Sub(Holder):\n    def go(self):\n        return self.h.run()\n"
+    )
+    _, tables, _ = built(stdlib_tree)
+    steps = [
+        # a body edit: every other file's sites keep their targets
+        (email / "quoprimime.py", "def header_length(bytearray):", "def header_length(bytearray):\n    pass"),
+        # a call in policy.py that nothing defines yet ...
+        (
+            email / "policy.py",
+            "    def header_fetch_parse(self, name, value):",
+            "    def probe_caller(self):\n        return self.brand_new_probe()\n\n"
+            "    def header_fetch_parse(self, name, value):",
+        ),
+        # ... found once _policybase.Policy (its base, another file) defines it
+        (
+            email / "_policybase.py",
+            "    def clone(self, **kw):",
+            "    def brand_new_probe(self):\n        return 1\n\n    def clone(self, **kw):",
+        ),
+        # an alias other modules' calls go through (utils.quote)
+        (
+            email / "utils.py",
+            "from email._parseaddr import quote\n",
+            "from email._parseaddr import unquote as quote\n",
+        ),
+        # a class's bases
+        (
+            email / "mime" / "text.py",
+            "class MIMEText(MIMENonMultipart):",
+            "from email.mime.base import MIMEBase\nclass MIMEText(MIMEBase):",
+        ),
+        # a re-export: C (in c.py, unchanged) now has p's Base, and site.py's C().m() finds p's m
+        (pkg / "n.py", "from pkgx.o import Base", "from pkgx.p import Base"),
+        # the instance an inherited attribute holds (sub.py's self.h.run goes through q.py's Holder)
+        (pkg / "q.py", "self.h = Helper()", "self.h = Other()"),
+    ]
+    kept = []
+    for path, old, new in steps:
+        _edit(path, old, new)
+        g, tables, stats = built(stdlib_tree, tables)
+        clean, _, _ = built(stdlib_tree)
+        _same_relations(g.relations, clean.relations)
+        kept.append(stats.calls_kept)
+    assert all(k > 0 for k in kept)
+    found = g.relations[g.relations["target_text"] == "self.brand_new_probe"]
+    assert found["target"].tolist() == ["email._policybase._PolicyBase.brand_new_probe"]
+    assert g.relations.loc[g.relations["target_text"] == "C().m", "target"].tolist() == ["pkgx.p.Base.m"]
+    assert g.relations.loc[g.relations["target_text"] == "self.h.run", "target"].tolist() == [
+        "pkgx.q.Other.run"
+    ]
+    # a module added and one removed: every site is resolved again
+    (email / "probe_added.py").write_text("from email.utils import quote\n\ndef f(s):\n    return quote(s)\n")
+    (email / "base64mime.py").unlink()
+    g, tables, stats = built(stdlib_tree, tables)
+    clean, _, _ = built(stdlib_tree)
+    _same_relations(g.relations, clean.relations)
+    assert stats.calls_kept == 0

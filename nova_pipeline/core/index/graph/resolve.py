@@ -26,11 +26,32 @@ class Tree:
         self.instances: dict[tuple[str, str, str], str] = {}  # see FileGraph.instances
         self.local_defs: dict[str, set[str]] = {}
         self.bases = bases  # class qualname -> resolved base qualnames
+        # the modules whose facts the current resolution consulted (None: not recorded); see touch()
+        self.seen: set[str] | None = None
+        self._prefixes: dict[str, tuple[str, ...]] = {}
+
+    def touch(self, key: str) -> None:
+        """Record that a resolution consulted a fact keyed by the dotted name ``key`` (a qualname, or the
+        owner of aliases, bindings, definitions or instances): every module that is a prefix of it. A
+        module's facts (its symbols, and the names owned in it) all come from its own file, so a resolution
+        whose recorded modules are all unchanged, over the same set of modules and the same bases, gives
+        the same answer (:func:`~nova_pipeline.core.index.graph.build.build_graph` re-resolves the others)."""
+        if self.seen is None:
+            return
+        mods = self._prefixes.get(key)
+        if mods is None:
+            parts = key.split(".")
+            mods = tuple(
+                m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if m in self.modules
+            )
+            self._prefixes[key] = mods
+        self.seen.update(mods)
 
     def follow(self, dotted: str) -> str | None:
         """``dotted`` as a defined qualname, following re-exports (``json.JSONDecoder`` ->
         ``json.decoder.JSONDecoder``); None when it is not in the tree."""
         for _ in range(MAX_REEXPORT_HOPS):
+            self.touch(dotted)  # covers its parent and every prefix looked up below
             parent, _, last = dotted.rpartition(".")
             alias = self.aliases.get(parent, {}).get(last) if parent in self.modules else None
             if alias is not None and alias != dotted:
@@ -61,15 +82,19 @@ class Tree:
         if kind == "attr_instance":
             owners += self.ancestors(owner)
         for o in owners:
+            self.touch(o)
             raw = self.instances.get((kind, o, name))
             if raw is None:
                 continue
             callee, scope, module = raw.split("\0")
             made = resolve_name(self, module, self.local_defs, callee, parse_scope(scope), depth + 1)
+            if made is not None:
+                self.touch(made)
             return made if made in self.classes else None
         return None
 
     def ancestors(self, cls: str, seen: frozenset = frozenset()) -> list[str]:
+        self.touch(cls)
         out: list[str] = []
         for base in self.bases.get(cls, []):
             if base not in seen:
@@ -80,6 +105,7 @@ class Tree:
         """``name`` looked up on class ``cls`` and its bases in the tree (method resolution, depth first)."""
         if cls in seen:
             return None
+        self.touch(f"{cls}.{name}")  # and so cls, whose bases are read below
         if f"{cls}.{name}" in self.defined:
             return f"{cls}.{name}"
         for base in self.bases.get(cls, []):
@@ -107,10 +133,13 @@ def resolve_name(
     if "()." in text and head != "super()":
         callee, _, attr = text.partition("().")
         made = resolve_name(tree, module, local_defs, callee, scope, depth + 1) if "." not in attr else None
+        if made is not None:
+            tree.touch(made)
         if made is None or made not in tree.classes:
             return None  # a call of a function: what it returns is not known
         return tree.attribute(made, attr)
     if head == "super()" and cls and len(rest) == 1:
+        tree.touch(cls)
         for base in tree.bases.get(cls, []):
             hit = tree.attribute(base, rest[0])
             if hit:
@@ -118,6 +147,7 @@ def resolve_name(
         return None
     start = None
     for owner in (*chain, module):  # Python's order: enclosing functions, innermost first, then the module
+        tree.touch(owner)
         kinds = {
             k
             for k, where in (
@@ -139,6 +169,7 @@ def resolve_name(
         start = f"{owner}.{head}" if kinds == {"def"} else tree.aliases[owner][head]
         break
     if start is None:  # last, a name that a star import brings: when that module defines it
+        tree.touch(module)
         for key, star in tree.aliases.get(module, {}).items():
             if key.startswith("*") and tree.follow(f"{star}.{head}"):
                 start = f"{star}.{head}"
@@ -149,6 +180,8 @@ def resolve_name(
     hit = tree.follow(dotted)
     if hit is None and rest:
         base = tree.follow(".".join([start, *rest[:-1]]))
+        if base is not None:
+            tree.touch(base)
         if base is not None and base not in tree.modules:
             hit = tree.attribute(base, rest[-1])  # Class.method inherited from a base
     return hit
