@@ -3,8 +3,9 @@
 Shards are chosen by the blake3 of each content (a fixed power-of-two number of buckets) and analysed in
 worker processes (:mod:`.repeats`), so adding a file changes one shard and the others come from the cache.
 The merged top candidates are then counted exactly over every unique content (non-overlapping occurrences,
-``bytes.count``), which gives the reported ``frequency`` and ``file_count``. Identical files count once, as
-they are stored once.
+``bytes.count``), which gives the reported ``frequency`` and ``file_count``; those counts are cached per shard
+and pattern, so after an edit the unchanged shards count only the finalists that are new (the finalist set
+moves by a few patterns), not all of them again. Identical files count once, as they are stored once.
 """
 
 from __future__ import annotations
@@ -293,26 +294,27 @@ def find_patterns(
     stats.candidates = len(merged)
     ranked = sorted(merged, key=lambda p: (-score(merged[p], p), p))[: options.top_k * 5]
 
-    # Exact counts of the finalists over every content, per shard (cached by shard and finalist set).
-    finalists_key = blake3.blake3(b"\x00".join(ranked)).hexdigest()[:16]
+    # Exact counts of the finalists over every content, per shard, cached by shard and pattern: a finalist
+    # set that changed by a few patterns (an edit) counts only those over the unchanged shards.
     counts = np.zeros((len(ranked), 2), dtype=np.int64)
+    index = {p: i for i, p in enumerate(ranked)}
+    known: dict[int, dict[bytes, tuple[int, int]]] = {}
     count_jobs: dict[object, tuple[Callable, tuple]] = {}
+    missing: dict[int, list[bytes]] = {}
     for sid, items in shard_items.items():
-        path = cache_dir / f"{shard_keys[sid]}.counts-{finalists_key}.json"
-        try:
-            counts += np.asarray(json.loads(path.read_text()), dtype=np.int64).reshape(-1, 2)
-        except (OSError, ValueError):
-            count_jobs[sid] = (_count_worker, (items, ranked))
+        known[sid] = _load_counts(cache_dir / f"{shard_keys[sid]}.counts.json")
+        missing[sid] = [p for p in ranked if p not in known[sid]]
+        if missing[sid]:
+            count_jobs[sid] = (_count_worker, (items, missing[sid]))
     done[0] += len(shards) - len(count_jobs)  # recounts found in the cache
     for sid, (shard_counts, nskip) in _run_pool(count_jobs, workers, guard, on_done).items():
-        arr = np.asarray(shard_counts, dtype=np.int64).reshape(-1, 2)
-        counts += arr
+        known[sid].update(zip(missing[sid], (tuple(c) for c in shard_counts)))
         skipped += nskip
         if nskip == 0:
-            body = json.dumps(arr.tolist()).encode()
-            atomic_write_with(
-                cache_dir / f"{shard_keys[sid]}.counts-{finalists_key}.json", lambda fh, b=body: fh.write(b)
-            )
+            _save_counts(cache_dir / f"{shard_keys[sid]}.counts.json", {p: known[sid][p] for p in ranked})
+    for sid in shard_items:
+        for p, i in index.items():
+            counts[i] += known[sid][p]
     if skipped:
         stats.skipped = {"changed_or_vanished_since_scan": skipped}
 
@@ -360,6 +362,21 @@ def carry_timestamps(df: pd.DataFrame, previous: pd.DataFrame | None, now: pd.Ti
     last_updated = pd.to_datetime(pd.Series(last, dtype=object), utc=True)
     out["last_updated"] = last_updated.astype("datetime64[us, UTC]")
     return out[PATTERN_COLUMNS]
+
+
+def _load_counts(path: Path) -> dict[bytes, tuple[int, int]]:
+    """A shard's cached ``{pattern: (frequency, file_count)}`` (empty when there is none, or it is
+    unreadable: the patterns are counted again)."""
+    try:
+        raw = json.loads(path.read_text())
+        return {bytes.fromhex(k): (int(v[0]), int(v[1])) for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return {}
+
+
+def _save_counts(path: Path, counts: dict[bytes, tuple[int, int]]) -> None:
+    body = json.dumps({p.hex(): list(c) for p, c in counts.items()}).encode()
+    atomic_write_with(path, lambda fh: fh.write(body))
 
 
 def _prune_cache(cache_dir: Path, live_keys: set[str]) -> None:

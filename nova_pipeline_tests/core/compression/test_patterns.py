@@ -76,6 +76,29 @@ def test_cache_and_first_seen_survive(tmp_path):
     assert s3.shards_analysed == 1  # only the shard the new file fell into
 
 
+def test_after_an_edit_unchanged_shards_count_only_the_new_finalists(tmp_path, monkeypatch):
+    """Finalist counts are cached per shard and pattern: after a file is added, the unchanged shards count
+    only the finalists they have no count for, and the result equals an analysis from an empty cache."""
+    from nova_pipeline.core.compression import patterns as patterns_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    manifest = make_tree(src, n=30)
+    opts = PatternOptions(top_k=15, max_workers=1, shard_mb=0.004)
+    df1, s1 = find_patterns(src, manifest, opts, tmp_path / "c")
+    (src / "new.py").write_text(HEADER + "def brand_new_function_of_the_edit():\n    return 0\n" * 3)
+    m2 = scan(ScanOptions(src), manifest).manifest
+    counted = []
+    real = patterns_mod.count_patterns
+    monkeypatch.setattr(patterns_mod, "count_patterns", lambda c, p: counted.append(len(p)) or real(c, p))
+    df2, s2 = find_patterns(src, m2, opts, tmp_path / "c")
+    fresh, _ = find_patterns(src, m2, opts, tmp_path / "fresh")
+    cols = ["pattern", "frequency", "file_count"]
+    assert df2[cols].equals(fresh[cols]) and s1.shards > 4 and s2.shards_analysed == 1
+    finalists = counted[-1]  # the fresh run counts every finalist in every shard
+    assert max(counted[: s2.shards]) == finalists and sorted(counted[: s2.shards])[-2] < finalists / 2
+
+
 def test_parallel_shards_match_serial(tmp_path):
     manifest = make_tree(tmp_path, n=30)
     opts1 = PatternOptions(top_k=15, max_workers=1, shard_mb=0.02)
