@@ -72,14 +72,16 @@ def expand(graph: Graph, places: list[tuple[str, int, int]], per_place: int = 3)
 
 
 def load(home) -> Graph:
-    """The code graph of ``home`` as its last ``code_graph`` materialization left it.
+    """The code graph of ``home`` as its last ``code_graph`` materialization left it (the relations'
+    :data:`~.build.RELATION_COLUMNS`: what queries read; ``scope`` and ``deps`` serve only the next build).
 
     Raises:
         TableNotMaterializedError: no code graph was built yet (the message says to run the rebuild job).
     """
+    from nova_pipeline.core.index.graph.build import RELATION_COLUMNS
     from nova_pipeline.core.tables import require_table
 
-    return Graph(require_table(home, CODE_SYMBOLS), require_table(home, CODE_RELATIONS))
+    return Graph(require_table(home, CODE_SYMBOLS), require_table(home, CODE_RELATIONS, RELATION_COLUMNS))
 
 
 def load_or_none(home) -> Graph | None:
