@@ -6,12 +6,14 @@ Two tables, kept beside the chunks (``NOVA_HOME/tables``) and rebuilt per file o
   ``qualname`` is the dotted name a reader writes (``json.decoder.JSONDecoder.decode``); ``kind`` is
   ``module``, ``class``, ``function``, ``method`` or ``document``; ``chunk_id`` is the chunk holding the
   symbol's first line ("" when none does); ``symbol_id`` is the blake3 of ``path NUL qualname`` (16 hex).
-* ``code_relations``: ``source, target, target_text, kind, path, line, file_blake3, scope, deps``.
+* ``code_relations``: ``source, target, target_text, kind, path, line, file_blake3, scope, deps, base``.
   ``source`` and ``target`` are qualnames (``target`` is "" when unresolved, and ``target_text`` keeps what
   the site says, e.g. ``self.scan_once``); ``kind`` is ``CALLS``, ``IMPORTS``, ``INHERITS``, ``CONTAINS``
   or ``LINKS`` (a Markdown document's link to another document of the tree); ``line`` is 1-based;
   ``scope`` is the site's enclosing functions and class (``f|g#Cls``), kept so unchanged files need no
-  parsing; ``deps`` the modules (newline-separated) whose facts resolving the site consulted.
+  parsing; ``deps`` the modules (newline-separated) whose facts resolving the site consulted; ``base`` the
+  base an ``INHERITS`` site named when the tree's bases were found (so the next build compares bases
+  without building the last tree again).
 * ``code_names``: what resolution needs of each file (aliases, definitions, bindings, instances).
 
 **How names are resolved, and why not jedi.** Python files are parsed with the standard library's

@@ -119,6 +119,7 @@ def build_graph(
         if (p, d) not in keep
     ]
     rows: list[list[dict]] = [[], [], []]
+    parsed: set[str] = set()
     for i, (path, digest, language) in enumerate(todo, 1):
         if progress is not None and (i % 50 == 0 or i == len(todo)):
             progress(i, len(todo))
@@ -141,8 +142,9 @@ def build_graph(
             stats.skipped[path] = f"does not parse ({type(exc).__name__}: {exc})"
             continue
         stats.files_parsed += 1
+        parsed.add(path)
         rows[0] += [{**s, "symbol_id": "", "chunk_id": "", "file_blake3": digest} for s in g.symbols]
-        rows[1] += [{"scope": "", **r, "file_blake3": digest, "deps": ""} for r in g.relations]
+        rows[1] += [{"scope": "", **r, "file_blake3": digest, "deps": "", "base": ""} for r in g.relations]
         rows[2] += [
             {"owner": owner, "name": k, "target": v, "kind": "alias", "path": path, "file_blake3": digest}
             for (owner, k), v in g.aliases.items()
@@ -163,7 +165,7 @@ def build_graph(
         ]
     for path, why in sorted(stats.skipped.items()):
         log.warning("code graph: %s skipped: %s", path, why)
-    columns = [SYMBOL_COLUMNS, [*RELATION_COLUMNS, "scope", "deps"], NAME_COLUMNS]
+    columns = [SYMBOL_COLUMNS, [*RELATION_COLUMNS, "scope", "deps", "base"], NAME_COLUMNS]
     tables = []
     for i in range(3):
         if rows[i]:
@@ -178,8 +180,10 @@ def build_graph(
     symbols = symbols.sort_values(["path", "start_line", "qualname"], ignore_index=True)
     since = None
     if previous is not None and len(previous[0]):
-        gone = set(previous[0]["path"].tolist()) - {p for p, _ in live_keys}
-        since = (previous, {p for p, _, _ in todo} | gone)
+        before = set(previous[0]["path"].tolist())
+        gone = before - {p for p, _ in live_keys}
+        # the files whose facts may differ: parsed now, or had facts before (one skipped both times has none)
+        since = (previous, {p for p, _, _ in todo if p in parsed or p in before} | gone)
     relations, stats.calls_kept = _resolve_tree(symbols, relations, names, since)
     calls = relations[relations["kind"] == "CALLS"]
     stats.calls, stats.resolved_calls = len(calls), int((calls["target"] != "").sum())
@@ -242,16 +246,19 @@ class _Sites:
             self.done[key] = got
         return got
 
-    def inherit(self, cols: dict[str, list]) -> None:
+    def inherit(self, cols: dict[str, list]) -> list[str]:
         """Fill the tree's bases from the ``INHERITS`` sites, in table order (a site may go through the bases
-        found before it, as a full resolution does)."""
+        found before it). Returns, per row, the base an ``INHERITS`` site named ("" for other rows and for
+        one not found): the ``base`` column, from which the next build knows these bases without the tree."""
+        out = []
         for kind, src, text, path, scope in zip(
             *(cols[c] for c in ("kind", "source", "target_text", "path", "scope"))
         ):
-            if kind == "INHERITS":
-                hit = self.resolve(path, text, scope)
-                if hit:
-                    self.tree.bases.setdefault(src, []).append(hit)
+            hit = self.resolve(path, text, scope) if kind == "INHERITS" else None
+            if hit:
+                self.tree.bases.setdefault(src, []).append(hit)
+            out.append(hit or "")
+        return out
 
 
 _COLS = ("kind", "source", "target", "target_text", "path", "scope")
@@ -278,7 +285,7 @@ def _resolve_tree(
     tree, module_of_path = _tree(symbols, names)
     cols = {c: relations[c].tolist() for c in _COLS}
     sites = _Sites(tree, module_of_path)
-    sites.inherit(cols)
+    bases = sites.inherit(cols)
     changed = _changed_modules(tree, since) if since is not None and "deps" in relations.columns else None
     deps_in = relations["deps"].fillna("").tolist() if "deps" in relations.columns else [""] * len(relations)
     redo = since[1] if since is not None else set()
@@ -305,7 +312,7 @@ def _resolve_tree(
         else:
             targets.append(tgt)
             deps.append("")
-    return relations.assign(target=targets, deps=deps).reset_index(drop=True), kept
+    return relations.assign(target=targets, deps=deps, base=bases).reset_index(drop=True), kept
 
 
 def _changed_modules(
@@ -315,8 +322,8 @@ def _changed_modules(
     each class whose bases changed. None when that is not enough to know which sites to resolve again: the
     previous tables have no ``deps``, a module was added or removed, or a file parsed again or gone is no
     Python module."""
-    (symbols0, relations0, names0), redo = since
-    if "deps" not in relations0.columns:
+    (symbols0, relations0, _), redo = since
+    if "deps" not in relations0.columns or "base" not in relations0.columns:
         return None
     modules0 = symbols0[symbols0["kind"] == "module"]
     if set(modules0["qualname"].tolist()) != tree.modules:
@@ -324,11 +331,13 @@ def _changed_modules(
     module_of = dict(zip(modules0["path"].tolist(), modules0["qualname"].tolist()))
     if any(p not in module_of for p in redo):
         return None
-    old, _ = _tree(symbols0, names0)
-    _Sites(old, module_of).inherit({c: relations0[c].tolist() for c in _COLS})
+    old_bases: dict[str, list[str]] = {}  # as the last build found them, in its table order
+    for kind, src, base in zip(*(relations0[c].tolist() for c in ("kind", "source", "base"))):
+        if kind == "INHERITS" and base:
+            old_bases.setdefault(src, []).append(base)
     changed = {module_of[p] for p in redo}
-    for cls in set(old.bases) | set(tree.bases):
-        if old.bases.get(cls) != tree.bases.get(cls):
+    for cls in set(old_bases) | set(tree.bases):
+        if old_bases.get(cls) != tree.bases.get(cls):
             tree.seen = set()
             tree.touch(cls)
             changed |= tree.seen

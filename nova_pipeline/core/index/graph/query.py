@@ -73,7 +73,8 @@ def expand(graph: Graph, places: list[tuple[str, int, int]], per_place: int = 3)
 
 def load(home) -> Graph:
     """The code graph of ``home`` as its last ``code_graph`` materialization left it (the relations'
-    :data:`~.build.RELATION_COLUMNS`: what queries read; ``scope`` and ``deps`` serve only the next build).
+    :data:`~.build.RELATION_COLUMNS`: what queries read; ``scope``, ``deps`` and ``base`` serve only the
+    next build).
 
     Raises:
         TableNotMaterializedError: no code graph was built yet (the message says to run the rebuild job).
