@@ -86,6 +86,8 @@ def describe(phase: str, m: dict) -> str:
         )
     if phase == "lexical":
         how = f"built in {g('duration_s', 0)} s" if g("built", False) else "unchanged"
+        if g("how", "") == "delta":
+            how = f"a delta of +{g('delta_added', 0):,} -{g('delta_removed', 0):,} on the base"
         return f"{g('documents', 0):,} documents, {g('vocabulary', 0):,} terms; {how}"
     if phase == "golden copy":
         if not g("promoted", True):
