@@ -66,6 +66,16 @@ def test_the_scan_line_counts_what_was_skipped_and_why():
     assert line.endswith("; skipped 3 (binary 2, too_large 1)")
 
 
+def test_the_lexical_line_says_built_delta_or_unchanged():
+    from nova_pipeline.cli.progress import describe
+
+    m = {"documents": 1200, "vocabulary": 900, "duration_s": 0.5}
+    assert describe("lexical", {**m, "built": True, "how": "built"}).endswith("; built in 0.5 s")
+    delta = {**m, "built": False, "how": "delta", "delta_added": 3, "delta_removed": 2}
+    assert describe("lexical", delta).endswith("; a delta of +3 -2 on the base")
+    assert describe("lexical", {**m, "built": False, "how": "unchanged"}).endswith("; unchanged")
+
+
 def test_nova_stats_shows_nested_values_as_text_not_python_reprs():
     from nova_pipeline.cli.explore import _cell
 
