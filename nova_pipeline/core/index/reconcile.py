@@ -84,6 +84,7 @@ def reconcile(
     buckets: Sequence[int] | None = None,
     seed=None,
     have: set[str] | None = None,
+    texts_of: Callable[[list[str]], pd.DataFrame] | None = None,
 ) -> IndexStats:
     """Make ``collection`` hold exactly the chunks of ``chunks`` (ids, documents, embeddings, metadata).
 
@@ -93,7 +94,9 @@ def reconcile(
 
     Args:
         collection: the Chroma collection of ``embedder.fingerprint``.
-        chunks: the ``source_chunks`` table (needs ``chunk_id, text, content_blake3`` and the metadata).
+        chunks: the ``source_chunks`` table (needs ``chunk_id, content_blake3`` and the metadata; without
+            ``text``, ``texts_of(ids)`` → ``chunk_id, text`` is asked for the texts of the chunks to upsert
+            only: after a one-file edit, 50 of 343,000).
         embedder: the model; called only for texts the cache lacks.
         cache: the embedding cache of the same fingerprint.
         batch_size: chunks per batch (capped by Chroma's ``get_max_batch_size``).
@@ -134,10 +137,12 @@ def reconcile(
     wanted_ids = set(chunks["chunk_id"])
     if guard is not None:
         guard.check_vectors(len(have), len(wanted_ids), collection.name)
-    # Row positions of the chunks to upsert, shortest texts first across all batches, so each forward pass
-    # pads little (as encode() does); each batch takes its rows then (no copy of the whole table's texts).
-    todo = np.flatnonzero(~chunks["chunk_id"].isin(have).to_numpy())
-    todo = todo[np.argsort(chunks["text"].str.len().to_numpy()[todo], kind="stable")]
+    # The chunks to upsert, shortest texts first across all batches, so each forward pass pads little (as
+    # encode() does)
+    todo = chunks.iloc[np.flatnonzero(~chunks["chunk_id"].isin(have).to_numpy())]
+    if "text" not in todo.columns:
+        todo = _with_texts(todo, texts_of, collection.name)
+    order = np.argsort(todo["text"].str.len().to_numpy(), kind="stable")  # each batch takes its rows
     stats.unchanged = len(chunks) - len(todo)
     stats.to_upsert = len(todo)
     size = max(1, min(batch_size, max_batch or batch_size))
@@ -158,7 +163,7 @@ def reconcile(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chroma-writer") as writer:
         pending = None
         for b, start in enumerate(range(0, len(todo), size), 1):
-            part = chunks.iloc[todo[start : start + size]]
+            part = todo.iloc[order[start : start + size]]
             copied = seed_vectors(seed, part["chunk_id"].tolist())
             if copied:  # into the cache as well: it must hold every vector of the collection
                 stats.copied += len(copied)
@@ -196,3 +201,25 @@ def reconcile(
         stats.count_after = len(have) + stats.upserted - stats.deleted
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _with_texts(rows: pd.DataFrame, texts_of, name: str) -> pd.DataFrame:
+    """``rows`` with their ``text``, from ``texts_of(ids)``.
+
+    Raises:
+        VectorStoreError: there is no ``texts_of``, or it lacks a text (the chunk table changed since it was
+            read: nothing was written; run again).
+    """
+    if not len(rows):
+        return rows.assign(text=pd.Series([], dtype=object))
+    if texts_of is None:
+        raise VectorStoreError(f"reconciling {name}: the chunks have no texts and no texts_of was given")
+    texts = texts_of(rows["chunk_id"].tolist()).drop_duplicates("chunk_id").set_index("chunk_id")["text"]
+    out = rows.assign(text=rows["chunk_id"].map(texts).to_numpy())
+    lacking = int(out["text"].isna().sum())
+    if lacking:
+        raise VectorStoreError(
+            f"reconciling {name}: {lacking} chunks to upsert have no text in the chunk table, which changed "
+            "since it was read; nothing was written: run again"
+        )
+    return out

@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.errors import SettingsError, VectorStoreError
+from nova_pipeline.core.index.chunking import META_COLUMNS
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.reconcile import reconcile
 from nova_pipeline.core.index.vector_store import (
@@ -38,7 +39,7 @@ from nova_pipeline.core.index.verification import (
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, VECTOR_INDEX
 from nova_pipeline.core.serving.failover import ActiveStore, active_client, active_store, writing_to
 from nova_pipeline.core.serving.pointer import PRIMARY
-from nova_pipeline.core.tables import require_table
+from nova_pipeline.core.tables import read_rows, require_table
 from nova_pipeline.defs.index.checks import (
     CHECK_NAMES,
     COUNT_CHECK,
@@ -175,8 +176,15 @@ def reconcile_vector_slice(
     is missing, embedding only what the cache lacks; delete its own stale vectors). Each committed batch is
     observed in the run's event log. Returns the slice's :class:`IndexStats` as a dict."""
     settings = nova.settings(require_source=False)
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)  # texts: as needed
     model = embedder.get_embedder()
+
+    def texts_of(ids: list[str]) -> pd.DataFrame:
+        cols = ["chunk_id", "text"]
+        if len(ids) > len(source_chunks) // 2:  # most of them (a first build): one read, no filter
+            return require_table(settings.layout, SOURCE_CHUNKS, columns=cols)
+        return read_rows(settings.layout, SOURCE_CHUNKS, "chunk_id", ids, cols)
+
     part = f"{task['index'] + 1}/{task['slices']}"
 
     def on_batch(n, stats):
@@ -224,6 +232,7 @@ def reconcile_vector_slice(
                 buckets=task["buckets"],
                 seed=other_schema_collection(store.client, model.fingerprint),  # a schema change: copy
                 have=known,
+                texts_of=texts_of,
             )
     finally:
         cache.close()
@@ -264,8 +273,10 @@ def finish_vector_index(
     the checks report the runs that verified them."""
     settings = nova.settings(require_source=False)
     unchanged = plan.get("verified") is not None
-    # unchanged, only the count is reported; else the self-retrieval check compares texts of duplicates
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=["chunk_id"] if unchanged else None)
+    # unchanged, only the count is reported; else the checks name chunks by path and lines (no texts)
+    source_chunks = require_table(
+        settings.layout, SOURCE_CHUNKS, columns=["chunk_id"] if unchanged else META_COLUMNS
+    )
     fingerprint = embedder.fingerprint()
     name = collection_name(fingerprint)
     if unchanged:

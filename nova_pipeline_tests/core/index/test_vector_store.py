@@ -78,6 +78,30 @@ def test_reconcile_is_idempotent_and_repairs_outside_damage(tmp_path, chunks, fa
     assert existing_ids(col) == set(chunks["chunk_id"])
 
 
+def test_reconcile_without_texts_asks_only_for_the_texts_it_embeds(tmp_path, chunks, fake_embedder):
+    """Given the chunk table without its texts, reconcile asks ``texts_of`` for the chunks it must upsert
+    only; a text the table lacks (it changed since it was read) stops it before anything is written."""
+    from nova_pipeline.core.index.chunking import META_COLUMNS
+
+    col = get_collection(open_client(tmp_path), fake_embedder.fingerprint)
+    cache = EmbeddingCache(tmp_path, fake_embedder.fingerprint)
+    texts = chunks[["chunk_id", "text"]]
+    asked = []
+
+    def texts_of(ids):
+        asked.append(list(ids))
+        return texts[texts["chunk_id"].isin(ids)]
+
+    reconcile(col, chunks.iloc[:-3][META_COLUMNS], fake_embedder, cache, texts_of=texts_of)
+    s = reconcile(col, chunks[META_COLUMNS], fake_embedder, cache, texts_of=texts_of)
+    assert sorted(asked[-1]) == sorted(chunks["chunk_id"].iloc[-3:]) and s.upserted == 3
+    assert existing_ids(col) == set(chunks["chunk_id"])
+    col.delete(ids=chunks["chunk_id"].iloc[:2].tolist())
+    with pytest.raises(VectorStoreError, match="2 chunks to upsert have no text"):
+        reconcile(col, chunks[META_COLUMNS], fake_embedder, cache, texts_of=lambda ids: texts.iloc[:0])
+    assert col.count() == len(chunks) - 2  # nothing written, nothing deleted
+
+
 def test_full_records_keep_documents_and_a_schema_change_copies_vectors_without_embedding(
     tmp_path, chunks, fake_embedder, monkeypatch
 ):
