@@ -362,3 +362,20 @@ def test_listing_reads_every_id_in_about_eight_pages_whatever_the_size(
     b = bucket_of(chunks["chunk_id"].iloc[0])
     want = {i for i in chunks["chunk_id"] if bucket_of(i) == b}
     assert existing_ids(col, {"bucket": {"$in": [b]}}) == want
+
+
+def test_recorded_ids_answer_only_at_the_state_they_were_recorded_at(tmp_path):
+    from nova_pipeline.core.index.verification import VerifiedRecord
+
+    rec = VerifiedRecord(tmp_path)
+    assert rec.ids_at("s1") is None and rec.count_at("s1") is None  # nothing recorded
+    rec.record_ids(["b", "a", "c"], "s1")
+    assert rec.ids_at("s1") == {"a", "b", "c"} and rec.count_at("s1") == 3
+    assert rec.ids_at("s2") is None and rec.count_at("s2") is None and rec.ids_at(None) is None
+    rec.record_ids(["a"], None)  # an unknown state records nothing
+    assert rec.count_at("s1") == 3
+    rec.ids_path.write_bytes(b"not arrow")
+    assert rec.ids_at("s1") is None and rec.count_at("s1") is None
+    rec.record_ids(["a"], "s3")
+    rec.forget()
+    assert rec.ids_at("s3") is None
