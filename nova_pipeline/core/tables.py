@@ -23,6 +23,7 @@ __all__ = [
     "CODE_SYMBOLS",
     "SOURCE_FILES_BINARIES",
     "TABLES",
+    "identity",
     "read_rows",
     "read_table",
     "require_table",
@@ -48,6 +49,20 @@ TABLES = (
 def table_path(home: Path | Layout, name: str) -> Path:
     """Path of the Parquet file of table ``name``."""
     return Layout.of(home).table(name)
+
+
+def identity(home: Path | Layout, name: str) -> str | None:
+    """``"inode:size:mtime_ns"`` of table ``name``'s file, or None if it was never written.
+
+    Tables are only ever replaced whole, by an atomic rename (:func:`write_table`), so each write gives the
+    file a new identity: two equal identities mean the same committed version. A reader uses it to tell that
+    a table is still the one a materialization wrote, without reading it.
+    """
+    try:
+        st = table_path(home, name).stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:

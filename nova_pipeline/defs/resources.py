@@ -12,7 +12,7 @@ import pandas as pd
 
 from nova_pipeline.core.protect.guard import DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MIN_DELETIONS, DeletionGuard
 from nova_pipeline.core.settings import DEFAULT_HOME, Settings
-from nova_pipeline.core.tables import require_table, write_table
+from nova_pipeline.core.tables import identity, require_table, write_table
 from nova_pipeline.deploy.runs import PID_TAG, process_tags
 
 
@@ -87,6 +87,7 @@ class ParquetTableIOManager(dg.ConfigurableIOManager):
             {
                 "table_path": dg.MetadataValue.path(str(path)),
                 "dagster/row_count": len(obj),
+                "table_identity": identity(self._home(), name),  # the version written (tables.identity)
                 "dagster/column_schema": schema,
             }
         )

@@ -3,11 +3,14 @@
 import shutil
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from nova_pipeline.core.errors import MassDeletionError
 from nova_pipeline.core.index.vector_store import get_collection, open_client
+from nova_pipeline.core.keys import SOURCE_CHUNKS
 from nova_pipeline.core.protect import golden
+from nova_pipeline.core.tables import identity, read_table, write_table
 from nova_pipeline_tests.conftest import FakeEmbedder, asset_metadata, materialize_rebuild
 
 ALLOW = {"resources": {"guard": {"config": {"allow_mass_delete": True}}}}
@@ -140,6 +143,35 @@ def test_plan_lists_the_guard_refusal_for_an_empty_tree(json_tree, tmp_path):
     shutil.rmtree(json_tree / "json")
     p = make_plan(Settings.build(json_tree, home), fingerprint=FakeEmbedder.fingerprint)
     assert p.refused and "source_files" in p.refusals[0] and p.files["deleted"] > 0
+
+
+def test_an_unchanged_run_keeps_the_chunk_table_unread_until_another_writer_or_an_edit_changes_it(
+    json_tree, tmp_path
+):
+    home = tmp_path / "home"
+
+    def chunks_md(result):
+        return asset_metadata(result, "source_chunks")
+
+    def table():
+        return read_table(home, SOURCE_CHUNKS).sort_values("chunk_id", ignore_index=True)
+
+    with dg.instance_for_test() as instance:
+        assert chunks_md(materialize_rebuild(json_tree, home, instance))["unchanged"] is False
+        made, written = table(), identity(home, SOURCE_CHUNKS)
+        md = chunks_md(materialize_rebuild(json_tree, home, instance))
+        assert md["unchanged"] is True and md["files_chunked"] == 0 and md["files_reused"] == 5
+        assert identity(home, SOURCE_CHUNKS) == written  # not written again
+        # another writer replaced the table, one file's chunks lost: not the version this asset wrote
+        write_table(home, SOURCE_CHUNKS, made[made["path"] != "json/decoder.py"])
+        md = chunks_md(materialize_rebuild(json_tree, home, instance))
+        assert md["unchanged"] is False and md["files_chunked"] == 1
+        pd.testing.assert_frame_equal(table(), made)
+        decoder = json_tree / "json" / "decoder.py"
+        decoder.write_text(decoder.read_text() + "\n\ndef unread_table_probe():\n    return 1\n")
+        md = chunks_md(materialize_rebuild(json_tree, home, instance))
+        assert md["unchanged"] is False and md["files_chunked"] == 1
+        assert table()["symbol"].str.contains("unread_table_probe").any()
 
 
 def test_an_unchanged_run_skips_chroma_until_something_writes_to_it(json_tree, tmp_path):

@@ -370,6 +370,19 @@ def splice_chunks(previous: pd.DataFrame | None, paths: Iterable[str], fresh: pd
     return _assemble([previous[~gone.to_numpy(zero_copy_only=False)], fresh])
 
 
+def manifest_key(manifest: pd.DataFrame, max_tokens: int) -> str:
+    """What :func:`chunk_manifest` chunks, as 32 hex digits: blake3 over the chunker version, the token budget
+    and the sorted row hashes of the present files' ``path, blake3, size``. Two manifests with the same key
+    give the same chunks, so ``source_chunks`` can tell that its last table still holds, without reading it.
+    Row hashes: pandas' ``hash_pandas_object`` (as :func:`~nova_pipeline.core.index.lexical.chunks_digest`).
+    """
+    live = manifest.loc[manifest["status"] != "deleted", ["path", "blake3", "size"]]
+    rows = pd.util.hash_pandas_object(live, index=False).to_numpy()
+    h = blake3.blake3(f"{CHUNKER_VERSION}/{max_tokens}".encode())
+    h.update(np.sort(rows).tobytes())
+    return h.hexdigest()[:32]
+
+
 def chunk_manifest(
     root,
     manifest: pd.DataFrame,
