@@ -7,11 +7,14 @@ named by its asset key (:mod:`nova_pipeline.core.keys`; the IO manager writes it
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from nova_pipeline.core.atomic import atomic_write_with
+from nova_pipeline.core.atomic import atomic_write_bytes, atomic_write_with
 from nova_pipeline.core.errors import TableNotMaterializedError
 from nova_pipeline.core.keys import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.layout import Layout
@@ -24,7 +27,9 @@ __all__ = [
     "SOURCE_FILES_BINARIES",
     "TABLES",
     "identity",
+    "memo",
     "read_rows",
+    "row_count",
     "read_table",
     "require_table",
     "table_path",
@@ -63,6 +68,51 @@ def identity(home: Path | Layout, name: str) -> str | None:
     except FileNotFoundError:
         return None
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def memo(home: Path | Layout, name: str, kind: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a value derived from table ``name`` alone (a digest, its ids' digest), computed once per
+    version of the table: kept beside it in ``<name>.memo.json`` under the table's :func:`identity`.
+
+    An unchanged rebuild asks several assets' questions of the same table (its chunk ids' digest, its
+    lexical digest, its shard digests); each answer used to cost a read of the table and a pass over every
+    row, at every run. A new version of the table (a new identity) makes every kept answer stale. The value
+    is kept only if the table did not change while it was computed. ``compute``'s value must be JSON
+    (``kind`` names the question and everything else it depends on, e.g. the model fingerprint). A memo that
+    cannot be read or written costs only the computation.
+    """
+    path = table_path(home, name)
+    held = identity(home, name)
+    memo_path = path.with_suffix(".memo.json")
+    kept: dict = {}
+    if held is not None:
+        try:
+            kept = json.loads(memo_path.read_bytes())
+        except (OSError, ValueError):
+            kept = {}
+        if not isinstance(kept, dict) or kept.get("identity") != held:
+            kept = {"identity": held, "values": {}}
+        values = kept.get("values")
+        if isinstance(values, dict) and kind in values:
+            return values[kind]
+    value = compute()
+    if held is not None and identity(home, name) == held:
+        kept.setdefault("values", {})[kind] = value
+        try:
+            atomic_write_bytes(memo_path, json.dumps(kept).encode())
+        except OSError:
+            pass  # the next run computes it again
+    return value
+
+
+def row_count(home: Path | Layout, name: str) -> int | None:
+    """The rows of table ``name``, from its Parquet footer (nothing else is read); None if never written."""
+    import pyarrow.parquet as pq
+
+    path = table_path(home, name)
+    if not path.exists():
+        return None
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:

@@ -235,3 +235,33 @@ def test_a_record_schema_change_is_built_beside_copied_not_embedded_and_switched
     got = [(h.chunk_id, h.start_line, h.text) for h in after.search("decode a JSON document", 5).hits]
     after.close()
     assert got == want and all(text for _, _, text in got)
+
+
+def test_an_unchanged_lexical_index_is_still_checked_when_its_files_change_behind_its_back(tmp_path):
+    """An unchanged run answers the check from the answer kept for the same chunks table and index files;
+    a delta written behind its back (naming the right digest, but removing a chunk) is a new file, so the
+    check runs again and fails naming the chunk."""
+    import shutil
+
+    from nova_pipeline.core.index import lexical_delta
+    from nova_pipeline_tests.conftest import STDLIB
+
+    src, home = tmp_path / "src", tmp_path / "home"
+    shutil.copytree(STDLIB / "json", src / "json", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def lexical_check(result):
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}["lexical_index_matches_chunks"]
+
+    with dg.instance_for_test() as instance:
+        materialize_rebuild(src, home, instance)
+        again = materialize_rebuild(src, home, instance)
+        assert asset_metadata(again, "lexical_index")["how"] == "unchanged" and lexical_check(again).passed
+        chunks = read_table(home, "source_chunks")
+        assert asset_metadata(again, "lexical_index")["documents"] == len(chunks)
+        base = lexical.current_path(home).name
+        lost = chunks["chunk_id"].iloc[0]
+        lexical_delta.write(home, lexical_delta.Delta(base=base, removed={lost}, digest=base))
+        damaged = materialize_rebuild(src, home, instance, raise_on_error=False)
+    check = lexical_check(damaged)
+    assert asset_metadata(damaged, "lexical_index")["how"] == "unchanged"  # by digest: the delta names it
+    assert not check.passed and lost in check.description

@@ -199,6 +199,20 @@ def live_id_failures(home, ids: Sequence[str]) -> list[str]:
     return id_failures(path, ids, delta if delta is not None and delta.base == path.name else None)
 
 
+def holds(home, digest: str, with_delta: bool = True) -> bool:
+    """Whether the live lexical index of ``home`` holds the chunk set whose :func:`~.lexical.chunks_digest` is
+    ``digest``, told by digests alone: CURRENT is named by it with no delta against it, or (``with_delta``)
+    the delta on disk is against CURRENT and names it (the rebuild job's deltas do; ``nova watch``'s,
+    without one, answer False: :func:`holding` compares their ids)."""
+    path = lexical.current_path(home)
+    if path is None:
+        return False
+    delta = read(home)
+    if delta is None or delta.base != path.name:
+        return path.name == digest
+    return with_delta and delta.digest == digest
+
+
 def holding(home, chunks: pd.DataFrame) -> tuple[Path, bytes | None] | None:
     """``(CURRENT's directory, the delta file's bytes or None)`` when the live lexical index of ``home``
     holds exactly ``chunks`` (:data:`~.lexical.DIGEST_COLUMNS`), else None. The delta's bytes are read

@@ -4,13 +4,15 @@ Logic: :mod:`nova_pipeline.core.index.chunking` and :mod:`nova_pipeline.core.ind
 check runs inside its step (``check_specs``); downstream assets read the chunks from their table (``deps``).
 """
 
+import time
+
 import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest, manifest_key
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES
-from nova_pipeline.core.tables import identity, read_rows, read_table, require_table
+from nova_pipeline.core.tables import identity, memo, read_rows, read_table, require_table
 from nova_pipeline.defs.metadata import md_table
 from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
 from nova_pipeline.deploy.run_events import progress_reporter
@@ -122,9 +124,33 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
     check runs in the same step."""
     from nova_pipeline.core.locks import writer_lock
 
+    started = time.perf_counter()
     home = nova.settings(require_source=False).home
-    source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
+    digest = memo(  # once per version of the chunks table: an unchanged run reads none of it
+        home,
+        SOURCE_CHUNKS,
+        "lexical.chunks_digest",
+        lambda: lexical.chunks_digest(require_table(home, SOURCE_CHUNKS, columns=lexical.DIGEST_COLUMNS)),
+    )
     with writer_lock(home, bump=False):  # nova watch writes the same delta (core/locks.py)
+        if lexical_delta.holds(home, digest, with_delta=config.compact_above > 0):  # 0: fold the delta in
+            failures, n = _kept_check(home)  # the check, answered once per version of its inputs
+            check = _check_result(failures, n)
+            context.log.info(f"lexical index {digest[:12]}: unchanged: no work")
+            last = context.instance.get_latest_materialization_event(context.asset_key)
+            meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
+            return dg.MaterializeResult(
+                metadata={  # the last materialization's counts: the same index
+                    **{k: v.value for k, v in meta.items()},
+                    "documents": n,
+                    "how": "unchanged",
+                    "built": False,
+                    "digest": digest,
+                    "duration_s": round(time.perf_counter() - started, 3),
+                },
+                check_results=[check],
+            )
+        source_chunks = require_table(home, SOURCE_CHUNKS, columns=META_COLUMNS)
         a = lexical_delta.apply(
             home,
             source_chunks,
@@ -162,10 +188,38 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
 def lexical_index_matches_chunks(home, chunks: pd.DataFrame) -> dg.AssetCheckResult:
     """The live lexical index under ``home`` (its base and delta) against ``chunks``: fails naming ids
     missing or extra."""
-    failures = lexical_delta.live_id_failures(home, chunks["chunk_id"].tolist())
+    return _check_result(lexical_delta.live_id_failures(home, chunks["chunk_id"].tolist()), len(chunks))
+
+
+def _check_result(failures: list[str], documents: int) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=LEXICAL_CHECK.name,
         passed=not failures,
-        metadata={"documents": len(chunks), "failures": len(failures)},
+        metadata={"documents": documents, "failures": len(failures)},
         description="; ".join(failures) or None,
     )
+
+
+def _kept_check(home) -> tuple[list[str], int]:
+    """``(failures, chunks)`` of the check against the chunks table, computed once per version of the table,
+    of CURRENT's document table (``inode:size:mtime_ns``) and of the delta file (its stamp); each is only
+    ever replaced whole. Called under the writer lock, so the index's files cannot change meanwhile."""
+    from nova_pipeline.core.index.lexical import current_path
+
+    def ident(path) -> str:
+        try:
+            st = path.stat()
+        except OSError:
+            return "-"
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+    cur = current_path(home)
+    docs = ident(cur / "docs.parquet") if cur is not None else "-"
+    kind = f"lexical_check/{cur.name if cur else '-'}/{docs}/{lexical_delta.delta_stamp(home)}"
+
+    def compute() -> list:
+        ids = require_table(home, SOURCE_CHUNKS, columns=["chunk_id"])["chunk_id"].tolist()
+        return [lexical_delta.live_id_failures(home, ids), len(ids)]
+
+    failures, n = memo(home, SOURCE_CHUNKS, kind, compute)
+    return failures, n

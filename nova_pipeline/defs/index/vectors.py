@@ -39,7 +39,7 @@ from nova_pipeline.core.index.verification import (
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, VECTOR_INDEX
 from nova_pipeline.core.serving.failover import ActiveStore, active_client, active_store, writing_to
 from nova_pipeline.core.serving.pointer import PRIMARY
-from nova_pipeline.core.tables import read_rows, require_table
+from nova_pipeline.core.tables import memo, read_rows, require_table, row_count
 from nova_pipeline.defs.index.checks import (
     CHECK_NAMES,
     COUNT_CHECK,
@@ -86,10 +86,23 @@ def _vector_index_config(config: VectorIndexConfig) -> dict:
     return {"plan_vector_slices": {"config": config.model_dump()}}
 
 
-def _verification(settings, fingerprint: str, chunks: pd.DataFrame, store: ActiveStore):
+def _verification(settings, fingerprint: str, chunks: pd.DataFrame | None, store: ActiveStore):
     """``(record, digest, state)``: the verified-state record of the embedded collection, the chunk ids
-    digest and the store state now (None in server mode or while failed over: always verify for real)."""
-    digest = ids_digest(chunks["chunk_id"], fingerprint)
+    digest and the store state now (None in server mode or while failed over: always verify for real).
+
+    ``chunks`` None: the digest of the ``source_chunks`` table's ids, computed once per version of the table
+    (:func:`~nova_pipeline.core.tables.memo`; an unchanged run reads no chunk)."""
+    if chunks is None:
+        digest = memo(
+            settings.layout,
+            SOURCE_CHUNKS,
+            f"ids_digest/{fingerprint}",
+            lambda: ids_digest(
+                require_table(settings.layout, SOURCE_CHUNKS, columns=["chunk_id"])["chunk_id"], fingerprint
+            ),
+        )
+    else:
+        digest = ids_digest(chunks["chunk_id"], fingerprint)
     primary_embedded = not settings.chroma_url and store.label == PRIMARY
     state = store_state(settings.home, fingerprint) if primary_embedded else None
     return VerifiedRecord(settings.home), digest, state
@@ -122,10 +135,9 @@ def plan_vector_slices(
     exactly these chunks (Chroma is not opened), else ``slices`` tasks. The mass-deletion guard runs here,
     on the whole collection, before any slice writes."""
     settings = nova.settings(require_source=False)
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=["chunk_id"])
     fingerprint = embedder.fingerprint()
     store = active_store(settings.home, settings.chroma_url)
-    verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
+    verified, digest, state = _verification(settings, fingerprint, None, store)
     if verified.all_match(digest, state):
         yield dg.Output(
             {
@@ -135,6 +147,7 @@ def plan_vector_slices(
             "plan",
         )
         return
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=["chunk_id"])
     name = collection_name(fingerprint)
     present = verified.count_at(state)  # nothing wrote since the last reconcile: its count, Chroma unopened
     if present is None:
@@ -273,17 +286,12 @@ def finish_vector_index(
     the checks report the runs that verified them."""
     settings = nova.settings(require_source=False)
     unchanged = plan.get("verified") is not None
-    # unchanged, only the count is reported; else the checks name chunks by path and lines (no texts)
-    source_chunks = require_table(
-        settings.layout, SOURCE_CHUNKS, columns=["chunk_id"] if unchanged else META_COLUMNS
-    )
     fingerprint = embedder.fingerprint()
     name = collection_name(fingerprint)
-    if unchanged:
+    if unchanged:  # only the count is reported, from the table's footer
         rec, checks = plan["verified"], plan["checks"]
-        context.log.info(
-            f"no new text to embed: {len(source_chunks)} chunks already indexed; {_unchanged_since(rec)}"
-        )
+        n_chunks = row_count(settings.layout, SOURCE_CHUNKS) or 0
+        context.log.info(f"no new text to embed: {n_chunks} chunks already indexed; {_unchanged_since(rec)}")
         yield dg.Output(
             None,
             "result",
@@ -291,9 +299,9 @@ def finish_vector_index(
                 "collection": name,
                 "model_fingerprint": fingerprint,
                 "mode": "embedded",
-                "vectors": int(rec.get("count", len(source_chunks))),
-                "chunks": len(source_chunks),
-                "unchanged": len(source_chunks),
+                "vectors": int(rec.get("count", n_chunks)),
+                "chunks": n_chunks,
+                "unchanged": n_chunks,
                 "upserted": 0,
                 "embedded": 0,
                 "cache_hits": 0,
@@ -323,6 +331,8 @@ def finish_vector_index(
             metadata={"checked": self_rec["checked"], "failures": 0, "verified": _unchanged_since(self_rec)},
         )
         return
+    # the checks name chunks by path and lines (no texts)
+    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)
     started = time.perf_counter()
     store = active_store(settings.home, settings.chroma_url)  # which store, and its journal
     swept = 0

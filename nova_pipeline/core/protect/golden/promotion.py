@@ -99,8 +99,12 @@ TABLES = (SOURCE_FILES, FREQUENT_PATTERNS, CODE_SYMBOLS, CODE_RELATIONS, CODE_NA
 def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
     """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
     by_shard: dict[int, list[str]] = {}
+    shard_by_path: dict[str, int] = {}  # one hash per file, not per chunk (a file has about 30 chunks)
     for cid, path in zip(chunk_ids, paths):
-        by_shard.setdefault(shard_of(path), []).append(cid)
+        shard = shard_by_path.get(path)
+        if shard is None:
+            shard = shard_by_path[path] = shard_of(path)
+        by_shard.setdefault(shard, []).append(cid)
     return {
         s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
         for s, ids in sorted(by_shard.items())

@@ -1,0 +1,44 @@
+"""Tables: identities and the answers kept per version of a table."""
+
+import pandas as pd
+
+from nova_pipeline.core.tables import identity, memo, row_count, table_path, write_table
+
+
+def test_a_memo_is_computed_once_per_version_of_its_table(tmp_path):
+    calls = []
+
+    def ids_sum():
+        calls.append(1)
+        return int(pd.read_parquet(table_path(tmp_path, "source_chunks"))["n"].sum())
+
+    assert memo(tmp_path, "source_chunks", "sum", lambda: 0) == 0  # no table: computed, not kept
+    assert memo(tmp_path, "source_chunks", "sum", lambda: 7) == 7
+    write_table(tmp_path, "source_chunks", pd.DataFrame({"n": [1, 2, 3]}))
+    assert row_count(tmp_path, "source_chunks") == 3
+    calls.clear()
+    assert [memo(tmp_path, "source_chunks", "sum", ids_sum) for _ in range(3)] == [6, 6, 6]
+    assert len(calls) == 1
+    assert memo(tmp_path, "source_chunks", "other", lambda: "x") == "x"  # kinds are kept side by side
+    assert memo(tmp_path, "source_chunks", "sum", ids_sum) == 6 and len(calls) == 1
+    before = identity(tmp_path, "source_chunks")
+    write_table(tmp_path, "source_chunks", pd.DataFrame({"n": [1, 2, 3]}))  # a new version, same rows
+    assert identity(tmp_path, "source_chunks") != before
+    assert memo(tmp_path, "source_chunks", "sum", ids_sum) == 6 and len(calls) == 2
+    write_table(tmp_path, "source_chunks", pd.DataFrame({"n": [10]}))
+    assert memo(tmp_path, "source_chunks", "sum", ids_sum) == 10 and len(calls) == 3
+
+
+def test_an_answer_computed_while_the_table_changed_is_not_kept_and_a_broken_memo_is_recomputed(tmp_path):
+    write_table(tmp_path, "t", pd.DataFrame({"n": [1]}))
+
+    def racing():
+        write_table(tmp_path, "t", pd.DataFrame({"n": [2]}))  # another writer, mid-computation
+        return "answer for the old version"
+
+    assert memo(tmp_path, "t", "k", racing) == "answer for the old version"
+    assert memo(tmp_path, "t", "k", lambda: "fresh") == "fresh"  # the racing answer was not kept
+    memo_file = table_path(tmp_path, "t").with_suffix(".memo.json")
+    memo_file.write_bytes(b"{not json")
+    assert memo(tmp_path, "t", "k", lambda: "again") == "again"
+    assert memo(tmp_path, "t", "k", lambda: "not called") == "again"
