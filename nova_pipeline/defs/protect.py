@@ -7,7 +7,6 @@ the restore drill is worth running on its own from the UI."""
 
 import dagster as dg
 
-from nova_pipeline.core.index.chunking import META_COLUMNS
 from nova_pipeline.core.keys import (
     BACKUPS,
     CODE_GRAPH,
@@ -21,7 +20,6 @@ from nova_pipeline.core.keys import (
 from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.core.serving.estimate import estimate_for_version
 from nova_pipeline.core.serving.failover import FailoverSettings, active_client
-from nova_pipeline.core.tables import require_table
 from nova_pipeline.defs.metadata import DAILY
 from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
 from nova_pipeline.deploy.instance import postgres_url
@@ -64,13 +62,11 @@ def golden_copy(
     runtime copy (``NOVA_HOME/runtime/vectors``) to CURRENT.
     """
     settings = nova.settings(require_source=False)
-    source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)  # no texts needed
-    p = golden.promote(
+    p = golden.promote(  # reads the chunks table only when a version is made (its digests are kept)
         settings.home,
         embedder.fingerprint(),
         settings.chroma_url,
         keep=config.keep,
-        chunks=source_chunks,
         guard=guard.guard(),
         # the store the pointer names (while failed over: the backup), read under promote's writer lock
         open_store=lambda: active_client(settings.home, settings.chroma_url),

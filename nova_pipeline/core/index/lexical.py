@@ -119,6 +119,20 @@ def chunks_digest(chunks: pd.DataFrame) -> str:
     return h.hexdigest()[:32]
 
 
+def kept_digest(home) -> str | None:
+    """:func:`chunks_digest` of ``home``'s chunks table, computed once per version of the table
+    (:func:`~nova_pipeline.core.tables.memo`: ``lexical_index`` and the golden copy ask it at every run); None
+    when there is no table."""
+    from nova_pipeline.core.keys import SOURCE_CHUNKS
+    from nova_pipeline.core.tables import memo, read_table
+
+    def compute() -> str | None:
+        chunks = read_table(home, SOURCE_CHUNKS, DIGEST_COLUMNS)
+        return chunks_digest(chunks) if chunks is not None else None
+
+    return memo(home, SOURCE_CHUNKS, "lexical.chunks_digest", compute)
+
+
 @dataclass
 class LexicalHit:
     """One BM25 hit: the document's row in ``docs``, its score, and the query terms it contains."""

@@ -36,7 +36,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,15 +213,14 @@ def holds(home, digest: str, with_delta: bool = True) -> bool:
     return with_delta and delta.digest == digest
 
 
-def holding(home, chunks: pd.DataFrame) -> tuple[Path, bytes | None] | None:
+def holding(home, digest: str, chunk_ids: Callable[[], Iterable[str]]) -> tuple[Path, bytes | None] | None:
     """``(CURRENT's directory, the delta file's bytes or None)`` when the live lexical index of ``home``
-    holds exactly ``chunks`` (:data:`~.lexical.DIGEST_COLUMNS`), else None. The delta's bytes are read
-    once, so what a caller copies is what was checked. A delta that names the digest it holds (the rebuild
-    job's) is compared by digest; one without (``nova watch``'s) by its ids."""
+    holds exactly the chunks whose :func:`~.lexical.chunks_digest` is ``digest``, else None. The delta's
+    bytes are read once, so what a caller copies is what was checked. A delta that names the digest it holds
+    (the rebuild job's) is compared by digest; one without (``nova watch``'s) by its ids, ``chunk_ids()``."""
     path = lexical.current_path(home)
     if path is None:
         return None
-    digest = lexical.chunks_digest(chunks)
     if path.name == digest:
         return path, None
     try:
@@ -231,9 +230,7 @@ def holding(home, chunks: pd.DataFrame) -> tuple[Path, bytes | None] | None:
     delta = parse(raw)
     if delta is None or delta.base != path.name:
         return None
-    if delta.digest == digest or (
-        delta.digest is None and not id_failures(path, chunks["chunk_id"].tolist(), delta)
-    ):
+    if delta.digest == digest or (delta.digest is None and not id_failures(path, list(chunk_ids()), delta)):
         return path, raw
     return None
 

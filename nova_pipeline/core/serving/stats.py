@@ -143,7 +143,7 @@ def describe_state(settings: Settings, fingerprint: str, max_memory_mb: int) -> 
             from nova_pipeline.core.index import lexical_delta
 
             meta = json.loads((lex / lexical.META).read_text())
-            held = lexical_delta.holding(s.home, chunks)
+            held = lexical_delta.holding(s.home, lexical.chunks_digest(chunks), lambda: chunks["chunk_id"])
             stale = "" if held is not None else "; not of the current chunks"
             delta = lexical_delta.parse(held[1]) if held is not None and held[1] is not None else None
             docs = meta["docs"] + (len(delta.added) - len(delta.removed) if delta is not None else 0)

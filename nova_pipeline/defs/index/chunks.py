@@ -126,12 +126,7 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
 
     started = time.perf_counter()
     home = nova.settings(require_source=False).home
-    digest = memo(  # once per version of the chunks table: an unchanged run reads none of it
-        home,
-        SOURCE_CHUNKS,
-        "lexical.chunks_digest",
-        lambda: lexical.chunks_digest(require_table(home, SOURCE_CHUNKS, columns=lexical.DIGEST_COLUMNS)),
-    )
+    digest = lexical.kept_digest(home)  # once per version of the chunks table: an unchanged run reads none
     with writer_lock(home, bump=False):  # nova watch writes the same delta (core/locks.py)
         if lexical_delta.holds(home, digest, with_delta=config.compact_above > 0):  # 0: fold the delta in
             failures, n = _kept_check(home)  # the check, answered once per version of its inputs

@@ -57,6 +57,28 @@ def test_an_unchanged_index_promotes_nothing(home):
     assert [v.name for v in golden.list_versions(h)] == [first.version.name]
 
 
+def test_an_unchanged_promotion_reads_no_chunk_and_a_new_chunks_table_is_read_again(home, monkeypatch):
+    h, chunks = home
+    first = golden.promote(h, FP)
+    reads = []
+    real_read = promote_mod.read_table
+    from nova_pipeline.core import tables
+
+    def counted(*a, **kw):
+        reads.append(a[1])
+        return real_read(*a, **kw)
+
+    monkeypatch.setattr(promote_mod, "read_table", counted)
+    monkeypatch.setattr(tables, "read_table", counted)  # lexical.kept_digest's
+    assert not golden.promote(h, FP).promoted and "source_chunks" not in reads  # its digests were kept
+    # the same rows, written again by another writer: a new version of the table, so its digests are
+    # computed again (and the index still matches them)
+    tables.write_table(h, "source_chunks", pd.read_parquet(h / "tables" / "source_chunks.parquet"))
+    again = golden.promote(h, FP)
+    assert not again.promoted and again.version.name == first.version.name
+    assert reads.count("source_chunks") == 2  # the shard digests and the lexical digest, once each
+
+
 def test_an_edit_of_one_file_writes_far_less_and_shares_the_rest(stdlib_tree, tmp_path):
     h = tmp_path / "home"
     build_home(stdlib_tree, h)

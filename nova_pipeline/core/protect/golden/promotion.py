@@ -81,6 +81,7 @@ from nova_pipeline.core.tables import (
     CODE_NAMES,
     CODE_RELATIONS,
     CODE_SYMBOLS,
+    memo,
     read_rows,
     read_table,
     table_path,
@@ -219,8 +220,9 @@ def promote(
         fingerprint: the model fingerprint (names the collection).
         chroma_url: the Chroma server, or None for the embedded store.
         keep: versions kept by retention (CURRENT is never removed).
-        chunks: the ``source_chunks`` table the index was reconciled with (default: read from ``home``);
-            it says which chunk ids each export shard holds.
+        chunks: the ``source_chunks`` table the index was reconciled with; it says which chunk ids each
+            export shard holds. Default: ``home``'s table, read only when a version is made (the digests
+            that decide it are kept per version of the table, :func:`~nova_pipeline.core.tables.memo`).
         guard: refuses replacing a non-empty CURRENT with an empty index (default: a guard without override).
         checker: verifies the staged version before it is committed (default :func:`verify_export`, with
             the embedding cache of ``fingerprint`` when there is one).
@@ -242,14 +244,20 @@ def promote(
     root.mkdir(parents=True, exist_ok=True)
     clean_partials(root)
     sync_pins(home)  # every committed version pinned in the store, no pin without a version
-    if chunks is None:
-        chunks = read_table(home, SOURCE_CHUNKS)
-        chunks = chunks if chunks is not None else pd.DataFrame({"chunk_id": [], "path": []})
     store = ContentStore(home)
     store_index = store.index()
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
-    digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
-    lexical_dir, lexical_delta_bytes = _lexical_for(home, chunks)
+    if (
+        chunks is None
+    ):  # the chunks table, read only when a version is made: an unchanged run reads none of it
+        digests, lexical_digest = _kept_digests(home, fingerprint)
+        chunks_now = lambda: _table(home)  # noqa: E731
+    else:
+        digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
+        has_columns = set(lexical.DIGEST_COLUMNS) <= set(chunks.columns)
+        lexical_digest = lexical.chunks_digest(chunks) if has_columns else None
+        chunks_now = lambda: chunks  # noqa: E731
+    lexical_dir, lexical_delta_bytes = _lexical_for(home, lexical_digest, lambda: chunks_now()["chunk_id"])
     lexical_key = None
     if lexical_dir is not None:
         lexical_key = lexical_dir.name
@@ -273,6 +281,7 @@ def promote(
             reason=f"unchanged: CURRENT {usable.name} still matches",
             seconds=time.perf_counter() - started,
         )
+    chunks = chunks_now()
     if cur is not None:
         guard.check_golden(cur.count, len(chunks), cur.name)
     prev_files = read_manifest(usable.path)["files"] if usable else {}
@@ -427,15 +436,45 @@ def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFra
     return rows.set_index("chunk_id")
 
 
-def _lexical_for(home: Path, chunks: pd.DataFrame) -> tuple[Path | None, bytes | None]:
+def _lexical_for(
+    home: Path, digest: str | None, chunk_ids: Callable[[], Iterable[str]]
+) -> tuple[Path | None, bytes | None]:
     """``(base directory, delta file's bytes or None)`` of the live lexical index when, with its delta, it
-    holds exactly ``chunks``; ``(None, None)`` otherwise (logged): the version then has no lexical index."""
+    holds exactly the chunks of ``digest`` (:func:`~nova_pipeline.core.index.lexical.chunks_digest`; their ids
+    from ``chunk_ids()``, read only for a delta without a digest); ``(None, None)`` otherwise (logged): the
+    version then has no lexical index. ``digest`` None: the chunks lack the digest's columns."""
     from nova_pipeline.core.index import lexical_delta
 
-    if lexical.current_path(home) is None or not set(lexical.DIGEST_COLUMNS) <= set(chunks.columns):
+    if lexical.current_path(home) is None or digest is None:
         return None, None
-    held = lexical_delta.holding(home, chunks)
+    held = lexical_delta.holding(home, digest, chunk_ids)
     if held is None:
         log.warning("the live lexical index does not index these chunks: left out of the golden copy")
         return None, None
     return held
+
+
+def _table(home: Path) -> pd.DataFrame:
+    """The chunks table's :data:`~nova_pipeline.core.index.chunking.META_COLUMNS` (texts are read as
+    needed), or an empty table."""
+    from nova_pipeline.core.index.chunking import META_COLUMNS
+
+    chunks = read_table(home, SOURCE_CHUNKS, META_COLUMNS)
+    return chunks if chunks is not None else pd.DataFrame({c: [] for c in META_COLUMNS})
+
+
+def _kept_digests(home: Path, fingerprint: str) -> tuple[dict[int, str], str | None]:
+    """``(shard digests, lexical digest)`` of the chunks table, each computed once per version of the table
+    (:func:`~nova_pipeline.core.tables.memo`; the lexical digest is the one ``lexical_index`` keeps)."""
+
+    def shards() -> dict[str, str]:
+        t = read_table(home, SOURCE_CHUNKS, ["chunk_id", "path"])
+        if t is None:
+            return {}
+        return {
+            str(k): v
+            for k, v in shard_digests(t["chunk_id"].tolist(), t["path"].tolist(), fingerprint).items()
+        }
+
+    kept = memo(home, SOURCE_CHUNKS, f"golden.shard_digests/{fingerprint}", shards)
+    return {int(k): v for k, v in kept.items()}, lexical.kept_digest(home)
