@@ -108,6 +108,21 @@ def test_a_file_that_does_not_parse_is_skipped_by_name_and_documents_link(json_t
     ]
 
 
+def test_a_file_that_does_not_parse_is_not_parsed_again_until_its_bytes_change(json_tree, caplog):
+    broken = json_tree / "broken.py"
+    broken.write_text("def oops(:\n")
+    _, tables, first = built(json_tree)
+    why = first.skipped["broken.py"]
+    caplog.clear()
+    _, tables, again = built(json_tree, tables)
+    assert again.skipped == {"broken.py": why} and again.files_parsed == 0  # remembered, still reported
+    assert again.files_reused == 5 and "broken.py" not in caplog.text  # not logged at every build
+    broken.write_text("def oops():\n    return 1\n")
+    g, _, fixed = built(json_tree, tables)
+    assert fixed.skipped == {} and fixed.files_parsed == 1 and "broken.oops" in set(g.symbols["qualname"])
+    assert (tables[2]["kind"] == graph.UNPARSED).sum() == 1  # the names table kept the one row, not more
+
+
 def test_names_must_be_known_and_unique(json_tree):
     g, _, _ = built(json_tree)
     with pytest.raises(InvalidRequestError, match="no symbol"):

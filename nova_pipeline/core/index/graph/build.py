@@ -43,6 +43,7 @@ SYMBOL_COLUMNS = [
 ]
 RELATION_COLUMNS = ["source", "target", "target_text", "kind", "path", "line", "file_blake3"]
 NAME_COLUMNS = ["owner", "name", "target", "kind", "path", "file_blake3"]
+UNPARSED = "unparsed"  # a code_names row of a file that does not parse: its name is why (not parsed again)
 TABLES = (CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES)
 RELATION_KINDS = ("CALLS", "IMPORTS", "INHERITS", "CONTAINS", "LINKS")
 
@@ -93,10 +94,13 @@ def build_graph(
     (kind ``alias``) and local definitions (``local``): what resolution needs, so that an unchanged file is
     not parsed again. Files of ``previous`` whose ``(path, blake3)`` is unchanged keep their rows; others
     are read and parsed again (a file whose blake3 no longer matches, or that does not parse, is skipped,
-    named in the stats and logged). One changed file can change what another file's names mean, so each
-    call site keeps, in ``code_relations.deps``, the modules its resolution consulted; a site of an unchanged
-    file is resolved again only when one of them changed (:func:`_resolve_tree`). ``chunks`` (``path,
-    start_line, end_line, chunk_id``) gives each symbol its chunk.
+    named in the stats and logged; one that does not parse is remembered, as a ``code_names`` row of kind
+    :data:`UNPARSED`, so the same bytes are neither parsed nor logged again, and stay in the stats).
+
+    One changed file can change what another file's names mean, so each call site keeps, in
+    ``code_relations.deps``, the modules its resolution consulted; a site of an unchanged file is resolved
+    again only when one of them changed (:func:`_resolve_tree`). ``chunks`` (``path, start_line, end_line,
+    chunk_id``) gives each symbol its chunk.
     """
     stats = GraphStats()
     # a tree rooted at a package (``.../json``): its modules are named from the package (``json.decoder``)
@@ -106,13 +110,21 @@ def build_graph(
     live_keys = set(zip(live["path"].tolist(), live["blake3"].tolist()))
     frames: list[list[pd.DataFrame]] = [[], [], []]
     keep: set[tuple[str, str]] = set()
+    unparsed: dict[tuple[str, str], str] = {}  # (path, blake3) -> why, of files that did not parse last time
     if previous is not None and len(previous[0]):
+        last = previous[2][previous[2]["kind"] == UNPARSED]
+        unparsed = {
+            k: why
+            for k, why in zip(zip(last["path"].tolist(), last["file_blake3"].tolist()), last["name"].tolist())
+            if k in live_keys
+        }
         keep = set(zip(previous[0]["path"].tolist(), previous[0]["file_blake3"].tolist())) & live_keys
+        keep |= set(unparsed)  # the same bytes do not parse now either: not read again, nor logged again
         wanted = {f"{p}\0{d}" for p, d in keep}
         for i, table in enumerate(previous):
             key = table["path"].astype(str) + "\0" + table["file_blake3"].astype(str)
             frames[i].append(table[key.isin(wanted).to_numpy()])
-        stats.files_reused = len(keep)
+        stats.files_reused = len(keep) - len(unparsed)
     todo = [
         (p, d, lang)
         for p, d, lang in zip(live["path"].tolist(), live["blake3"].tolist(), live["language"].tolist())
@@ -139,7 +151,18 @@ def build_graph(
                 else extract_markdown(path, text, present)
             )
         except (SyntaxError, ValueError, RecursionError) as exc:
-            stats.skipped[path] = f"does not parse ({type(exc).__name__}: {exc})"
+            why = f"does not parse ({type(exc).__name__}: {exc})"
+            stats.skipped[path] = why
+            rows[2].append(
+                {
+                    "owner": "",
+                    "name": why,
+                    "target": "",
+                    "kind": UNPARSED,
+                    "path": path,
+                    "file_blake3": digest,
+                }
+            )
             continue
         stats.files_parsed += 1
         parsed.add(path)
@@ -165,6 +188,7 @@ def build_graph(
         ]
     for path, why in sorted(stats.skipped.items()):
         log.warning("code graph: %s skipped: %s", path, why)
+    stats.skipped.update({p: why for (p, _), why in unparsed.items()})  # still not in the graph (logged then)
     columns = [SYMBOL_COLUMNS, [*RELATION_COLUMNS, "scope", "deps", "base"], NAME_COLUMNS]
     tables = []
     for i in range(3):
@@ -207,6 +231,8 @@ def _tree(symbols: pd.DataFrame, names: pd.DataFrame) -> tuple[Tree, dict[str, s
             bound.setdefault(owner, set()).add(name)
         elif kind in ("instance", "attr_instance"):
             instances[(kind, owner, name)] = target
+        elif kind == UNPARSED:
+            continue
         else:
             local_defs.setdefault(owner, set()).add(name)
     modules = symbols[symbols["kind"] == "module"]
