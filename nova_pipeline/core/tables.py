@@ -8,7 +8,7 @@ named by its asset key (:mod:`nova_pipeline.core.keys`; the IO manager writes it
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,13 @@ TABLES = (
     CODE_RELATIONS,
     CODE_NAMES,
 )
+
+
+# Rows per Parquet row group. Each group keeps min/max statistics per column, so a read filtered on a
+# sorted column (the chunks table is sorted by path) skips the groups that cannot hold a match: the texts
+# of 105 chunks of 3 files out of 342,997 took 19 ms with groups of 4,096 rows, 46 ms with 16,384, and
+# 501 ms with pyarrow's default (one group here); a whole read also got faster (305 against 758 ms).
+ROW_GROUP_ROWS = 4096
 
 
 def table_path(home: Path | Layout, name: str) -> Path:
@@ -122,7 +129,7 @@ def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:
         OSError: the write failed (e.g. ``ENOSPC``); the previous version stays in place.
     """
     path = table_path(home, name)
-    atomic_write_with(path, lambda fh: df.to_parquet(fh, index=False))
+    atomic_write_with(path, lambda fh: df.to_parquet(fh, index=False, row_group_size=ROW_GROUP_ROWS))
     return path
 
 
@@ -152,14 +159,26 @@ def require_table(home: Path | Layout, name: str, columns: list[str] | None = No
 
 
 def read_rows(
-    home: Path | Layout, name: str, key: str, values: list, columns: list[str] | None = None
+    home: Path | Layout,
+    name: str,
+    key: str,
+    values: list,
+    columns: list[str] | None = None,
+    paths: Iterable[str] | None = None,
 ) -> pd.DataFrame | None:
     """The rows of table ``name`` whose ``key`` is in ``values`` (only ``columns``, when given), or ``None``
     if the table was never written. Arrow evaluates the filter while it reads, so the rows left out are never
-    turned into Python objects (the texts of 50 chunks out of 300,000 without a DataFrame of them all)."""
+    turned into Python objects (the texts of 50 chunks out of 300,000 without a DataFrame of them all).
+
+    ``paths``: the ``path`` values those rows have, when the caller knows them. The chunks table is sorted
+    by path, so the row groups (:data:`ROW_GROUP_ROWS`) of other paths are skipped by their statistics
+    without being decoded."""
     import pyarrow.parquet as pq
 
     path = table_path(home, name)
     if not path.exists():
         return None
-    return pq.read_table(path, columns=columns, filters=[(key, "in", list(values))]).to_pandas()
+    filters = [(key, "in", list(values))]
+    if paths is not None:
+        filters.insert(0, ("path", "in", sorted(set(paths))))
+    return pq.read_table(path, columns=columns, filters=filters).to_pandas()

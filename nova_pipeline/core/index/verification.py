@@ -33,8 +33,16 @@ __all__ = [
 
 
 def ids_digest(chunk_ids, fingerprint: str) -> str:
-    """blake3 of a model fingerprint and a set of chunk ids: what a collection should hold."""
-    return blake3.blake3("\n".join([fingerprint, *sorted(chunk_ids)]).encode()).hexdigest()
+    """blake3 of a model fingerprint and a set of chunk ids: what a collection should hold.
+
+    Over the sorted 64-bit row hashes of the ids (pandas' ``hash_pandas_object``, as
+    :func:`~nova_pipeline.core.index.lexical.chunks_digest`), not the sorted ids themselves: 0.74 s for
+    342,997 ids as sorted and joined strings, a vectorised pass instead."""
+    ids = chunk_ids if isinstance(chunk_ids, pd.Series) else pd.Series(list(chunk_ids), dtype=object)
+    rows = pd.util.hash_pandas_object(ids, index=False).to_numpy()
+    h = blake3.blake3(f"ids/1\n{fingerprint}\n".encode())
+    h.update(np.sort(rows).tobytes())
+    return h.hexdigest()
 
 
 def store_state(home: Path, fingerprint: str) -> str | None:

@@ -149,7 +149,16 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
         a = lexical_delta.apply(
             home,
             source_chunks,
-            texts_of=lambda ids: read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, ["chunk_id", "text"]),
+            texts_of=lambda ids: read_rows(
+                home,
+                SOURCE_CHUNKS,
+                "chunk_id",
+                ids,
+                ["chunk_id", "text"],
+                paths=source_chunks.loc[
+                    source_chunks["chunk_id"].isin(ids), "path"
+                ],  # skips other row groups
+            ),
             with_texts=lambda: require_table(home, SOURCE_CHUNKS),
             compact_above=config.compact_above,
         )

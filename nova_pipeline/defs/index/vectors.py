@@ -196,7 +196,8 @@ def reconcile_vector_slice(
         cols = ["chunk_id", "text"]
         if len(ids) > len(source_chunks) // 2:  # most of them (a first build): one read, no filter
             return require_table(settings.layout, SOURCE_CHUNKS, columns=cols)
-        return read_rows(settings.layout, SOURCE_CHUNKS, "chunk_id", ids, cols)
+        paths = source_chunks.loc[source_chunks["chunk_id"].isin(ids), "path"]  # to skip other row groups
+        return read_rows(settings.layout, SOURCE_CHUNKS, "chunk_id", ids, cols, paths=paths)
 
     part = f"{task['index'] + 1}/{task['slices']}"
 
@@ -388,7 +389,7 @@ def _finish(
     started,
 ):
     """The rest of :func:`finish_vector_index`, on an open collection: record, report, check."""
-    verified, digest, state = _verification(settings, fingerprint, source_chunks, store)
+    verified, digest, state = _verification(settings, fingerprint, None, store)  # the plan's, kept
     if store.label == PRIMARY and not settings.chroma_url:  # the embedded primary: its state is readable
         verified.record("reconcile", digest, state, context.run_id, count=count)
         if count == len(source_chunks):  # the reconcile made the ids exact; the count agrees

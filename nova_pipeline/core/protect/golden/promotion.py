@@ -97,15 +97,21 @@ FORMAT = 2
 TABLES = (SOURCE_FILES, FREQUENT_PATTERNS, CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES)
 
 
-def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
-    """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
+def _ids_by_shard(chunk_ids: Iterable[str], paths: Iterable[str]) -> dict[int, list[str]]:
+    """``{export shard: its chunk ids}``, hashing each path once, not each chunk (a file has about 30)."""
     by_shard: dict[int, list[str]] = {}
-    shard_by_path: dict[str, int] = {}  # one hash per file, not per chunk (a file has about 30 chunks)
+    shard_by_path: dict[str, int] = {}
     for cid, path in zip(chunk_ids, paths):
         shard = shard_by_path.get(path)
         if shard is None:
             shard = shard_by_path[path] = shard_of(path)
         by_shard.setdefault(shard, []).append(cid)
+    return by_shard
+
+
+def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
+    """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
+    by_shard = _ids_by_shard(chunk_ids, paths)
     return {
         s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
         for s, ids in sorted(by_shard.items())
@@ -294,9 +300,7 @@ def promote(
     placer = _Placer(stage, usable.path if usable else None, prev_files)
     shards_written = shards_linked = 0
     try:
-        by_shard: dict[int, list[str]] = {}
-        for cid, path in zip(chunks["chunk_id"].tolist(), chunks["path"].tolist()):
-            by_shard.setdefault(shard_of(path), []).append(cid)
+        by_shard = _ids_by_shard(chunks["chunk_id"].tolist(), chunks["path"].tolist())
         opener = open_store or (lambda: fresh_client(home, chroma_url, create=False))
         with writer_lock(home), opener() as client:
             collection = get_collection(client, fingerprint, create=False)
@@ -428,7 +432,7 @@ def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFra
         texts = (
             read_table(home, SOURCE_CHUNKS, cols)
             if every
-            else read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, cols)
+            else read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, cols, paths=rows["path"])
         )
         if texts is None:
             return None
