@@ -120,15 +120,13 @@ def chunks_digest(chunks: pd.DataFrame) -> str:
 
 
 def kept_digest(home) -> str | None:
-    """:func:`chunks_digest` of ``home``'s chunks table, computed once per version of the table
-    (:func:`~nova_pipeline.core.tables.memo`: ``lexical_index`` and the golden copy ask it at every run); None
-    when there is no table."""
+    """:func:`chunks_digest` of ``home``'s chunks table (None: no table), computed once per version of the
+    table (:func:`~nova_pipeline.core.tables.memo`): ``lexical_index`` and the golden copy ask each run."""
     from nova_pipeline.core.keys import SOURCE_CHUNKS
     from nova_pipeline.core.tables import memo, read_table
 
     def compute() -> str | None:
-        chunks = read_table(home, SOURCE_CHUNKS, DIGEST_COLUMNS)
-        return chunks_digest(chunks) if chunks is not None else None
+        return None if (t := read_table(home, SOURCE_CHUNKS, DIGEST_COLUMNS)) is None else chunks_digest(t)
 
     return memo(home, SOURCE_CHUNKS, "lexical.chunks_digest", compute)
 
