@@ -26,6 +26,7 @@ __all__ = [
     "CODE_SYMBOLS",
     "SOURCE_FILES_BINARIES",
     "TABLES",
+    "file_identity",
     "identity",
     "memo",
     "read_rows",
@@ -70,8 +71,14 @@ def identity(home: Path | Layout, name: str) -> str | None:
     file a new identity: two equal identities mean the same committed version. A reader uses it to tell that
     a table is still the one a materialization wrote, without reading it.
     """
+    return file_identity(table_path(home, name))
+
+
+def file_identity(path: Path) -> str | None:
+    """``"inode:size:mtime_ns"`` of a file that is only ever replaced whole (see :func:`identity`), or None
+    if it is missing."""
     try:
-        st = table_path(home, name).stat()
+        st = Path(path).stat()
     except FileNotFoundError:
         return None
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"

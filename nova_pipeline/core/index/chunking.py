@@ -31,6 +31,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nova_pipeline.core.keys import SOURCE_CHUNKS
+from nova_pipeline.core.tables import read_rows, read_table
+
 __all__ = [
     "CHUNKER_VERSION",
     "CHUNK_COLUMNS",
@@ -368,6 +371,17 @@ def splice_chunks(previous: pd.DataFrame | None, paths: Iterable[str], fresh: pd
         pa.array(previous["path"].astype(str).to_numpy(dtype=object), pa.string()), value_set=changed
     )
     return _assemble([previous[~gone.to_numpy(zero_copy_only=False)], fresh])
+
+
+def read_texts(home, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFrame | None:
+    """``chunk_id, text`` of the chunks ``ids``, read from ``home``'s chunks table; None if there is none.
+    ``chunks`` (the table without its texts, or at least its ``chunk_id, path``) gives each id its file, so
+    only the row groups of those files are decoded (:func:`~nova_pipeline.core.tables.read_rows`). For more
+    than half of the table (a first build), the whole text column is read instead, with no filter."""
+    if len(ids) > len(chunks) // 2:
+        return read_table(home, SOURCE_CHUNKS, ["chunk_id", "text"])
+    paths = chunks.loc[chunks["chunk_id"].isin(ids), "path"]
+    return read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, ["chunk_id", "text"], paths=paths)
 
 
 def manifest_key(manifest: pd.DataFrame, max_tokens: int) -> str:

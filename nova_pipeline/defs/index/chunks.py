@@ -10,10 +10,16 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.index import lexical, lexical_delta
-from nova_pipeline.core.index.chunking import CHUNKER_VERSION, META_COLUMNS, chunk_manifest, manifest_key
+from nova_pipeline.core.index.chunking import (
+    CHUNKER_VERSION,
+    META_COLUMNS,
+    chunk_manifest,
+    manifest_key,
+    read_texts,
+)
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES
-from nova_pipeline.core.tables import identity, memo, read_rows, read_table, require_table
-from nova_pipeline.defs.metadata import md_table
+from nova_pipeline.core.tables import file_identity, identity, memo, read_table, require_table
+from nova_pipeline.defs.metadata import last_metadata, md_table
 from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
 from nova_pipeline.deploy.run_events import progress_reporter
 
@@ -25,23 +31,20 @@ def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedde
     settings = nova.settings()
     source_files = require_table(settings.layout, SOURCE_FILES)
     tokenizer = embedder.tokenizer()
-    last = context.instance.get_latest_materialization_event(context.asset_key)
-    meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
+    meta = last_metadata(context)
     key = manifest_key(source_files, tokenizer.max_seq_length)
     held = identity(settings.layout, SOURCE_CHUNKS)
     if _still_holds(meta, key, held):
         # the table this asset last wrote is still there, made from the same files: not read (its texts are
         # most of an unchanged rebuild's reading: 0.9 s at 3,000 files, and it grows with the tree)
         context.log.info("no file changed since the last chunks: the table holds")
-        reused = int(meta["files_chunked"].value) + int(meta["files_reused"].value)
-        counts = ("files_chunked", "files_reused", "unchanged")
-        carried = {k: v.value for k, v in meta.items() if k not in counts}
+        reused = int(meta["files_chunked"]) + int(meta["files_reused"])
         return dg.MaterializeResult(
             value=None,  # the IO manager writes nothing: the table keeps its version
-            metadata={**carried, "files_chunked": 0, "files_reused": reused, "unchanged": True},
+            metadata={**meta, "files_chunked": 0, "files_reused": reused, "unchanged": True},
         )
     previous = read_table(settings.layout, SOURCE_CHUNKS)  # this asset's last value
-    last_chunker = meta["chunker"].value if "chunker" in meta else "1"
+    last_chunker = meta.get("chunker", "1")
     if previous is not None and last_chunker != CHUNKER_VERSION:
         context.log.info(
             f"the chunker changed ({last_chunker} -> {CHUNKER_VERSION}): every file is chunked "
@@ -84,13 +87,12 @@ def _still_holds(meta: dict, key: str, held: str | None) -> bool:
     """Whether the last materialization's table is current: written by it (its identity, which the IO
     manager records), from a manifest with the same :func:`manifest_key`, with no file skipped (a skipped file
     is tried again), by this chunker."""
-    value = lambda k: meta[k].value if k in meta else None  # noqa: E731
     return (
         held is not None
-        and value("table_identity") == held
-        and value("manifest_key") == key
-        and value("chunker") == CHUNKER_VERSION
-        and value("skipped_changed_since_scan") == 0
+        and meta.get("table_identity") == held
+        and meta.get("manifest_key") == key
+        and meta.get("chunker") == CHUNKER_VERSION
+        and meta.get("skipped_changed_since_scan") == 0
     )
 
 
@@ -132,11 +134,9 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
             failures, n = _kept_check(home)  # the check, answered once per version of its inputs
             check = _check_result(failures, n)
             context.log.info(f"lexical index {digest[:12]}: unchanged: no work")
-            last = context.instance.get_latest_materialization_event(context.asset_key)
-            meta = last.asset_materialization.metadata if last and last.asset_materialization else {}
             return dg.MaterializeResult(
                 metadata={  # the last materialization's counts: the same index
-                    **{k: v.value for k, v in meta.items()},
+                    **last_metadata(context),
                     "documents": n,
                     "how": "unchanged",
                     "built": False,
@@ -149,16 +149,7 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
         a = lexical_delta.apply(
             home,
             source_chunks,
-            texts_of=lambda ids: read_rows(
-                home,
-                SOURCE_CHUNKS,
-                "chunk_id",
-                ids,
-                ["chunk_id", "text"],
-                paths=source_chunks.loc[
-                    source_chunks["chunk_id"].isin(ids), "path"
-                ],  # skips other row groups
-            ),
+            texts_of=lambda ids: read_texts(home, source_chunks, ids),
             with_texts=lambda: require_table(home, SOURCE_CHUNKS),
             compact_above=config.compact_above,
         )
@@ -208,17 +199,8 @@ def _kept_check(home) -> tuple[list[str], int]:
     """``(failures, chunks)`` of the check against the chunks table, computed once per version of the table,
     of CURRENT's document table (``inode:size:mtime_ns``) and of the delta file (its stamp); each is only
     ever replaced whole. Called under the writer lock, so the index's files cannot change meanwhile."""
-    from nova_pipeline.core.index.lexical import current_path
-
-    def ident(path) -> str:
-        try:
-            st = path.stat()
-        except OSError:
-            return "-"
-        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-
-    cur = current_path(home)
-    docs = ident(cur / "docs.parquet") if cur is not None else "-"
+    cur = lexical.current_path(home)
+    docs = file_identity(cur / "docs.parquet") if cur is not None else None
     kind = f"lexical_check/{cur.name if cur else '-'}/{docs}/{lexical_delta.delta_stamp(home)}"
 
     def compute() -> list:

@@ -16,7 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.errors import SettingsError, VectorStoreError
-from nova_pipeline.core.index.chunking import META_COLUMNS
+from nova_pipeline.core.index.chunking import META_COLUMNS, read_texts
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.reconcile import reconcile
 from nova_pipeline.core.index.vector_store import (
@@ -39,7 +39,7 @@ from nova_pipeline.core.index.verification import (
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, VECTOR_INDEX
 from nova_pipeline.core.serving.failover import ActiveStore, active_client, active_store, writing_to
 from nova_pipeline.core.serving.pointer import PRIMARY
-from nova_pipeline.core.tables import memo, read_rows, require_table, row_count
+from nova_pipeline.core.tables import memo, require_table, row_count
 from nova_pipeline.defs.index.checks import (
     CHECK_NAMES,
     COUNT_CHECK,
@@ -192,13 +192,6 @@ def reconcile_vector_slice(
     source_chunks = require_table(settings.layout, SOURCE_CHUNKS, columns=META_COLUMNS)  # texts: as needed
     model = embedder.get_embedder()
 
-    def texts_of(ids: list[str]) -> pd.DataFrame:
-        cols = ["chunk_id", "text"]
-        if len(ids) > len(source_chunks) // 2:  # most of them (a first build): one read, no filter
-            return require_table(settings.layout, SOURCE_CHUNKS, columns=cols)
-        paths = source_chunks.loc[source_chunks["chunk_id"].isin(ids), "path"]  # to skip other row groups
-        return read_rows(settings.layout, SOURCE_CHUNKS, "chunk_id", ids, cols, paths=paths)
-
     part = f"{task['index'] + 1}/{task['slices']}"
 
     def on_batch(n, stats):
@@ -246,7 +239,7 @@ def reconcile_vector_slice(
                 buckets=task["buckets"],
                 seed=other_schema_collection(store.client, model.fingerprint),  # a schema change: copy
                 have=known,
-                texts_of=texts_of,
+                texts_of=lambda ids: read_texts(settings.layout, source_chunks, ids),
             )
     finally:
         cache.close()

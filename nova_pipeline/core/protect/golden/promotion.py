@@ -46,6 +46,7 @@ from nova_pipeline.core.compression.dictionary import DictionaryRegistry
 from nova_pipeline.core.compression.store import ContentStore
 from nova_pipeline.core.errors import GoldenCopyError
 from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index.chunking import read_texts
 from nova_pipeline.core.index.vector_store import (
     collection_name,
     fresh_client,
@@ -82,7 +83,6 @@ from nova_pipeline.core.tables import (
     CODE_RELATIONS,
     CODE_SYMBOLS,
     memo,
-    read_rows,
     read_table,
     table_path,
 )
@@ -427,13 +427,7 @@ def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFra
         return None
     rows = chunks[chunks["chunk_id"].isin(ids)].drop_duplicates("chunk_id")
     if "text" not in rows.columns and len(rows):
-        every = len(rows) == len(chunks)  # a first version: no filter to evaluate
-        cols = ["chunk_id", "text"]
-        texts = (
-            read_table(home, SOURCE_CHUNKS, cols)
-            if every
-            else read_rows(home, SOURCE_CHUNKS, "chunk_id", ids, cols, paths=rows["path"])
-        )
+        texts = read_texts(home, chunks, rows["chunk_id"].tolist())
         if texts is None:
             return None
         rows = rows.merge(texts, on="chunk_id", how="left")
