@@ -199,6 +199,26 @@ def live_id_failures(home, ids: Sequence[str]) -> list[str]:
     return id_failures(path, ids, delta if delta is not None and delta.base == path.name else None)
 
 
+def kept_id_failures(home) -> tuple[list[str], int]:
+    """``(failures, chunks)``: :func:`live_id_failures` against ``home``'s chunks table, computed once per
+    version of the table, of CURRENT's document table and of the delta file (each only ever replaced
+    whole; :func:`~nova_pipeline.core.tables.memo`). Call it under the writer lock, so that the index's files
+    cannot change meanwhile."""
+    from nova_pipeline.core.keys import SOURCE_CHUNKS
+    from nova_pipeline.core.tables import file_identity, memo, require_table
+
+    cur = lexical.current_path(home)
+    docs = file_identity(cur / "docs.parquet") if cur is not None else None
+    kind = f"lexical_check/{cur.name if cur else '-'}/{docs}/{delta_stamp(home)}"
+
+    def compute() -> list:
+        ids = require_table(home, SOURCE_CHUNKS, columns=["chunk_id"])["chunk_id"].tolist()
+        return [live_id_failures(home, ids), len(ids)]
+
+    failures, n = memo(home, SOURCE_CHUNKS, kind, compute)
+    return failures, n
+
+
 def holds(home, digest: str, with_delta: bool = True) -> bool:
     """Whether the live lexical index of ``home`` holds the chunk set whose :func:`~.lexical.chunks_digest` is
     ``digest``, told by digests alone: CURRENT is named by it with no delta against it, or (``with_delta``)

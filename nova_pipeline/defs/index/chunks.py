@@ -18,7 +18,7 @@ from nova_pipeline.core.index.chunking import (
     read_texts,
 )
 from nova_pipeline.core.keys import INDEX, LEXICAL_INDEX, SOURCE_CHUNKS, SOURCE_FILES
-from nova_pipeline.core.tables import file_identity, identity, memo, read_table, require_table
+from nova_pipeline.core.tables import identity, read_table, require_table
 from nova_pipeline.defs.metadata import last_metadata, md_table
 from nova_pipeline.defs.resources import EmbedderResource, NovaSettings
 from nova_pipeline.deploy.run_events import progress_reporter
@@ -131,7 +131,7 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
     digest = lexical.kept_digest(home)  # once per version of the chunks table: an unchanged run reads none
     with writer_lock(home, bump=False):  # nova watch writes the same delta (core/locks.py)
         if lexical_delta.holds(home, digest, with_delta=config.compact_above > 0):  # 0: fold the delta in
-            failures, n = _kept_check(home)  # the check, answered once per version of its inputs
+            failures, n = lexical_delta.kept_id_failures(home)  # once per version of its inputs
             check = _check_result(failures, n)
             context.log.info(f"lexical index {digest[:12]}: unchanged: no work")
             return dg.MaterializeResult(
@@ -193,19 +193,3 @@ def _check_result(failures: list[str], documents: int) -> dg.AssetCheckResult:
         metadata={"documents": documents, "failures": len(failures)},
         description="; ".join(failures) or None,
     )
-
-
-def _kept_check(home) -> tuple[list[str], int]:
-    """``(failures, chunks)`` of the check against the chunks table, computed once per version of the table,
-    of CURRENT's document table (``inode:size:mtime_ns``) and of the delta file (its stamp); each is only
-    ever replaced whole. Called under the writer lock, so the index's files cannot change meanwhile."""
-    cur = lexical.current_path(home)
-    docs = file_identity(cur / "docs.parquet") if cur is not None else None
-    kind = f"lexical_check/{cur.name if cur else '-'}/{docs}/{lexical_delta.delta_stamp(home)}"
-
-    def compute() -> list:
-        ids = require_table(home, SOURCE_CHUNKS, columns=["chunk_id"])["chunk_id"].tolist()
-        return [lexical_delta.live_id_failures(home, ids), len(ids)]
-
-    failures, n = memo(home, SOURCE_CHUNKS, kind, compute)
-    return failures, n
