@@ -20,6 +20,7 @@ from nova_pipeline.core.keys import (
 from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.core.serving.estimate import estimate_for_version
 from nova_pipeline.core.serving.failover import FailoverSettings, active_client
+from nova_pipeline.core.serving.pointer import read_state
 from nova_pipeline.defs.metadata import DAILY
 from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
 from nova_pipeline.deploy.instance import postgres_url
@@ -79,7 +80,11 @@ def golden_copy(
         else f"golden version {v.name} ({p.reason}): {v.count} vectors; wrote {p.bytes_written:,} bytes "
         f"in {p.files_written} files, linked {p.bytes_linked:,} bytes in {p.files_linked} files"
     )
-    runtime = golden.make_runtime_copy(settings.home)
+    # a first runtime copy starts as a file copy of the primary's embedded data dir (not while failed over:
+    # then the primary is the store in doubt)
+    embedded_primary = settings.chroma_url is None and not read_state(settings.home).failed_over
+    seed = settings.layout.vectors if embedded_primary else None
+    runtime = golden.make_runtime_copy(settings.home, seed=seed)
     estimate = estimate_for_version(v, max_memory_mb=FailoverSettings.from_env().max_memory_mb)
     return dg.MaterializeResult(
         metadata={
@@ -101,6 +106,7 @@ def golden_copy(
             "runtime_copy": dg.MetadataValue.path(runtime.path),
             "runtime_copy_upserted": runtime.upserted,
             "runtime_copy_deleted": runtime.deleted,
+            "runtime_copy_seeded": runtime.seeded,
             # what a failover to this version would need (seed 004's zones, the measured cost per chunk)
             "backup_zone": estimate.zone,
             "backup_bytes_per_chunk": round(estimate.bytes_per_chunk),

@@ -19,10 +19,14 @@ ALLOW = {"resources": {"guard": {"config": {"allow_mass_delete": True}}}}
 def test_an_unchanged_rebuild_promotes_no_golden_version(json_tree, tmp_path):
     home = tmp_path / "home"
     with dg.instance_for_test() as instance:
-        assert materialize_rebuild(json_tree, home, instance).success
+        built = materialize_rebuild(json_tree, home, instance)
+        assert built.success
         first = golden.current_version(home)
         again = materialize_rebuild(json_tree, home, instance)
     assert again.success
+    # the first runtime copy is a file copy of the embedded primary, not a second build of its HNSW graph
+    built_md = asset_metadata(built, "golden_copy")
+    assert built_md["runtime_copy_seeded"] is True and built_md["runtime_copy_upserted"] == 0
     md = asset_metadata(again, "golden_copy")
     assert md["promoted"] is False and md["reason"] == f"unchanged: CURRENT {first.name} still matches"
     assert md["bytes_written"] == 0 and md["version"] == first.name

@@ -90,10 +90,7 @@ class Tokenizer:
         self.max_seq_length = int(cfg.get("max_seq_length", 256))
         self._tok = None
 
-    def count(self, texts: Sequence[str]) -> list[int]:
-        """Word pieces per text, special tokens excluded."""
-        if not texts:
-            return []
+    def _loaded(self):
         if self._tok is None:
             from tokenizers import Tokenizer as HFTokenizer
 
@@ -101,7 +98,30 @@ class Tokenizer:
             tok.no_truncation()
             tok.no_padding()
             self._tok = tok
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return self._tok
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, special tokens excluded. Counted with ``encode_batch_fast`` where the
+        ``tokenizers`` library has it (0.21 and later: no character offsets, about 10 % less time)."""
+        if not texts:
+            return []
+        tok = self._loaded()
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
+
+    @property
+    def lines_add_up(self) -> bool:
+        """Whether a text's count is the sum of its lines' counts, so that a chunk's count can be added
+        up from its lines' without tokenizing its text again (see ``chunking.chunk_file``).
+
+        True when the pre-tokenizer splits at whitespace (BERT's ``BertPreTokenizer``, ``Whitespace``,
+        ``WhitespaceSplit``): no word piece then spans a line end. A byte-level BPE or SentencePiece
+        ``Metaspace`` tokenizer keeps the newline inside its pieces, so its texts are counted whole.
+        """
+        from tokenizers import pre_tokenizers as pt
+
+        splitting = (pt.BertPreTokenizer, pt.Whitespace, pt.WhitespaceSplit)
+        return isinstance(self._loaded().pre_tokenizer, splitting)
 
 
 class Embedder(Protocol):

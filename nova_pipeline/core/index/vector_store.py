@@ -41,6 +41,7 @@ from nova_pipeline.core.settings import env_flag
 
 __all__ = [
     "BUCKETS",
+    "CHROMA_DB",
     "DEFAULT_BATCH",
     "FULL",
     "LIST_PAGES",

@@ -373,6 +373,7 @@ class LiveIndex:
             self.chunks if full else None,
             self.tokenizer.count,
             self.tokenizer.max_seq_length,
+            lines_add_up=self.tokenizer.lines_add_up,
         )
         if full:
             return _Plan(result, chunks=chunks, count=len(chunks))

@@ -138,7 +138,12 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
     fingerprint = fingerprint or bundled_fingerprint(model_dir)
     tok = Tokenizer(model_dir)
     chunks, _ = chunk_manifest(
-        settings.source_dir, manifest, read_table(home, SOURCE_CHUNKS), tok.count, tok.max_seq_length
+        settings.source_dir,
+        manifest,
+        read_table(home, SOURCE_CHUNKS),
+        tok.count,
+        tok.max_seq_length,
+        lines_add_up=tok.lines_add_up,
     )
     plan.chunks = len(chunks)
     have: set[str] = set()

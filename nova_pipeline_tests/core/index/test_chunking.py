@@ -152,3 +152,45 @@ def test_editing_one_method_changes_only_its_chunk_texts(tok):
     after = {c["text"] for c in chunks(tok, "pkg/calc.py", long_class("return x * 3"), "python")}
     changed = after - before
     assert len(changed) == 1 and "return x * 3" in next(iter(changed))  # the embedding cache keeps the rest
+
+
+def test_chunks_counted_from_their_lines_equal_chunks_whose_texts_are_counted_again(tok, stdlib_tree):
+    """BERT's pre-tokenizer splits at whitespace, so a chunk's word pieces are its header's plus its lines':
+    the chunker adds them up instead of tokenizing every chunk text a second time, and gets the same table
+    (ids, spans and counts) on real code, long lines and truncated chunks included."""
+    long_line = "x = [" + ", ".join(f"'item_{i}'" for i in range(400)) + "]\n"
+    (stdlib_tree / "json" / "wide.py").write_text(f"def f():\n    {long_line}    return x\n\n{long_line}")
+    (stdlib_tree / "notes.md").write_text(
+        "# Title\n\nSome text, with punctuation!\n\n## Two\n\u00e9t\u00e9 \u4e2d\u6587\n"
+    )
+    m = scan(ScanOptions(stdlib_tree)).manifest
+    assert tok.lines_add_up
+    texts_counted = []
+
+    def counting(texts):
+        texts_counted.extend(texts)
+        return tok.count(texts)
+
+    added, _ = chunk_manifest(stdlib_tree, m, None, counting, tok.max_seq_length, lines_add_up=True)
+    whole = [t for t in texts_counted if "\n" in t.rstrip("\n")]  # a text of several lines: a chunk's
+    counted, _ = chunk_manifest(stdlib_tree, m, None, tok.count, tok.max_seq_length, lines_add_up=False)
+    assert added.equals(counted) and len(added) > 300 and added["truncated"].sum() >= 1
+    assert whole == []  # no chunk text was tokenized: only lines and headers
+
+
+def test_a_tokenizer_whose_pieces_cross_lines_does_not_add_them_up(tmp_path):
+    """A byte-level BPE keeps the newline inside its pieces: its counts are not added up from lines."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    from nova_pipeline.core.index.embedding import bundled_model_dir
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "sentence_bert_config.json").write_text(
+        (bundled_model_dir() / "sentence_bert_config.json").read_text()
+    )
+    bpe = HFTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    bpe.save(str(model_dir / "tokenizer.json"))
+    assert not Tokenizer(model_dir).lines_add_up and Tokenizer().lines_add_up

@@ -309,6 +309,32 @@ def test_runtime_copy_is_writable_follows_current_and_golden_is_untouched(home, 
     assert golden.runtime_version(h)["version"] == v2.name and not rt2.rebuilt
 
 
+def test_a_first_runtime_copy_starts_as_a_file_copy_of_the_primary_made_exact_by_the_diff(home):
+    """With the primary's data dir as its seed, a first runtime copy is its file copy (no HNSW build by
+    upserts), then diffed against the whole version: a vector written to the primary after the export is
+    deleted, one deleted since is upserted back, and another model's collection is not carried over."""
+    from nova_pipeline.core.index.vector_store import collection_name, fresh_client
+
+    h, chunks = home
+    golden.promote(h, FP)
+    gone = chunks["chunk_id"].iloc[0]
+    with fresh_client(h) as client:
+        col = get_collection(client, FP)
+        col.upsert(ids=["stray"], embeddings=[[1.0] + [0.0] * 383], metadatas=[{"path": "x.py"}])
+        col.delete(ids=[gone])
+        other = get_collection(client, "another-model")
+        other.upsert(ids=["o"], embeddings=[[0.0, 1.0] + [0.0] * 382], metadatas=[{"path": "x.py"}])
+    rt = golden.make_runtime_copy(h, seed=h / "vectors")
+    assert rt.seeded and (rt.upserted, rt.deleted, rt.count) == (1, 1, len(chunks)) and not rt.rebuilt
+    assert runtime_ids(h) == set(chunks["chunk_id"])
+    with fresh_client(h, path=golden.runtime_dir(h)) as client:
+        assert [c.name for c in client.list_collections()] == [collection_name(FP)]
+    with fresh_client(h) as client:  # the primary is as it was
+        assert {"stray"} <= existing_ids(get_collection(client, FP)) and len(client.list_collections()) == 2
+    # a copy that exists is followed by its diff, never copied again
+    assert not golden.make_runtime_copy(h, force=True, seed=h / "vectors").seeded
+
+
 def runtime_ids(h) -> set[str]:
     from nova_pipeline.core.index.vector_store import fresh_client
 
