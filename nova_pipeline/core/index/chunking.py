@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from nova_pipeline.core.errors import EmbeddingError
 from nova_pipeline.core.keys import SOURCE_CHUNKS
 from nova_pipeline.core.tables import read_rows, read_table
 
@@ -269,14 +270,14 @@ def chunk_file(
             about half of chunking's time (41 of 66 s in the tokenizer at 3,000 files).
 
     Raises:
-        ValueError: ``line_tokens`` does not have one count per line.
+        EmbeddingError: ``line_tokens`` does not have one count per line.
     """
     text = data.decode("utf-8", errors="replace")
     lines = text.splitlines(keepends=True)
     if not lines or not text.strip():
         return []
     if line_tokens is not None and len(line_tokens) != len(lines):
-        raise ValueError(f"{path}: {len(line_tokens)} line counts for {len(lines)} lines")
+        raise EmbeddingError(f"{path}: the tokenizer gave {len(line_tokens)} counts for {len(lines)} lines")
     units = None
     if language == "python":
         units = _python_units(text, len(lines))
