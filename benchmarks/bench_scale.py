@@ -154,7 +154,10 @@ class PeakRss:
             self._stop.wait(self.every)
 
     def peak(self, start: float, end: float, pss: bool = False) -> int:
-        samples, slack = (self.pss_samples, self.pss_every) if pss else (self.samples, self.every)
+        """The largest sample between ``start`` and ``end``: RSS samples within one sampling interval of the
+        window; PSS samples strictly inside it (a second's slack would take a short stage's neighbour's
+        peak), 0 when none fell inside (a stage shorter than ``pss_every``)."""
+        samples, slack = (self.pss_samples, 0.0) if pss else (self.samples, self.every)
         return max((b for t, b in samples if start - slack <= t <= end + slack), default=0)
 
     def close(self) -> None:
@@ -258,7 +261,8 @@ def run_tier(name: str, files: int, work: Path) -> dict:
         peak, pss = rss.peak(s, e), rss.peak(s, e, pss=True)
         stages[stage] = {"wall": wall, "peak": peak, "pss": pss}
         print(
-            f"  {stage:<12} {wall:8.2f} {peak / 2**20:12.0f} {pss / 2**20:7.0f} {len(paths) / wall:10,.0f} "
+            f"  {stage:<12} {wall:8.2f} {peak / 2**20:12.0f} {f'{pss / 2**20:.0f}' if pss else '-':>7} "
+            f"{len(paths) / wall:10,.0f} "
             f"{mb / wall:8.1f} {chunks / wall:10,.0f} {span(unchanged_w, stage):12.2f} "
             f"{span(edit_w, stage):8.2f}"
         )
