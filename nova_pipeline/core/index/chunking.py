@@ -264,10 +264,8 @@ def chunk_file(
         file_blake3: the file's blake3, kept so unchanged files are not chunked again.
         line_tokens: ``count_tokens`` of the text's lines (``str.splitlines(keepends=True)``), when the
             caller counted them (:func:`chunk_manifest` counts many files' lines in one call).
-        lines_add_up: the tokenizer's count of a text is the sum over its lines
-            (:attr:`~nova_pipeline.core.index.embedding.Tokenizer.lines_add_up`); then a chunk's count is
-            its header's plus its lines', and its text is not tokenized a second time. That second pass was
-            about half of chunking's time (41 of 66 s in the tokenizer at 3,000 files).
+        lines_add_up: a text's count is the sum over its lines (``Tokenizer.lines_add_up``): a chunk's is
+            its header's plus its lines', its text not tokenized again (that was 41 of 66 s at 3,000 files).
 
     Raises:
         EmbeddingError: ``line_tokens`` does not have one count per line.
@@ -426,14 +424,15 @@ def chunk_manifest(
     count_tokens: TokenCounter,
     max_tokens: int,
     progress: Callable[[int, int], None] | None = None,
-    lines_add_up: bool = False,
+    lines_add_up: bool | Callable[[], bool] = False,
 ) -> tuple[pd.DataFrame, ChunkStats]:
     """Chunks of every present file; files whose blake3 is unchanged reuse their previous chunks.
 
     A file that vanished or changed since the scan is skipped and logged; its chunks come back on the
     next rebuild. ``progress(files_done, files_to_chunk)`` is called as files are chunked. The lines of
-    :data:`COUNT_BATCH_FILES` files are counted in one ``count_tokens`` call (the tokenizer spreads a batch
-    over the cores); ``lines_add_up``: see :func:`chunk_file`.
+    :data:`COUNT_BATCH_FILES` files are counted in one ``count_tokens`` call (spread over the cores).
+    ``lines_add_up``: see :func:`chunk_file`; a callable is asked once a file is chunked (``Tokenizer``'s
+    loads the tokenizer: a run that chunks nothing loads none).
     """
     stats = ChunkStats()
     live = manifest[manifest["status"] != "deleted"]
@@ -468,8 +467,10 @@ def chunk_manifest(
     batch: list[tuple[str, str, str, bytes]] = []
 
     def flush() -> None:
+        nonlocal lines_add_up
         if not batch:
             return
+        lines_add_up = bool(lines_add_up()) if callable(lines_add_up) else lines_add_up
         lines = [d.decode("utf-8", errors="replace").splitlines(keepends=True) for *_, d in batch]
         counts = count_tokens([line for ls in lines for line in ls])
         at = 0

@@ -109,10 +109,11 @@ class Tokenizer:
         encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
         return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
 
-    @property
     def lines_add_up(self) -> bool:
         """Whether a text's count is the sum of its lines' counts, so that a chunk's count can be added
-        up from its lines' without tokenizing its text again (see ``chunking.chunk_file``).
+        up from its lines' without tokenizing its text again (see ``chunking.chunk_file``). Loads the
+        tokenizer: :func:`~nova_pipeline.core.index.chunking.chunk_manifest` asks only once a file must be
+        chunked.
 
         True when the pre-tokenizer splits at whitespace (BERT's ``BertPreTokenizer``, ``Whitespace``,
         ``WhitespaceSplit``): no word piece then spans a line end. A byte-level BPE or SentencePiece

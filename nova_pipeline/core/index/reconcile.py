@@ -143,8 +143,8 @@ def reconcile(
     if "text" not in todo.columns:
         todo = _with_texts(todo, texts_of, collection.name)
     # sorted once, so that each batch is a slice: a batch that took its rows by position from Arrow-backed
-    # columns cost a pass over the whole table per column (pyarrow's take on a chunked array), and a run's
-    # time grew with the square of its chunks (67 of 110 s at 98,777 chunks)
+    # columns cost a pass over the whole table per column (pyarrow's take on a chunked array), so the loop's
+    # time grew with the square of the chunks (alone: 4.0 s against 0.25 s for 98,777 chunks)
     order = np.argsort(todo["text"].str.len().to_numpy(), kind="stable")
     todo = todo.iloc[order].reset_index(drop=True)
     stats.unchanged = len(chunks) - len(todo)

@@ -58,7 +58,7 @@ def source_chunks(context: dg.AssetExecutionContext, nova: NovaSettings, embedde
         tokenizer.count,
         tokenizer.max_seq_length,
         progress=progress_reporter(context, "chunk", "files"),
-        lines_add_up=tokenizer.lines_add_up,
+        lines_add_up=tokenizer.lines_add_up,  # asked only if a file is chunked
     )
     if stats.truncated_new:  # chunks reused from the last run were reported when they were made
         context.log.warning(

@@ -164,7 +164,7 @@ def test_chunks_counted_from_their_lines_equal_chunks_whose_texts_are_counted_ag
         "# Title\n\nSome text, with punctuation!\n\n## Two\n\u00e9t\u00e9 \u4e2d\u6587\n"
     )
     m = scan(ScanOptions(stdlib_tree)).manifest
-    assert tok.lines_add_up
+    assert tok.lines_add_up()
     texts_counted = []
 
     def counting(texts):
@@ -193,4 +193,20 @@ def test_a_tokenizer_whose_pieces_cross_lines_does_not_add_them_up(tmp_path):
     bpe = HFTokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
     bpe.save(str(model_dir / "tokenizer.json"))
-    assert not Tokenizer(model_dir).lines_add_up and Tokenizer().lines_add_up
+    assert not Tokenizer(model_dir).lines_add_up() and Tokenizer().lines_add_up()
+
+
+def test_whether_lines_add_up_is_asked_once_and_only_when_a_file_is_chunked(tok, stdlib_tree):
+    """Asking loads the tokenizer, so a run that chunks nothing (a file deleted) does not ask."""
+    m = scan(ScanOptions(stdlib_tree)).manifest
+    asked = []
+
+    def ask():
+        asked.append(1)
+        return True
+
+    df, _ = chunk_manifest(stdlib_tree, m, None, tok.count, tok.max_seq_length, lines_add_up=ask)
+    assert len(asked) == 1 and len(df) > 100
+    gone = m.assign(status=m["status"].where(m["path"] != "json/tool.py", "deleted"))
+    less, stats = chunk_manifest(stdlib_tree, gone, df, tok.count, tok.max_seq_length, lines_add_up=ask)
+    assert len(asked) == 1 and stats.files_chunked == 0 and "json/tool.py" not in set(less["path"])
