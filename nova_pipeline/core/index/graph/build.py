@@ -333,8 +333,8 @@ def _resolve_tree(
     every site is resolved again. Import and inheritance sites are always resolved again (a few per cent of
     the sites). A test compares this with a full resolution after edits, additions and deletions.
 
-    Columns are turned into lists first (iterating an Arrow-backed column costs about 0.6 µs per value),
-    and a site's resolution is computed once per distinct ``(path, scope, text)``."""
+    Only the rows resolved again become Python values (iterating an Arrow-backed column costs about 0.6 µs
+    per value), and a site's resolution is computed once per distinct ``(path, scope, text)``."""
     tree, module_of_path = _tree(symbols, names)
     sites = _Sites(tree, module_of_path)
     bases = sites.inherit(relations)

@@ -177,10 +177,9 @@ def _seed(home: Path, version: GoldenVersion, seed: Path, dest: Path) -> bool:
         shutil.copytree(seed, new)
         keep = json.loads((version.path / "model.json").read_text())["collection"]
         with fresh_client(home, path=new) as client:
-            for c in client.list_collections():
-                name = c if isinstance(c, str) else c.name
-                if name != keep:
-                    client.delete_collection(name)
+            for c in client.list_collections():  # Chroma 1.x: Collection objects
+                if c.name != keep:
+                    client.delete_collection(c.name)
     except Exception as exc:  # noqa: BLE001 - a copy that fails for any reason is built the usual way
         log.warning("the runtime copy is built by upserts: %s could not be copied (%s)", seed, exc)
         remove_tree(new)
