@@ -18,6 +18,9 @@ takes an earlier one while it holds a later one:
 4. In one process only, the condition of the writer's shared client
    (:class:`~nova_pipeline.core.live.client.WriterClient`, ``nova serve --watch``): held for bookkeeping,
    never while waiting for another lock; readers take it without the writer lock.
+5. In one process only, the bookkeeping lock of the view a run's steps share
+   (:mod:`~nova_pipeline.core.index.run_view`): taken under the writer lock or without it, held for
+   bookkeeping only, never while waiting for another lock.
 
 Opening an embedded Chroma data dir writes to it (every client rewrites a few of its files when it opens
 them), so even a reader opens one only under the writer lock, held for the open alone (a few milliseconds;
@@ -36,6 +39,7 @@ front of it). A lock dies with its process: ``kill -9`` leaves no stale lock beh
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -48,7 +52,15 @@ from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import LockTimeoutError
 from nova_pipeline.core.layout import Layout
 
-__all__ = ["LOCK_ORDER", "bucket_locks", "generation", "held", "pointer_lock", "writer_lock"]
+__all__ = [
+    "LOCK_ORDER",
+    "bucket_locks",
+    "generation",
+    "held",
+    "on_new_generation",
+    "pointer_lock",
+    "writer_lock",
+]
 
 BUCKETS = 16  # the vector store's fixed buckets (index.vector_store.BUCKETS); one lock file each
 LOCK_ORDER = (
@@ -185,6 +197,7 @@ class _WriterLock:
         self._outermost = not held(self.layout.vectors_lock)
         self._file = _FileLock(self.layout.vectors_lock, self.timeout, "the vector store's writer lock")
         self._file.__enter__()
+        self._before = generation(self.layout) if self._outermost and self.bump else ""
         try:
             self._buckets = _BucketLocks(self.layout, range(BUCKETS), max(0.0, deadline - time.monotonic()))
             self._buckets.__enter__()
@@ -196,7 +209,10 @@ class _WriterLock:
         try:
             self._buckets.__exit__()
             if self._outermost and self.bump:  # still under the lock: readers see the new generation after
-                _bump_generation(self.layout)
+                after = _bump_generation(self.layout)
+                for callback in list(_on_new_generation):
+                    with contextlib.suppress(Exception):  # bookkeeping of this process; the lock must go
+                        callback(self.layout, self._before, after)
         finally:
             self._file.__exit__()
 
@@ -223,8 +239,21 @@ def generation(home: Path | Layout) -> str:
         return ""
 
 
-def _bump_generation(layout: Layout) -> None:
-    atomic_write_bytes(layout.vectors_generation, f"{time.time_ns()}-{os.getpid()}".encode())
+def _bump_generation(layout: Layout) -> str:
+    new = f"{time.time_ns()}-{os.getpid()}"
+    atomic_write_bytes(layout.vectors_generation, new.encode())
+    return new
+
+
+_on_new_generation: list = []
+
+
+def on_new_generation(callback) -> None:
+    """Call ``callback(layout, before, after)`` each time this process releases the writer lock of a home
+    and marks its new generation (``before`` was the generation when the hold began), still under the lock.
+    For this process's own bookkeeping (:mod:`nova_pipeline.core.index.run_view`); an error in it is
+    ignored."""
+    _on_new_generation.append(callback)
 
 
 def bucket_locks(home: Path | Layout, buckets: Sequence[int], timeout: float = 600.0) -> _BucketLocks:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from nova_pipeline.core.atomic import atomic_write_bytes, atomic_write_with
@@ -24,11 +25,14 @@ __all__ = [
     "CODE_NAMES",
     "CODE_RELATIONS",
     "CODE_SYMBOLS",
+    "CONTIGUOUS",
     "SOURCE_FILES_BINARIES",
     "TABLES",
     "file_identity",
     "identity",
+    "in_set",
     "memo",
+    "one_chunk",
     "read_rows",
     "row_count",
     "read_table",
@@ -119,6 +123,21 @@ def memo(home: Path | Layout, name: str, kind: str, compute: Callable[[], Any]) 
     return value
 
 
+def in_set(column: pd.Series, values) -> np.ndarray:
+    """Per row of ``column``, whether its value is in ``values`` (a set, or any iterable): a bool array of
+    ``len(column)``.
+
+    pandas' own ``isin`` on an Arrow-backed string column costs about 10 µs per value of ``values`` (measured
+    with pandas 3.1 on 98,777 chunk ids: 1.04 s for a set of them all), which made reconcile, the plan and
+    the golden copy pay a second per 100,000 chunks for a one-file edit; a hash lookup per row takes 0.055 s
+    for the same ids. Small value lists go to ``isin`` (a few ms)."""
+    if not isinstance(values, (set, frozenset, dict)):
+        values = set(values)
+    if len(values) <= 64:
+        return column.isin(values).to_numpy(dtype=bool, na_value=False)
+    return np.fromiter((v in values for v in column.tolist()), dtype=bool, count=len(column))
+
+
 def row_count(home: Path | Layout, name: str) -> int | None:
     """The rows of table ``name``, from its Parquet footer (nothing else is read); None if never written."""
     import pyarrow.parquet as pq
@@ -142,11 +161,35 @@ def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:
 
 def read_table(home: Path | Layout, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
     """The last committed version of table ``name`` (only ``columns``, when given), or ``None`` if it was
-    never written."""
+    never written. A table of :data:`CONTIGUOUS` is read into one chunk per column (:func:`one_chunk`)."""
+    import pyarrow.parquet as pq
+
     path = table_path(home, name)
     if not path.exists():
         return None
-    return pd.read_parquet(path, columns=columns)
+    table = pq.read_table(path, columns=columns)
+    return (one_chunk(table) if name in CONTIGUOUS else table).to_pandas()
+
+
+# Tables read into one chunk per column (:func:`one_chunk`): those whose rows are then selected several
+# times (the chunks table: by the chunking, reconcile, the checks and the golden copy; the manifest). The
+# code graph's tables are filtered once after they are read, and concatenating costs more than it saves
+# there (code_relations at 10,000 files: read 1.2 s, 2.8 s contiguous; one mask 0.86 s, 0.23 s).
+CONTIGUOUS = frozenset({SOURCE_CHUNKS, SOURCE_FILES})
+
+
+def one_chunk(table):
+    """``table`` (a ``pyarrow.Table``) with each column in one contiguous chunk, as a table read from Parquet
+    has one chunk per row group (:data:`ROW_GROUP_ROWS`).
+
+    pandas keeps a string column Arrow-backed, chunks and all, and a row selection (a mask, ``iloc``) on a
+    chunked column concatenates its chunks first, each time: measured on the 98,777-row chunks table, a mask
+    took 183 ms over 25 chunks and 21 ms over one. Concatenating once when the table is read costs about one
+    such selection. A column of 1 GiB or more stays chunked (a string array's 32-bit offsets end at 2 GiB)."""
+    import pyarrow as pa
+
+    cols = [c.combine_chunks() if c.num_chunks > 1 and c.nbytes < 2**30 else c for c in table.columns]
+    return pa.Table.from_arrays(cols, schema=table.schema)
 
 
 def require_table(home: Path | Layout, name: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -188,4 +231,4 @@ def read_rows(
     filters = [(key, "in", list(values))]
     if paths is not None:
         filters.insert(0, ("path", "in", sorted(set(paths))))
-    return pq.read_table(path, columns=columns, filters=filters).to_pandas()
+    return one_chunk(pq.read_table(path, columns=columns, filters=filters)).to_pandas()

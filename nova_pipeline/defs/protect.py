@@ -22,7 +22,12 @@ from nova_pipeline.core.serving.estimate import estimate_for_version
 from nova_pipeline.core.serving.failover import FailoverSettings, active_client
 from nova_pipeline.core.serving.pointer import read_state
 from nova_pipeline.defs.metadata import DAILY
-from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+from nova_pipeline.defs.resources import (
+    DeletionGuardResource,
+    EmbedderResource,
+    NovaSettings,
+    SharedPrimaryView,
+)
 from nova_pipeline.deploy.instance import postgres_url
 from nova_pipeline.deploy.run_events import progress_reporter
 
@@ -53,6 +58,7 @@ def golden_copy(
     nova: NovaSettings,
     embedder: EmbedderResource,
     guard: DeletionGuardResource,
+    shared_view: SharedPrimaryView,  # the primary's view, shared with vector_index's steps in this process
 ):
     """A verified, read-only snapshot of the index, dictionaries and manifests under ``NOVA_HOME/golden``.
 

@@ -10,6 +10,7 @@ import os
 import dagster as dg
 import pandas as pd
 
+from nova_pipeline.core.index import run_view
 from nova_pipeline.core.protect.guard import DEFAULT_MAX_DELETE_FRACTION, DEFAULT_MIN_DELETIONS, DeletionGuard
 from nova_pipeline.core.settings import DEFAULT_HOME, Settings
 from nova_pipeline.core.tables import identity, require_table, write_table
@@ -58,6 +59,20 @@ class NovaSettings(dg.ConfigurableResource):
             return
         instance.add_run_tags(run.run_id, process_tags())
         _TAGGED.add(run.run_id)
+
+
+class SharedPrimaryView(dg.ConfigurableResource):
+    """The steps of a run that open the embedded primary store (``vector_index``'s ops, ``golden_copy``) share
+    one view of it while they execute in one process (:mod:`~nova_pipeline.core.index.run_view`): Dagster
+    sets this resource up once per run and process, and tears it down after the last step, which closes
+    the view. A view is trusted only while nothing but this run has written since; each new view loads
+    the collection's HNSW index again."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run_view.begin()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        run_view.end()
 
 
 _TAGGED: set[str] = set()  # runs this process has tagged already
@@ -199,6 +214,7 @@ def resources_on(
         "step_io_manager": StepOutputIOManager(nova=nova),
         "embedder": embedder,
         "guard": guard or DeletionGuardResource(),
+        "shared_view": SharedPrimaryView(),
     }
 
 

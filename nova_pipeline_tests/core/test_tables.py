@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from nova_pipeline.core.tables import identity, memo, row_count, table_path, write_table
+from nova_pipeline.core.tables import identity, in_set, memo, row_count, table_path, write_table
 
 
 def test_a_memo_is_computed_once_per_version_of_its_table(tmp_path):
@@ -42,3 +42,14 @@ def test_an_answer_computed_while_the_table_changed_is_not_kept_and_a_broken_mem
     memo_file.write_bytes(b"{not json")
     assert memo(tmp_path, "t", "k", lambda: "again") == "again"
     assert memo(tmp_path, "t", "k", lambda: "not called") == "again"
+
+
+def test_in_set_agrees_with_isin_on_arrow_strings_for_small_and_large_value_sets(tmp_path):
+    ids = [f"{i:08x}" for i in range(5_000)]
+    write_table(tmp_path, "t", pd.DataFrame({"chunk_id": ids}))
+    column = pd.read_parquet(table_path(tmp_path, "t"))["chunk_id"]  # Arrow-backed, as every table reads
+    for values in (set(ids[::3]), ids[10:20], {"nope"}, set(), pd.Series(ids[4_000:])):
+        got = in_set(column, values)
+        assert got.dtype == bool and len(got) == len(column)
+        assert got.tolist() == column.isin(list(values)).tolist()
+    assert int(in_set(column, set(ids[::3])).sum()) == len(ids[::3])

@@ -33,6 +33,7 @@ from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_with, syncfs
 from nova_pipeline.core.compression.dictionary import NO_DICTIONARY, DictionaryRegistry, compressor
 from nova_pipeline.core.errors import DictionaryError, InvalidRequestError, StoreCorruptError, StoreError
 from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.tables import in_set
 
 __all__ = [
     "BATCH_BYTES",
@@ -466,7 +467,7 @@ def update_store(
     removed, freed = store.collect_garbage()
     live = present_files(manifest)
     stored_keys = set(rows["key"])
-    dup_bytes = int(live.loc[live["blake3"].isin(stored_keys), "size"].sum()) - int(rows["size"].sum())
+    dup_bytes = int(live.loc[in_set(live["blake3"], stored_keys), "size"].sum()) - int(rows["size"].sum())
     return StoreUpdate(
         put=put,
         objects=len(rows),

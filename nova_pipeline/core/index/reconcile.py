@@ -30,6 +30,7 @@ from nova_pipeline.core.index.vector_store import (
     mark_complete,
     upsert_chunks,
 )
+from nova_pipeline.core.tables import in_set
 
 __all__ = ["IndexStats", "ShrinkGuard", "reconcile", "seed_vectors"]
 
@@ -139,7 +140,7 @@ def reconcile(
         guard.check_vectors(len(have), len(wanted_ids), collection.name)
     # The chunks to upsert, shortest texts first across all batches, so each forward pass pads little (as
     # encode() does)
-    todo = chunks.iloc[np.flatnonzero(~chunks["chunk_id"].isin(have).to_numpy())]
+    todo = chunks.iloc[np.flatnonzero(~in_set(chunks["chunk_id"], have))]
     if "text" not in todo.columns:
         todo = _with_texts(todo, texts_of, collection.name)
     # sorted once, so that each batch is a slice: a batch that took its rows by position from Arrow-backed

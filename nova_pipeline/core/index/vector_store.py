@@ -25,6 +25,7 @@ the same build-beside-then-switch a model change uses.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -306,7 +307,8 @@ def fresh_client(
     """A client that sees the store as it is now, closed after the block: for a writer (under the writer
     lock), and for any reader that must not see an older state. An embedded data dir (``path``, default
     ``NOVA_HOME/vectors``) gets its own view, never the process's cached one, which may predate another
-    process's writes; a Chroma server's client is fresh by nature.
+    process's writes; a Chroma server's client is fresh by nature. The steps of a run in one process share
+    one view of the primary while nothing else wrote since (:mod:`~nova_pipeline.core.index.run_view`).
 
     Opening an embedded data dir rewrites a few of Chroma's files, so it happens under ``home``'s writer lock
     (re-entrant: a writer that holds it already just goes on), held for the open only. ``home`` None opens
@@ -317,25 +319,43 @@ def fresh_client(
         VectorStoreError: the store cannot be opened.
         LockTimeoutError: another writer held the writer lock for ``lock_timeout`` seconds.
     """
-    from nova_pipeline.core.locks import writer_lock
+    from nova_pipeline.core.index import run_view
+    from nova_pipeline.core.locks import held, writer_lock
 
     if chroma_url and path is None:
         yield open_client(home, chroma_url)
         return
     where = Path(path) if path is not None else Layout.of(home).vectors
-    slot = take_view_slot()
+    layout = Layout.of(home) if home is not None else None
+    writer = layout is not None and held(layout.vectors_lock)  # a writer's hold, before the open's own
+    with writer_lock(home, lock_timeout, bump=False) if layout is not None else contextlib.nullcontext():
+        got = run_view.take(where, layout, writer) if layout is not None else None  # a run's steps share one
+        if got is None:
+            slot = take_view_slot()
+            try:
+                client = open_client_at(where, create, view=slot)
+            except BaseException:
+                give_view_slot(slot)
+                raise
+            close = functools.partial(_close_view, client, slot)
+            kept = run_view.keep(where, layout, client, close, writer) if layout is not None else None
+        else:
+            client, kept = got
     try:
-        with writer_lock(home, lock_timeout, bump=False) if home is not None else contextlib.nullcontext():
-            client = open_client_at(where, create, view=slot)
-        try:
-            yield client
-        finally:
-            with contextlib.suppress(
-                Exception
-            ):  # closing writes nothing; a half-open client releases nothing
-                client.close()
+        yield client
     finally:
-        give_view_slot(slot)
+        if kept is not None:
+            run_view.give_back(kept)
+        else:
+            _close_view(client, slot)
+
+
+def _close_view(client, slot: int) -> None:
+    """Close a view of :func:`fresh_client` and free its slot (closing writes nothing; a half-open client
+    releases nothing)."""
+    with contextlib.suppress(Exception):
+        client.close()
+    give_view_slot(slot)
 
 
 def _chroma_settings():

@@ -20,6 +20,7 @@ from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.vector_query import query
 from nova_pipeline.core.index.vector_store import collection_name, existing_ids
 from nova_pipeline.core.layout import Layout
+from nova_pipeline.core.tables import in_set
 
 __all__ = [
     "MIN_FOUND_FIRST",
@@ -176,7 +177,8 @@ class VerifiedRecord:
 
         if state is None:
             return
-        table = pa.table({"chunk_id": pa.array(list(chunk_ids), pa.string())})
+        ids = chunk_ids.array if isinstance(chunk_ids, pd.Series) else list(chunk_ids)  # Arrow stays Arrow
+        table = pa.table({"chunk_id": pa.array(ids, pa.string())})
         table = table.replace_schema_metadata({"state": state, "count": str(table.num_rows)})
 
         def write(fh) -> None:
@@ -226,7 +228,7 @@ def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[in
     if count == len(chunks):
         return count, 0, 0, []
     have = existing_ids(collection)
-    missing = chunks[~chunks["chunk_id"].isin(have)]
+    missing = chunks[~in_set(chunks["chunk_id"], have)]
     extra = sorted(have - set(chunks["chunk_id"]))
     named = [
         f"{r.path}:{r.start_line}-{r.end_line} ({r.chunk_id}) has no vector"
@@ -262,7 +264,11 @@ def self_retrieval_failures(
     if not rows:
         return 0, ["no cached embeddings for the sampled chunks"]
     hits = query(collection, np.stack([vecs[r.content_blake3] for r in rows]), 1)
-    content = dict(zip(chunks["chunk_id"], chunks["content_blake3"]))  # slim records carry no text
+    # slim records carry no text: the content of each top hit, from the chunks (only theirs: a dict of every
+    # chunk cost 0.37 s at 98,777 chunks)
+    tops = {h[0].chunk_id for h in hits if h}
+    named = chunks[in_set(chunks["chunk_id"], tops)]
+    content = dict(zip(named["chunk_id"].tolist(), named["content_blake3"].tolist()))
     missed = []
     for r, h in zip(rows, hits):
         top = h[0] if h else None

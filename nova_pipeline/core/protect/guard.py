@@ -30,6 +30,7 @@ import pandas as pd
 
 from nova_pipeline.core.errors import MassDeletionError
 from nova_pipeline.core.keys import SOURCE_FILES
+from nova_pipeline.core.tables import in_set
 
 __all__ = [
     "DEFAULT_MAX_DELETE_FRACTION",
@@ -106,7 +107,7 @@ class DeletionGuard:
         if not before:
             return 0
         present = manifest[~deleted]
-        gone = manifest[deleted & ~manifest["blake3"].isin(set(present["blake3"])).to_numpy(dtype=bool)]
+        gone = manifest[deleted & ~in_set(manifest["blake3"], present["blake3"])]
         lost = len(gone)
         if not self.allow and self.is_mass(before, lost, len(present)):
             cause = (

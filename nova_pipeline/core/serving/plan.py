@@ -20,7 +20,7 @@ from nova_pipeline.core.keys import SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.protect import golden
 from nova_pipeline.core.protect.guard import DeletionGuard
 from nova_pipeline.core.settings import Settings
-from nova_pipeline.core.tables import read_table
+from nova_pipeline.core.tables import in_set, read_table
 
 __all__ = ["Plan", "make_plan", "plan_table"]
 
@@ -159,7 +159,7 @@ def make_plan(settings: Settings, guard: DeletionGuard | None = None, fingerprin
         plan.vectors_now = 0
     except NovaError as exc:
         plan.notes.append(f"the vector store could not be read ({exc}): counts assume it is empty")
-    todo = chunks[~chunks["chunk_id"].isin(have)]
+    todo = chunks[~in_set(chunks["chunk_id"], have)]
     plan.chunks_to_upsert = len(todo)
     texts = todo["content_blake3"].drop_duplicates().tolist()
     plan.texts_to_embed = len(texts) - len(_cached_keys(home, fingerprint, texts))

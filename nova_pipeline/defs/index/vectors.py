@@ -48,7 +48,12 @@ from nova_pipeline.defs.index.checks import (
     vector_count_matches_chunks,
 )
 from nova_pipeline.defs.metadata import DAILY, md_table
-from nova_pipeline.defs.resources import DeletionGuardResource, EmbedderResource, NovaSettings
+from nova_pipeline.defs.resources import (
+    DeletionGuardResource,
+    EmbedderResource,
+    NovaSettings,
+    SharedPrimaryView,
+)
 from nova_pipeline.deploy.run_events import DONE, PART, PHASE, TOTAL, UNIT
 
 
@@ -183,6 +188,7 @@ def reconcile_vector_slice(
     context: dg.OpExecutionContext,
     nova: NovaSettings,
     embedder: EmbedderResource,
+    shared_view: SharedPrimaryView,  # the primary's view, kept for the later steps in this process
     task: dict,
 ) -> dict:
     """Reconcile one slice: its buckets' vectors in the collection against its buckets' chunks (upsert what
@@ -271,6 +277,7 @@ def finish_vector_index(
     context: dg.OpExecutionContext,
     nova: NovaSettings,
     embedder: EmbedderResource,
+    shared_view: SharedPrimaryView,  # the view the reconcile wrote through, when it ran in this process
     plan: dict,
     results: list[dict],
 ):

@@ -14,6 +14,7 @@ from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
 from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.core.protect.golden import promotion as promote_mod
+from nova_pipeline.core.protect.golden import verify as verify_mod
 from nova_pipeline.core.protect.golden import versions as versions_mod
 from nova_pipeline_tests.conftest import FakeEmbedder, build_home, inject_crash
 
@@ -126,6 +127,48 @@ def test_an_edit_of_one_file_writes_far_less_and_shares_the_rest(stdlib_tree, tm
     assert os.stat(v2.path / linked).st_nlink == 1 and os.stat(v2.path / linked).st_mode & 0o222 == 0
     b = backup.create_backup(h).info
     assert backup.verify(h, b.id, 3) == []
+
+
+def test_a_promotion_reads_the_vectors_of_the_shards_it_wrote_and_not_those_it_linked(
+    home, json_tree, monkeypatch
+):
+    h, _ = home
+    v1 = golden.promote(h, FP).version
+    found = json.loads((v1.path / golden.VERIFIED).read_text())["files"]
+    exported = {f.relative_to(v1.path).as_posix() for f in golden.export_files(v1.path)}
+    assert set(found) == exported and sum(f["rows"] for f in found.values()) == v1.count
+    assert all(abs(f["max_norm"] - 1) < 1e-5 and f["dim"] == 384 for f in found.values() if f["rows"])
+    read = []
+    real = verify_mod.read_shard
+    monkeypatch.setattr(
+        verify_mod, "read_shard", lambda f, cols=None: read.append((f.name, cols)) or real(f, cols)
+    )
+    edit(json_tree)
+    build_home(json_tree, h)
+    p = golden.promote(h, FP)
+    assert p.promoted and p.shards_written >= 1 and golden.verify_tree(p.version.path) == []
+    vectors_read = {name for name, cols in read if cols and "embedding" in cols}
+    written = {
+        rel.rsplit("/", 1)[1]
+        for rel, f in json.loads((p.version.path / golden.VERIFIED).read_text())["files"].items()
+        if found.get(rel, {}).get("blake3") != f["blake3"]
+    }
+    assert written and vectors_read == written  # every linked shard's ids were read, not its vectors
+
+
+def test_a_known_shard_is_read_again_when_its_norms_could_beat_a_sampled_vector(home):
+    h, _ = home
+    v = golden.promote(h, FP).version
+    found = json.loads((v.path / golden.VERIFIED).read_text())["files"]
+    files = sorted(r for r, f in found.items() if f["rows"])
+    fresh, loud = files[0], files[1]
+    known = {r: f for r, f in found.items() if r != fresh}
+    assert golden.verify_export(v.path, known=known)["scanned"] == 1  # only the file not known
+    known[loud] = {**known[loud], "max_norm": 2.0}  # a vector of norm 2 could beat a unit vector's self-match
+    out = golden.verify_export(v.path, known=known)
+    assert out["failures"] == [] and out["scanned"] == 2
+    assert golden.verify_export(v.path, known=found)["scanned"] == 0  # all known: nothing to sample
+    assert golden.verify_export(v.path)["scanned"] == len(golden.export_files(v.path))
 
 
 def test_deleting_the_oldest_of_three_leaves_every_other_version_verifying(home, json_tree):

@@ -44,6 +44,7 @@ from nova_pipeline.core.protect.golden.versions import (
     LEXICAL_DIR,
     MANIFEST,
     PARTIAL_PREFIX,
+    VERIFIED,
     GoldenVersion,
     apply_retention,
     current_version,
@@ -58,6 +59,7 @@ from nova_pipeline.core.protect.golden.versions import (
 
 __all__ = [
     "CURRENT",
+    "VERIFIED",
     "DEFAULT_KEEP",
     "EXPORT_DIR",
     "EXPORT_SHARDS",

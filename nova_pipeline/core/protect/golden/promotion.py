@@ -63,6 +63,7 @@ from nova_pipeline.core.protect.golden.versions import (
     LEXICAL_DIR,
     MANIFEST,
     PARTIAL_PREFIX,
+    VERIFIED,
     GoldenVersion,
     apply_retention,
     clean_partials,
@@ -82,6 +83,7 @@ from nova_pipeline.core.tables import (
     CODE_NAMES,
     CODE_RELATIONS,
     CODE_SYMBOLS,
+    in_set,
     memo,
     read_table,
     table_path,
@@ -367,11 +369,18 @@ def promote(
             ).encode(),
         )
         syncfs(stage)
-        result = checker(stage) if checker is not None else verify_with_cache(stage, home, fingerprint)
+        known = _known_files(usable.path, placer.files) if usable is not None else {}
+        result = checker(stage) if checker is not None else verify_with_cache(stage, home, fingerprint, known)
         if result["failures"]:
             raise GoldenCopyError(
                 f"golden copy {name} failed verification: {'; '.join(result['failures'][:3])}"
             )
+        if result.get("shards"):  # what was verified, for the next promotion (covered by the manifest)
+            found = {
+                r: {**f, "blake3": placer.files[r]["blake3"]} for r, f in sorted(result["shards"].items())
+            }
+            placer.put(VERIFIED, json.dumps({"files": found}, indent=1).encode())
+            syncfs(stage)
         manifest = {
             "version": name,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -417,6 +426,21 @@ def promote(
     )
 
 
+def _known_files(previous: Path, files: dict[str, dict]) -> dict[str, dict]:
+    """What verifying CURRENT (``previous``, which verified against its manifest when this promotion began)
+    found of its export files (:data:`VERIFIED`), for the staged ``files`` with the same bytes: linked, or
+    written again with the same blake3. Empty for a version made before the record existed."""
+    try:
+        recorded = json.loads((previous / VERIFIED).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {
+        rel: f
+        for rel, f in recorded.items()
+        if isinstance(f, dict) and f.get("blake3") and files.get(rel, {}).get("blake3") == f["blake3"]
+    }
+
+
 def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFrame | None:
     """The rows of ``chunks`` whose id is in ``ids``, with their texts, indexed by ``chunk_id``: the documents
     and metadata of the export shards to write (the vectors come from Chroma, whose slim records hold
@@ -425,7 +449,7 @@ def _export_rows(home: Path, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFra
     need = {"chunk_id", "path", "start_line", "end_line", "symbol", "language", "content_blake3"}
     if not need <= set(chunks.columns):
         return None
-    rows = chunks[chunks["chunk_id"].isin(ids)].drop_duplicates("chunk_id")
+    rows = chunks[in_set(chunks["chunk_id"], ids)].drop_duplicates("chunk_id")
     if "text" not in rows.columns and len(rows):
         texts = read_texts(home, chunks, rows["chunk_id"].tolist())
         if texts is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nova_pipeline.core.atomic import atomic_write_bytes, fsync_dir
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError
+from nova_pipeline.core.index import run_view
 from nova_pipeline.core.index.vector_store import CHROMA_DB, fresh_client, get_collection
 from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.locks import writer_lock
@@ -84,6 +85,7 @@ def _apply_to_data_dir(version: GoldenVersion, dest: Path, home: Path, held: Pat
             "the Chroma store at %s cannot be updated (%s): rebuilding it from %s", dest, exc, version.name
         )
         rebuilt = True
+        run_view.forget(dest)  # a kept view of it would read the files swapped out below
         new = dest.with_name(dest.name + ".new")
         remove_tree(new)
         with fresh_client(home, path=new) as client:  # closed before the directories are swapped
@@ -173,6 +175,9 @@ def _seed(home: Path, version: GoldenVersion, seed: Path, dest: Path) -> bool:
         return False
     new = dest.with_name(dest.name + ".new")
     remove_tree(new)
+    run_view.forget(
+        seed
+    )  # a view kept open by this run's earlier steps is closed before its files are copied
     try:
         shutil.copytree(seed, new)
         keep = json.loads((version.path / "model.json").read_text())["collection"]

@@ -63,7 +63,9 @@ def verify_tree(root: Path, manifest: dict[str, dict] | None = None) -> list[str
     return failures
 
 
-def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None) -> dict:
+def verify_export(
+    version_dir: Path, sample: int = 25, seed: int = 0, cache=None, known: dict[str, dict] | None = None
+) -> dict:
     """Check a version's export without a vector database.
 
     Every shard must be readable, ids unique, vectors finite with one dimension, the row count equal to
@@ -73,10 +75,21 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
     given, each sampled vector must equal the cached vector of its content (the cache is what the model
     produced, so a vector damaged between the model and the export is caught).
 
+    ``known``: facts of export files already verified in an earlier version with the same bytes (``{file
+    relative to the version: {"rows", "dim", "max_norm"}}``, the ``shards`` this function returned then;
+    the promotion passes those of CURRENT's files it linked). Their ids are still read (count, uniqueness,
+    the lexical index), but the sample is drawn from the other files only, and a known file's vectors are
+    read only when its largest norm could let one of them beat a sampled vector: by Cauchy-Schwarz,
+    ``v . q <= max_norm * |q|``, which for unit vectors never exceeds ``q . q``. After a one-file edit, one
+    shard of 64 is read instead of every shard (3.8 s at 342,997 vectors under cProfile).
+
     Returns:
-        ``{"count": int, "expected": int, "failures": [str]}``.
+        ``{"count": int, "expected": int, "failures": [str], "shards": {file: {"rows", "dim", "max_norm"}},
+        "scanned": int}``: ``shards`` holds the facts of every export file (read now, or ``known``) when
+        there is no failure; ``scanned`` counts the files whose vectors were read.
     """
     version_dir = Path(version_dir)
+    known = known or {}
     failures: list[str] = []
     try:
         model = json.loads((version_dir / "model.json").read_text())
@@ -87,6 +100,7 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
             "failures": [f"{version_dir / 'model.json'} is unreadable: {exc}"],
         }
     files = export_files(version_dir)
+    names = [f.relative_to(version_dir).as_posix() for f in files]
     ids_per_file: list[list[str]] = []
     for f in files:
         try:
@@ -104,9 +118,15 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
         failures += lexical_failures(version_dir, all_ids)
     if failures or count == 0:
         return {"count": count, "expected": model["count"], "failures": failures}
+    facts = {
+        n: known[n] for n, ids in zip(names, ids_per_file) if n in known and known[n].get("rows") == len(ids)
+    }
     rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(count, size=min(sample, count), replace=False).tolist())
     offsets = np.cumsum([0] + [len(i) for i in ids_per_file])
+    pool = np.concatenate(
+        [np.arange(offsets[fi], offsets[fi + 1]) for fi, n in enumerate(names) if n not in facts] or [[]]
+    ).astype(np.int64)
+    picks = sorted(rng.choice(pool, size=min(sample, len(pool)), replace=False).tolist()) if len(pool) else []
     queries, query_ids, query_content = [], [], []
     for fi, f in enumerate(files):
         rows = [p - offsets[fi] for p in picks if offsets[fi] <= p < offsets[fi + 1]]
@@ -116,8 +136,8 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
             query_ids += [ids_per_file[fi][r] for r in rows]
             metas = t.column("metadata").to_pylist()
             query_content += [json.loads(metas[r]).get("content_blake3", "") for r in rows]
-    q = np.concatenate(queries)
-    if cache is not None:
+    q = np.concatenate(queries) if queries else np.zeros((0, 0), dtype=np.float32)
+    if cache is not None and len(q):
         cached = cache.get_many([c for c in query_content if c])
         for vec, cid, content in zip(q, query_ids, query_content):
             if content in cached and not np.allclose(cached[content], vec, atol=1e-6):
@@ -125,26 +145,45 @@ def verify_export(version_dir: Path, sample: int = 25, seed: int = 0, cache=None
                     f"chunk {cid}: its vector differs from the embedding cache's vector of its content"
                 )
     self_sim = np.einsum("ij,ij->i", q, q)
+    q_norm = np.sqrt(self_sim)
     best = np.full(len(q), -np.inf)
     best_id: list[str] = [""] * len(q)
-    dims: set[int] = set()
+    scanned = 0
     for fi, f in enumerate(files):
+        k = facts.get(names[fi])
+        if k is not None and (
+            not len(q) or (k["dim"] == q.shape[1] and np.all(k["max_norm"] * q_norm <= self_sim + 1e-5))
+        ):
+            continue  # verified before, and none of its vectors can beat a sampled one
         mat = embedding_matrix(read_shard(f, ["embedding"]))
+        scanned += 1
         if not len(mat):
+            facts[names[fi]] = {"rows": 0, "dim": 0, "max_norm": 0.0}
             continue
-        dims.add(mat.shape[1])
-        if mat.shape[1] != q.shape[1] or not np.isfinite(mat).all():
+        if (len(q) and mat.shape[1] != q.shape[1]) or not np.isfinite(mat).all():
             failures.append(f"{f} holds vectors of dimension {mat.shape[1]} or non-finite values")
+            continue
+        facts[names[fi]] = {
+            "rows": len(mat),
+            "dim": int(mat.shape[1]),
+            "max_norm": float(np.sqrt(np.einsum("ij,ij->i", mat, mat).max())),
+        }
+        if not len(q):
             continue
         sims = mat @ q.T
         top = sims.argmax(axis=0)
         for j, (row, val) in enumerate(zip(top, sims[top, np.arange(len(q))])):
             if val > best[j]:
                 best[j], best_id[j] = val, ids_per_file[fi][row]
+    if len({v["dim"] for v in facts.values() if v["rows"]}) > 1:
+        failures.append("the export's files hold vectors of different dimensions")
     for j, want in enumerate(query_ids):
         if best_id[j] != want and best[j] > self_sim[j] + 1e-5:
             failures.append(f"chunk {want} did not find itself first (found {best_id[j]})")
-    return {"count": count, "expected": model["count"], "failures": failures}
+    out = {"count": count, "expected": model["count"], "failures": failures, "scanned": scanned}
+    if not failures:
+        out["shards"] = facts
+    return out
 
 
 def open_check(version_dir: Path, sample: int = 5) -> dict:
@@ -202,14 +241,18 @@ def open_check_in_subprocess(version_dir: Path, timeout: float = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def verify_with_cache(stage: Path, home: Path, fingerprint: str) -> dict:
+def verify_with_cache(
+    stage: Path, home: Path, fingerprint: str, known: dict[str, dict] | None = None
+) -> dict:
+    """:func:`verify_export` of ``stage`` with the embedding cache of ``fingerprint`` under ``home``, when
+    there is one; ``known`` as there."""
     from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 
     if not EmbeddingCache.path_for(home, fingerprint).exists():
-        return verify_export(stage)
+        return verify_export(stage, known=known)
     cache = EmbeddingCache(home, fingerprint)
     try:
-        return verify_export(stage, cache=cache)
+        return verify_export(stage, cache=cache, known=known)
     finally:
         cache.close()
 

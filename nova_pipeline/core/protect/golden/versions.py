@@ -36,6 +36,7 @@ __all__ = [
     "PIN_PREFIX",
     "STAMP_RE",
     "STORE_INDEX",
+    "VERIFIED",
     "GoldenVersion",
     "apply_retention",
     "clean_partials",
@@ -66,6 +67,9 @@ DEFAULT_KEEP = 3
 
 LEXICAL_DIR = "lexical"
 LEXICAL_DELTA = "lexical_delta.json"  # the live delta against lexical/, when the index had one
+# what verify_export found of each export file ({file: {blake3, rows, dim, max_norm}}), written after the
+# check and before MANIFEST.json (which covers it): the next promotion does not read a linked file's vectors
+VERIFIED = "verified.json"
 
 
 def golden_root(home: Path | Layout) -> Path:
