@@ -36,7 +36,7 @@ from pathlib import Path
 from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.locks import generation, on_new_generation
 
-__all__ = ["begin", "end", "forget", "give_back", "keep", "sharing", "take"]
+__all__ = ["begin", "end", "forget", "give_back", "keep", "take"]
 
 
 @dataclass
@@ -70,11 +70,6 @@ def end() -> None:
             _kept.clear()
     for k in closing:
         _close(k)
-
-
-def sharing() -> bool:
-    with _lock:
-        return _depth > 0
 
 
 def take(where: Path, home: Layout, writer: bool) -> tuple[object, _Kept] | None:

@@ -68,6 +68,7 @@ __all__ = [
     "fresh_client",
     "give_view_slot",
     "open_client_at",
+    "open_view",
     "take_view_slot",
     "slice_buckets",
 ]
@@ -296,6 +297,21 @@ def give_view_slot(slot: int) -> None:
         _slots_used.discard(slot)
 
 
+def open_view(path: Path, create: bool = True) -> tuple[object, int]:
+    """``(client, slot)``: a new view of the data dir ``path`` in a free slot (:func:`open_client_at`), the
+    slot given back if the open fails. Close the client, then give the slot back.
+
+    Raises:
+        IndexNotBuiltError, VectorStoreError: as :func:`open_client_at`.
+    """
+    slot = take_view_slot()
+    try:
+        return open_client_at(path, create, view=slot), slot
+    except BaseException:
+        give_view_slot(slot)
+        raise
+
+
 @contextlib.contextmanager
 def fresh_client(
     home: Path | Layout,
@@ -331,12 +347,7 @@ def fresh_client(
     with writer_lock(home, lock_timeout, bump=False) if layout is not None else contextlib.nullcontext():
         got = run_view.take(where, layout, writer) if layout is not None else None  # a run's steps share one
         if got is None:
-            slot = take_view_slot()
-            try:
-                client = open_client_at(where, create, view=slot)
-            except BaseException:
-                give_view_slot(slot)
-                raise
+            client, slot = open_view(where, create)
             close = functools.partial(_close_view, client, slot)
             kept = run_view.keep(where, layout, client, close, writer) if layout is not None else None
         else:

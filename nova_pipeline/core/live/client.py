@@ -59,12 +59,7 @@ class WriterClient:
         self._known = now if now.endswith(f"-{os.getpid()}") else None
 
     def _open(self, store) -> None:
-        from nova_pipeline.core.index.vector_store import (
-            give_view_slot,
-            open_client,
-            open_client_at,
-            take_view_slot,
-        )
+        from nova_pipeline.core.index.vector_store import open_client, open_view
         from nova_pipeline.core.locks import generation
         from nova_pipeline.core.serving.pointer import BACKUP
 
@@ -77,12 +72,7 @@ class WriterClient:
                 if store.label == BACKUP
                 else self.settings.layout.vectors
             )
-            slot = take_view_slot()
-            try:
-                client = open_client_at(where, True, view=slot)
-            except BaseException:
-                give_view_slot(slot)
-                raise
+            client, slot = open_view(where, True)
             with self._share:
                 self.client, self._slot = client, slot
         with self._share:

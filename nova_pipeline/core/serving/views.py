@@ -33,8 +33,7 @@ from nova_pipeline.core.index.vector_store import (
     CHROMA_DB,
     get_collection,
     give_view_slot,
-    open_client_at,
-    take_view_slot,
+    open_view,
 )
 from nova_pipeline.core.layout import Layout
 from nova_pipeline.core.locks import generation, writer_lock
@@ -124,14 +123,9 @@ class ViewCache:
                 self._current = None
 
     def _open(self, gen: str) -> _View:
-        slot = take_view_slot()
-        try:
-            # opening writes to the data dir (locks.py): only with no writer at work, and for a moment
-            with writer_lock(self.layout, OPEN_LOCK_TIMEOUT_S, bump=False):
-                client = open_client_at(self.path, create=False, view=slot)
-        except BaseException:
-            give_view_slot(slot)
-            raise
+        # opening writes to the data dir (locks.py): only with no writer at work, and for a moment
+        with writer_lock(self.layout, OPEN_LOCK_TIMEOUT_S, bump=False):
+            client, slot = open_view(self.path, create=False)
         try:
             col = get_collection(client, self.fingerprint, create=False)
             count = col.count()
