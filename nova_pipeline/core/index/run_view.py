@@ -145,6 +145,8 @@ def _new_generation(home: Layout, before: str, after: str) -> None:
             return
         current = k.generation == before and k.handed_at == before
         k.generation = after if current else None
+        if not current:  # no longer handed out: closed once its users are done (its HNSW index freed)
+            _kept.pop(str(home.vectors), None)
     if not current:
         _release(k)
 
