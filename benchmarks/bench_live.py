@@ -206,9 +206,9 @@ def edits(src: Path, watch: Watch, base: str | None, n: int, tag: str) -> tuple[
 
 
 def phase_breakdown(recs: list[dict]) -> str:
-    """Median of each part of save-to-searchable, from nova watch's JSON lines: the wait for watchfiles'
-    batch (notify, the settle, its loop's step: ``to_searchable_s - update_s``, as ``first_event_at`` is the
-    save's own mtime), then the update's phases (plan: scan, chunk, embed; lock; lexical; write)."""
+    """Median of each part of save-to-searchable, from nova watch's JSON lines: the wait for the batch
+    (inotify, the observer's hand-offs, the settle: ``to_searchable_s - update_s``, as ``first_event_at`` is
+    the save's own mtime), then the update's phases (plan: scan, chunk, embed; lock; lexical; write)."""
     parts = {"batch wait": [r["to_searchable_s"] - r["update_s"] for r in recs]}
     for key in ("plan_s", "lock_s", "lexical_s", "write_s"):
         parts[key[:-2]] = [r.get(key, 0.0) for r in recs]
@@ -317,6 +317,13 @@ def burst(src: Path, watch: Watch, folder: str, files: list[Path]) -> dict:
         "embedded": embedded,
         "chunks_added": sum(r.get("chunks_added", 0) for r in recs),
         "chunks_per_s": embedded / (last - t0),
+        # where the time went: from the first copy to the update's start, then the update's phases
+        "phases": {
+            "to the update": min(r["searchable_at"] - r["update_s"] for r in recs) - t0,
+            **{
+                k[:-2]: sum(r.get(k, 0.0) for r in recs) for k in ("plan_s", "lock_s", "lexical_s", "write_s")
+            },
+        },
     }
 
 
@@ -400,6 +407,7 @@ def bursts(src: Path, home: Path, watch: Watch) -> None:
             f"embedded), searchable in {b['to_searchable_s']:.1f} s: {b['chunks_per_s']:.1f} chunks/s; "
             f"raw encode {rate:.1f} chunks/s: {b['chunks_per_s'] / rate:.2f}x"
         )
+        print("    " + ", ".join(f"{k} {v:.1f} s" for k, v in b["phases"].items()))
     ok, have, want = exact(src, home)
     print(f"  final collection: {have:,} ids, a clean build has {want:,}: {'equal' if ok else 'DIFFERENT'}")
 

@@ -117,7 +117,7 @@ def watch(
     poll: bool = typer.Option(
         None, "--poll/--events", help="poll the tree instead of file events (network mounts); default: events"
     ),
-    settle_ms: int = typer.Option(50, "--settle-ms", min=1, help="quiet time that ends a batch of events"),
+    settle_ms: int = typer.Option(20, "--settle-ms", min=1, help="quiet time that ends a batch of events"),
 ) -> None:
     """Keep the index live: every save is searchable within a fraction of a second.
 
@@ -150,7 +150,7 @@ def watch(
         close()
 
 
-def watch_in_thread(source: str | None = None, settle_ms: int = 50):
+def watch_in_thread(source: str | None = None, settle_ms: int = 20):
     """``nova serve --watch``: the watcher in a daemon thread of this process; returns ``(watcher, stop)``."""
     watcher, close = start_watching(source, False, None, settle_ms)
     thread = threading.Thread(target=watcher.run, name="nova-watch", daemon=True)

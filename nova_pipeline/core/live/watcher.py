@@ -1,21 +1,18 @@
 """``nova watch``'s loop: file events in, live updates out, and the work that waits for a quiet tree.
 
-Events come from ``watchfiles`` (Rust ``notify``: inotify on Linux), or from polling where events are not
-available (``force_polling``: network mounts, some containers), filtered by
-:class:`~nova_pipeline.core.ingest.walk.PathFilter` (the scan's own ignore rules; nothing under
-``NOVA_HOME`` or ``DAGSTER_HOME``).
+Events come from :class:`~nova_pipeline.core.live.events.FileEvents` (``watchdog``: inotify on Linux, read
+by a blocked thread; or polling where events are not available, ``force_polling``: network mounts, some
+containers), filtered by :class:`~nova_pipeline.core.ingest.walk.PathFilter` (the scan's own ignore rules;
+nothing under ``NOVA_HOME`` or ``DAGSTER_HOME``).
 
-**Coalescing.** ``watchfiles`` yields a batch once no new event came for ``settle_ms`` (50 ms, its own
-default: an editor's write-then-rename is one batch), at most ``max_batch_ms`` after the first. Its Rust
-loop polls its event set every ``settle_ms``, so the step sets both the wait for a batch and the idle cost.
-Measured on 2 cores, a bare ``watchfiles.watch`` loop (20 writes, 20 s idle): a 50 ms step gives p50 63 ms
-from a write to its batch and 0.095 % of a core idle; 25 ms, 40 ms and 0.19 %; 10 ms, 17 ms and 0.46 %
-(about 45 µs of CPU per wake). 50 ms is the shortest step within 0.1 % idle. While an update runs, the Rust
-watcher keeps collecting events into one set of paths (bounded by the paths that exist), and the next
-iteration takes them all: events during an update become the next update, not one update each, and a
-``git checkout`` of 300 files is a handful of updates, each embedding across files in one batch. Each
-update scans the whole tree's metadata anyway (a few ms per thousand files), so no event can be lost
-between batches.
+**Coalescing.** A batch ends once no new event came for ``settle_ms`` (20 ms: an editor's write-then-rename
+is one batch), at most ``max_batch_ms`` after the first. Waking is pushed by the events, so the settle is
+the whole wait from a write to its batch, and an idle watcher costs no CPU for it (measured figures in
+:mod:`~nova_pipeline.core.live.events`). While an update runs, the observer keeps collecting events into
+one set of paths, and the next iteration takes them all: events during an update become the next update,
+not one update each, and a ``git checkout`` of 300 files is a handful of updates, each embedding across
+files in one batch. Each update scans the whole tree's metadata anyway (a few ms per thousand files), so no
+event can be lost between batches.
 
 **Quiet time.** The code graph is not rebuilt per save: resolving every call of the tree again costs about
 0.45 s at 110 files, and a save that lands meanwhile would wait for it. It follows on the first quiet tick
@@ -39,6 +36,7 @@ from collections.abc import Callable
 
 from nova_pipeline.core.errors import NovaError
 from nova_pipeline.core.ingest.walk import PathFilter
+from nova_pipeline.core.live.events import FileEvents
 from nova_pipeline.core.live.report import UpdateReport
 from nova_pipeline.core.live.updater import LiveIndex
 
@@ -68,7 +66,7 @@ class Watcher:
         on_report: called with each :class:`UpdateReport` (in the watcher's thread).
         settle_ms: quiet time that ends a batch of events.
         max_batch_ms: longest a batch collects before it is applied anyway.
-        force_polling: poll instead of file events (None: ``watchfiles`` decides).
+        force_polling: poll the tree instead of reading file events (None or False: events).
         promote: called once per quiet period after updates (None: no promotion).
         promote_after_s: quiet seconds before ``promote``.
         compact_after_s: quiet seconds before a lexical delta is compacted.
@@ -78,7 +76,7 @@ class Watcher:
         self,
         live: LiveIndex,
         on_report: Callable[[UpdateReport], None],
-        settle_ms: int = 50,
+        settle_ms: int = 20,
         max_batch_ms: int = 1000,
         force_polling: bool | None = None,
         promote: Callable[[], None] | None = None,
@@ -94,6 +92,7 @@ class Watcher:
         live.defer_graph = True  # the code graph follows once the tree is quiet (quiet_tasks), not per save
         self._graph_due: float | None = None  # when a deferred code graph update must run at the latest
         self._stop = threading.Event()
+        self._events: FileEvents | None = None
         self.ready = threading.Event()  # set once the catch-up is done and events are watched
         self.updates = 0
         self.promotions = 0
@@ -102,15 +101,14 @@ class Watcher:
         self._compacted = True
 
     def stop(self) -> None:
-        """End the loop after the current update."""
+        """End the loop after the current update (at once when it is waiting for events)."""
         self._stop.set()
+        if self._events is not None:
+            self._events.wake()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def _filter(self, change, path: str) -> bool:
-        return self.filter.keeps(path)
 
     def _apply(self, first_event_at: float | None, catch_up: bool = False) -> None:
         try:
@@ -161,41 +159,38 @@ class Watcher:
                 log.error("promotion after a quiet period failed: %s", exc)
 
     def run(self) -> None:
-        """Catch up, then apply batches of events until :meth:`stop`."""
-        import watchfiles
+        """Catch up, then apply batches of events until :meth:`stop`.
 
+        Raises:
+            NovaError: the tree cannot be watched, or the file watcher's thread died.
+        """
         self._apply(None, catch_up=True)
-        root = str(self.live.settings.source_dir)
-        self.ready.set()
-        for changes in watchfiles.watch(
-            root,
-            watch_filter=self._filter,
-            debounce=self.max_batch_ms,
-            step=self.settle_ms,
-            # no stop event: watchfiles would call its is_set() on every step, a third of an idle
-            # watcher's CPU (0.141 % of a core with it, 0.095 % without, at a 50 ms step); the quiet tick
-            # every second sees a stop instead
-            stop_event=None,
-            rust_timeout=STOP_CHECK_MS,
-            yield_on_timeout=True,
-            raise_interrupt=False,
+        events = FileEvents(
+            str(self.live.settings.source_dir),
+            self.filter.keeps,
+            settle_s=self.settle_ms / 1000,
+            max_batch_s=self.max_batch_ms / 1000,
             force_polling=self.force_polling,
-            poll_delay_ms=200,
-        ):
-            if self._stop.is_set():
-                break
-            if not changes:  # a quiet second
-                self.quiet_tasks()
-                continue
-            received = time.time()
-            self._last_event = time.monotonic()
-            self._apply(_first_write(changes, received, self.max_batch_ms / 1000))
+        )
+        with events:
+            self._events = events
+            self.ready.set()
+            while not self._stop.is_set():
+                paths = events.next(QUIET_TICK_S)
+                if self._stop.is_set():
+                    break
+                if not paths:  # a quiet second
+                    self.quiet_tasks()
+                    continue
+                received = time.time()
+                self._last_event = time.monotonic()
+                self._apply(_first_write(paths, received, self.max_batch_ms / 1000))
         if self.live.graph_pending:
             self._update_graph()  # what the last saves changed, before the process ends
 
 
 GRAPH_AT_LATEST_S = 10.0  # saves with no quiet second between them still update the code graph this often
-STOP_CHECK_MS = 1000  # the quiet tick: how often an idle watcher checks for a stop and for quiet-time work
+QUIET_TICK_S = 1.0  # how often an idle watcher looks for quiet-time work (a stop wakes it at once)
 TRIM_AFTER = 64  # texts embedded in one update after which the freed heap is handed back to the system
 
 
@@ -215,7 +210,7 @@ def _first_write(changes, received: float, window_s: float) -> float:
     """When the first change of a batch was written: the oldest mtime among its files, but not before the
     batch could have started collecting (a copied file keeps an old mtime)."""
     times = []
-    for _, path in changes:
+    for path in changes:
         try:
             times.append(os.stat(path).st_mtime)
         except OSError:
