@@ -3,10 +3,12 @@ import time
 
 import pytest
 
+from nova_pipeline.core.keys import SOURCE_CHUNKS
 from nova_pipeline.core.protect import backup, golden
 from nova_pipeline.core.serving import health
 from nova_pipeline.core.serving.stats import collect_stats, describe_state
 from nova_pipeline.core.settings import Settings
+from nova_pipeline.core.tables import write_table
 from nova_pipeline_tests.conftest import FakeEmbedder, build_home, free_port
 
 FP = FakeEmbedder.fingerprint
@@ -123,6 +125,10 @@ def test_stats_and_state_describe_what_is_built(json_tree, tmp_path):
     assert rows["lexical_index"]["what"].startswith(f"{len(chunks):,} documents") and not rows[
         "lexical_index"
     ].get("warning")
+    write_table(home, SOURCE_CHUNKS, chunks.iloc[1:])  # another version of the table: the digest follows
+    stale = {r["asset"]: r for r in describe_state(s, FP, 2048)}["lexical_index"]
+    assert stale.get("warning") and "not of the current chunks" in stale["what"]
+    write_table(home, SOURCE_CHUNKS, chunks)
     stats = collect_stats(s, FP, {"cache_hits": 3, "embedded": 1, "upserted": 4})
     assert stats["vector_store"]["vectors"] == len(chunks) and stats["vector_store"]["bytes_on_disk"] > 0
     assert stats["embedding_cache"]["entries"] == chunks["content_blake3"].nunique()
