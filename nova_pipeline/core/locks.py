@@ -21,6 +21,10 @@ takes an earlier one while it holds a later one:
 5. In one process only, the bookkeeping lock of the view a run's steps share
    (:mod:`~nova_pipeline.core.index.run_view`): taken under the writer lock or without it, held for
    bookkeeping only, never while waiting for another lock.
+6. In one process only, ``nova watch``'s event condition
+   (:class:`~nova_pipeline.core.live.events.FileEvents`): taken by the file observer's thread and by the
+   watcher between updates (and by a stop signal's handler: it is re-entrant), never while holding or
+   waiting for another lock.
 
 Opening an embedded Chroma data dir writes to it (every client rewrites a few of its files when it opens
 them), so even a reader opens one only under the writer lock, held for the open alone (a few milliseconds;

@@ -64,7 +64,8 @@ class FileEvents:
         self.root, self.keep = root, keep
         self.settle_s, self.max_batch_s = settle_s, max_batch_s
         self.force_polling, self.poll_s = bool(force_polling), poll_s
-        self._cond = threading.Condition()
+        # re-entrant: nova watch's signal handler calls wake() in the thread that may be inside next()
+        self._cond = threading.Condition(threading.RLock())
         self._paths: set[str] = set()
         self._first = self._last = 0.0  # monotonic times of the batch's first and last kept event
         self._woken = False
