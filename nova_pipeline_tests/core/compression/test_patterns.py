@@ -99,6 +99,26 @@ def test_after_an_edit_unchanged_shards_count_only_the_new_finalists(tmp_path, m
     assert max(counted[: s2.shards]) == finalists and sorted(counted[: s2.shards])[-2] < finalists / 2
 
 
+def test_each_edit_of_a_file_analyses_one_shard_again_and_equals_a_fresh_analysis(tmp_path):
+    """Shards go by path: an edited file's new content falls into the shard its old content left. By
+    content hash, most of these edits moved a content between two shards, and both were analysed again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    manifest = make_tree(src, n=30)
+    opts = PatternOptions(top_k=15, max_workers=1, shard_mb=0.004)
+    _, s0 = find_patterns(src, manifest, opts, tmp_path / "c")
+    assert s0.shards >= 8
+    for i in (1, 7, 13, 22):
+        path = src / f"m{i}.py"
+        path.write_text(path.read_text() + f"def edited_{i}():\n    return {i}\n")
+        manifest = scan(ScanOptions(src), manifest).manifest
+        df, stats = find_patterns(src, manifest, opts, tmp_path / "c")
+        assert stats.shards_analysed == 1, (i, stats)
+    fresh, _ = find_patterns(src, manifest, opts, tmp_path / "fresh")
+    cols = ["pattern", "frequency", "file_count"]
+    assert df[cols].equals(fresh[cols])
+
+
 def test_parallel_shards_match_serial(tmp_path):
     manifest = make_tree(tmp_path, n=30)
     opts1 = PatternOptions(top_k=15, max_workers=1, shard_mb=0.02)
