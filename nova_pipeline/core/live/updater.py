@@ -132,6 +132,8 @@ class LiveIndex:
         self._delta: lexical_delta.Delta | None = None  # the lexical delta this process last wrote
         self._graph_pending: tuple | None = None  # (manifest, chunks) the code graph has not caught up with
         self.defer_graph = False  # True: the code graph waits for update_graph() (the watcher: a quiet tree)
+        # the last update wrote a delta past COMPACT_ABOVE (a burst): compact() on the next quiet second
+        self.fold_when_quiet = False
 
     # ---- state ------------------------------------------------------------------------------------
 
@@ -443,12 +445,15 @@ class LiveIndex:
                 delta = lexical_delta.patch(last, self._in_base(), plan.gone, plan.new)
             if delta is None:
                 delta = lexical_delta.compute(base[1], self._table_of(plan), base[0])
-            if len(delta.added) <= lexical_delta.COMPACT_ABOVE:
+            big = len(delta.added) > lexical_delta.COMPACT_ABOVE
+            if not big or (plan.fresh is not None and len(delta.added) <= lexical_delta.DEFER_FOLD_UP_TO):
                 lexical_delta.write(home, delta)
                 self._delta = delta
+                self.fold_when_quiet = big  # a burst: the base is rebuilt once it is searchable, not before
                 return "unchanged" if delta.empty else f"delta (+{len(delta.added)} -{len(delta.removed)})"
         stats = lexical.update(home, self._table_of(plan))
         self._delta = lexical_delta.Delta(base=stats.digest)  # the base holds every chunk now
+        self.fold_when_quiet = False
         return "rebuilt" if stats.built else "unchanged"
 
     def compact(self) -> bool:
@@ -457,10 +462,12 @@ class LiveIndex:
         from nova_pipeline.core.locks import writer_lock
 
         if self.chunks is None or lexical_delta.delta_stamp(self.settings.home) is None:
+            self.fold_when_quiet = False
             return False
         with writer_lock(self.settings.home, bump=False):
             stats = lexical.update(self.settings.home, self.chunks)
         self._delta = lexical_delta.Delta(base=stats.digest)
+        self.fold_when_quiet = False
         return True
 
     def _store_contents(self, manifest: pd.DataFrame, changed: pd.DataFrame) -> None:

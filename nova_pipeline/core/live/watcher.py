@@ -17,10 +17,11 @@ event can be lost between batches.
 **Quiet time.** The code graph is not rebuilt per save: resolving every call of the tree again costs about
 0.45 s at 110 files, and a save that lands meanwhile would wait for it. It follows on the first quiet tick
 (a second without events), or after :data:`GRAPH_AT_LATEST_S` of saves without one. When no event came for
-``compact_after_s`` (60 s), a lexical delta is folded into a rebuilt
-base; after ``promote_after_s`` (``NOVA_LIVE_PROMOTE_AFTER``, 10 min) with updates since the last
-promotion, ``promote()`` runs once (``nova watch`` starts a real ``rebuild`` run on the instance, which
-promotes a golden version): never per save, which would push real restore points out of retention.
+``compact_after_s`` (60 s), a lexical delta is folded into a rebuilt base; a burst that left a delta past
+``COMPACT_ABOVE`` has it folded on the first quiet tick. After ``promote_after_s``
+(``NOVA_LIVE_PROMOTE_AFTER``, 10 min) with updates since the last promotion, ``promote()`` runs once
+(``nova watch`` starts a real ``rebuild`` run on the instance, which promotes a golden version): never per
+save, which would push real restore points out of retention.
 
 **Stopping.** :meth:`Watcher.stop` (``nova watch``'s first SIGINT or SIGTERM) ends the loop after the
 current update; the caller exits at once on a second signal, which is safe: the next start catches up.
@@ -144,7 +145,7 @@ class Watcher:
         if self.live.graph_pending:
             self._update_graph()
         quiet = (now if now is not None else time.monotonic()) - self._last_event
-        if not self._compacted and quiet >= self.compact_after_s:
+        if not self._compacted and (quiet >= self.compact_after_s or self.live.fold_when_quiet):
             try:
                 self.live.compact()
             except (NovaError, OSError) as exc:

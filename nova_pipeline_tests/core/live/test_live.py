@@ -230,6 +230,37 @@ def test_quiet_time_compacts_the_delta_and_promotes_once(live, json_tree):
     assert promoted == [1, 1]
 
 
+def test_a_burst_past_the_bound_is_searchable_as_a_delta_and_folded_on_the_next_quiet_tick(
+    live, json_tree, monkeypatch
+):
+    """A burst past COMPACT_ABOVE is written as a delta (the base's rebuild grows with the index and would
+    stand between the burst and searchable), and the watcher's first quiet tick folds it; one past
+    DEFER_FOLD_UP_TO still rebuilds the base in the update."""
+    monkeypatch.setattr(lexical_delta, "COMPACT_ABOVE", 5)
+    monkeypatch.setattr(lexical_delta, "DEFER_FOLD_UP_TO", 40)
+    home = live.settings.home
+    burst = json_tree / "json" / "burst"
+    burst.mkdir()
+    for i in range(10):
+        (burst / f"m{i}.py").write_text(f"def burst_function_{i}():\n    return {i}\n")
+    report = live.update()
+    assert report.lexical.startswith("delta (+") and live.fold_when_quiet
+    assert lexical_delta.delta_stamp(home) is not None
+    assert_exact(home, json_tree)
+    w = Watcher(live, lambda r: None, compact_after_s=3600)
+    w._apply(None)  # nothing changed since: the fold is still due
+    w._compacted, w._last_event = False, time.monotonic()
+    w.quiet_tasks()  # one quiet second, not compact_after_s
+    assert lexical_delta.delta_stamp(home) is None and not live.fold_when_quiet
+    assert_exact(home, json_tree)
+    for i in range(60):  # past DEFER_FOLD_UP_TO: the update rebuilds the base itself
+        (burst / f"n{i}.py").write_text(f"def second_burst_{i}():\n    return {i}\n")
+    report = live.update()
+    assert report.lexical == "rebuilt" and not live.fold_when_quiet
+    assert lexical_delta.delta_stamp(home) is None
+    assert_exact(home, json_tree)
+
+
 def test_a_burst_of_file_events_coalesces_into_a_few_updates(live, json_tree):
     reports = []
     w = Watcher(live, reports.append, settle_ms=30)
