@@ -96,6 +96,7 @@ def test_the_polling_observer_sees_a_new_file_and_a_deletion(tree):
         assert {str(tree / "pkg" / "added.py"), str(tree / "pkg" / "m2.py")} <= seen
 
 
-def test_a_missing_tree_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("polling", [False, True])
+def test_a_missing_tree_is_a_clear_error(tmp_path, polling):
     with pytest.raises(NovaError, match="cannot watch"):
-        FileEvents(str(tmp_path / "gone"), keep).start()
+        FileEvents(str(tmp_path / "gone"), keep, force_polling=polling).start()
