@@ -84,11 +84,6 @@ class FileEvents:
             def on_any_event(self, event) -> None:
                 outer._add(event.src_path, getattr(event, "dest_path", "") or "")
 
-        try:
-            interval = self.poll_interval() if self.force_polling else OBSERVER_TICK_S
-        except OSError as exc:
-            raise NovaError(f"cannot watch {self.root}: {exc.strerror or exc}") from None
-        observer = PollingObserver(timeout=interval) if self.force_polling else Observer(timeout=interval)
         writes = [
             ev.FileCreatedEvent,
             ev.FileModifiedEvent,
@@ -99,11 +94,17 @@ class FileEvents:
             ev.DirDeletedEvent,
             ev.DirMovedEvent,
         ]
+        observer = None
         try:
+            if self.force_polling:
+                observer = PollingObserver(timeout=self.poll_interval())
+            else:
+                observer = Observer(timeout=OBSERVER_TICK_S)
             observer.schedule(Handler(), self.root, recursive=True, event_filter=writes)
             observer.start()
         except OSError as exc:
-            observer.stop()
+            if observer is not None:
+                observer.stop()
             raise NovaError(f"cannot watch {self.root}: {exc.strerror or exc}") from None
         self._observer = observer
         return self
@@ -124,7 +125,7 @@ class FileEvents:
         return max(self.poll_s, (time.perf_counter() - started) / POLL_CPU_SHARE)
 
     def _add(self, *paths: str) -> None:
-        kept = [os.fsdecode(p) for p in paths if p and self.keep(os.fsdecode(p))]
+        kept = [p for p in map(os.fsdecode, paths) if p and self.keep(p)]
         if not kept:
             return
         now = time.monotonic()
