@@ -25,6 +25,7 @@ Usage: python benchmarks/bench_scale.py [--tiers 1k,10k] [--work DIR] (100k: ``-
 from __future__ import annotations
 
 import argparse
+import keyword
 import math
 import os
 import re
@@ -63,7 +64,10 @@ def variant(text: str, copy: int, rel: str) -> str:
     """Copy ``copy`` of a file: a unique header, and every name it defines renamed (copy 0 is the file)."""
     if copy == 0:
         return text
-    names = sorted(set(DEFINED.findall(text)) - {"__init__", "__repr__", "__eq__", "__hash__"}, key=len)
+    # keywords too: DEFINED also matches prose in docstrings ("class or type"), and a renamed keyword breaks
+    # the file (three stdlib files did not parse, and the code graph skipped every copy of them)
+    keep = {"__init__", "__repr__", "__eq__", "__hash__", *keyword.kwlist, *keyword.softkwlist}
+    names = sorted(set(DEFINED.findall(text)) - keep, key=len)
     if names:
         rx = re.compile(r"\b(" + "|".join(map(re.escape, names[::-1])) + r")\b")
         text = rx.sub(lambda m: f"{m.group(1)}_c{copy}", text)
