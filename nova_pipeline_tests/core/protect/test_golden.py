@@ -11,7 +11,7 @@ from nova_pipeline.core.compression import store as store_mod
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError, MassDeletionError
 from nova_pipeline.core.index import lexical
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
-from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
+from nova_pipeline.core.index.vector_store import existing_ids, fresh_client, get_collection, open_client
 from nova_pipeline.core.protect import audit, backup, golden
 from nova_pipeline.core.protect.golden import promotion as promote_mod
 from nova_pipeline.core.protect.golden import verify as verify_mod
@@ -47,6 +47,49 @@ def test_promote_writes_a_verified_read_only_version(home):
     assert golden.verify_tree(v.path) == []
     assert (v.path / "model.json").stat().st_mode & 0o222 == 0
     assert p.bytes_written == v.bytes  # nothing to share with on the first promotion
+
+
+def test_export_shards_double_with_the_chunks_and_keep_their_count_within_a_factor_of_two():
+    per = golden.SHARD_CHUNKS
+    assert golden.export_shards(0) == golden.export_shards(64 * per) == 64
+    assert golden.export_shards(64 * per + 1) == 128 and golden.export_shards(342_000) == 256
+    # a count is kept while its shards hold between half and twice the aim: a tree that moves by a file
+    # never reshuffles every shard
+    assert golden.export_shards(342_001, 256) == golden.export_shards(2 * per * 256, 256) == 256
+    assert golden.export_shards(2 * per * 256 + 1, 256) == 1024  # at most the aim again
+    assert golden.export_shards(per * 128 - 1, 256) == 128  # fewer than half the aim: shrinks
+    assert golden.export_shards(10, 64) == 64  # the least count holds any small tree
+
+
+def test_a_new_export_shard_count_is_a_verified_version_and_the_runtime_copy_follows_it(
+    stdlib_tree, tmp_path, monkeypatch
+):
+    from nova_pipeline.core.protect.golden import export as export_mod
+
+    h = tmp_path / "home"
+    chunks = build_home(stdlib_tree, h)
+    first = golden.promote(h, FP)
+    assert json.loads((first.version.path / "model.json").read_text())["export_shards"] == 64
+    golden.make_runtime_copy(h)
+    per = max(1, len(chunks) // 512)  # as if the tree had grown: more than twice the aim in 64 shards
+    monkeypatch.setattr(export_mod, "SHARD_CHUNKS", per)
+    n = golden.export_shards(len(chunks), 64)
+    assert n > 64
+    second = golden.promote(h, FP)  # the same chunks in other shards: a new version
+    v = second.version
+    assert second.promoted and json.loads((v.path / "model.json").read_text())["export_shards"] == n
+    files = json.loads((v.path / golden.MANIFEST).read_text())["files"]
+    parts = {k for k in files if k.startswith("export/part-")}
+    assert parts == {export_mod.shard_name(golden.shard_of(p, n)) for p in chunks["path"]}
+    assert golden.verify_tree(v.path) == []
+    assert not golden.promote(h, FP).promoted  # CURRENT's count is kept: nothing moves again
+    applied = golden.make_runtime_copy(h)
+    # the same vectors in other shards: nothing to upsert (a diff shard by shard would upsert every chunk
+    # that moved)
+    assert applied.version == v.name and applied.count == len(chunks)
+    assert applied.upserted == 0 and applied.deleted == 0
+    with fresh_client(h, path=golden.runtime_dir(h)) as client:
+        assert existing_ids(get_collection(client, FP)) == set(chunks["chunk_id"])
 
 
 def test_an_unchanged_index_promotes_nothing(home):

@@ -1,11 +1,11 @@
-"""The portable export of a golden version: the vectors in ``EXPORT_SHARDS`` Parquet shards.
+"""The portable export of a golden version: the vectors in Parquet shards, at least ``EXPORT_SHARDS``.
 
-``export/part-NN.parquet`` holds the chunks whose path falls in shard ``NN`` (blake3 of the path modulo
-:data:`EXPORT_SHARDS`): ``id, embedding (float32), document, metadata (JSON)``; the same in both Chroma
-modes. A shard whose chunk ids did not change is linked from CURRENT without being read from Chroma, so an
-edit of one file rewrites one shard. Applying an export to a Chroma store is a diff (:func:`import_export`):
-ids are derived from content, so only missing ids are upserted and extra ones deleted, without
-re-embedding.
+``export/part-NN.parquet`` holds the chunks whose path falls in shard ``NN`` (blake3 of the path modulo the
+version's shard count, :func:`export_shards`, kept in its ``model.json``): ``id, embedding (float32),
+document, metadata (JSON)``; the same in both Chroma modes. A shard whose chunk ids did not change is
+linked from CURRENT without being read from Chroma, so an edit of one file rewrites one shard. Applying an
+export to a Chroma store is a diff (:func:`import_export`): ids are derived from content, so only missing
+ids are upserted and extra ones deleted, without re-embedding.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ __all__ = [
     "EXPORT_DIR",
     "EXPORT_SHARDS",
     "FETCH_PAGE",
+    "SHARD_CHUNKS",
     "chunks_from_export",
     "embedding_matrix",
     "export_files",
+    "export_shards",
     "fetch_rows",
     "import_export",
     "read_shard",
@@ -41,20 +43,52 @@ __all__ = [
     "shard_name",
     "shard_of",
     "table_bytes",
+    "version_shards",
 ]
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
 
-EXPORT_SHARDS = 64
+EXPORT_SHARDS = 64  # the fewest shards; every version made before the count followed the tree has 64
+# The chunks an export shard aims at. An edit rewrites its file's shard: the shard's vectors are fetched
+# from Chroma, its texts read, its file written and verified, and the runtime copy diffs it. With 64 shards
+# that grew with the tree: 5,300 chunks a shard at 10,000 files (1.4 s of a one-file edit's golden copy),
+# 53,000 at 100,000.
+SHARD_CHUNKS = 2048
 
 FETCH_PAGE = 1000
 
 
-def shard_of(path: str) -> int:
-    """The export shard of a chunk of file ``path``: its blake3 modulo :data:`EXPORT_SHARDS`."""
-    return int.from_bytes(blake3.blake3(path.encode()).digest(length=4), "big") % EXPORT_SHARDS
+def export_shards(chunks: int, previous: int | None = None) -> int:
+    """The export shard count for ``chunks`` chunks: a power of two, at least :data:`EXPORT_SHARDS`, giving
+    at most :data:`SHARD_CHUNKS` chunks a shard. ``previous`` (the count of CURRENT) is kept while it gives
+    between half and twice :data:`SHARD_CHUNKS` (or is the least count): a tree that grows or shrinks by a
+    file never moves every chunk to another shard, only one that halves or doubles does (then every shard
+    is written once)."""
+    if previous is not None and previous >= EXPORT_SHARDS:
+        per = chunks / previous
+        if per <= 2 * SHARD_CHUNKS and (per >= SHARD_CHUNKS / 2 or previous == EXPORT_SHARDS):
+            return previous
+    n = EXPORT_SHARDS
+    while chunks > n * SHARD_CHUNKS:
+        n *= 2
+    return n
+
+
+def version_shards(version_dir: Path) -> int | None:
+    """The export shard count of the version at ``version_dir`` (:data:`EXPORT_SHARDS` for one made before
+    the count was kept), or None when its ``model.json`` cannot be read."""
+    try:
+        n = json.loads((Path(version_dir) / "model.json").read_text()).get("export_shards", EXPORT_SHARDS)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def shard_of(path: str, shards: int = EXPORT_SHARDS) -> int:
+    """The export shard of a chunk of file ``path``: its blake3 modulo ``shards`` (:func:`export_shards`)."""
+    return int.from_bytes(blake3.blake3(path.encode()).digest(length=4), "big") % shards
 
 
 def shard_name(shard: int) -> str:
@@ -139,8 +173,9 @@ def import_export(
     ``held``: another version's directory that ``collection`` is known to hold exactly (the runtime copy's
     record, which every other writer of it removes first). Then the collection is not listed: shards whose
     digest (``model.json``'s ``shards``, over the shard's ids and the model) is the same in both versions
-    are skipped unread, and only the others are diffed, against ``held``'s shard. After a one-file edit at
-    300,000 chunks that is one shard of :data:`EXPORT_SHARDS`, where listing the collection took 1.6 s.
+    are skipped unread, and only the others are diffed, against ``held``'s shard (when both versions have
+    the same shard count; otherwise the collection is listed). After a one-file edit at
+    300,000 chunks that is one shard of :func:`export_shards`, where listing the collection took 1.6 s.
 
     Returns:
         ``(upserted, deleted)``.
@@ -148,8 +183,12 @@ def import_export(
     files = export_files(version_dir)
     old_shards = _shard_digests(held) if held is not None else None
     new_shards = _shard_digests(version_dir) if held is not None else None
-    if held is not None and (old_shards is None or new_shards is None):
-        held = None  # no digests to compare: list the collection
+    if held is not None and (
+        old_shards is None or new_shards is None or version_shards(held) != version_shards(version_dir)
+    ):
+        # no digests to compare, or the chunks are in other shards (the count followed the tree): list
+        # the collection (a shard-by-shard diff would upsert every chunk that moved, nearly all of them)
+        held = None
     have: set[str] = set() if held is not None else existing_ids(collection)
     wanted: set[str] = set()
     stale: set[str] = set()

@@ -54,7 +54,15 @@ from nova_pipeline.core.index.vector_store import (
 )
 from nova_pipeline.core.keys import FREQUENT_PATTERNS, SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.locks import writer_lock
-from nova_pipeline.core.protect.golden.export import fetch_rows, shard_name, shard_of, table_bytes
+from nova_pipeline.core.protect.golden.export import (
+    EXPORT_SHARDS,
+    export_shards,
+    fetch_rows,
+    shard_name,
+    shard_of,
+    table_bytes,
+    version_shards,
+)
 from nova_pipeline.core.protect.golden.verify import verify_tree, verify_with_cache
 from nova_pipeline.core.protect.golden.versions import (
     CURRENT,
@@ -86,6 +94,7 @@ from nova_pipeline.core.tables import (
     in_set,
     memo,
     read_table,
+    row_count,
     table_path,
 )
 
@@ -99,21 +108,27 @@ FORMAT = 2
 TABLES = (SOURCE_FILES, FREQUENT_PATTERNS, CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES)
 
 
-def _ids_by_shard(chunk_ids: Iterable[str], paths: Iterable[str]) -> dict[int, list[str]]:
-    """``{export shard: its chunk ids}``, hashing each path once, not each chunk (a file has about 30)."""
+def _ids_by_shard(
+    chunk_ids: Iterable[str], paths: Iterable[str], shards: int = EXPORT_SHARDS
+) -> dict[int, list[str]]:
+    """``{export shard: its chunk ids}`` over ``shards`` shards (:func:`export_shards`), hashing each path
+    once, not each chunk (a file has about 30)."""
     by_shard: dict[int, list[str]] = {}
     shard_by_path: dict[str, int] = {}
     for cid, path in zip(chunk_ids, paths):
         shard = shard_by_path.get(path)
         if shard is None:
-            shard = shard_by_path[path] = shard_of(path)
+            shard = shard_by_path[path] = shard_of(path, shards)
         by_shard.setdefault(shard, []).append(cid)
     return by_shard
 
 
-def shard_digests(chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str) -> dict[int, str]:
-    """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards."""
-    by_shard = _ids_by_shard(chunk_ids, paths)
+def shard_digests(
+    chunk_ids: Iterable[str], paths: Iterable[str], fingerprint: str, shards: int = EXPORT_SHARDS
+) -> dict[int, str]:
+    """``{shard: blake3 of the fingerprint and the shard's sorted chunk ids}`` for the non-empty shards of
+    ``shards`` (:func:`export_shards`)."""
+    by_shard = _ids_by_shard(chunk_ids, paths, shards)
     return {
         s: blake3.blake3("\n".join([fingerprint, *sorted(ids)]).encode()).hexdigest()
         for s, ids in sorted(by_shard.items())
@@ -255,13 +270,14 @@ def promote(
     store = ContentStore(home)
     store_index = store.index()
     dictionaries = sorted(store.dictionaries_in_use()) if store.index_path.exists() else []
-    if (
-        chunks is None
-    ):  # the chunks table, read only when a version is made: an unchanged run reads none of it
-        digests, lexical_digest = _kept_digests(home, fingerprint)
+    cur = current_version(home)
+    n_chunks = len(chunks) if chunks is not None else (row_count(home, SOURCE_CHUNKS) or 0)
+    shards = export_shards(n_chunks, version_shards(cur.path) if cur is not None else None)
+    if chunks is None:  # the chunks table, read only when a version is made: an unchanged run reads none
+        digests, lexical_digest = _kept_digests(home, fingerprint, shards)
         chunks_now = lambda: _table(home)  # noqa: E731
     else:
-        digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint)
+        digests = shard_digests(chunks["chunk_id"].tolist(), chunks["path"].tolist(), fingerprint, shards)
         has_columns = set(lexical.DIGEST_COLUMNS) <= set(chunks.columns)
         lexical_digest = lexical.chunks_digest(chunks) if has_columns else None
         chunks_now = lambda: chunks  # noqa: E731
@@ -273,7 +289,6 @@ def promote(
             lexical_key += "+" + blake3.blake3(lexical_delta_bytes).hexdigest()
     key = content_key(fingerprint, digests, store_index["key"].tolist(), dictionaries, lexical_key)
 
-    cur = current_version(home)
     cur_failures = verify_tree(cur.path) if cur is not None else []
     if cur_failures:
         log.warning(
@@ -302,7 +317,7 @@ def promote(
     placer = _Placer(stage, usable.path if usable else None, prev_files)
     shards_written = shards_linked = 0
     try:
-        by_shard = _ids_by_shard(chunks["chunk_id"].tolist(), chunks["path"].tolist())
+        by_shard = _ids_by_shard(chunks["chunk_id"].tolist(), chunks["path"].tolist(), shards)
         opener = open_store or (lambda: fresh_client(home, chroma_url, create=False))
         with writer_lock(home), opener() as client:
             collection = get_collection(client, fingerprint, create=False)
@@ -362,6 +377,7 @@ def promote(
                     "format": FORMAT,
                     "content_key": key,
                     "shards": {str(k): v for k, v in digests.items()},
+                    "export_shards": shards,
                     "lexical": lexical_dir.name if lexical_dir is not None else None,
                     "lexical_delta": lexical_delta_bytes is not None,
                 },
@@ -485,9 +501,10 @@ def _table(home: Path) -> pd.DataFrame:
     return chunks if chunks is not None else pd.DataFrame({c: [] for c in META_COLUMNS})
 
 
-def _kept_digests(home: Path, fingerprint: str) -> tuple[dict[int, str], str | None]:
-    """``(shard digests, lexical digest)`` of the chunks table, each computed once per version of the table
-    (:func:`~nova_pipeline.core.tables.memo`; the lexical digest is the one ``lexical_index`` keeps)."""
+def _kept_digests(home: Path, fingerprint: str, n: int) -> tuple[dict[int, str], str | None]:
+    """``(shard digests over n shards, lexical digest)`` of the chunks table, each computed once per version
+    of the table (:func:`~nova_pipeline.core.tables.memo`; the lexical digest is the one ``lexical_index``
+    keeps)."""
 
     def shards() -> dict[str, str]:
         t = read_table(home, SOURCE_CHUNKS, ["chunk_id", "path"])
@@ -495,8 +512,9 @@ def _kept_digests(home: Path, fingerprint: str) -> tuple[dict[int, str], str | N
             return {}
         return {
             str(k): v
-            for k, v in shard_digests(t["chunk_id"].tolist(), t["path"].tolist(), fingerprint).items()
+            for k, v in shard_digests(t["chunk_id"].tolist(), t["path"].tolist(), fingerprint, n).items()
         }
 
-    kept = memo(home, SOURCE_CHUNKS, f"golden.shard_digests/{fingerprint}", shards)
+    kind = f"golden.shard_digests/{fingerprint}" + (f"/{n}" if n != EXPORT_SHARDS else "")
+    kept = memo(home, SOURCE_CHUNKS, kind, shards)
     return {int(k): v for k, v in kept.items()}, lexical.kept_digest(home)
