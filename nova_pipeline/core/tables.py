@@ -162,13 +162,22 @@ def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:
 def read_table(home: Path | Layout, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:
     """The last committed version of table ``name`` (only ``columns``, when given), or ``None`` if it was
     never written. A table of :data:`CONTIGUOUS` is read into one chunk per column (:func:`one_chunk`)."""
+    table = read_arrow(home, name, columns)
+    if table is None:
+        return None
+    return (one_chunk(table) if name in CONTIGUOUS else table).to_pandas()
+
+
+def read_arrow(home: Path | Layout, name: str, columns: list[str] | None = None):
+    """The last committed version of table ``name`` as a ``pyarrow.Table`` (one chunk per row group; only
+    ``columns``, when given), or ``None`` if it was never written: for a reader that filters rows before
+    pandas sees them."""
     import pyarrow.parquet as pq
 
     path = table_path(home, name)
     if not path.exists():
         return None
-    table = pq.read_table(path, columns=columns)
-    return (one_chunk(table) if name in CONTIGUOUS else table).to_pandas()
+    return pq.read_table(path, columns=columns)
 
 
 # Tables read into one chunk per column (:func:`one_chunk`): those whose rows are then selected several
@@ -232,3 +241,73 @@ def read_rows(
     if paths is not None:
         filters.insert(0, ("path", "in", sorted(set(paths))))
     return one_chunk(pq.read_table(path, columns=columns, filters=filters)).to_pandas()
+
+
+def _runs_kept(n: int, drop: np.ndarray) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` runs of the ``n`` rows where ``drop`` is False."""
+    at = np.flatnonzero(drop)
+    if not len(at):
+        return [(0, n)] if n else []
+    edges = np.flatnonzero(np.diff(at) > 1)  # where one dropped run ends and the next begins
+    runs, start = [], 0
+    for lo, hi in zip(at[np.r_[0, edges + 1]].tolist(), (at[np.r_[edges, len(at) - 1]] + 1).tolist()):
+        if lo > start:
+            runs.append((start, lo))
+        start = hi
+    if start < n:
+        runs.append((start, n))
+    return runs
+
+
+def drop_runs(table, drop: np.ndarray):
+    """``table`` (a ``pyarrow.Table``) without the rows where ``drop`` (a bool array of its length) is True,
+    as zero-copy slices between the dropped runs, joined (:func:`pyarrow.concat_tables`).
+
+    For a table whose rows of one file lie together (each file's rows are written as one run), dropping a
+    few files' rows is a few slices: an Arrow filter copies every kept string (1.05 s for the 1.3 million
+    rows of ``code_relations`` at 10,000 files), a pandas mask over Arrow-backed columns more (2.3 s for the
+    code graph's three tables); the slices cost 0.03 s."""
+    import pyarrow as pa
+
+    if not drop.any():
+        return table
+    pieces = [table.slice(a, b - a) for a, b in _runs_kept(table.num_rows, drop)]
+    return pa.concat_tables(pieces) if pieces else table.slice(0, 0)
+
+
+def splice_sorted(
+    previous: pd.DataFrame, drop: np.ndarray, fresh: pd.DataFrame, by: list[str]
+) -> pd.DataFrame | None:
+    """``previous`` (sorted by ``by``) without the rows where ``drop`` is True, and with ``fresh``'s rows
+    placed in order: the table a sort of the two would give, made of slices of both (an Arrow-backed
+    column's slices are joined without copying its strings). A mask over the 342,997-row chunks table with
+    its texts took 0.9 s, and the sort 0.2 s.
+
+    ``fresh``'s values of ``by[0]`` (a file's path) must be absent from the kept rows, as a changed file's
+    rows are all replaced. Returns None when they are not, or the kept rows are not sorted by ``by[0]``:
+    the caller sorts then."""
+    runs = _runs_kept(len(previous), drop)
+    parts = [previous.iloc[a:b] for a, b in runs]
+    if len(parts) == 1:
+        kept = parts[0].reset_index(drop=True)
+    else:
+        kept = pd.concat(parts, ignore_index=True) if parts else previous.iloc[:0]
+    key = kept[by[0]].to_numpy(dtype=object)
+    if len(key) > 1 and not bool((key[1:] >= key[:-1]).all()):
+        return None
+    fresh = fresh.sort_values(by, ignore_index=True)
+    heads = fresh[by[0]].to_numpy(dtype=object)
+    starts = np.flatnonzero(np.r_[True, heads[1:] != heads[:-1]]) if len(heads) else np.zeros(0, int)
+    at = np.searchsorted(key, heads[starts], side="left").tolist() if len(starts) else []
+    if any(p < len(key) and key[p] == h for p, h in zip(at, heads[starts].tolist())):
+        return None
+    pieces, done = [], 0
+    for i, pos in enumerate(at):
+        if pos > done:
+            pieces.append(kept.iloc[done:pos])
+        pieces.append(fresh.iloc[starts[i] : starts[i + 1] if i + 1 < len(starts) else len(fresh)])
+        done = pos
+    if done < len(kept):
+        pieces.append(kept.iloc[done:])
+    pieces = [p for p in pieces if len(p)]
+    return pd.concat(pieces, ignore_index=True) if pieces else kept.iloc[:0]

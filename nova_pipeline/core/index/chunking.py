@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from nova_pipeline.core.errors import EmbeddingError
 from nova_pipeline.core.keys import SOURCE_CHUNKS
-from nova_pipeline.core.tables import read_rows, read_table
+from nova_pipeline.core.tables import read_rows, read_table, splice_sorted
 
 __all__ = [
     "CHUNKER_VERSION",
@@ -347,20 +347,12 @@ class ChunkStats:
     skipped: int = 0
 
 
+_TYPES = {"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"}  # else str
+
+
 def _empty_chunks() -> pd.DataFrame:
     """An empty chunks table with the right columns."""
-    return pd.DataFrame(
-        {
-            c: pd.Series(
-                dtype="int64"
-                if c in ("start_line", "end_line", "n_tokens")
-                else "bool"
-                if c == "truncated"
-                else "str"
-            )
-            for c in CHUNK_COLUMNS
-        }
-    )
+    return pd.DataFrame({c: pd.Series(dtype=_TYPES.get(c, "str")) for c in CHUNK_COLUMNS})
 
 
 def _file_keys(paths: pd.Series, digests: pd.Series):
@@ -372,12 +364,19 @@ def _file_keys(paths: pd.Series, digests: pd.Series):
     )
 
 
-def _assemble(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """One chunk table from parts: sorted by ``(path, start_line)``, :data:`CHUNK_COLUMNS`, typed."""
-    frames = [f for f in frames if len(f)]
-    df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
-    df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
-    return df.astype({"start_line": "int64", "end_line": "int64", "n_tokens": "int64", "truncated": "bool"})
+def _assemble(frames: list[pd.DataFrame], previous=None, drop: np.ndarray | None = None) -> pd.DataFrame:
+    """One chunk table from parts: sorted by ``(path, start_line)``, :data:`CHUNK_COLUMNS`, typed. With a
+    ``previous`` table: its rows but the ``drop`` ones, and the parts' rows, as slices of the sorted table
+    around the changed files where it can (:func:`~nova_pipeline.core.tables.splice_sorted`)."""
+    frames, df = [f for f in frames if len(f)], None
+    if previous is not None:
+        fresh = pd.concat(frames, ignore_index=True) if frames else previous.iloc[:0]
+        df = splice_sorted(previous[CHUNK_COLUMNS], drop, fresh[CHUNK_COLUMNS], ["path", "start_line"])
+        frames = frames if df is not None else [previous[~drop], *frames]
+    if df is None:
+        df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
+        df = df.sort_values(["path", "start_line"], ignore_index=True)[CHUNK_COLUMNS]
+    return df.astype(_TYPES)
 
 
 def splice_chunks(previous: pd.DataFrame | None, paths: Iterable[str], fresh: pd.DataFrame) -> pd.DataFrame:
@@ -390,7 +389,7 @@ def splice_chunks(previous: pd.DataFrame | None, paths: Iterable[str], fresh: pd
     gone = pc.is_in(
         pa.array(previous["path"].astype(str).to_numpy(dtype=object), pa.string()), value_set=changed
     )
-    return _assemble([previous[~gone.to_numpy(zero_copy_only=False)], fresh])
+    return _assemble([fresh], previous, gone.to_numpy(zero_copy_only=False))
 
 
 def read_texts(home, chunks: pd.DataFrame, ids: list[str]) -> pd.DataFrame | None:
@@ -441,6 +440,7 @@ def chunk_manifest(
     # over 60,000 rows, 0.1 s more: too slow for a live update)
     live_keys = _file_keys(live["path"], live["blake3"])
     frames: list[pd.DataFrame] = []
+    kept_from = None  # (previous, its rows to drop): spliced with the new chunks at the end
     reused_mask = np.zeros(len(live), dtype=bool)
     if previous is not None and len(previous):
         prev_keys = _file_keys(previous["path"], previous["file_blake3"])
@@ -452,7 +452,7 @@ def chunk_manifest(
             stats.chunks = len(previous)
             stats.truncated = int(previous["truncated"].sum())
             return previous.reset_index(drop=True), stats
-        frames.append(previous[keep])
+        kept_from = (previous, ~keep)
     reused = {
         (p, d) for p, d in zip(live["path"][reused_mask].tolist(), live["blake3"][reused_mask].tolist())
     }
@@ -507,7 +507,7 @@ def chunk_manifest(
     if records:
         frames.append(pd.DataFrame.from_records(records, columns=CHUNK_COLUMNS))
         stats.truncated_new = sum(1 for r in records if r["truncated"])
-    df = _assemble(frames)
+    df = _assemble(frames, *(kept_from or ()))
     stats.chunks = len(df)
     stats.truncated = int(df["truncated"].sum())
     if stats.truncated_new:

@@ -55,7 +55,7 @@ from nova_pipeline.core.live.client import WriterClient
 from nova_pipeline.core.live.report import UpdateReport
 from nova_pipeline.core.protect.guard import DeletionGuard
 from nova_pipeline.core.settings import Settings
-from nova_pipeline.core.tables import SOURCE_FILES_BINARIES, read_table, table_path, write_table
+from nova_pipeline.core.tables import SOURCE_FILES_BINARIES, read_arrow, read_table, table_path, write_table
 
 __all__ = ["LiveIndex"]
 
@@ -336,7 +336,7 @@ class LiveIndex:
         if pending is None or self._stamps is None or pending[1] is not self.chunks:
             return None  # nothing to do, or another writer won: the next catch-up brings it
         home = self.settings.layout
-        previous = [read_table(home, t) for t in graph.TABLES]
+        previous = [read_arrow(home, t) for t in graph.TABLES]
         if any(t is None for t in previous):
             return None  # no graph yet: the rebuild job builds the first
         mark = time.perf_counter()

@@ -1,7 +1,7 @@
 import blake3
 import pytest
 
-from nova_pipeline.core.index.chunking import chunk_file, chunk_manifest, header
+from nova_pipeline.core.index.chunking import chunk_file, chunk_manifest, header, splice_chunks
 from nova_pipeline.core.index.embedding import Tokenizer
 from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import ScanOptions
@@ -113,6 +113,18 @@ def test_unchanged_files_reuse_their_chunks(tok, stdlib_tree):
         df1[df1["path"] != "json/tool.py"]["chunk_id"]
     )
     assert df1["chunk_id"].is_unique and df2["chunk_id"].is_unique
+    # the reused rows are spliced around the changed files, not sorted again: the same table as chunking
+    # the tree afresh, with files added before, between and after the others and one deleted
+    for rel in ("a_first.py", "email/mime/between.py", "zz_last.py"):
+        (stdlib_tree / rel).write_text("def added(x):\n    return x + 1\n")
+    (stdlib_tree / "json" / "scanner.py").unlink()
+    m3 = scan(ScanOptions(stdlib_tree), m2).manifest
+    df3, s3 = chunk_manifest(stdlib_tree, m3, df2, tok.count, tok.max_seq_length)
+    fresh, _ = chunk_manifest(stdlib_tree, m3, None, tok.count, tok.max_seq_length)
+    assert s3.files_chunked == 3 and df3.equals(fresh)
+    changed = m3.loc[m3["status"] != "unchanged", "path"].tolist()
+    assert sorted(changed) == ["a_first.py", "email/mime/between.py", "json/scanner.py", "zz_last.py"]
+    assert splice_chunks(df2, changed, fresh[fresh["path"].isin(changed)]).equals(fresh)
 
 
 def long_class(body_of_b: str = "return x * 2") -> str:

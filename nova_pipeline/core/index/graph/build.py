@@ -13,17 +13,21 @@ from pathlib import Path
 import blake3
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nova_pipeline.core.index.graph.extract import extract_markdown, extract_python, parse_scope, symbol_id
 from nova_pipeline.core.index.graph.resolve import Tree, resolve_name
-from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS
+from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, drop_runs
 
 __all__ = [
     "GRAPH_VERSION",
+    "chunk_spans_digest",
     "inputs_digest",
     "NAME_COLUMNS",
     "RELATION_COLUMNS",
     "RELATION_KINDS",
+    "SPAN_COLUMNS",
     "SYMBOL_COLUMNS",
     "TABLES",
     "GraphStats",
@@ -69,17 +73,28 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c in ints else "str") for c in columns})
 
 
-def inputs_digest(root, manifest: pd.DataFrame, chunks: pd.DataFrame | None) -> str:
+SPAN_COLUMNS = ["chunk_id", "path", "start_line", "end_line"]  # what the graph reads of the chunks table
+
+
+def chunk_spans_digest(chunks: pd.DataFrame | None) -> str:
+    """The chunks' ``(chunk_id, path, start_line, end_line)`` (:data:`SPAN_COLUMNS`) as 32 hex digits: each
+    row hashed by pandas (vectorised), sorted, then blake3; "" for no table. The part of
+    :func:`inputs_digest` that grows with the chunks (0.34 s at 342,000), so a caller can keep it per version
+    of the chunks table (:func:`~nova_pipeline.core.tables.memo`)."""
+    if chunks is None:
+        return ""
+    rows = pd.util.hash_pandas_object(chunks[SPAN_COLUMNS], index=False).to_numpy()
+    return blake3.blake3(np.sort(rows).tobytes()).hexdigest()[:32]
+
+
+def inputs_digest(root, manifest: pd.DataFrame, spans: str) -> str:
     """What :func:`build_graph` reads, as 32 hex digits: the graph version, the tree's root, the live Python
-    and Markdown files' ``(path, blake3)`` and the chunks' ``(chunk_id, path, start_line, end_line)``, each
-    row hashed by pandas (vectorised) and sorted. An equal digest gives the same tables: an unchanged
-    rebuild skips the graph."""
+    and Markdown files' ``(path, blake3)`` (each row hashed by pandas, vectorised, and sorted) and ``spans``,
+    the chunks' :func:`chunk_spans_digest`. An equal digest gives the same tables: an unchanged rebuild skips
+    the graph."""
     live = manifest[(manifest["status"] != "deleted") & manifest["language"].isin(["python", "markdown"])]
-    h = blake3.blake3(f"{GRAPH_VERSION}\0{Path(root).resolve()}".encode())
+    h = blake3.blake3(f"{GRAPH_VERSION}\0{Path(root).resolve()}\0{spans}".encode())
     h.update(np.sort(pd.util.hash_pandas_object(live[["path", "blake3"]], index=False).to_numpy()).tobytes())
-    if chunks is not None:
-        cols = ["chunk_id", "path", "start_line", "end_line"]
-        h.update(np.sort(pd.util.hash_pandas_object(chunks[cols], index=False).to_numpy()).tobytes())
     return h.hexdigest()[:32]
 
 
@@ -87,14 +102,15 @@ def build_graph(
     root,
     manifest: pd.DataFrame,
     chunks: pd.DataFrame | None,
-    previous: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None,
+    previous: tuple[pd.DataFrame | pa.Table, pd.DataFrame | pa.Table, pd.DataFrame | pa.Table] | None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, GraphStats]:
     """The ``(code_symbols, code_relations, code_names)`` tables of the tree at ``root`` (``manifest``).
 
     ``code_names`` (``owner, name, target, kind, path, file_blake3``) holds each file's import aliases
     (kind ``alias``) and local definitions (``local``): what resolution needs, so that an unchanged file is
-    not parsed again. Files of ``previous`` whose ``(path, blake3)`` is unchanged keep their rows; others
+    not parsed again. Files of ``previous`` (the last build's three tables, as DataFrames or, cheaper, as the
+    Arrow tables read from Parquet) whose ``(path, blake3)`` is unchanged keep their rows; others
     are read and parsed again (a file whose blake3 no longer matches, or that does not parse, is skipped,
     named in the stats and logged; one that does not parse is remembered, as a ``code_names`` row of kind
     :data:`UNPARSED`, so the same bytes are neither parsed nor logged again, and stay in the stats).
@@ -134,21 +150,26 @@ def _build(root, manifest, chunks, previous, progress):
     frames: list[list[pd.DataFrame]] = [[], [], []]
     keep: set[tuple[str, str]] = set()
     unparsed: dict[tuple[str, str], str] = {}  # (path, blake3) -> why, of files that did not parse last time
-    if previous is not None and len(previous[0]):
-        last = previous[2][previous[2]["kind"] == UNPARSED]
+    if previous is not None:
+        previous = tuple(_as_arrow(t) for t in previous)
+    if previous is not None and previous[0].num_rows:
+        names0 = previous[2]
+        last = names0.filter(pc.equal(names0.column("kind"), UNPARSED))
         unparsed = {
             k: why
-            for k, why in zip(zip(last["path"].tolist(), last["file_blake3"].tolist()), last["name"].tolist())
+            for k, why in zip(
+                zip(last.column("path").to_pylist(), last.column("file_blake3").to_pylist()),
+                last.column("name").to_pylist(),
+            )
             if k in live_keys
         }
-        keep = set(zip(previous[0]["path"].tolist(), previous[0]["file_blake3"].tolist())) & live_keys
+        symbols0 = previous[0]
+        keep = set(zip(symbols0.column("path").to_pylist(), symbols0.column("file_blake3").to_pylist()))
+        keep &= live_keys
         keep |= set(unparsed)  # the same bytes do not parse now either: not read again, nor logged again
-        # a table's rows of one path all come from one build, so one blake3: drop the paths not kept (after
-        # an edit, a handful), rather than compare a path-and-blake3 key per row (0.8 s at 1.3M relations)
         kept_paths = {p for p, _ in keep}
         for i, table in enumerate(previous):
-            drop = set(pd.unique(table["path"].to_numpy(dtype=object))) - kept_paths
-            frames[i].append(table[~table["path"].isin(drop).to_numpy()] if drop else table)
+            frames[i].append(_without_paths(table, kept_paths))
         stats.files_reused = len(keep) - len(unparsed)
     todo = [
         (p, d, lang)
@@ -229,11 +250,11 @@ def _build(root, manifest, chunks, previous, progress):
     symbols = symbols.assign(symbol_id=ids, chunk_id=_chunk_of(symbols, chunks))
     symbols = symbols.sort_values(["path", "start_line", "qualname"], ignore_index=True)
     since = None
-    if previous is not None and len(previous[0]):
-        before = set(previous[0]["path"].tolist())
+    if previous is not None and previous[0].num_rows:
+        before = set(pc.unique(previous[0].column("path")).to_pylist())
         gone = before - {p for p, _ in live_keys}
         # the files whose facts may differ: parsed now, or had facts before (one skipped both times has none)
-        since = (previous, {p for p, _, _ in todo if p in parsed or p in before} | gone)
+        since = (_facts_before(previous), {p for p, _, _ in todo if p in parsed or p in before} | gone)
     relations, stats.calls_kept = _resolve_tree(symbols, relations, names, since)
     is_call = (relations["kind"] == "CALLS").to_numpy()
     stats.calls = int(is_call.sum())
@@ -243,6 +264,38 @@ def _build(root, manifest, chunks, previous, progress):
         for c in ints:
             t[c] = t[c].astype("int64")
     return symbols, relations, names.reset_index(drop=True), stats
+
+
+def _as_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
+    return table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
+
+
+def _without_paths(table: pa.Table, kept_paths: set[str]) -> pd.DataFrame:
+    """The rows of a previous table whose ``path`` is in ``kept_paths``, as a DataFrame. A table's rows of one
+    path all come from one build, so one blake3: the paths not kept (after an edit, a handful) are dropped,
+    as slices (:func:`~nova_pipeline.core.tables.drop_runs`: a file's rows lie together) before pandas sees
+    the rows."""
+    paths = table.column("path")
+    drop = set(pc.unique(paths).to_pylist()) - kept_paths
+    if drop:
+        hit = pc.is_in(paths, value_set=pa.array(sorted(drop), pa.string()))
+        table = drop_runs(table, hit.to_numpy(zero_copy_only=False))
+    return table.to_pandas()
+
+
+def _facts_before(previous: tuple[pa.Table, pa.Table, pa.Table]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """What :func:`_changed_modules` needs of the previous tables: their modules (``path, qualname``) and
+    their named bases (``source, base`` of the ``INHERITS`` rows with a base, in table order; None when the
+    tables predate the ``deps`` and ``base`` columns)."""
+    symbols0, relations0, _ = previous
+    modules0 = symbols0.filter(pc.equal(symbols0.column("kind"), "module")).select(["path", "qualname"])
+    if not {"deps", "base"} <= set(relations0.column_names):
+        return modules0.to_pandas(), None
+    named = pc.and_(
+        pc.equal(relations0.column("kind"), "INHERITS"),
+        pc.not_equal(pc.fill_null(relations0.column("base"), ""), ""),
+    )
+    return modules0.to_pandas(), relations0.filter(named).select(["source", "base"]).to_pandas()
 
 
 def _tree(symbols: pd.DataFrame, names: pd.DataFrame) -> tuple[Tree, dict[str, str]]:
@@ -321,14 +374,15 @@ def _resolve_tree(
     symbols: pd.DataFrame,
     relations: pd.DataFrame,
     names: pd.DataFrame,
-    since: tuple[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], set[str]] | None = None,
+    since: tuple[tuple[pd.DataFrame, pd.DataFrame | None], set[str]] | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """``relations`` with ``target`` (``CALLS``, ``INHERITS``, ``IMPORTS``) and ``deps`` resolved over the
     whole tree, and how many call sites kept their target.
 
-    ``since``: the previous ``(symbols, relations, names)`` and the paths parsed again or gone since. Then a
-    call site of an unchanged file keeps its target when none of the modules its resolution consulted
-    (``deps``) changed, nor the bases of a class in them: the same facts give the same answer, and
+    ``since``: what resolution needs of the previous tables (:func:`_facts_before`) and the paths parsed
+    again or gone since. Then a call site of an unchanged file keeps its target when none of the modules its
+    resolution consulted (``deps``) changed, nor the bases of a class in them: the same facts give the same
+    answer, and
     :func:`_changed_modules` says when it cannot tell (a module added or removed, a non-Python file) and
     every site is resolved again. Import and inheritance sites are always resolved again (a few per cent of
     the sites). A test compares this with a full resolution after edits, additions and deletions.
@@ -368,23 +422,21 @@ def _resolve_tree(
 
 
 def _changed_modules(
-    tree: Tree, since: tuple[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame], set[str]]
+    tree: Tree, since: tuple[tuple[pd.DataFrame, pd.DataFrame | None], set[str]]
 ) -> set[str] | None:
-    """The modules whose facts changed since the previous tables: those of the files parsed again, and of
-    each class whose bases changed. None when that is not enough to know which sites to resolve again: the
-    previous tables have no ``deps``, a module was added or removed, or a file parsed again or gone is no
-    Python module."""
-    (symbols0, relations0, _), redo = since
-    if "deps" not in relations0.columns or "base" not in relations0.columns:
+    """The modules whose facts changed since the previous tables (``since``: :func:`_facts_before` of them,
+    and the paths parsed again or gone): those of the files parsed again, and of each class whose bases
+    changed. None when that is not enough to know which sites to resolve again: the previous tables have no
+    ``deps``, a module was added or removed, or a file parsed again or gone is no Python module."""
+    (modules0, named), redo = since
+    if named is None:
         return None
-    modules0 = symbols0[symbols0["kind"] == "module"]
     if set(modules0["qualname"].tolist()) != tree.modules:
         return None
     module_of = dict(zip(modules0["path"].tolist(), modules0["qualname"].tolist()))
     if any(p not in module_of for p in redo):
         return None
     old_bases: dict[str, list[str]] = {}  # as the last build found them, in its table order
-    named = relations0[(relations0["kind"] == "INHERITS") & (relations0["base"].fillna("") != "")]
     for src, base in zip(named["source"].tolist(), named["base"].tolist()):
         old_bases.setdefault(src, []).append(base)
     changed = {module_of[p] for p in redo}
