@@ -244,19 +244,10 @@ def read_rows(
 
 
 def _runs_kept(n: int, drop: np.ndarray) -> list[tuple[int, int]]:
-    """The ``[start, stop)`` runs of the ``n`` rows where ``drop`` is False."""
-    at = np.flatnonzero(drop)
-    if not len(at):
-        return [(0, n)] if n else []
-    edges = np.flatnonzero(np.diff(at) > 1)  # where one dropped run ends and the next begins
-    runs, start = [], 0
-    for lo, hi in zip(at[np.r_[0, edges + 1]].tolist(), (at[np.r_[edges, len(at) - 1]] + 1).tolist()):
-        if lo > start:
-            runs.append((start, lo))
-        start = hi
-    if start < n:
-        runs.append((start, n))
-    return runs
+    """The ``[start, stop)`` runs of the ``n`` rows where ``drop`` is False (where the padded keep mask
+    rises and falls)."""
+    edges = np.flatnonzero(np.diff(np.r_[0, ~np.asarray(drop, dtype=bool), 0].astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def drop_runs(table, drop: np.ndarray):

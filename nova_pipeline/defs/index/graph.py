@@ -1,6 +1,8 @@
 """The ``index`` group's ``code_graph``: symbols and their relations (calls, imports, bases, contents,
 document links). Logic: :mod:`nova_pipeline.core.index.graph`."""
 
+import functools
+
 import dagster as dg
 
 from nova_pipeline.core.index import graph
@@ -25,12 +27,8 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
     have_tables = all(table_path(layout, t).exists() for t in graph.TABLES)
     # the chunks' part of the digest, once per version of their table (an unchanged run reads none of it:
     # reading and hashing the spans took 0.54 s of an unchanged run at 10,000 files)
-    spans = memo(
-        layout,
-        SOURCE_CHUNKS,
-        "graph.chunk_spans",
-        lambda: graph.chunk_spans_digest(read_table(layout, SOURCE_CHUNKS, columns=graph.SPAN_COLUMNS)),
-    )
+    spans_table = functools.cache(lambda: read_table(layout, SOURCE_CHUNKS, columns=graph.SPAN_COLUMNS))
+    spans = memo(layout, SOURCE_CHUNKS, "graph.chunk_spans", lambda: graph.chunk_spans_digest(spans_table()))
     digest = graph.inputs_digest(settings.source_dir, manifest, spans)
     if have_tables and same_version and meta.get("inputs_digest") == digest:
         # decided before the tables are read: reading them is most of an unchanged run's cost (0.59 s of
@@ -44,7 +42,7 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
                 "unchanged": True,
             }
         )
-    chunks = read_table(layout, SOURCE_CHUNKS, columns=graph.SPAN_COLUMNS)
+    chunks = spans_table()  # read once: by the digest when the memo was stale
     # as Arrow tables: build_graph drops the changed files' rows before pandas sees them
     tables = [read_arrow(layout, t) for t in graph.TABLES] if have_tables and same_version else []
     previous = tuple(tables) if tables and all(t is not None for t in tables) else None

@@ -382,10 +382,10 @@ def _resolve_tree(
     ``since``: what resolution needs of the previous tables (:func:`_facts_before`) and the paths parsed
     again or gone since. Then a call site of an unchanged file keeps its target when none of the modules its
     resolution consulted (``deps``) changed, nor the bases of a class in them: the same facts give the same
-    answer, and
-    :func:`_changed_modules` says when it cannot tell (a module added or removed, a non-Python file) and
-    every site is resolved again. Import and inheritance sites are always resolved again (a few per cent of
-    the sites). A test compares this with a full resolution after edits, additions and deletions.
+    answer, and :func:`_changed_modules` says when it cannot tell (a module added or removed, a non-Python
+    file) and every site is resolved again. Import and inheritance sites are always resolved again (a few
+    per cent of the sites). A test compares this with a full resolution after edits, additions and
+    deletions.
 
     Only the rows resolved again become Python values (iterating an Arrow-backed column costs about 0.6 µs
     per value), and a site's resolution is computed once per distinct ``(path, scope, text)``."""

@@ -174,8 +174,8 @@ def import_export(
     record, which every other writer of it removes first). Then the collection is not listed: shards whose
     digest (``model.json``'s ``shards``, over the shard's ids and the model) is the same in both versions
     are skipped unread, and only the others are diffed, against ``held``'s shard (when both versions have
-    the same shard count; otherwise the collection is listed). After a one-file edit at
-    300,000 chunks that is one shard of :func:`export_shards`, where listing the collection took 1.6 s.
+    the same shard count; otherwise the collection is listed). After a one-file edit at 300,000 chunks that
+    is one shard of :func:`export_shards`, where listing the collection took 1.6 s.
 
     Returns:
         ``(upserted, deleted)``.
