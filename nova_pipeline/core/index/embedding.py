@@ -172,6 +172,7 @@ class SentenceTransformerEmbedder:
         with gc_paused():  # torch and the weights live as long as the process (core/loading.py)
             self._load(device, threads)
         self.batch_size = batch_size
+        self._pieces: Tokenizer | bool | None = None  # orders the batches (token_lengths)
         self.max_seq_length = int(self.model.max_seq_length)
         self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
         get_dim = (
@@ -207,19 +208,40 @@ class SentenceTransformerEmbedder:
         self.load_seconds = time.perf_counter() - started
         self.device = device
 
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Word pieces per text, special tokens excluded, at most ``max_seq_length``: int64 array of shape
+        ``(len(texts),)``. Characters for a model without a ``tokenizer.json``."""
+        if self._pieces is None:  # loaded on first use
+            has = (self.model_dir / "tokenizer.json").is_file()
+            self._pieces = Tokenizer(self.model_dir) if has else False
+        if not self._pieces:
+            return np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        return np.asarray(self._pieces.count(texts), dtype=np.int64).clip(max=self.max_seq_length)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 array of shape ``(len(texts), dimension)``, L2-normalised, in the order of ``texts``.
+
+        Each forward pass takes ``batch_size`` texts of nearly the same length in word pieces, so it pads
+        little. ``encode()`` sorts by characters, and code's indentation is characters that make no word
+        piece: on 2,000 chunks of standard-library packages, the passes padded to 425,424 word pieces in
+        character order and 336,992 in word-piece order, for 333,470 real ones, and encoding ran 1.27x as fast
+        (``benchmarks/bench_embedding.py`` prints all three). Counting the pieces costs about 1 % of it.
+        """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vecs = self.model.encode(
-            [texts[i] for i in order],
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        ).astype(np.float32, copy=False)
-        out = np.empty_like(vecs)
-        out[order] = vecs
+        order = np.arange(len(texts))  # one forward pass: nothing to order
+        if len(texts) > self.batch_size:
+            order = np.argsort(self.token_lengths(texts), kind="stable")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            out[batch] = self.model.encode(
+                [texts[i] for i in batch],
+                batch_size=len(batch),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return out
 
 

@@ -138,15 +138,15 @@ def reconcile(
     wanted_ids = set(chunks["chunk_id"])
     if guard is not None:
         guard.check_vectors(len(have), len(wanted_ids), collection.name)
-    # The chunks to upsert, shortest texts first across all batches, so each forward pass pads little (as
-    # encode() does)
+    # The chunks to upsert, fewest word pieces first across all batches (the chunk table counts them), so
+    # each forward pass pads little (SentenceTransformerEmbedder.embed)
     todo = chunks.iloc[np.flatnonzero(~in_set(chunks["chunk_id"], have))]
     if "text" not in todo.columns:
         todo = _with_texts(todo, texts_of, collection.name)
     # sorted once, so that each batch is a slice: a batch that took its rows by position from Arrow-backed
     # columns cost a pass over the whole table per column (pyarrow's take on a chunked array), so the loop's
     # time grew with the square of the chunks (alone: 4.0 s against 0.25 s for 98,777 chunks)
-    order = np.argsort(todo["text"].str.len().to_numpy(), kind="stable")
+    order = np.argsort(_lengths(todo), kind="stable")
     todo = todo.iloc[order].reset_index(drop=True)
     stats.unchanged = len(chunks) - len(todo)
     stats.to_upsert = len(todo)
@@ -228,3 +228,10 @@ def _with_texts(rows: pd.DataFrame, texts_of, name: str) -> pd.DataFrame:
             "since it was read; nothing was written: run again"
         )
     return out
+
+
+def _lengths(rows: pd.DataFrame) -> np.ndarray:
+    """The rows' word pieces as the chunk table counted them; their characters in a table without them."""
+    if "n_tokens" in rows.columns:
+        return rows["n_tokens"].to_numpy()
+    return rows["text"].str.len().to_numpy()

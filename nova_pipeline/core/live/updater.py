@@ -387,8 +387,8 @@ class LiveIndex:
         had = len(self.chunks) if self.chunks is not None else 0
         count = had - len(gone) + len(new)
         self.guard.check_vectors(had, count, "the live index")
-        # shortest texts first across all batches, so each forward pass pads little (as reconcile does)
-        new = new.iloc[np.argsort(new["text"].str.len().to_numpy(), kind="stable")]
+        # fewest word pieces first across all batches, so each forward pass pads little (as reconcile does)
+        new = new.iloc[np.argsort(new["n_tokens"].to_numpy(), kind="stable")]
         vecs = []
         for start in range(0, len(new), DEFAULT_BATCH):
             part = new.iloc[start : start + DEFAULT_BATCH]
