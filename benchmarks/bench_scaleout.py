@@ -231,6 +231,7 @@ def run_mode(
             executor = {
                 "celery": {"broker": env["NOVA_CELERY_BROKER"], "backend": env["NOVA_CELERY_BACKEND"]}
             }
+            env["NOVA_EXECUTOR"] = "celery"  # the definitions pick the executor when they load
             procs.append(
                 start_process(
                     [
@@ -304,8 +305,17 @@ def run_mode(
         wall = time.perf_counter() - started
         text = (mode_dir / "run.log").read_text()
         run_id = next(
-            m.group() for line in text.splitlines() if "RUN_START" in line for m in [RUN_ID.search(line)] if m
+            (
+                m.group()
+                for line in text.splitlines()
+                if "RUN_START" in line
+                for m in [RUN_ID.search(line)]
+                if m
+            ),
+            None,
         )
+        if run_id is None:
+            raise RuntimeError(f"{name}: the run never started (exit {proc.returncode}):\n{text[-3000:]}")
         times = run_times(dhome, pg, run_id)
         if proc.returncode != 0 or times["failed"]:
             raise RuntimeError(f"{name}: the run failed; see {mode_dir / 'run.log'}:\n{text[-3000:]}")
@@ -322,7 +332,7 @@ def bench_executors(args) -> None:
     import dagster as dg
 
     from nova_pipeline.defs import ingest
-    from nova_pipeline.defs.index import chunks
+    from nova_pipeline.defs.index import chunks as chunk_defs
     from nova_pipeline.defs.resources import EmbedderResource
     from nova_pipeline_tests.conftest import resources_for
 
@@ -333,7 +343,7 @@ def bench_executors(args) -> None:
         template = work / "template"
         with dg.instance_for_test() as instance:
             assert dg.materialize(
-                [ingest.source_files, chunks.source_chunks],
+                [ingest.source_files, chunk_defs.source_chunks],
                 instance=instance,
                 resources=resources_for(tree, template, EmbedderResource()),
             ).success
@@ -354,6 +364,7 @@ def bench_executors(args) -> None:
             ("celery, 1 worker, 2 slices", {"celery": {}}, 2, 0, 1),
             ("celery, 2 workers x 1 thread, 2 slices", {"celery": {}}, 2, 1, 2),
         ]
+        modes = [m for m in modes if m[0].split(",")[0] in args.modes.split(",")]
         results = {}
         for name, executor, slices, threads, workers in modes:
             slug = name.split(",")[0] + str(len(results))
@@ -602,6 +613,7 @@ def bench_free(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=2000)
+    parser.add_argument("--modes", default="in-process,multiprocess,celery", help="executors to run")
     parser.add_argument("--free-embedder", action="store_true")
     parser.add_argument("--free-chunks", type=int, default=10000)
     parser.add_argument("--load-rss", nargs=2, help=argparse.SUPPRESS)  # the child of _rss_of_load
