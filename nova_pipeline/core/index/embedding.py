@@ -172,7 +172,6 @@ class SentenceTransformerEmbedder:
         with gc_paused():  # torch and the weights live as long as the process (core/loading.py)
             self._load(device, threads)
         self.batch_size = batch_size
-        self._pieces: Tokenizer | bool | None = None  # orders the batches (token_lengths)
         self.max_seq_length = int(self.model.max_seq_length)
         self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
         get_dim = (
@@ -211,12 +210,14 @@ class SentenceTransformerEmbedder:
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Word pieces per text, special tokens excluded, at most ``max_seq_length``: int64 array of shape
         ``(len(texts),)``. Characters for a model without a ``tokenizer.json``."""
-        if self._pieces is None:  # loaded on first use
-            has = (self.model_dir / "tokenizer.json").is_file()
-            self._pieces = Tokenizer(self.model_dir) if has else False
-        if not self._pieces:
+        if self._pieces is None:
             return np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         return np.asarray(self._pieces.count(texts), dtype=np.int64).clip(max=self.max_seq_length)
+
+    @functools.cached_property
+    def _pieces(self) -> Tokenizer | None:
+        """The tokenizer that orders the batches (:meth:`token_lengths`), loaded on first use."""
+        return Tokenizer(self.model_dir) if (self.model_dir / "tokenizer.json").is_file() else None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 array of shape ``(len(texts), dimension)``, L2-normalised, in the order of ``texts``.
