@@ -5,8 +5,11 @@ Trees are made from the running interpreter's standard library (its ``.py`` file
 a ``_c<c>`` suffix, so that file hashes, chunks and patterns are real work and not deduplication hits. A tree
 is kept under ``--work`` and reused by later runs.
 
-For each tier, with the free embedder (blake3 of each text as its vector: everything but the model), in one
-process on one Dagster instance:
+For each tier, with the free embedder (blake3 of each text as its vector: everything but the model), on one
+Dagster instance, each run through ``dg.execute_job`` as ``nova rebuild`` runs it (not ``dg.materialize``,
+whose output capture keeps every step's output until the run ends), with the run's executor of
+``--executor``: ``in_process`` (the default of ``nova rebuild``: every step in this process) or
+``multiprocess`` (a process per step, one at a time: each step's own peak, over this process's):
 
 * the ``rebuild`` job from nothing: every step's wall time (``STEP_START`` to ``STEP_SUCCESS`` in the event
   log), peak memory of this process and its children during the step (psutil: the sum of RSS sampled every
@@ -19,7 +22,8 @@ Then the growth exponent of every stage between the two largest tiers: ``log(t_b
 log(files_big / files_small)`` (1.0 is linear). Targets: every exponent <= 1.15; peak RSS <= 4 GB at 100K
 files; the unchanged rerun at 100K <= 15 s and <= 3x the one at 10K; a one-file edit at 100K <= 20 s.
 
-Usage: python benchmarks/bench_scale.py [--tiers 1k,10k] [--work DIR] (100k: ``--tiers 1k,10k,100k``)
+Usage: python benchmarks/bench_scale.py [--tiers 1k,10k] [--work DIR] [--executor multiprocess]
+(100k: ``--tiers 1k,10k,100k``)
 """
 
 from __future__ import annotations
@@ -207,12 +211,59 @@ def stage_windows(times: dict[str, tuple[float, float]]) -> dict[str, tuple[floa
     return out
 
 
-def run_tier(name: str, files: int, work: Path) -> dict:
+def scale_job(tree: str, home: str):
+    """The code location's ``rebuild`` job, its executor and assets as they are, on the resources of the tests
+    for ``tree`` and ``home``: the free embedder, everything else real. ``rebuild_run`` reconstructs it by
+    name, as ``nova rebuild`` does its own job."""
+    import warnings
+
+    import dagster as dg
+
+    import nova_pipeline.defs
+    from nova_pipeline.defs.resources import default_resources
+    from nova_pipeline.deploy.executor import nova_executor
+    from nova_pipeline_tests.conftest import resources_for
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        defs = dg.load_definitions_from_package_module(
+            nova_pipeline.defs,
+            resources={**default_resources(), **resources_for(tree, home)},
+            executor=nova_executor,
+        )
+    return defs.resolve_job_def("rebuild")
+
+
+def rebuild_run(tree: Path, home: Path, instance, executor: str = "in_process"):
+    """One run of :func:`scale_job` through ``dg.execute_job``, the path of ``nova rebuild``. Not
+    ``dg.materialize``: that executes in process with output capture, which keeps every step's output (the
+    manifest, the chunk table...) in memory until the run ends, so its peak memory is the harness's, not the
+    product's.
+
+    Raises:
+        RuntimeError: the run failed.
+    """
+    import dagster as dg
+
+    job = dg.build_reconstructable_job("bench_scale", "scale_job", (str(tree), str(home)))
+    mode = {"multiprocess": {"max_concurrent": 1}} if executor == "multiprocess" else {executor: {}}
+    run_config = {
+        "execution": {"config": mode},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    result = dg.execute_job(job, instance=instance, run_config=run_config)
+    if not result.success:
+        raise RuntimeError(
+            f"run {result.run_id} failed: {[e.message for e in result.all_events if e.is_failure]}"
+        )
+    return result
+
+
+def run_tier(name: str, files: int, work: Path, executor: str) -> dict:
     import dagster as dg
 
     from nova_pipeline.core.keys import SOURCE_CHUNKS
     from nova_pipeline.core.tables import read_table
-    from nova_pipeline_tests.conftest import materialize_rebuild
 
     t = time.perf_counter()
     tree = make_tree(work, files)
@@ -232,18 +283,18 @@ def run_tier(name: str, files: int, work: Path) -> dict:
     try:
         with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
             t = time.perf_counter()
-            cold = materialize_rebuild(tree, home, instance)
+            cold = rebuild_run(tree, home, instance, executor)
             cold_s = time.perf_counter() - t
             windows = stage_windows(step_times(instance, cold.run_id))
             chunks = len(read_table(home, SOURCE_CHUNKS, columns=["chunk_id"]))
             t = time.perf_counter()
-            again = materialize_rebuild(tree, home, instance)
+            again = rebuild_run(tree, home, instance, executor)
             unchanged_s = time.perf_counter() - t
             unchanged_w = stage_windows(step_times(instance, again.run_id))
             target = paths[len(paths) // 2]
             target.write_text(target.read_text() + "\n\ndef bench_scale_edit():\n    return 1\n")
             t = time.perf_counter()
-            edited = materialize_rebuild(tree, home, instance)
+            edited = rebuild_run(tree, home, instance, executor)
             edit_s = time.perf_counter() - t
             edit_w = stage_windows(step_times(instance, edited.run_id))
     finally:
@@ -298,12 +349,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiers", default="1k,10k", help="comma-separated: " + ", ".join(TIERS))
     parser.add_argument("--work", type=Path, default=None, help="where trees are kept (default: a temp dir)")
+    parser.add_argument(
+        "--executor",
+        choices=("in_process", "multiprocess"),
+        default="in_process",
+        help="the runs' executor: one process (nova rebuild's default), or a process per step, one at a time",
+    )
     args = parser.parse_args()
+    os.environ["PYTHONPATH"] = os.pathsep.join(  # a step process reconstructs scale_job from this module
+        p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")) if p
+    )
     tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} cores; stdlib {STDLIB} ({len(stdlib_sources()):,} source files); work {work}")
-    results = {t: run_tier(t, TIERS[t], work) for t in tiers}
+    print(
+        f"{os.cpu_count()} cores; executor {args.executor}; stdlib {STDLIB} "
+        f"({len(stdlib_sources()):,} source files); work {work}"
+    )
+    results = {t: run_tier(t, TIERS[t], work, args.executor) for t in tiers}
     if len(results) >= 2:
         a, b = (results[t] for t in sorted(results, key=lambda t: TIERS[t])[-2:])
         span = math.log(b["files"] / a["files"])

@@ -94,6 +94,23 @@ def test_an_edit_reparses_one_file_and_equals_a_clean_build(json_tree):
     assert "json.decoder.extra_helper" in set(g2.symbols["qualname"])
 
 
+def test_tables_do_not_depend_on_how_many_rows_become_python_values_at_a_time(json_tree, monkeypatch):
+    """Names and call sites are turned into Python values a slice at a time, and each distinct call site is
+    resolved once then spread back over its rows: slices of 7 rows (slice edges everywhere) give the same
+    tables as one slice, and a site repeated in a file gets the same answer on each row."""
+    from nova_pipeline.core.index.graph import build
+
+    _, whole, _ = built(json_tree)
+    monkeypatch.setattr(build, "PY_SLICE", 7)
+    _, sliced, _ = built(json_tree)
+    for a, b in zip(whole, sliced):
+        pd.testing.assert_frame_equal(a, b)
+    calls = sliced[1][sliced[1]["kind"] == "CALLS"]
+    per_site = calls.groupby(["path", "scope", "target_text"])[["target", "deps"]].nunique()
+    assert len(per_site) < len(calls) and (per_site == 1).all().all()
+    assert (calls["target"] != "").sum() > 0
+
+
 def test_a_file_that_does_not_parse_is_skipped_by_name_and_documents_link(json_tree):
     (json_tree / "broken.py").write_text("def oops(:\n")
     (json_tree / "README.md").write_text(

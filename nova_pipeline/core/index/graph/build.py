@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ NAME_COLUMNS = ["owner", "name", "target", "kind", "path", "file_blake3"]
 UNPARSED = "unparsed"  # a code_names row of a file that does not parse: its name is why (not parsed again)
 TABLES = (CODE_SYMBOLS, CODE_RELATIONS, CODE_NAMES)
 RELATION_KINDS = ("CALLS", "IMPORTS", "INHERITS", "CONTAINS", "LINKS")
+PY_SLICE = 50_000  # table rows turned into Python values at a time (_python_rows)
 
 
 @dataclass
@@ -176,7 +177,8 @@ def _build(root, manifest, chunks, previous, progress):
         for p, d, lang in zip(live["path"].tolist(), live["blake3"].tolist(), live["language"].tolist())
         if (p, d) not in keep
     ]
-    rows: list[list[dict]] = [[], [], []]
+    columns = [SYMBOL_COLUMNS, [*RELATION_COLUMNS, "scope", "deps", "base"], NAME_COLUMNS]
+    rows = [_Columns(c) for c in columns]
     parsed: set[str] = set()
     for i, (path, digest, language) in enumerate(todo, 1):
         if progress is not None and (i % 50 == 0 or i == len(todo)):
@@ -199,49 +201,38 @@ def _build(root, manifest, chunks, previous, progress):
         except (SyntaxError, ValueError, RecursionError) as exc:
             why = f"does not parse ({type(exc).__name__}: {exc})"
             stats.skipped[path] = why
-            rows[2].append(
-                {
-                    "owner": "",
-                    "name": why,
-                    "target": "",
-                    "kind": UNPARSED,
-                    "path": path,
-                    "file_blake3": digest,
-                }
+            rows[2].add(
+                [{"owner": "", "name": why, "target": "", "kind": UNPARSED}], path=path, file_blake3=digest
             )
             continue
         stats.files_parsed += 1
         parsed.add(path)
-        rows[0] += [{**s, "symbol_id": "", "chunk_id": "", "file_blake3": digest} for s in g.symbols]
-        rows[1] += [{"scope": "", **r, "file_blake3": digest, "deps": "", "base": ""} for r in g.relations]
-        rows[2] += [
-            {"owner": owner, "name": k, "target": v, "kind": "alias", "path": path, "file_blake3": digest}
-            for (owner, k), v in g.aliases.items()
+        rows[0].add(g.symbols, symbol_id="", chunk_id="", file_blake3=digest)
+        rows[1].add(g.relations, file_blake3=digest, deps="", base="")
+        file_names = [
+            {"owner": o, "name": k, "target": v, "kind": "alias"} for (o, k), v in g.aliases.items()
         ]
-        rows[2] += [
-            {"owner": owner, "name": n, "target": t, "kind": kind, "path": path, "file_blake3": digest}
-            for (kind, owner, n), t in g.instances.items()
+        file_names += [
+            {"owner": o, "name": n, "target": t, "kind": k} for (k, o, n), t in g.instances.items()
         ]
-        rows[2] += [
-            {"owner": owner, "name": n, "target": "", "kind": "bound", "path": path, "file_blake3": digest}
-            for owner, names in g.bound.items()
-            for n in sorted(names)
-        ]
-        rows[2] += [
-            {"owner": owner, "name": n, "target": "", "kind": "local", "path": path, "file_blake3": digest}
-            for owner, names in g.local_defs.items()
-            for n in sorted(names)
-        ]
+        for kind, of_owner in (("bound", g.bound), ("local", g.local_defs)):
+            file_names += [
+                {"owner": o, "name": n, "target": "", "kind": kind}
+                for o, ns in of_owner.items()
+                for n in sorted(ns)
+            ]
+        rows[2].add(file_names, path=path, file_blake3=digest)
     for path, why in sorted(stats.skipped.items()):
         log.warning("code graph: %s skipped: %s", path, why)
     stats.skipped.update({p: why for (p, _), why in unparsed.items()})  # still not in the graph (logged then)
-    columns = [SYMBOL_COLUMNS, [*RELATION_COLUMNS, "scope", "deps", "base"], NAME_COLUMNS]
     tables = []
     for i in range(3):
-        if rows[i]:
-            frames[i].append(pd.DataFrame.from_records(rows[i]))
-        parts = [f for f in frames[i] if len(f)]
-        tables.append(pd.concat(parts, ignore_index=True)[columns[i]] if parts else _empty(columns[i]))
+        parts = [f for f in frames[i] if len(f)] + ([rows[i].frame()] if rows[i].n else [])
+        rows[i] = frames[i] = None  # each table held once from here: resolution comes next, and needs room
+        if len(parts) > 1:
+            parts = [pd.concat(parts, ignore_index=True)]
+        tables.append(parts[0][columns[i]] if parts else _empty(columns[i]))
+        del parts
     symbols, relations, names = tables
     ids = symbols["symbol_id"].fillna("").to_numpy(dtype=object)  # kept rows have theirs; new rows ""
     new = np.flatnonzero(ids == "")
@@ -264,6 +255,29 @@ def _build(root, manifest, chunks, previous, progress):
         for c in ints:
             t[c] = t[c].astype("int64")
     return symbols, relations, names.reset_index(drop=True), stats
+
+
+class _Columns:
+    """The new rows of one table, kept as a list per column until they become a DataFrame: 8 bytes a cell,
+    where a dict per row costs about 650 bytes (10 keys, ``sys.getsizeof``). A cold build at 10,000 files
+    makes about 2.4 million rows, held while the tree is resolved: as dicts they were most of the code graph
+    step's peak memory."""
+
+    def __init__(self, columns: list[str]):
+        self.cols: dict[str, list] = {c: [] for c in columns}
+        self.n = 0
+
+    def add(self, rows: list[dict], **fixed) -> None:
+        """Append ``rows``: a column of ``fixed`` takes its value in every row, another the row's value
+        ("" where the row has none)."""
+        for c, col in self.cols.items():
+            col.extend([fixed[c]] * len(rows) if c in fixed else [r.get(c, "") for r in rows])
+        self.n += len(rows)
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame of these columns; the lists are let go."""
+        cols, self.cols = self.cols, {}
+        return pd.DataFrame(cols)
 
 
 def _as_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
@@ -304,7 +318,7 @@ def _tree(symbols: pd.DataFrame, names: pd.DataFrame) -> tuple[Tree, dict[str, s
     local_defs: dict[str, set[str]] = {}
     bound: dict[str, set[str]] = {}
     instances: dict[tuple[str, str, str], str] = {}
-    for owner, name, target, kind in zip(*(names[c].tolist() for c in ("owner", "name", "target", "kind"))):
+    for owner, name, target, kind in _python_rows(names, ["owner", "name", "target", "kind"]):
         if kind == "alias":
             aliases.setdefault(owner, {})[name] = target
         elif kind == "bound":
@@ -322,13 +336,13 @@ def _tree(symbols: pd.DataFrame, names: pd.DataFrame) -> tuple[Tree, dict[str, s
 
 
 class _Sites:
-    """Resolution of sites over one tree, each distinct ``(path, scope, text)`` once, with the modules it
-    consulted (:meth:`Tree.touch`) joined by newlines."""
+    """Resolution of sites over one tree, with the modules each consulted (:meth:`Tree.touch`) joined by
+    newlines; each distinct deps text is held once (sites share them: they consult the same modules)."""
 
     def __init__(self, tree: Tree, module_of_path: dict[str, str]):
         self.tree, self.module_of_path = tree, module_of_path
         self.scopes: dict[str, tuple] = {}
-        self.done: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self.deps_texts: dict[str, str] = {}
 
     def resolve(self, path: str, text: str, scope: str) -> str | None:
         parsed = self.scopes.get(scope)
@@ -339,18 +353,26 @@ class _Sites:
 
     def site(self, path: str, text: str, scope: str) -> tuple[str, str]:
         """``(target or "", deps)`` of a call or inheritance site (a module is never called)."""
-        key = (path, scope, text)
-        got = self.done.get(key)
-        if got is None:
-            self.tree.seen = set()
-            found = self.resolve(path, text, scope)
-            got = (
-                found if found and found not in self.tree.modules else "",
-                "\n".join(sorted(self.tree.seen)),
-            )
-            self.tree.seen = None
-            self.done[key] = got
-        return got
+        self.tree.seen = set()
+        found = self.resolve(path, text, scope)
+        deps = "\n".join(sorted(self.tree.seen))
+        self.tree.seen = None
+        return found if found and found not in self.tree.modules else "", self.deps_texts.setdefault(
+            deps, deps
+        )
+
+    def sites(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """``(targets, deps)`` of each of ``rows`` (relations: ``path, scope, target_text``), each distinct
+        site resolved once. Only the distinct sites become Python values (:func:`_python_rows`): at
+        10,000 files a cold build has about 1.2 million call sites, and a memo keyed by their strings was
+        the largest thing the build held."""
+        keys = ["path", "scope", "target_text"]
+        code = rows.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()  # numbered as first seen
+        first = np.unique(code, return_index=True)[1]
+        targets, deps = np.empty(len(first), dtype=object), np.empty(len(first), dtype=object)
+        for j, (path, scope, text) in enumerate(_python_rows(rows.iloc[first], keys)):
+            targets[j], deps[j] = self.site(path, text, scope)
+        return targets[code], deps[code]
 
     def inherit(self, relations: pd.DataFrame) -> np.ndarray:
         """Fill the tree's bases from the ``INHERITS`` sites, in table order (a site may go through the bases
@@ -368,6 +390,15 @@ class _Sites:
                 self.tree.bases.setdefault(src, []).append(hit)
                 out[i] = hit
         return out
+
+
+def _python_rows(table: pd.DataFrame, columns: list[str]) -> Iterator[tuple]:
+    """The rows of ``table``'s ``columns`` as tuples of Python values, :data:`PY_SLICE` rows converted at a
+    time (a whole Arrow-backed column as Python strings is about 60 bytes a row: at 10,000 files the code
+    names alone are 1.5 million rows)."""
+    for at in range(0, len(table), PY_SLICE):
+        part = table.iloc[at : at + PY_SLICE]
+        yield from zip(*(part[c].tolist() for c in columns))
 
 
 def _resolve_tree(
@@ -411,9 +442,8 @@ def _resolve_tree(
         )
         deps[keep] = deps_in.to_numpy(dtype=object)[keep]
     redo = np.flatnonzero(kind.isin(["CALLS", "INHERITS"]).to_numpy() & ~keep)
-    rows = relations.iloc[redo]
-    for i, text, path, scope in zip(redo, *(rows[c].tolist() for c in ("target_text", "path", "scope"))):
-        targets[i], deps[i] = sites.site(path, text, scope)
+    if len(redo):
+        targets[redo], deps[redo] = sites.sites(relations.iloc[redo])
     imports = np.flatnonzero((kind == "IMPORTS").to_numpy())
     for i, text in zip(imports, relations["target_text"].iloc[imports].tolist()):
         targets[i] = tree.follow(text) or ""  # from what the site says: a kept row's target is last run's
