@@ -215,22 +215,11 @@ def scale_job(tree: str, home: str):
     """The code location's ``rebuild`` job, its executor and assets as they are, on the resources of the tests
     for ``tree`` and ``home``: the free embedder, everything else real. ``rebuild_run`` reconstructs it by
     name, as ``nova rebuild`` does its own job."""
-    import warnings
-
-    import dagster as dg
-
-    import nova_pipeline.defs
+    from nova_pipeline.definitions import definitions_on
     from nova_pipeline.defs.resources import default_resources
-    from nova_pipeline.deploy.executor import nova_executor
     from nova_pipeline_tests.conftest import resources_for
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        defs = dg.load_definitions_from_package_module(
-            nova_pipeline.defs,
-            resources={**default_resources(), **resources_for(tree, home)},
-            executor=nova_executor,
-        )
+    defs = definitions_on({**default_resources(), **resources_for(tree, home)})
     return defs.resolve_job_def("rebuild")
 
 

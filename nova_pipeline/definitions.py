@@ -18,6 +18,18 @@ import warnings
 
 from nova_pipeline.core.loading import gc_paused
 
+
+def definitions_on(resources: dict):
+    """The code location's Definitions, bound to ``resources``: every definition under ``nova_pipeline/defs``,
+    :data:`LOGGERS` and the executor. :data:`defs` is this on the environment's resources; a benchmark binds
+    its own (``benchmarks/bench_scale.py``: the free embedder). Reads the names the block below imports."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.load_definitions_from_package_module(
+            nova_pipeline.defs, resources=resources, loggers=LOGGERS, executor=nova_executor
+        )
+
+
 with gc_paused():  # the collector is on again after this block, also when an import in it fails
     import dagster as dg
 
@@ -30,8 +42,4 @@ with gc_paused():  # the collector is on again after this block, also when an im
     # none) and nova_events, which `nova rebuild` selects to draw its live display from the run's events.
     LOGGERS = {"console": dg.colored_console_logger, "nova_events": nova_events}
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        defs = dg.load_definitions_from_package_module(
-            nova_pipeline.defs, resources=default_resources(), loggers=LOGGERS, executor=nova_executor
-        )
+    defs = definitions_on(default_resources())
