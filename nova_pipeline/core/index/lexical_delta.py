@@ -187,14 +187,44 @@ def id_failures(path: Path, ids: Sequence[str], delta: Delta | None) -> list[str
 
     Reads only the base's ``meta.json`` and ``docs.parquet``'s ``chunk_id`` column."""
     if delta is None:
-        return lexical.id_failures(path, ids)
+        return _base_id_failures(path, ids)
     try:  # a golden version's copy of a base is named lexical/: its meta names the digest
         base = json.loads((Path(path) / lexical.META).read_text()).get("digest")
     except (OSError, ValueError) as exc:
         return [f"the lexical index at {path} cannot be read: {exc}"]
     if delta.base != base:
         return [f"the lexical delta is against {delta.base[:12]}, not the index at {path}"]
-    return lexical.id_failures(path, ids, removed=delta.removed, added=delta.added["chunk_id"].tolist())
+    return _base_id_failures(path, ids, removed=delta.removed, added=delta.added["chunk_id"].tolist())
+
+
+def _base_id_failures(
+    path: Path, ids: Iterable[str], removed: Iterable[str] = (), added: Iterable[str] = ()
+) -> list[str]:
+    """Why the built index at ``path`` does not hold exactly the documents ``ids`` (empty: it does); with a
+    delta, its ``removed`` ids taken out of the base's and its ``added`` ids put in.
+
+    Reads only ``meta.json`` and ``docs.parquet``'s ``chunk_id`` column.
+    """
+    path, removed, added = Path(path), set(removed), set(added)
+    try:
+        meta = json.loads((path / lexical.META).read_text())
+        have = pd.read_parquet(path / "docs.parquet", columns=["chunk_id"])["chunk_id"].tolist()
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"the lexical index at {path} cannot be read: {exc}"]
+    want = set(ids)
+    failures = []
+    if len(have) != meta.get("docs"):
+        failures.append(
+            f"the lexical index at {path} has {len(have)} documents, its meta says {meta.get('docs')}"
+        )
+    live = (set(have) - removed) | added
+    missing, extra = want - live, live - want
+    if missing or extra:
+        failures.append(
+            f"the lexical index at {path}{' with its delta' if removed or added else ''} lacks "
+            f"{len(missing)} chunks and has {len(extra)} others (e.g. {sorted(missing or extra)[0]})"
+        )
+    return failures
 
 
 def live_id_failures(home, ids: Sequence[str]) -> list[str]:
@@ -354,7 +384,7 @@ class LiveLexicalIndex(lexical.LexicalIndex):
     def __init__(self, base: lexical.LexicalIndex, delta: Delta):
         added = delta.added.reset_index(drop=True)
         docs = pd.concat([base.docs, added[lexical.DOC_COLUMNS]], ignore_index=True)
-        super().__init__(base.path, base.retriever, docs, base.meta, base.texts)
+        super().__init__(base.path, base.retriever, docs, base.meta, base.texts, extends=base)
         self.base_size = len(base.docs)
         self._added_texts = added["text"].tolist()
         self.delta = delta

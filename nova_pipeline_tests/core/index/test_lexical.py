@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.chunking import chunk_manifest
 from nova_pipeline.core.index.embedding import Tokenizer
 from nova_pipeline.core.index.ranking import (
@@ -105,8 +105,8 @@ def test_update_does_no_work_when_unchanged_and_switches_current_on_change(chunk
     assert second.built and second.digest != first.digest
     live = lexical.load_current(home)
     assert live.digest == second.digest and len(live) == len(fewer)
-    assert lexical.id_failures(lexical.current_path(home), fewer["chunk_id"]) == []
-    failures = lexical.id_failures(lexical.current_path(home), chunks["chunk_id"])
+    assert lexical_delta.id_failures(lexical.current_path(home), fewer["chunk_id"], None) == []
+    failures = lexical_delta.id_failures(lexical.current_path(home), chunks["chunk_id"], None)
     assert failures and "lacks" in failures[0]
     # a third build prunes the oldest directory, never CURRENT or the one before
     lexical.update(home, chunks.iloc[:10])

@@ -72,6 +72,14 @@ def test_a_base_with_its_delta_answers_like_an_index_of_the_live_chunks(chunks, 
         and idx.symbols[row] == live.iloc[-1]["symbol"]
     )
     assert len(idx) == idx.base_size + 2
+    # the live index reuses the base's arrays and converts only the added rows: the same as making every
+    # array of its whole document table again
+    whole = lexical.LexicalIndex(base.path, base.retriever, idx.docs, base.meta, base.texts)
+    for name in ("ids", "symbols", "starts", "ends", "_paths", "_languages", "_text_shard", "_text_row"):
+        assert getattr(idx, name).tolist() == getattr(whole, name).tolist(), name
+    assert all(idx.row_of(i) == whole.row_of(i) for i in [*whole.ids, "no-such-id"])
+    # extra.py is new; scanner.py's rows stay in the base, masked
+    assert idx.distinct_paths == whole.distinct_paths == base.distinct_paths + 1
 
 
 def test_a_delta_is_ignored_for_another_base_and_cleared_by_a_rebuild(chunks, tmp_path):

@@ -8,7 +8,7 @@ import zstandard as zstd
 
 from nova_pipeline.core.compression.store import ContentStore
 from nova_pipeline.core.errors import BackupVerifyError, ConfirmationRequired
-from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.vector_query import top_ids
 from nova_pipeline.core.index.vector_store import existing_ids, get_collection, open_client
 from nova_pipeline.core.protect import audit, backup, golden
@@ -199,7 +199,7 @@ def test_restore_round_trip_reproduces_index_and_store(home, monkeypatch):
     entry = backup.restore(h, b.id, True, "carol")
     assert entry["outcome"] == "ok"
     # the BM25 index came back from the archive's golden version, holding exactly the chunks
-    assert lexical.id_failures(lexical.current_path(h), chunks["chunk_id"]) == []
+    assert lexical_delta.id_failures(lexical.current_path(h), chunks["chunk_id"], None) == []
     col = get_collection(open_client(h), FP, create=False)
     assert existing_ids(col) == ids_before
     assert top_ids(col, queries, 5) == top_before

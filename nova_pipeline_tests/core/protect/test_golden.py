@@ -9,7 +9,7 @@ import pytest
 
 from nova_pipeline.core.compression import store as store_mod
 from nova_pipeline.core.errors import ConfirmationRequired, GoldenCopyError, MassDeletionError
-from nova_pipeline.core.index import lexical
+from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.vector_store import existing_ids, fresh_client, get_collection, open_client
 from nova_pipeline.core.protect import audit, backup, golden
@@ -512,7 +512,7 @@ def test_the_golden_copy_holds_the_lexical_index_and_reset_brings_it_back(home):
     shutil.rmtree(h / "lexical")
     entry = golden.reset_index(h, None, True, "alice")
     assert entry["details"]["lexical"] == f"{len(chunks)} documents, installed"
-    assert lexical.id_failures(lexical.current_path(h), chunks["chunk_id"]) == []
+    assert lexical_delta.id_failures(lexical.current_path(h), chunks["chunk_id"], None) == []
     assert lexical.load_current(h).search("JSONDecoder", 1)
 
 
