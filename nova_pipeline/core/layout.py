@@ -11,6 +11,7 @@ instead of joining strings, so the layout can change in one place and two parts 
       cache/embeddings/<fp>.sqlite3  embedding cache per model fingerprint
       cache/patterns/                pattern-analysis shard cache
       vectors/                       embedded Chroma data dir (unless NOVA_CHROMA_URL)
+      vectors.writes/<generation>.npz   nova watch's recent writes, for readers whose view is older
       vectors.lock                   the writer lock; locks/vectors-bucket-NN.lock the bucket locks
                                      (the one lock order: nova_pipeline.core.locks)
       steps/<run id>/                outputs of the inner ops of vector_index (small pickles)
@@ -101,6 +102,12 @@ class Layout:
     def vectors_generation(self) -> Path:
         """Changes every time a writer releases the writer lock (see ``nova_pipeline.core.locks``)."""
         return self.home / "vectors.generation"
+
+    @property
+    def vectors_writes(self) -> Path:
+        """``nova watch``'s recent writes of the primary, one file per hold of the writer lock (see
+        ``nova_pipeline.core.index.recent_writes``)."""
+        return self.home / "vectors.writes"
 
     def vectors_bucket_lock(self, bucket: int) -> Path:
         """The lock of one bucket of the vector store (server-mode writers of a slice hold it)."""

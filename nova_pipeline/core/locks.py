@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -55,6 +56,8 @@ from pathlib import Path
 from nova_pipeline.core.atomic import atomic_write_bytes
 from nova_pipeline.core.errors import LockTimeoutError
 from nova_pipeline.core.layout import Layout
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "LOCK_ORDER",
@@ -196,8 +199,9 @@ class _WriterLock:
         self._buckets: _BucketLocks
         self._outermost: bool
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _WriterLock:
         deadline = time.monotonic() + self.timeout
+        self.before_release: list = []  # callables(before, after), called before the generation is marked
         self._outermost = not held(self.layout.vectors_lock)
         self._file = _FileLock(self.layout.vectors_lock, self.timeout, "the vector store's writer lock")
         self._file.__enter__()
@@ -208,12 +212,19 @@ class _WriterLock:
         except BaseException:
             self._file.__exit__()
             raise
+        return self
 
     def __exit__(self, *exc) -> None:
         try:
             self._buckets.__exit__()
             if self._outermost and self.bump:  # still under the lock: readers see the new generation after
-                after = _bump_generation(self.layout)
+                after = _next_generation()
+                for hook in self.before_release:  # the holder's record of its writes, before readers look
+                    try:
+                        hook(self._before, after)
+                    except Exception:  # noqa: BLE001 - a record that failed is no record; the lock must go
+                        _log.warning("a record of this hold's writes failed", exc_info=True)
+                _mark_generation(self.layout, after)
                 for callback in list(_on_new_generation):
                     with contextlib.suppress(Exception):  # bookkeeping of this process; the lock must go
                         callback(self.layout, self._before, after)
@@ -227,6 +238,11 @@ def writer_lock(home: Path | Layout, timeout: float = 600.0, bump: bool = True) 
 
     ``bump`` False: the holder only opens a view of an embedded store (which rewrites a few of Chroma's
     files, same content) and does not change what a reader would see, so the generation stays.
+
+    Entering gives the hold: a callable appended to its ``before_release`` is called with ``(before,
+    after)``, the generation when the hold began and the one it is about to mark, under the lock and before
+    readers can see ``after`` (``nova watch`` records its writes there:
+    :mod:`~nova_pipeline.core.index.recent_writes`). An error in it is logged and the lock still goes.
 
     Raises (on entering):
         LockTimeoutError: another writer held a lock for ``timeout`` seconds.
@@ -243,10 +259,12 @@ def generation(home: Path | Layout) -> str:
         return ""
 
 
-def _bump_generation(layout: Layout) -> str:
-    new = f"{time.time_ns()}-{os.getpid()}"
+def _next_generation() -> str:
+    return f"{time.time_ns()}-{os.getpid()}"
+
+
+def _mark_generation(layout: Layout, new: str) -> None:
     atomic_write_bytes(layout.vectors_generation, new.encode())
-    return new
 
 
 _on_new_generation: list = []

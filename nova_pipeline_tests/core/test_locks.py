@@ -100,6 +100,23 @@ def test_releasing_the_writer_lock_marks_a_new_generation_only_at_the_outermost_
     assert generation(tmp_path) != first
 
 
+def test_a_holds_record_is_made_before_readers_see_its_generation_and_a_failing_one_frees_the_lock(tmp_path):
+    seen = []
+    with writer_lock(tmp_path) as hold:
+        hold.before_release.append(lambda before, after: seen.append((before, after, generation(tmp_path))))
+    assert seen == [("", generation(tmp_path), "")]  # called with the generation to come, before it is marked
+    first = generation(tmp_path)
+
+    def fail(before, after):
+        raise OSError("disk full")
+
+    with writer_lock(tmp_path) as hold:
+        hold.before_release.append(fail)
+    assert generation(tmp_path) not in ("", first) and not held(tmp_path / "vectors.lock")
+    with writer_lock(tmp_path, timeout=0.5):  # free again
+        pass
+
+
 def _bump(home, n):
     from nova_pipeline.core.serving.pointer import update_state
 

@@ -58,6 +58,7 @@ __all__ = [
     "mark_complete",
     "other_schema",
     "other_schema_collection",
+    "record_metadatas",
     "record_schema",
     "retire_other_schema",
     "slim_metadata",
@@ -128,18 +129,20 @@ def upsert_chunks(collection, part: pd.DataFrame, vectors: np.ndarray) -> None:
     """Upsert chunk rows (the ``source_chunks`` columns, ``text`` needed only for a full collection) with
     their vectors, in the collection's own record schema. The one write path of reconcile, live updates and
     imports. Raises whatever Chroma raises (callers name the batch)."""
-    ids = part["chunk_id"].tolist()
+    ids, metas = part["chunk_id"].tolist(), record_metadatas(collection, part)
     if is_slim(collection):
-        paths, languages = part["path"].tolist(), part["language"].tolist()
-        metas = [slim_metadata(p, g, b) for p, g, b in zip(paths, languages, buckets_of(part["chunk_id"]))]
         collection.upsert(ids=ids, embeddings=vectors, metadatas=metas)
         return
-    collection.upsert(
-        ids=ids,
-        embeddings=vectors,
-        documents=part["text"].tolist(),
-        metadatas=[full_metadata(r) for r in part.itertuples(index=False)],
-    )
+    collection.upsert(ids=ids, embeddings=vectors, documents=part["text"].tolist(), metadatas=metas)
+
+
+def record_metadatas(collection, part: pd.DataFrame) -> list[dict]:
+    """The metadata :func:`upsert_chunks` stores for each chunk row of ``part``, in ``collection``'s record
+    schema: slim (path, language, bucket) or full."""
+    if is_slim(collection):
+        paths, languages = part["path"].tolist(), part["language"].tolist()
+        return [slim_metadata(p, g, b) for p, g, b in zip(paths, languages, buckets_of(part["chunk_id"]))]
+    return [full_metadata(r) for r in part.itertuples(index=False)]
 
 
 def upsert_records(collection, ids: list[str], embeddings, documents, metadatas: list[dict]) -> None:

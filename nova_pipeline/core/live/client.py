@@ -10,6 +10,7 @@ writer lock (:mod:`nova_pipeline.core.locks`), then this object's condition, hel
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from nova_pipeline.core.settings import Settings
 
 __all__ = ["WriterClient"]
+
+log = logging.getLogger(__name__)
 
 
 class WriterClient:
@@ -33,6 +36,33 @@ class WriterClient:
         self._share = threading.Condition()
         self._readers = 0
         self._shared: tuple | None = None  # (client, fingerprint, collection, count) given to readers
+        self._hold = None  # the writer lock's hold, inside writing()
+
+    def record_writes(self, collection, part, vectors, removed: list[str]) -> None:
+        """Inside :meth:`writing`: leave the record of this hold's writes to the embedded primary
+        (:mod:`~nova_pipeline.core.index.recent_writes`: ``part``'s chunk rows upserted with ``vectors``,
+        ``removed`` deleted), written as the lock is released, so that a separate ``nova serve`` answers
+        with them from the view it has while it opens a fresh one. Nothing for the backup store or a
+        server (whose readers are never stale)."""
+        from nova_pipeline.core.index import recent_writes
+        from nova_pipeline.core.index.vector_store import record_metadatas
+        from nova_pipeline.core.serving.pointer import PRIMARY
+
+        hold = self._hold
+        if hold is None or self._label != PRIMARY or self.settings.chroma_url:
+            return
+        home = self.settings.home
+        try:
+            name = recent_writes.store_key(home, self.settings.layout.vectors, collection)
+            ids, metas = part["chunk_id"].tolist(), record_metadatas(collection, part)
+        except Exception:  # noqa: BLE001 - no record: readers open a fresh view, and the update stands
+            log.warning("the record of this update's writes could not be made", exc_info=True)
+            return
+        hold.before_release.append(
+            lambda before, after: recent_writes.record(
+                home, before, after, name, ids, vectors, metas, list(removed)
+            )
+        )
 
     @contextlib.contextmanager
     def writing(self):
@@ -45,7 +75,8 @@ class WriterClient:
         from nova_pipeline.core.serving.failover import active_store
 
         home = self.settings.home
-        with writer_lock(home):
+        with writer_lock(home) as hold:
+            self._hold = hold
             store = active_store(home, self.settings.chroma_url)
             if self.client is None or self._label != store.label or generation(home) != self._known:
                 self.close()
@@ -54,6 +85,7 @@ class WriterClient:
             try:
                 yield store
             finally:
+                self._hold = None
                 self._shared = None  # readers look the collection up again (a catch-up may switch schema)
         now = generation(home)  # ours, unless another writer came in right after the release
         self._known = now if now.endswith(f"-{os.getpid()}") else None

@@ -3,6 +3,7 @@ burst coalesces, the guard stops a mass deletion and watching goes on, a kill -9
 without embedding anything twice, and quiet-time promotion happens once."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,6 +183,66 @@ def test_a_searcher_in_the_watchers_process_reads_its_client_and_sees_each_updat
         assert name in searcher.search(text, k=1, mode="vector").hits[0].text
         assert searcher._views.opened == 1  # a fresh view answered instead
     finally:
+        searcher.close()
+
+
+def test_a_separate_reader_answers_watch_updates_from_its_view_and_records_while_a_fresh_one_opens(
+    live, json_tree, monkeypatch
+):
+    """A separate nova serve: after a watch update its view is out of date; it answers at once from that view
+    with the update's record folded over it (the same ids as a fresh view), opens the fresh view on a thread,
+    and answers from the fresh one once it is open. A write that left no record is waited for, as before."""
+    import threading
+
+    from nova_pipeline.core.index.recent_writes import Overlaid
+    from nova_pipeline.core.locks import generation, writer_lock
+    from nova_pipeline.core.serving.searcher import Searcher
+    from nova_pipeline.core.serving.views import ViewCache
+
+    src, home = json_tree, live.settings.home
+    gate = threading.Event()
+    behind = ViewCache._open_in_background
+    monkeypatch.setattr(
+        ViewCache, "_open_in_background", lambda self, gen: gate.wait(30) and behind(self, gen)
+    )
+    searcher = Searcher(live.settings, live.embedder)
+    views = searcher._views
+    try:
+        searcher.search("decode", k=1)
+        assert views.opened == 1
+        decoder = src / "json" / "decoder.py"
+        for name in ("quillfeather_first", "quillfeather_second"):  # the first function renamed, twice
+            text = re.sub(r"^def \w+\(", f"def {name}(", decoder.read_text(), count=1, flags=re.M)
+            decoder.write_text(text)
+            before = generation(home)
+            r = live.update()
+            assert r.chunks_added >= 1 and r.chunks_deleted >= 1
+            assert (home / "vectors.writes" / f"{before}.npz").is_file()
+            text = live.chunks[live.chunks["text"].str.contains(f"def {name}(", regex=False)]["text"].iloc[0]
+            hits = searcher.search(text, k=1, mode="vector").hits
+            assert hits and f"def {name}(" in hits[0].text and views.opened == 1  # the old view, and records
+        queries = live.embedder.embed(list(live.chunks["text"].iloc[:: max(1, len(live.chunks) // 8)]))
+        with views.collection() as (col, count), fresh_client(home) as client:
+            fresh = get_collection(client, FP)
+            assert isinstance(col, Overlaid) and count == fresh.count()
+            assert (
+                col.query(query_embeddings=queries, n_results=10)["ids"]
+                == fresh.query(query_embeddings=queries, n_results=10)["ids"]
+            )
+        gate.set()
+        deadline = time.monotonic() + 30
+        while views.opened < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with views.collection() as (col, _):
+            assert views.opened == 2 and not isinstance(col, Overlaid)  # the fresh view, opened behind
+        assert f"def {name}(" in searcher.search(text, k=1, mode="vector").hits[0].text
+
+        with writer_lock(home):  # another writer leaves no record: the reader opens a fresh view first
+            pass
+        with views.collection() as (col, _):
+            assert views.opened == 3 and not isinstance(col, Overlaid)
+    finally:
+        gate.set()
         searcher.close()
 
 
