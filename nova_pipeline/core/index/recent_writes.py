@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,12 +140,19 @@ def chain(home, start: str, end: str, collection: str) -> Overlay | None:
     while at != end:
         if len(steps) >= KEEP:
             return None
+        path = directory / f"{at or 'start'}.npz"
         try:
-            with np.load(directory / f"{at or 'start'}.npz", allow_pickle=False) as z:
-                step = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError):  # no record of this hold, or one half-pruned
+            with np.load(path, allow_pickle=False) as z:
+                step = {k: z[k] for k in ("after", "collection", "added", "vectors", "metadatas", "removed")}
+        except FileNotFoundError:  # no record of this hold (another writer), or pruned
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            log.warning("the record of recent writes %s cannot be read (%s): a fresh view", path.name, exc)
             return None
         if str(step["collection"]) != collection:
+            return None
+        if len(step["vectors"]) != len(step["added"]):
+            log.warning("the record of recent writes %s is inconsistent: a fresh view", path.name)
             return None
         steps.append(step)
         at = str(step["after"])
@@ -154,7 +162,11 @@ def chain(home, start: str, end: str, collection: str) -> Overlay | None:
         for cid in step["removed"].tolist():
             alive.pop(cid, None)
             touched.add(cid)
-        metas = json.loads(str(step["metadatas"]))
+        try:
+            metas = json.loads(str(step["metadatas"]))
+        except ValueError:
+            log.warning("the record of recent writes %s is inconsistent: a fresh view", at)
+            return None
         for cid, vec, meta in zip(step["added"].tolist(), step["vectors"], metas):
             alive[cid] = (vec, meta)
             touched.add(cid)

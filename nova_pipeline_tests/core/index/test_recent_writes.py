@@ -60,6 +60,19 @@ def test_a_record_names_its_data_dir_so_the_runtime_copys_reader_never_folds_the
     assert chain(tmp_path, "g0", "g1", store_key(tmp_path, tmp_path / "runtime" / "vectors", Col)) is None
 
 
+def test_a_damaged_record_breaks_the_chain_with_a_warning(tmp_path, caplog):
+    put(tmp_path, "g0", "g1", added=[("a", 1)])
+    put(tmp_path, "g1", "g2", added=[("b", 2)])
+    record_file = tmp_path / "vectors.writes" / "g1.npz"
+    whole = record_file.read_bytes()
+    for damaged in (b"", b"garbage", whole[:40], whole[:-30]):
+        record_file.write_bytes(damaged)
+        assert chain(tmp_path, "g0", "g2", "c") is None
+    assert "g1.npz cannot be read" in caplog.text
+    record_file.write_bytes(whole)
+    assert chain(tmp_path, "g0", "g2", "c").ids == ["a", "b"]
+
+
 def test_the_writer_keeps_only_the_newest_records(tmp_path, monkeypatch):
     monkeypatch.setattr(recent_writes, "KEEP", 3)
     for i in range(6):
