@@ -150,9 +150,11 @@ class ViewCache:
         if self._opening or self._closed:
             return
         self._opening = True
-        threading.Thread(target=self._open_in_background, args=(gen,), name="view-open", daemon=True).start()
+        threading.Thread(
+            target=self._open_in_background, args=(gen, self._current), name="view-open", daemon=True
+        ).start()
 
-    def _open_in_background(self, gen: str) -> None:
+    def _open_in_background(self, gen: str, behind: _View | None) -> None:
         try:
             # the newest generation (``gen`` may have moved on since the thread was asked for); its HNSW
             # load happens here, while queries use the older view
@@ -164,7 +166,7 @@ class ViewCache:
             return
         with self._lock:
             self._opening = False
-            if self._closed:
+            if self._closed or self._current not in (behind, None):  # a query opened a newer one meanwhile
                 _close_client(view.client, view.slot)
                 return
             self._install(view)

@@ -203,7 +203,7 @@ def test_a_separate_reader_answers_watch_updates_from_its_view_and_records_while
     gate = threading.Event()
     behind = ViewCache._open_in_background
     monkeypatch.setattr(
-        ViewCache, "_open_in_background", lambda self, gen: gate.wait(30) and behind(self, gen)
+        ViewCache, "_open_in_background", lambda self, *args: gate.wait(30) and behind(self, *args)
     )
     searcher = Searcher(live.settings, live.embedder)
     views = searcher._views
@@ -244,6 +244,43 @@ def test_a_separate_reader_answers_watch_updates_from_its_view_and_records_while
     finally:
         gate.set()
         searcher.close()
+
+
+def test_a_view_opened_behind_never_replaces_a_newer_one(live, json_tree, monkeypatch):
+    """While the view behind is loading, another writer (no record) makes a query open a fresh view first;
+    the view behind, done later, is closed instead of replacing that newer one."""
+    import threading
+
+    from nova_pipeline.core.locks import generation, writer_lock
+    from nova_pipeline.core.serving.views import ViewCache
+
+    home = live.settings.home
+    gate = threading.Event()
+    behind = ViewCache._open_in_background
+    monkeypatch.setattr(
+        ViewCache, "_open_in_background", lambda self, *args: gate.wait(30) and behind(self, *args)
+    )
+    views = ViewCache(home, home / "vectors", FP)
+    try:
+        with views.collection():
+            pass
+        decoder = json_tree / "json" / "decoder.py"
+        decoder.write_text(decoder.read_text() + "\n\ndef behind_probe():\n    return 3\n")
+        assert live.update().chunks_added >= 1
+        with views.collection():  # the records answer; the view behind waits at the gate
+            assert views.opened == 1 and views._opening
+        with writer_lock(home):  # another writer leaves no record
+            pass
+        with views.collection():
+            assert views.opened == 2 and views._current.generation == generation(home)
+        gate.set()
+        deadline = time.monotonic() + 30
+        while views._opening and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not views._opening and views.opened == 2 and views._current.generation == generation(home)
+    finally:
+        gate.set()
+        views.close()
 
 
 def test_closing_the_watchers_client_waits_for_its_readers(live, json_tree):
