@@ -120,8 +120,8 @@ def _mtime(p: Path) -> float:
 @dataclass
 class Overlay:
     """Records folded in order: ``touched`` holds every id they deleted or upserted (a view's hit of one is
-    out of date), ``added`` the ids alive after them with their vectors (rows of ``vectors``, unit length)
-    and metadata."""
+    out of date); ``ids`` the upserted ids still alive after them, with their vectors (the rows of
+    ``vectors``, ``(len(ids), dimension)`` float32 of unit length) and ``metadatas``."""
 
     collection: str
     touched: frozenset[str]
