@@ -495,17 +495,22 @@ def main() -> None:
             f"\nidle nova watch over {args.idle:.0f} s: {cpu:.3f} % of one core (target <= 0.1 %), RSS "
             f"{rss:.2f} GB (target <= 1.1 GB)"
         )
+    except BaseException:
+        stop_group(serve_proc)  # a failed part leaves no server behind
+        raise
     finally:
         watch.stop()
 
-    if not args.no_sensor:
-        reps = sensor_path(src, home, dhome, work, env, base, args.sensor_reps)
-        print(
-            f"\nthe sensor path (nova watch stopped; source_tree_changed every 5 s, a live_update run): "
-            f"{', '.join(f'{r:.1f} s' for r in reps)} to searchable (target <= 15 s; floor: 5 s poll + "
-            "a run's process start + the model load, about 2 + 4 s here)"
-        )
-    stop_group(serve_proc)
+    try:
+        if not args.no_sensor:
+            reps = sensor_path(src, home, dhome, work, env, base, args.sensor_reps)
+            print(
+                f"\nthe sensor path (nova watch stopped; source_tree_changed every 5 s, a live_update run): "
+                f"{', '.join(f'{r:.1f} s' for r in reps)} to searchable (target <= 15 s; floor: 5 s poll + "
+                "a run's process start + the model load, about 2 + 4 s here)"
+            )
+    finally:
+        stop_group(serve_proc)
     one_process(src, work, env, args.edits)
 
     if not args.no_scale:
