@@ -123,7 +123,6 @@ class Overlay:
     out of date); ``ids`` the upserted ids still alive after them, with their vectors (the rows of
     ``vectors``, ``(len(ids), dimension)`` float32 of unit length) and ``metadatas``."""
 
-    collection: str
     touched: frozenset[str]
     ids: list[str] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
@@ -147,12 +146,19 @@ def chain(home, start: str, end: str, collection: str) -> Overlay | None:
         except FileNotFoundError:  # no record of this hold (another writer), or pruned
             return None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            log.warning("the record of recent writes %s cannot be read (%s): a fresh view", path.name, exc)
+            log.warning(
+                "the record of recent writes %s cannot be read (%s): opening a fresh view", path.name, exc
+            )
             return None
         if str(step["collection"]) != collection:
             return None
-        if len(step["vectors"]) != len(step["added"]):
-            log.warning("the record of recent writes %s is inconsistent: a fresh view", path.name)
+        try:
+            step["metadatas"] = json.loads(str(step["metadatas"]))
+            consistent = len(step["vectors"]) == len(step["added"]) == len(step["metadatas"])
+        except (ValueError, TypeError):  # not JSON, or not a list
+            consistent = False
+        if not consistent:
+            log.warning("the record of recent writes %s is inconsistent: opening a fresh view", path.name)
             return None
         steps.append(step)
         at = str(step["after"])
@@ -162,22 +168,17 @@ def chain(home, start: str, end: str, collection: str) -> Overlay | None:
         for cid in step["removed"].tolist():
             alive.pop(cid, None)
             touched.add(cid)
-        try:
-            metas = json.loads(str(step["metadatas"]))
-        except ValueError:
-            log.warning("the record of recent writes %s is inconsistent: a fresh view", at)
-            return None
-        for cid, vec, meta in zip(step["added"].tolist(), step["vectors"], metas):
+        for cid, vec, meta in zip(step["added"].tolist(), step["vectors"], step["metadatas"]):
             alive[cid] = (vec, meta)
             touched.add(cid)
         if len(alive) > MAX_OVERLAY:
             return None
     ids = list(alive)
     if not ids:
-        return Overlay(collection, frozenset(touched))
+        return Overlay(frozenset(touched))
     vectors = np.array([alive[i][0] for i in ids], dtype=np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return Overlay(collection, frozenset(touched), ids, vectors, [alive[i][1] for i in ids])
+    return Overlay(frozenset(touched), ids, vectors, [alive[i][1] for i in ids])
 
 
 def matches(meta: dict, where: dict | None) -> bool:

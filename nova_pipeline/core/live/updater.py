@@ -432,9 +432,8 @@ class LiveIndex:
                 raise VectorStoreError(f"live delete from {collection.name} failed: {exc}") from exc
         report.chunks_added, report.chunks_deleted = len(new), len(gone)
         if len(new) or len(gone):
-            dim = vecs[0].shape[1] if vecs else 0
             self.client.record_writes(
-                collection, new, np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32), gone
+                collection, new, np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32), gone
             )
 
     def _lexical(self, plan: _Plan) -> str:

@@ -1,6 +1,7 @@
 """nova watch's recent writes (core/index/recent_writes): records fold in order, a missing or foreign record
 breaks the chain, and an older view with the records folded over it answers as a view of the new state."""
 
+import io
 import uuid
 
 import chromadb
@@ -69,6 +70,8 @@ def test_a_damaged_record_breaks_the_chain_with_a_warning(tmp_path, caplog):
         record_file.write_bytes(damaged)
         assert chain(tmp_path, "g0", "g2", "c") is None
     assert "g1.npz cannot be read" in caplog.text
+    np.savez(record_file, **{**dict(np.load(io.BytesIO(whole))), "metadatas": np.array("[]")})
+    assert chain(tmp_path, "g0", "g2", "c") is None and "g1.npz is inconsistent" in caplog.text
     record_file.write_bytes(whole)
     assert chain(tmp_path, "g0", "g2", "c").ids == ["a", "b"]
 
@@ -115,7 +118,6 @@ def test_an_older_view_with_the_records_folded_answers_as_a_view_of_the_new_stat
     put(tmp_path, "g0", "g1", added=added, removed=removed)
     view = Overlaid(old, chain(tmp_path, "g0", "g1", "c"))
 
-    assert view.count() == new.count() == 60
     queries = np.stack([unit(s) for s in (1001, 1, 2, 3, 1003, 7, 500, 501)])
     for where in (None, {"language": {"$eq": "python"}}, {"path": {"$in": ["n2.py", "b5.py", "b2.py"]}}):
         got = view.query(query_embeddings=queries, n_results=5, where=where)
