@@ -210,10 +210,13 @@ def test_a_separate_reader_answers_watch_updates_from_its_view_and_records_while
     try:
         searcher.search("decode", k=1)
         assert views.opened == 1
+        with views.collection() as (_, first_count):
+            pass
         decoder = src / "json" / "decoder.py"
-        for name in ("quillfeather_first", "quillfeather_second"):  # the first function renamed, twice
+        for name in ("quillfeather_first", "quillfeather_second"):  # the first function renamed, twice,
             text = re.sub(r"^def \w+\(", f"def {name}(", decoder.read_text(), count=1, flags=re.M)
             decoder.write_text(text)
+            (src / "json" / f"{name}.py").write_text(f"def {name}_extra():\n    return 1\n")  # and a new file
             before = generation(home)
             r = live.update()
             assert r.chunks_added >= 1 and r.chunks_deleted >= 1
@@ -224,7 +227,8 @@ def test_a_separate_reader_answers_watch_updates_from_its_view_and_records_while
         queries = live.embedder.embed(list(live.chunks["text"].iloc[:: max(1, len(live.chunks) // 8)]))
         with views.collection() as (col, count), fresh_client(home) as client:
             fresh = get_collection(client, FP)
-            assert isinstance(col, Overlaid) and count == fresh.count()
+            # the count is fresh too (the view's own, counted when it opened, is not)
+            assert isinstance(col, Overlaid) and count == fresh.count() > first_count
             assert (
                 col.query(query_embeddings=queries, n_results=10)["ids"]
                 == fresh.query(query_embeddings=queries, n_results=10)["ids"]
