@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import re
 from array import array
+from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["MIN_COMPOUND", "TOKENIZE_SLICE", "TOKENIZER_VERSION", "code_tokens", "token_ids"]
+import numpy as np
+
+__all__ = ["MIN_COMPOUND", "Corpus", "TOKENIZE_SLICE", "TOKENIZER_VERSION", "code_tokens", "token_ids"]
 
 TOKENIZER_VERSION = "code-tokens-2"  # part of every index's digest: a tokenizer change rebuilds the index
 
@@ -93,21 +96,50 @@ def code_tokens(text: str) -> list[str]:
 TOKENIZE_SLICE = 8192  # texts turned into Python strings at a time while tokenizing
 
 
-def token_ids(texts) -> tuple[list[array], dict[str, int], float]:
-    """The corpus of ``texts`` (a pandas Series) as bm25s takes it pre-tokenized: ``(ids, vocab, mean tokens
-    per document)``, where ``ids[i]`` is the :func:`code_tokens` of ``texts[i]`` (``[""]`` when it has none)
-    as an ``array("i")`` of term ids and ``vocab`` maps each term to its id (in order of first use).
+@dataclass
+class Corpus:
+    """Every document's term ids in one run: document ``i``'s are ``terms[offsets[i]:offsets[i + 1]]``.
 
-    Memory: 4 bytes per token, plus one string per distinct term. Given lists of token strings, bm25s keeps
-    them and builds lists of Python ints beside them. Measured: 230 MiB instead of 300 above the loaded
-    table at 62,829 chunks, and the lexical stage's peak RSS in bench_scale's 10K tier (343,000 chunks) fell
-    from 4,282 to 3,356 MB. The texts become Python strings :data:`TOKENIZE_SLICE` at a time."""
+    ``terms`` is int32 (4 bytes a token, no object per document), ``offsets`` int64 of ``len(self) + 1``,
+    ``vocab`` maps each term to its id. It is bm25s's corpus object (``ids`` and ``vocab``), which
+    :class:`~.lexical_matrix.SlicedBM25` indexes in slices."""
+
+    terms: np.ndarray
+    offsets: np.ndarray
+    vocab: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def ids(self) -> Corpus:
+        """bm25s reads a corpus object's ``ids`` and ``vocab``; the ids are this corpus itself."""
+        return self
+
+    @property
+    def mean_length(self) -> float:
+        """Mean terms per document (0.0 for none): the ``avgdl`` of BM25's length normalisation."""
+        return float(self.offsets[-1] / len(self)) if len(self) else 0.0
+
+    def as_lists(self) -> list[list[int]]:
+        """Every document's term ids as a list of ints: bm25s's own corpus form."""
+        return [self.terms[a:b].tolist() for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+
+def token_ids(texts) -> Corpus:
+    """The corpus of ``texts`` (a pandas Series) for the BM25 index: document ``i`` holds the term ids of
+    :func:`code_tokens` of ``texts[i]`` (``[""]`` when it has none), terms numbered in order of first use.
+
+    Memory: 4 bytes per token in one array, plus one string per distinct term. Given lists of token strings,
+    bm25s keeps them and builds lists of Python ints beside them. Measured: 230 MiB instead of 300 above
+    the loaded table at 62,829 chunks, and the lexical stage's peak RSS in bench_scale's 10K tier (343,000
+    chunks) fell from 4,282 to 3,356 MB (an ``array("i")`` per document then; one run since). The texts
+    become Python strings :data:`TOKENIZE_SLICE` at a time."""
     vocab: dict[str, int] = {}
-    ids: list[array] = []
-    tokens = 0
+    terms = array("i")
+    offsets = array("q", [0])
     for start in range(0, len(texts), TOKENIZE_SLICE):
         for text in texts.iloc[start : start + TOKENIZE_SLICE].tolist():
-            terms = code_tokens(text or "") or [""]
-            tokens += len(terms)
-            ids.append(array("i", [vocab.setdefault(t, len(vocab)) for t in terms]))
-    return ids, vocab, (tokens / len(ids) if ids else 0.0)
+            terms.extend([vocab.setdefault(t, len(vocab)) for t in code_tokens(text or "") or [""]])
+            offsets.append(len(terms))
+    return Corpus(np.frombuffer(terms, dtype=np.intc), np.frombuffer(offsets, dtype=np.int64), vocab)

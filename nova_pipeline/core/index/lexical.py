@@ -321,7 +321,7 @@ def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildS
     Raises:
         OSError: the directory cannot be written.
     """
-    import bm25s
+    from nova_pipeline.core.index.lexical_matrix import SlicedBM25
 
     started = time.perf_counter()
     digest = digest or chunks_digest(chunks)
@@ -329,11 +329,14 @@ def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildS
     tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    corpus, vocab, avgdl = token_ids(chunks["text"])
-    retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
+    corpus = token_ids(chunks["text"])
+    avgdl, vocabulary = corpus.mean_length, 0
     if len(corpus):
-        retriever.index((corpus, vocab), show_progress=False)
+        retriever = SlicedBM25(k1=K1, b=B, method="lucene")
+        retriever.index(corpus, show_progress=False)
         retriever.save(str(tmp), show_progress=False)
+        vocabulary = len(retriever.vocab_dict)
+        del retriever  # its arrays are on disk: the texts below need the memory
     del corpus
     docs = chunks[DOC_COLUMNS].reset_index(drop=True)
     docs["text_shard"], docs["text_row"] = write_texts(tmp / TEXTS, docs["path"], chunks["text"])
@@ -344,7 +347,7 @@ def build(chunks: pd.DataFrame, dest: Path, digest: str | None = None) -> BuildS
         "tokenizer": TOKENIZER_VERSION,
         "k1": K1,
         "b": B,
-        "vocabulary": len(retriever.vocab_dict) if len(docs) else 0,
+        "vocabulary": vocabulary,
         "avgdl": avgdl,  # for live deltas
         "built_at": time.time(),
     }
