@@ -24,6 +24,7 @@ from nova_pipeline.core.tables import in_set
 
 __all__ = [
     "MIN_FOUND_FIRST",
+    "WIDE_SEARCH",
     "embedded_ids",
     "VerifiedRecord",
     "count_failures",
@@ -239,6 +240,7 @@ def count_failures(collection, chunks: pd.DataFrame, limit: int = 3) -> tuple[in
 
 
 MIN_FOUND_FIRST = 0.5  # the share of sampled chunks that must come back first (HNSW is approximate)
+WIDE_SEARCH = 1000  # results asked for a sampled chunk that did not come back first (a wider HNSW search)
 
 
 def self_retrieval_failures(
@@ -247,11 +249,14 @@ def self_retrieval_failures(
     """Query a sample of chunks with their own (cached) embeddings; each should come back first.
 
     A chunk whose text is duplicated elsewhere passes when the top hit has the same content. A chunk that
-    does not come back first fails when its stored vector is missing or differs from the cache's; when the
-    stored vector is right, the miss is the HNSW index's approximation (with random vectors, 77.5 % of
-    self-queries came back first at 343,000 vectors, Chroma's ``ef_search`` 100; the real model's clustered
-    vectors do far better), and the check fails only when fewer than :data:`MIN_FOUND_FIRST` of the sample
-    came back first: an index that does not answer as its records say.
+    does not come back first fails when its stored vector is missing or differs from the cache's. When the
+    stored vector is right, the miss is the HNSW index's approximation: with random vectors (the free
+    embedder), 77.5 % of self-queries came back first at 343,000 vectors and fewer than half at 1,030,156,
+    at Chroma's ``ef_search`` of 100; the real model's clustered vectors do far better. Such misses are
+    asked again for :data:`WIDE_SEARCH` results, which widens hnswlib's search (it keeps
+    ``max(ef_search, k)`` candidates), and count as found when they come back then. The check fails only
+    when fewer than :data:`MIN_FOUND_FIRST` of the sample came back either way: an index that does not
+    answer as its records say.
 
     Returns:
         ``(checked, failures)``, one message per failing chunk (or one for the share found first).
@@ -278,7 +283,7 @@ def self_retrieval_failures(
         return len(rows), []
     got = collection.get(ids=[r.chunk_id for r, _ in missed], include=["embeddings"])
     stored = {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"])}
-    failures = []
+    failures, approximate = [], []
     for r, top in missed:
         vec = stored.get(r.chunk_id)
         if vec is None or not np.allclose(vec, vecs[r.content_blake3], atol=1e-5):
@@ -287,11 +292,26 @@ def self_retrieval_failures(
                 f"{top.chunk_id if top else 'nothing'} first, and its stored vector "
                 + ("is missing" if vec is None else "differs from its embedding")
             )
-    found = len(rows) - len(missed)
+        else:
+            approximate.append(r)
+    found = len(rows) - len(missed) + _found_wider(collection, approximate, vecs)
     if found < MIN_FOUND_FIRST * len(rows):
         failures.append(
-            f"only {found} of {len(rows)} sampled chunks came back first for their own vector (e.g. "
-            f"{missed[0][0].path}:{missed[0][0].start_line}): the vector index does not answer as its "
-            "records say"
+            f"only {found} of {len(rows)} sampled chunks came back for their own vector, first or among the "
+            f"{WIDE_SEARCH} nearest (e.g. {missed[0][0].path}:{missed[0][0].start_line}): the vector index "
+            "does not answer as its records say"
         )
     return len(rows), failures
+
+
+def _found_wider(collection, rows: list, vecs: dict[str, np.ndarray]) -> int:
+    """How many of ``rows`` (chunks whose stored vector is right) come back among the :data:`WIDE_SEARCH`
+    nearest to their own vector (ids only: no metadata read for the wide answers)."""
+    if not rows:
+        return 0
+    res = collection.query(
+        query_embeddings=np.stack([vecs[r.content_blake3] for r in rows]),
+        n_results=max(1, min(WIDE_SEARCH, collection.count())),
+        include=[],
+    )
+    return sum(r.chunk_id in set(ids) for r, ids in zip(rows, res["ids"]))

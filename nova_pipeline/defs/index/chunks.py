@@ -151,7 +151,8 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
             home,
             source_chunks,
             texts_of=lambda ids: read_texts(home, source_chunks, ids),
-            with_texts=lambda: require_table(home, SOURCE_CHUNKS),
+            # only what a build reads: the two digests and the flags would be 7 % of the table's memory
+            with_texts=lambda: require_table(home, SOURCE_CHUNKS, columns=[*lexical.DOC_COLUMNS, "text"]),
             compact_above=config.compact_above,
         )
         check = lexical_index_matches_chunks(home, source_chunks)

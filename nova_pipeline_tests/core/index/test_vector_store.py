@@ -256,6 +256,9 @@ def test_self_retrieval_tolerates_the_approximate_index_but_not_one_that_answers
         def get(self, **kw):
             return self.col.get(**kw)
 
+        def count(self):
+            return self.col.count()
+
     model = FakeEmbedder()
     col = get_collection(open_client(tmp_path), model.fingerprint)
     cache = EmbeddingCache(tmp_path, model.fingerprint)
@@ -263,6 +266,34 @@ def test_self_retrieval_tolerates_the_approximate_index_but_not_one_that_answers
     assert self_retrieval_failures(Approximate(col, 4), chunks, cache, 10) == (10, [])  # 6 of 10 first
     checked, failures = self_retrieval_failures(Approximate(col, 6), chunks, cache, 10)
     assert checked == 10 and failures and "only 4 of 10" in failures[-1]
+
+
+def test_self_retrieval_widens_the_search_for_a_miss_whose_record_is_right(tmp_path):
+    # a coarse HNSW graph over random vectors (the free embedder's kind): most chunks miss at k=1, as
+    # 1,030,156 random vectors did at Chroma's defaults; asked for more results, hnswlib searches wider
+    import chromadb
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    vecs = rng.standard_normal((n, 384)).astype(np.float32)
+    ids = [f"chunk-{i}" for i in range(n)]
+    keys = [f"content-{i}" for i in range(n)]
+    coarse = {"space": "cosine", "ef_search": 2, "ef_construction": 4, "max_neighbors": 2}
+    col = chromadb.PersistentClient(str(tmp_path / "chroma")).create_collection(
+        "coarse-graph", configuration={"hnsw": coarse}, embedding_function=None
+    )
+    col.add(
+        ids=ids, embeddings=vecs, metadatas=[{"path": f"f{i}.py", "language": "python"} for i in range(n)]
+    )
+    chunks = pd.DataFrame(
+        {"chunk_id": ids, "content_blake3": keys, "path": [f"f{i}.py" for i in range(n)]}
+    ).assign(start_line=1, end_line=2)
+    cache = EmbeddingCache(tmp_path, "random")
+    cache.put_many(dict(zip(keys, vecs)))
+    sample = chunks.sample(n=100, random_state=0)
+    first = col.query(query_embeddings=vecs[sample.index], n_results=1, include=[])["ids"]
+    assert sum(i == got[0] for i, got in zip(sample["chunk_id"], first)) < 50  # under MIN_FOUND_FIRST
+    assert self_retrieval_failures(col, chunks, cache, 100) == (100, [])
 
 
 def test_missing_collection_says_to_run_the_rebuild(tmp_path):
