@@ -14,15 +14,9 @@ from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import ScanOptions
 
 
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory):
-    import shutil
-
-    from nova_pipeline_tests.conftest import STDLIB
-
-    root = tmp_path_factory.mktemp("tree")
-    for pkg in ("json", "email"):
-        shutil.copytree(STDLIB / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+@pytest.fixture
+def texts(stdlib_tree):
+    root = stdlib_tree  # the standard library's json/ and email/
     tok = Tokenizer()
     chunks, _ = chunk_manifest(root, scan(ScanOptions(root)).manifest, None, tok.count, tok.max_seq_length)
     # a document without a term ("" is its only term) and one that repeats a term, among the real ones
