@@ -34,6 +34,7 @@ __all__ = [
     "memo",
     "one_chunk",
     "read_rows",
+    "table_attrs",
     "row_count",
     "read_table",
     "require_table",
@@ -148,15 +149,58 @@ def row_count(home: Path | Layout, name: str) -> int | None:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def write_table(home: Path | Layout, name: str, df: pd.DataFrame) -> Path:
+ATTRS_KEY = b"nova.attrs"  # the Parquet footer's key-value entry that holds a table's attributes
+
+
+def write_table(
+    home: Path | Layout, name: str, df: pd.DataFrame, attrs: dict[str, str] | None = None
+) -> Path:
     """Write ``df`` as table ``name`` atomically and return its path.
+
+    ``attrs`` (default: ``df.attrs``, pandas' dataset attributes, which is how an asset's value hands them to
+    the IO manager): string attributes kept in the file's Parquet footer under :data:`ATTRS_KEY`, read back
+    by :func:`table_attrs`. They say what made this version of the table (the chunker's version, the digest
+    of the code graph's inputs), so the answer travels with the data: a new Dagster instance, a table put
+    back from the golden copy or written by ``nova watch`` is judged by what it holds, not by a run
+    storage's memory of an earlier write.
 
     Raises:
         OSError: the write failed (e.g. ``ENOSPC``); the previous version stays in place.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = table_path(home, name)
-    atomic_write_with(path, lambda fh: df.to_parquet(fh, index=False, row_group_size=ROW_GROUP_ROWS))
+    attrs = dict(df.attrs if attrs is None else attrs)
+    if not attrs:
+        atomic_write_with(path, lambda fh: df.to_parquet(fh, index=False, row_group_size=ROW_GROUP_ROWS))
+        return path
+    table = pa.Table.from_pandas(df, preserve_index=False)  # what to_parquet writes, with the attributes
+    footer = {**(table.schema.metadata or {}), ATTRS_KEY: json.dumps(attrs, sort_keys=True).encode()}
+    table = table.replace_schema_metadata(footer)
+    atomic_write_with(path, lambda fh: pq.write_table(table, fh, row_group_size=ROW_GROUP_ROWS))
     return path
+
+
+def table_attrs(home: Path | Layout, name: str) -> dict[str, str] | None:
+    """The attributes :func:`write_table` kept in table ``name``'s footer (only the footer is read): ``{}``
+    for a table written without them (or whose entry does not parse), None when the table was never
+    written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = table_path(home, name)
+    try:
+        footer = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        return None
+    except pa.ArrowInvalid:  # not a Parquet file: whoever reads the table says so
+        return {}
+    try:
+        attrs = json.loads(footer.get(ATTRS_KEY, b"{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in attrs.items()} if isinstance(attrs, dict) else {}
 
 
 def read_table(home: Path | Layout, name: str, columns: list[str] | None = None) -> pd.DataFrame | None:

@@ -2,7 +2,16 @@
 
 import pandas as pd
 
-from nova_pipeline.core.tables import identity, in_set, memo, row_count, table_path, write_table
+from nova_pipeline.core.tables import (
+    identity,
+    in_set,
+    memo,
+    read_table,
+    row_count,
+    table_attrs,
+    table_path,
+    write_table,
+)
 
 
 def test_a_memo_is_computed_once_per_version_of_its_table(tmp_path):
@@ -53,3 +62,21 @@ def test_in_set_agrees_with_isin_on_arrow_strings_for_small_and_large_value_sets
         assert got.dtype == bool and len(got) == len(column)
         assert got.tolist() == column.isin(list(values)).tolist()
     assert int(in_set(column, set(ids[::3])).sum()) == len(ids[::3])
+
+
+def test_a_table_keeps_its_attributes_in_its_footer_and_its_rows_as_before(tmp_path):
+    df = pd.DataFrame({"path": ["a.py", "b.py"], "n": [1, 2]})
+    assert table_attrs(tmp_path, "source_chunks") is None  # never written
+    write_table(tmp_path, "plain", df)
+    assert table_attrs(tmp_path, "plain") == {}
+    write_table(tmp_path, "given", df, attrs={"chunker": "2"})
+    df.attrs = {
+        "chunker": "3"
+    }  # pandas' dataset attributes: how an asset's value hands them to the IO manager
+    write_table(tmp_path, "from_df", df)
+    assert table_attrs(tmp_path, "given") == {"chunker": "2"}
+    assert table_attrs(tmp_path, "from_df") == {"chunker": "3"}
+    for name in ("given", "from_df"):  # the rows and their types are what a plain write gives
+        pd.testing.assert_frame_equal(read_table(tmp_path, name), read_table(tmp_path, "plain"))
+    table_path(tmp_path, "broken").write_bytes(b"not parquet")
+    assert table_attrs(tmp_path, "broken") == {}  # unknown: whoever reads the table says what is wrong

@@ -10,7 +10,7 @@ import pytest
 
 from nova_pipeline.core.index import graph
 from nova_pipeline.core.protect import golden
-from nova_pipeline.core.tables import CODE_RELATIONS, CODE_SYMBOLS, read_table, table_path
+from nova_pipeline.core.tables import CODE_RELATIONS, CODE_SYMBOLS, read_table, table_path, write_table
 from nova_pipeline_tests.cli.test_cli import nova
 from nova_pipeline_tests.conftest import asset_metadata, materialize_rebuild
 
@@ -61,6 +61,33 @@ def test_the_graph_is_built_incrementally_kept_in_the_golden_copy_and_queried(js
     }
     out = nova(["graph", "callers", "__init__"], env, tmp_path)
     assert out.returncode == 2 and "ambiguous" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_new_dagster_instance_finds_the_chunks_and_graph_current_and_a_half_written_graph_is_rebuilt(
+    json_tree, tmp_path
+):
+    """What made the chunks table and the graph's tables is kept in their footers, not only in the run
+    storage: a new instance (run storage lost, or moved to Postgres) chunks and parses nothing again. Graph
+    tables of two builds (a run killed between their writes) are parsed again whole."""
+    home = tmp_path / "home"
+    with dg.instance_for_test() as instance:
+        assert materialize_rebuild(json_tree, home, instance).success
+    relations = table_path(home, CODE_RELATIONS).stat().st_mtime_ns
+    with dg.instance_for_test() as fresh:
+        again = materialize_rebuild(json_tree, home, fresh)
+        chunks, meta = asset_metadata(again, "source_chunks"), asset_metadata(again, "code_graph")
+        assert chunks["files_chunked"] == 0 and chunks["files_reused"] == 5
+        assert meta["unchanged"] is True and meta["files_parsed"] == 0 and meta["files_reused"] == 5
+        assert table_path(home, CODE_RELATIONS).stat().st_mtime_ns == relations
+
+        kept = graph.kept_attrs(home)
+        assert kept["graph_version"] == graph.GRAPH_VERSION and kept["files"] == "5"
+        newer = {**kept, "inputs_digest": "0" * 32}  # code_symbols of a later build, the rest not written
+        write_table(home, CODE_SYMBOLS, read_table(home, CODE_SYMBOLS), attrs=newer)
+        assert graph.kept_attrs(home) == {"graph_version": graph.MIXED}
+        mixed = asset_metadata(materialize_rebuild(json_tree, home, fresh), "code_graph")
+    assert mixed["files_parsed"] == 5 and mixed["files_reused"] == 0
+    assert graph.kept_attrs(home) == kept  # written whole again, from the same inputs
 
 
 def test_nova_serve_answers_graph_queries_and_refuses_bad_ones(json_tree, tmp_path):

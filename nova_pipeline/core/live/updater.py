@@ -55,7 +55,14 @@ from nova_pipeline.core.live.client import WriterClient
 from nova_pipeline.core.live.report import UpdateReport
 from nova_pipeline.core.protect.guard import DeletionGuard
 from nova_pipeline.core.settings import Settings
-from nova_pipeline.core.tables import SOURCE_FILES_BINARIES, read_arrow, read_table, table_path, write_table
+from nova_pipeline.core.tables import (
+    SOURCE_FILES_BINARIES,
+    read_arrow,
+    read_table,
+    table_attrs,
+    table_path,
+    write_table,
+)
 
 __all__ = ["LiveIndex"]
 
@@ -301,7 +308,8 @@ class LiveIndex:
             else:
                 write_table(home, SOURCE_FILES, result.manifest)
                 write_table(home, SOURCE_FILES_BINARIES, result.binaries)
-                write_table(home, SOURCE_CHUNKS, chunks)
+                # the chunks of unchanged files are the table's: what made it (its chunker) still holds
+                write_table(home, SOURCE_CHUNKS, chunks, attrs=table_attrs(home, SOURCE_CHUNKS) or {})
                 self.manifest, self.binaries = result.manifest, result.binaries
                 self._set_chunks(chunks, plan)
                 self._stamps = self._table_stamps()
@@ -336,15 +344,20 @@ class LiveIndex:
         if pending is None or self._stamps is None or pending[1] is not self.chunks:
             return None  # nothing to do, or another writer won: the next catch-up brings it
         home = self.settings.layout
+        kept = graph.kept_attrs(home)  # {}: tables written before their footers said what made them
+        if kept is None or (kept and kept.get("graph_version") != graph.GRAPH_VERSION):
+            return None  # no graph yet, or of another version or of two builds: the rebuild job builds it
         previous = [read_arrow(home, t) for t in graph.TABLES]
         if any(t is None for t in previous):
-            return None  # no graph yet: the rebuild job builds the first
+            return None  # removed meanwhile
         mark = time.perf_counter()
-        tables = graph.build_graph(self.settings.source_dir, pending[0], pending[1], tuple(previous))[:3]
+        manifest, chunks = pending
+        *tables, stats = graph.build_graph(self.settings.source_dir, manifest, chunks, tuple(previous))
+        # the digest the code_graph asset compares: the next rebuild finds the graph current
+        digest = graph.inputs_digest(self.settings.source_dir, manifest, graph.chunk_spans_digest(chunks))
         with writer_lock(home, bump=False):
             if self._table_stamps() == self._stamps:
-                for name, table in zip(graph.TABLES, tables):
-                    write_table(home, name, table)
+                graph.write_tables(home, tuple(tables), digest, stats.files_parsed + stats.files_reused)
         return time.perf_counter() - mark
 
     def _plan(self, report: UpdateReport, full: bool = False) -> _Plan | None:

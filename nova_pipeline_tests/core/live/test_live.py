@@ -21,9 +21,11 @@ from nova_pipeline.core.index.embedding_cache import EmbeddingCache
 from nova_pipeline.core.index.vector_store import existing_ids, fresh_client, get_collection
 from nova_pipeline.core.ingest.manifest import scan
 from nova_pipeline.core.ingest.walk import ScanOptions
+from nova_pipeline.core.keys import SOURCE_CHUNKS, SOURCE_FILES
 from nova_pipeline.core.live.updater import LiveIndex
 from nova_pipeline.core.live.watcher import Watcher
 from nova_pipeline.core.settings import Settings
+from nova_pipeline.core.tables import read_table
 from nova_pipeline_tests.conftest import REPO_ROOT, FakeEmbedder, build_home
 
 FP = FakeEmbedder.fingerprint
@@ -101,7 +103,6 @@ def test_an_updates_patched_lexical_delta_equals_the_one_computed_from_every_chu
     import pyarrow.parquet as pq
 
     from nova_pipeline.core.index import lexical
-    from nova_pipeline.core.tables import read_table
 
     src, home = json_tree, live.settings.home
     decoder, extra = src / "json" / "decoder.py", src / "json" / "extra.py"
@@ -148,7 +149,7 @@ def test_the_guard_refuses_a_mass_deletion_and_the_next_update_works(live, json_
 
 
 def test_another_process_writing_the_tables_is_caught_up(live, json_tree, tmp_path):
-    from nova_pipeline.core.tables import read_table, write_table
+    from nova_pipeline.core.tables import write_table
 
     src, home = json_tree, live.settings.home
     write_table(home, "source_chunks", read_table(home, "source_chunks"))  # a rebuild wrote it
@@ -458,6 +459,12 @@ def test_a_save_updates_the_code_graph_when_a_rebuild_made_one(live, json_tree):
     assert r.kind == "update" and "graph" in r.phases
     _, sites = graph.load(home).query("callers", "json.decoder.py_scanstring")
     assert "json.decoder.live_graph_probe" in {s["source"] for s in sites}
+    # the tables say which inputs made them, as code_graph computes it from the tables: a rebuild after the
+    # save finds the graph current
+    spans = graph.chunk_spans_digest(read_table(home, SOURCE_CHUNKS, graph.SPAN_COLUMNS))
+    assert graph.kept_attrs(home)["inputs_digest"] == graph.inputs_digest(
+        json_tree, read_table(home, SOURCE_FILES), spans
+    )
 
     # the watcher defers the graph to a quiet tick: a save does not wait for it
     watcher = Watcher(live, lambda r: None)

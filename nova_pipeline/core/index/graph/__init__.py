@@ -64,9 +64,11 @@ from nova_pipeline.core.index.graph.query import (
     load_or_none,
 )
 from nova_pipeline.core.index.graph.resolve import resolve_name
+from nova_pipeline.core.index.graph.stored import MIXED, kept_attrs, write_tables
 
 __all__ = [
     "GRAPH_VERSION",
+    "MIXED",
     "NAME_COLUMNS",
     "RELATION_COLUMNS",
     "RELATION_KINDS",
@@ -87,8 +89,10 @@ __all__ = [
     "imports",
     "chunk_spans_digest",
     "inputs_digest",
+    "kept_attrs",
     "load",
     "load_or_none",
     "module_of",
     "resolve_name",
+    "write_tables",
 ]
