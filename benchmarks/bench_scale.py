@@ -249,7 +249,11 @@ def rebuild_run(tree: Path, home: Path, instance, executor: str = "in_process"):
     return result
 
 
-def run_tier(name: str, files: int, work: Path, executor: str) -> dict:
+def run_tier(name: str, files: int, work: Path, executor: str, keep: bool = False) -> dict:
+    """One tier: its tree under ``work``, a cold rebuild, the unchanged rerun and a one-file edit, with stage
+    windows and peak RSS. ``keep``: leave the tier's ``NOVA_HOME`` (``work/home-N``) and Dagster instance
+    (``work/dagster-N``) in place, edited, for profiling a later run on them (the edited file is put back
+    either way)."""
     import dagster as dg
 
     from nova_pipeline.core.keys import SOURCE_CHUNKS
@@ -268,7 +272,12 @@ def run_tier(name: str, files: int, work: Path, executor: str) -> dict:
     )
     home = work / f"home-{files}"
     shutil.rmtree(home, ignore_errors=True)
-    dagster_home = Path(tempfile.mkdtemp(prefix="bench_scale_dh_"))
+    if keep:
+        dagster_home = work / f"dagster-{files}"
+        shutil.rmtree(dagster_home, ignore_errors=True)
+        dagster_home.mkdir()
+    else:
+        dagster_home = Path(tempfile.mkdtemp(prefix="bench_scale_dh_"))
     rss = PeakRss()
     try:
         with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
@@ -289,7 +298,8 @@ def run_tier(name: str, files: int, work: Path, executor: str) -> dict:
             edit_w = stage_windows(step_times(instance, edited.run_id))
     finally:
         rss.close()
-        shutil.rmtree(dagster_home, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(dagster_home, ignore_errors=True)
     peak_all = max((b for _, b in rss.samples), default=0)
     pss_all = max((b for _, b in rss.pss_samples), default=0)
     stages = {}
@@ -318,7 +328,8 @@ def run_tier(name: str, files: int, work: Path, executor: str) -> dict:
         f"{stages.get('scan', {}).get('wall', 0) / anchor:.1f}x",
         flush=True,
     )
-    shutil.rmtree(home, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(home, ignore_errors=True)
     # leave the tree as it was (the edited file back), so a later run reuses it
     target.write_text(target.read_text().rsplit("\n\ndef bench_scale_edit():", 1)[0])
     return {
@@ -345,7 +356,14 @@ def main() -> None:
         default="in_process",
         help="the runs' executor: one process (nova rebuild's default), or a process per step, one at a time",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep each tier's NOVA_HOME and Dagster instance under --work (work/home-N, work/dagster-N)",
+    )
     args = parser.parse_args()
+    if args.keep and args.work is None:
+        parser.error("--keep needs --work: the homes are kept there")
     os.environ["PYTHONPATH"] = os.pathsep.join(  # a step process reconstructs scale_job from this module
         p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")) if p
     )
@@ -356,7 +374,7 @@ def main() -> None:
         f"{os.cpu_count()} cores; executor {args.executor}; stdlib {STDLIB} "
         f"({len(stdlib_sources()):,} source files); work {work}"
     )
-    results = {t: run_tier(t, TIERS[t], work, args.executor) for t in tiers}
+    results = {t: run_tier(t, TIERS[t], work, args.executor, args.keep) for t in tiers}
     if len(results) >= 2:
         a, b = (results[t] for t in sorted(results, key=lambda t: TIERS[t])[-2:])
         span = math.log(b["files"] / a["files"])
