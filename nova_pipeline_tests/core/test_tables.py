@@ -70,9 +70,8 @@ def test_a_table_keeps_its_attributes_in_its_footer_and_its_rows_as_before(tmp_p
     write_table(tmp_path, "plain", df)
     assert table_attrs(tmp_path, "plain") == {}
     write_table(tmp_path, "given", df, attrs={"chunker": "2"})
-    df.attrs = {
-        "chunker": "3"
-    }  # pandas' dataset attributes: how an asset's value hands them to the IO manager
+    # pandas' dataset attributes: how an asset's value hands them to the IO manager
+    df.attrs = {"chunker": "3"}
     write_table(tmp_path, "from_df", df)
     assert table_attrs(tmp_path, "given") == {"chunker": "2"}
     assert table_attrs(tmp_path, "from_df") == {"chunker": "3"}
