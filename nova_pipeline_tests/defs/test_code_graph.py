@@ -71,11 +71,14 @@ def test_a_new_dagster_instance_finds_the_chunks_and_graph_current_and_a_half_wr
     tables of two builds (a run killed between their writes) are parsed again whole."""
     home = tmp_path / "home"
     with dg.instance_for_test() as instance:
-        assert materialize_rebuild(json_tree, home, instance).success
+        first = materialize_rebuild(json_tree, home, instance)
+        assert first.success
     relations = table_path(home, CODE_RELATIONS).stat().st_mtime_ns
     with dg.instance_for_test() as fresh:
         again = materialize_rebuild(json_tree, home, fresh)
         chunks, meta = asset_metadata(again, "source_chunks"), asset_metadata(again, "code_graph")
+        terms = asset_metadata(first, "lexical_index")["vocabulary"]
+        assert terms > 0 and asset_metadata(again, "lexical_index")["vocabulary"] == terms  # not "0 terms"
         assert chunks["files_chunked"] == 0 and chunks["files_reused"] == 5
         assert meta["unchanged"] is True and meta["files_parsed"] == 0 and meta["files_reused"] == 5
         assert table_path(home, CODE_RELATIONS).stat().st_mtime_ns == relations

@@ -405,6 +405,15 @@ def current_path(home: Path) -> Path | None:
     return path if (path / META).exists() else None
 
 
+def base_vocabulary(home: Path) -> int:
+    """Terms of the live base index under ``home``, as built (its ``meta.json``); 0: none, or unreadable."""
+    cur = current_path(home)
+    try:
+        return int(json.loads((cur / META).read_text()).get("vocabulary", 0)) if cur is not None else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
 def load_current(home: Path) -> LexicalIndex:
     """The live lexical index of ``home``.
 

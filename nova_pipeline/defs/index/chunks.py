@@ -143,6 +143,7 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
                 metadata={  # the last materialization's counts: the same index
                     **last_metadata(context),
                     "documents": n,
+                    "vocabulary": lexical.base_vocabulary(home),  # from the index: a new instance has none
                     "how": "unchanged",
                     "built": False,
                     "digest": digest,
