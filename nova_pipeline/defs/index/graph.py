@@ -34,13 +34,12 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
             "parsed again"
         )
     same_version = kept is not None and kept.get("graph_version") == graph.GRAPH_VERSION
-    have_tables = kept is not None
     # the chunks' part of the digest, once per version of their table (an unchanged run reads none of it:
     # reading and hashing the spans took 0.54 s of an unchanged run at 10,000 files)
     spans_table = functools.cache(lambda: read_table(layout, SOURCE_CHUNKS, columns=graph.SPAN_COLUMNS))
     spans = memo(layout, SOURCE_CHUNKS, "graph.chunk_spans", lambda: graph.chunk_spans_digest(spans_table()))
     digest = graph.inputs_digest(settings.source_dir, manifest, spans)
-    if have_tables and same_version and kept.get("inputs_digest") == digest:
+    if same_version and kept.get("inputs_digest") == digest:
         # decided before the tables are read: reading them is most of an unchanged run's cost (0.59 s of
         # 0.71 s at 3,000 files, growing with the relations)
         context.log.info("no file or chunk changed since the last code graph: no work")
@@ -56,7 +55,7 @@ def code_graph(context: dg.AssetExecutionContext, nova: NovaSettings):
         )
     chunks = spans_table()  # read once: by the digest when the memo was stale
     # as Arrow tables: build_graph drops the changed files' rows before pandas sees them
-    tables = [read_arrow(layout, t) for t in graph.TABLES] if have_tables and same_version else []
+    tables = [read_arrow(layout, t) for t in graph.TABLES] if same_version else []
     previous = tuple(tables) if tables and all(t is not None for t in tables) else None
     symbols, relations, names, stats = graph.build_graph(
         settings.source_dir, manifest, chunks, previous, progress=progress_reporter(context, "graph", "files")
