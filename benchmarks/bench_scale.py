@@ -224,11 +224,17 @@ def scale_job(tree: str, home: str):
     return defs.resolve_job_def("rebuild")
 
 
-def rebuild_run(tree: Path, home: Path, instance, executor: str = "in_process"):
+WITHOUT_VECTORS = ("vector_index", "golden_copy")  # --without-vectors: Chroma's stages, and what needs them
+
+
+def rebuild_run(
+    tree: Path, home: Path, instance, executor: str = "in_process", without_vectors: bool = False
+):
     """One run of :func:`scale_job` through ``dg.execute_job``, the path of ``nova rebuild``. Not
     ``dg.materialize``: that executes in process with output capture, which keeps every step's output (the
     manifest, the chunk table...) in memory until the run ends, so its peak memory is the harness's, not the
-    product's.
+    product's. ``without_vectors``: the job's assets but :data:`WITHOUT_VECTORS` (an asset selection of the
+    same job).
 
     Raises:
         RuntimeError: the run failed.
@@ -241,7 +247,11 @@ def rebuild_run(tree: Path, home: Path, instance, executor: str = "in_process"):
         "execution": {"config": mode},
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    result = dg.execute_job(job, instance=instance, run_config=run_config)
+    selection = None
+    if without_vectors:
+        keys = scale_job(str(tree), str(home)).asset_layer.executable_asset_keys
+        selection = sorted((k for k in keys if k.to_user_string() not in WITHOUT_VECTORS), key=str)
+    result = dg.execute_job(job, instance=instance, run_config=run_config, asset_selection=selection)
     if not result.success:
         raise RuntimeError(
             f"run {result.run_id} failed: {[e.message for e in result.all_events if e.is_failure]}"
@@ -249,11 +259,13 @@ def rebuild_run(tree: Path, home: Path, instance, executor: str = "in_process"):
     return result
 
 
-def run_tier(name: str, files: int, work: Path, executor: str, keep: bool = False) -> dict:
+def run_tier(
+    name: str, files: int, work: Path, executor: str, keep: bool = False, without_vectors: bool = False
+) -> dict:
     """One tier: its tree under ``work``, a cold rebuild, the unchanged rerun and a one-file edit, with stage
     windows and peak RSS. ``keep``: leave the tier's ``NOVA_HOME`` (``work/home-N``) and Dagster instance
     (``work/dagster-N``) in place, edited, for profiling a later run on them (the edited file is put back
-    either way)."""
+    either way). ``without_vectors``: every run leaves out :data:`WITHOUT_VECTORS`."""
     import dagster as dg
 
     from nova_pipeline.core.keys import SOURCE_CHUNKS
@@ -282,18 +294,18 @@ def run_tier(name: str, files: int, work: Path, executor: str, keep: bool = Fals
     try:
         with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
             t = time.perf_counter()
-            cold = rebuild_run(tree, home, instance, executor)
+            cold = rebuild_run(tree, home, instance, executor, without_vectors)
             cold_s = time.perf_counter() - t
             windows = stage_windows(step_times(instance, cold.run_id))
             chunks = len(read_table(home, SOURCE_CHUNKS, columns=["chunk_id"]))
             t = time.perf_counter()
-            again = rebuild_run(tree, home, instance, executor)
+            again = rebuild_run(tree, home, instance, executor, without_vectors)
             unchanged_s = time.perf_counter() - t
             unchanged_w = stage_windows(step_times(instance, again.run_id))
             target = paths[len(paths) // 2]
             target.write_text(target.read_text() + "\n\ndef bench_scale_edit():\n    return 1\n")
             t = time.perf_counter()
-            edited = rebuild_run(tree, home, instance, executor)
+            edited = rebuild_run(tree, home, instance, executor, without_vectors)
             edit_s = time.perf_counter() - t
             edit_w = stage_windows(step_times(instance, edited.run_id))
     finally:
@@ -361,6 +373,12 @@ def main() -> None:
         action="store_true",
         help="keep each tier's NOVA_HOME and Dagster instance under --work (work/home-N, work/dagster-N)",
     )
+    parser.add_argument(
+        "--without-vectors",
+        action="store_true",
+        help="leave out vector_index and golden_copy: every other stage, at sizes where Chroma's HNSW insert "
+        "(reconcile's bound) does not fit the time there is",
+    )
     args = parser.parse_args()
     if args.keep and args.work is None:
         parser.error("--keep needs --work: the homes are kept there")
@@ -371,10 +389,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     print(
-        f"{os.cpu_count()} cores; executor {args.executor}; stdlib {STDLIB} "
+        f"{os.cpu_count()} cores; executor {args.executor}; "
+        f"{'without ' + ' and '.join(WITHOUT_VECTORS) + '; ' if args.without_vectors else ''}stdlib {STDLIB} "
         f"({len(stdlib_sources()):,} source files); work {work}"
     )
-    results = {t: run_tier(t, TIERS[t], work, args.executor, args.keep) for t in tiers}
+    results = {t: run_tier(t, TIERS[t], work, args.executor, args.keep, args.without_vectors) for t in tiers}
     if len(results) >= 2:
         a, b = (results[t] for t in sorted(results, key=lambda t: TIERS[t])[-2:])
         span = math.log(b["files"] / a["files"])
