@@ -34,6 +34,7 @@ __all__ = [
     "memo",
     "one_chunk",
     "read_rows",
+    "replace_at",
     "table_attrs",
     "row_count",
     "read_table",
@@ -346,3 +347,23 @@ def splice_sorted(
         pieces.append(kept.iloc[done:])
     pieces = [p for p in pieces if len(p)]
     return pd.concat(pieces, ignore_index=True) if pieces else kept.iloc[:0]
+
+
+def replace_at(column, *at_values: tuple[np.ndarray, list | np.ndarray]):
+    """``column`` (a ``pyarrow.Array``) with the values at some positions replaced: each of ``at_values`` is
+    ``(positions, their values)``, positions ascending and disjoint between them. Done by Arrow's kernel
+    (``replace_with_mask``): the column never becomes Python values. For the code graph's three resolved
+    columns at 10,000 files, turning 1.3 million rows of each into Python strings and back took 1.8 s of a
+    one-file edit's 7.7 s."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    mask = np.zeros(len(column), dtype=bool)
+    at = np.concatenate([np.asarray(a, dtype=np.int64) for a, _ in at_values])
+    if not len(at):
+        return column
+    mask[at] = True
+    values = np.concatenate([np.asarray(v, dtype=object) for _, v in at_values])[
+        np.argsort(at, kind="stable")
+    ]
+    return pc.replace_with_mask(column, pa.array(mask), pa.array(values, column.type))

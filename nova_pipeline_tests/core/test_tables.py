@@ -1,12 +1,15 @@
 """Tables: identities and the answers kept per version of a table."""
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from nova_pipeline.core.tables import (
     identity,
     in_set,
     memo,
     read_table,
+    replace_at,
     row_count,
     table_attrs,
     table_path,
@@ -79,3 +82,14 @@ def test_a_table_keeps_its_attributes_in_its_footer_and_its_rows_as_before(tmp_p
         pd.testing.assert_frame_equal(read_table(tmp_path, name), read_table(tmp_path, "plain"))
     table_path(tmp_path, "broken").write_bytes(b"not parquet")
     assert table_attrs(tmp_path, "broken") == {}  # unknown: whoever reads the table says what is wrong
+
+
+def test_replace_at_puts_each_value_at_its_position_and_keeps_the_rest_nulls_included():
+    column = pa.array(["a", "b", None, "d", "e", "f"], pa.large_string())
+    got = replace_at(
+        column, (np.array([1, 4]), ["B", "E"]), (np.array([0, 2]), np.array(["A", "C"], dtype=object))
+    )
+    assert got.type == pa.large_string()
+    assert got.to_pylist() == ["A", "B", "C", "d", "E", "f"]
+    assert replace_at(column, (np.array([3]), ["D"])).to_pylist() == ["a", "b", None, "D", "e", "f"]
+    assert replace_at(column, (np.array([], dtype=np.int64), [])) is column  # nothing to replace: no copy

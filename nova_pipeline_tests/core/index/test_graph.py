@@ -2,6 +2,7 @@
 re-exports, inheritance), what stays unresolved, document links, incremental rebuilds equal to clean ones,
 files that do not parse, and the queries."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,6 +93,19 @@ def test_an_edit_reparses_one_file_and_equals_a_clean_build(json_tree):
         clean.relations.sort_values(["path", "line", "target_text", "kind"], ignore_index=True),
     )
     assert "json.decoder.extra_helper" in set(g2.symbols["qualname"])
+
+
+def test_resolution_places_its_answers_by_position_whatever_the_relations_index(json_tree):
+    """_resolve_tree's columns are Arrow arrays placed by position: a frame whose index is not 0..n-1 gets
+    the same answers on the same rows."""
+    from nova_pipeline.core.index.graph.build import _resolve_tree
+
+    _, (symbols, relations, names), _ = built(json_tree)
+    plain, _ = _resolve_tree(symbols, relations, names)
+    shuffled = relations.set_axis(np.arange(len(relations))[::-1] * 3)
+    again, _ = _resolve_tree(symbols, shuffled, names)
+    pd.testing.assert_frame_equal(again, plain)
+    assert (plain["target"] != "").sum() > 0 and (plain["deps"] != "").sum() > 0
 
 
 def test_tables_do_not_depend_on_how_many_rows_become_python_values_at_a_time(json_tree, monkeypatch):

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from nova_pipeline.core.index.graph.extract import extract_markdown, extract_python, parse_scope, symbol_id
 from nova_pipeline.core.index.graph.resolve import Tree, resolve_name
-from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, drop_runs
+from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, drop_runs, replace_at
 
 __all__ = [
     "GRAPH_VERSION",
@@ -373,22 +373,22 @@ class _Sites:
             targets[j], deps[j] = self.site(path, text, scope)
         return targets[code], deps[code]
 
-    def inherit(self, relations: pd.DataFrame) -> np.ndarray:
+    def inherit(self, relations: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         """Fill the tree's bases from the ``INHERITS`` sites, in table order (a site may go through the bases
-        found before it). Returns, per row, the base an ``INHERITS`` site named ("" for other rows and for
-        one not found): the ``base`` column, from which the next build knows these bases without the tree.
-        Only the ``INHERITS`` rows (about 1 in 60) are turned into Python values."""
-        out = np.full(len(relations), "", dtype=object)
+        found before it). Returns the positions of the ``INHERITS`` rows and, for each, the base it named (""
+        for one not found): the ``base`` column, from which the next build knows these bases without the
+        tree. Only the ``INHERITS`` rows (about 1 in 60) are turned into Python values."""
         at = np.flatnonzero((relations["kind"] == "INHERITS").to_numpy())
         rows = relations.iloc[at]
-        for i, src, text, path, scope in zip(
-            at, *(rows[c].tolist() for c in ("source", "target_text", "path", "scope"))
+        found = []
+        for src, text, path, scope in zip(
+            *(rows[c].tolist() for c in ("source", "target_text", "path", "scope"))
         ):
             hit = self.resolve(path, text, scope)
             if hit:
                 self.tree.bases.setdefault(src, []).append(hit)
-                out[i] = hit
-        return out
+            found.append(hit or "")
+        return at, found
 
 
 def _python_rows(table: pd.DataFrame, columns: list[str]) -> Iterator[tuple]:
@@ -421,33 +421,45 @@ def _resolve_tree(
     per value), and a site's resolution is computed once per distinct ``(path, scope, text)``."""
     tree, module_of_path = _tree(symbols, names)
     sites = _Sites(tree, module_of_path)
-    bases = sites.inherit(relations)
+    inherits, bases = sites.inherit(relations)
     changed = _changed_modules(tree, since) if since is not None and "deps" in relations.columns else None
-    kind = relations["kind"]
-    deps_in = (
-        relations["deps"].fillna("") if "deps" in relations.columns else pd.Series([""] * len(relations))
-    )
-    targets = relations["target"].to_numpy(dtype=object).copy()  # other kinds keep theirs
-    deps = np.full(len(relations), "", dtype=object)
-    keep = np.zeros(len(relations), dtype=bool)
+    n, kind = len(relations), relations["kind"]
+    deps_in = pc.fill_null(_strings(relations["deps"]), "") if "deps" in relations.columns else None
+    keep = np.zeros(n, dtype=bool)
     if changed is not None:
         # an unchanged file's call site, over unchanged facts, keeps its answer; decided per distinct deps
         # string (they repeat: a site's deps are the modules it consulted), not per row
-        touched = {d: bool(changed & set(d.split("\n"))) for d in pd.unique(deps_in.to_numpy(dtype=object))}
+        touched = [d for d in pc.unique(deps_in).to_pylist() if changed & set(d.split("\n"))]
         keep = (
             (kind == "CALLS").to_numpy()
             & ~relations["path"].isin(since[1]).to_numpy()
-            & ~deps_in.map(touched).to_numpy(dtype=bool)
+            & ~pc.is_in(deps_in, value_set=pa.array(touched, deps_in.type)).to_numpy(zero_copy_only=False)
         )
-        deps[keep] = deps_in.to_numpy(dtype=object)[keep]
     redo = np.flatnonzero(kind.isin(["CALLS", "INHERITS"]).to_numpy() & ~keep)
-    if len(redo):
-        targets[redo], deps[redo] = sites.sites(relations.iloc[redo])
+    at = relations[["path", "scope", "target_text"]].iloc[redo]
+    targets, deps = sites.sites(at) if len(redo) else ([], [])
     imports = np.flatnonzero((kind == "IMPORTS").to_numpy())
-    for i, text in zip(imports, relations["target_text"].iloc[imports].tolist()):
-        targets[i] = tree.follow(text) or ""  # from what the site says: a kept row's target is last run's
-    out = relations.assign(target=targets, deps=deps, base=bases).reset_index(drop=True)
-    return out, int(keep.sum())
+    # from what the site says: a kept row's target is last run's
+    followed = [tree.follow(text) or "" for text in relations["target_text"].iloc[imports].tolist()]
+    blank = pa.repeat(pa.scalar("", pa.large_string()), n)
+    kept_deps = blank if changed is None else pc.if_else(pa.array(keep), deps_in, blank)
+    out = relations.assign(  # pandas arrays, not Series: placed by position, whatever the frame's index
+        target=_pandas(replace_at(_strings(relations["target"]), (redo, targets), (imports, followed))),
+        deps=_pandas(replace_at(kept_deps, (redo, deps))),
+        base=_pandas(replace_at(blank, (inherits, bases))),
+    )
+    return out.reset_index(drop=True), int(keep.sum())
+
+
+def _strings(column: pd.Series) -> pa.Array:
+    """A string column's values as an Arrow ``large_string`` array (no copy when the column is Arrow-backed
+    already, as a read table's are)."""
+    return pa.array(column, pa.large_string())
+
+
+def _pandas(values: pa.Array):
+    """Arrow strings as a pandas array of the ``str`` dtype, without a Python value per row."""
+    return values.to_pandas().array
 
 
 def _changed_modules(
