@@ -315,3 +315,39 @@ def test_an_incremental_resolution_equals_a_full_one_after_each_kind_of_change(s
     clean, _, _ = built(stdlib_tree)
     _same_relations(g.relations, clean.relations)
     assert stats.calls_kept == 0
+
+
+def test_name_facts_per_owner_equal_a_dict_of_every_row_over_chunked_columns(json_tree, monkeypatch):
+    """The resolver's facts, built an owner at a time from the code_names table read in several chunks (as
+    Parquet's row groups give it), equal those built from every row at once; and the same when the chunks'
+    encodings disagree and the column is encoded as one."""
+    import pyarrow as pa
+
+    from nova_pipeline.core.index.graph import resolve
+
+    _, (_, _, names), _ = built(json_tree)
+    table = pa.Table.from_pandas(names, preserve_index=False)
+    chunked = pa.concat_tables([table.slice(i, 97) for i in range(0, table.num_rows, 97)]).to_pandas()
+    assert pa.array(chunked["owner"], pa.large_string()).num_chunks > 1
+    want: dict[str, tuple] = {}
+    for owner, name, target, kind in zip(names["owner"], names["name"], names["target"], names["kind"]):
+        aliases, bound, local, instances = want.setdefault(owner, ({}, set(), set(), {}))
+        if kind == "alias":
+            aliases[name] = target
+        elif kind == "bound":
+            bound.add(name)
+        elif kind in ("instance", "attr_instance"):
+            instances[(kind, name)] = target
+        elif kind != graph.UNPARSED:
+            local.add(name)
+    assert len(want) > 20 and any(f[0] for f in want.values()) and any(f[1] for f in want.values())
+    facts = resolve.NameFacts(chunked, skip=(graph.UNPARSED,))
+    assert {o: facts.of(o) for o in want} == want
+    assert facts.of("no.such.owner") == ({}, set(), set(), {})
+    assert facts.view(resolve.NameFacts.ALIAS).get("no.such.owner", "absent") == "absent"
+    encoded = resolve._encoded
+    monkeypatch.setattr(
+        resolve, "_encoded", lambda v: (None, []) if isinstance(v, pa.ChunkedArray) else encoded(v)
+    )
+    again = resolve.NameFacts(chunked, skip=(graph.UNPARSED,))
+    assert {o: again.of(o) for o in want} == want

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nova_pipeline.core.index.graph.extract import extract_markdown, extract_python, parse_scope, symbol_id
-from nova_pipeline.core.index.graph.resolve import Tree, resolve_name
+from nova_pipeline.core.index.graph.resolve import NameFacts, Tree, resolve_name
 from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, drop_runs, replace_at
 
 __all__ = [
@@ -313,25 +313,11 @@ def _facts_before(previous: tuple[pa.Table, pa.Table, pa.Table]) -> tuple[pd.Dat
 
 
 def _tree(symbols: pd.DataFrame, names: pd.DataFrame) -> tuple[Tree, dict[str, str]]:
-    """The tree-wide facts of ``symbols`` and ``names`` (no bases yet), and each file's module."""
-    aliases: dict[str, dict[str, str]] = {}
-    local_defs: dict[str, set[str]] = {}
-    bound: dict[str, set[str]] = {}
-    instances: dict[tuple[str, str, str], str] = {}
-    for owner, name, target, kind in _python_rows(names, ["owner", "name", "target", "kind"]):
-        if kind == "alias":
-            aliases.setdefault(owner, {})[name] = target
-        elif kind == "bound":
-            bound.setdefault(owner, set()).add(name)
-        elif kind in ("instance", "attr_instance"):
-            instances[(kind, owner, name)] = target
-        elif kind == UNPARSED:
-            continue
-        else:
-            local_defs.setdefault(owner, set()).add(name)
+    """The tree-wide facts of ``symbols`` and ``names`` (no bases yet; the names' facts built per owner as
+    resolution asks for them, :class:`NameFacts`), and each file's module."""
     modules = symbols[symbols["kind"] == "module"]
-    tree = Tree(symbols, aliases, {})
-    tree.bound, tree.instances, tree.local_defs = bound, instances, local_defs
+    tree = Tree(symbols, {}, {})
+    tree.use_facts(NameFacts(names, skip=(UNPARSED,)))
     return tree, dict(zip(modules["path"].tolist(), modules["qualname"].tolist()))
 
 

@@ -3,13 +3,122 @@ package docstring for the rules and their measured precision)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nova_pipeline.core.index.graph.extract import parse_scope
 
-__all__ = ["MAX_REEXPORT_HOPS", "Tree", "resolve_name"]
+__all__ = ["MAX_REEXPORT_HOPS", "NameFacts", "Tree", "resolve_name"]
 
 MAX_REEXPORT_HOPS = 8
+
+
+class NameFacts:
+    """The ``code_names`` rows (``owner, name, target, kind``) grouped by owner, each owner's turned into
+    Python values the first time a resolution consults it: its import aliases, bound names, local
+    definitions and single-class instances (the kinds of :func:`~nova_pipeline.core.index.graph.build_graph`;
+    rows of any other kind in ``skip`` are left out).
+
+    A one-file edit resolves the changed file's sites, the import and inheritance sites, and the sites that
+    consulted a changed module. At 10,000 files those consulted 7,134 of 277,447 owners, and building every
+    owner's facts from the 1.5 million rows took 2.4-2.9 s of the edit's graph build, against 0.65 s now
+    (Arrow's ``dictionary_encode`` of the owners, one integer sort, and the owners asked for). A build that
+    consults every owner pays about 25 µs an owner instead: at 3,000 files a cold build's resolution took
+    5.0 s against 3.4 s, of a 70 s build.
+    """
+
+    ALIAS, BOUND, LOCAL, INSTANCE = range(4)
+
+    def __init__(self, names: pd.DataFrame, skip: tuple[str, ...] = ()):
+        def arrow(column: str) -> pa.Array:
+            a = pa.array(names[column], pa.large_string())
+            return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+        codes, dictionary = _encoded(pa.array(names["owner"], pa.large_string()))
+        if codes is None:  # the chunks were encoded with dictionaries of their own: encode them as one
+            codes, dictionary = _encoded(arrow("owner"))
+        order = np.argsort(codes, kind="stable")  # each owner's rows together, in table order
+        self._code = {o: i for i, o in enumerate(dictionary)}
+        self._starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(self._code)))])
+        take = pa.array(order)
+        self._columns = [arrow(c).take(take) for c in ("name", "target", "kind")]
+        self._skip = frozenset(skip)
+        self._facts: dict[str, tuple[dict, set, set, dict]] = {}
+
+    def of(self, owner: str) -> tuple[dict[str, str], set[str], set[str], dict[tuple[str, str], str]]:
+        """``owner``'s ``(aliases {local: dotted}, bound names, local definitions, instances {(kind, name):
+        target})``, built on the first call."""
+        facts = self._facts.get(owner)
+        if facts is None:
+            facts = self._facts[owner] = ({}, set(), set(), {})
+            i = self._code.get(owner)
+            if i is not None:
+                at, n = int(self._starts[i]), int(self._starts[i + 1] - self._starts[i])
+                aliases, bound, local, instances = facts
+                for name, target, kind in zip(*(c.slice(at, n).to_pylist() for c in self._columns)):
+                    if kind == "alias":
+                        aliases[name] = target
+                    elif kind == "bound":
+                        bound.add(name)
+                    elif kind in ("instance", "attr_instance"):
+                        instances[(kind, name)] = target
+                    elif kind not in self._skip:
+                        local.add(name)
+        return facts
+
+    def view(self, which: int) -> _OwnerView:
+        """A read-only mapping owner -> one of :meth:`of`'s facts (:data:`ALIAS`, :data:`BOUND`,
+        :data:`LOCAL`), with ``get`` and ``[]``; an owner without such facts is absent."""
+        return _OwnerView(self, which)
+
+    def instance(self, key: tuple[str, str, str]) -> str | None:
+        """The target of the instance row ``(kind, owner, name)``, or None."""
+        kind, owner, name = key
+        return self.of(owner)[3].get((kind, name))
+
+
+def _encoded(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray | None, list[str]]:
+    """``values`` dictionary-encoded: ``(codes, dictionary)``. A chunked column (a table read from Parquet has
+    a chunk per row group) is encoded without copying its strings into one array; Arrow gives every chunk
+    the same dictionary, which is checked (the same buffers), and ``(None, [])`` says it was not so."""
+    encoded = pc.dictionary_encode(values)
+    chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+    if not chunks or not len(values):
+        return np.zeros(0, dtype=np.int64), []
+    buffers = {tuple(b.address for b in c.dictionary.buffers() if b is not None) for c in chunks}
+    if len(buffers) > 1:
+        return None, []
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+    return codes, chunks[0].dictionary.to_pylist()
+
+
+class _OwnerView:
+    """One kind of :class:`NameFacts` as the resolver reads a dict of owners: ``get(owner, default)`` and
+    ``[owner]``."""
+
+    def __init__(self, facts: NameFacts, which: int):
+        self.facts, self.which = facts, which
+
+    def get(self, owner: str, default=None):
+        got = self.facts.of(owner)[self.which]
+        return got if got else default
+
+    def __getitem__(self, owner: str):
+        """``owner``'s facts of this kind, empty when it has none (the resolver asks only after ``get``)."""
+        return self.facts.of(owner)[self.which]
+
+
+class _InstanceView:
+    """:class:`NameFacts`' instances as the resolver reads its dict ``{(kind, owner, name): target}``."""
+
+    def __init__(self, facts: NameFacts):
+        self.facts = facts
+
+    def get(self, key: tuple[str, str, str], default=None):
+        got = self.facts.instance(key)
+        return default if got is None else got
 
 
 class Tree:
@@ -26,9 +135,19 @@ class Tree:
         self.instances: dict[tuple[str, str, str], str] = {}  # see FileGraph.instances
         self.local_defs: dict[str, set[str]] = {}
         self.bases = bases  # class qualname -> resolved base qualnames
+        self.facts: NameFacts | None = None  # see use_facts
         # the modules whose facts the current resolution consulted (None: not recorded); see touch()
         self.seen: set[str] | None = None
         self._prefixes: dict[str, tuple[str, ...]] = {}
+
+    def use_facts(self, facts: NameFacts) -> None:
+        """Read ``aliases``, ``bound``, ``local_defs`` and ``instances`` from ``facts``, an owner at a
+        time."""
+        self.facts = facts
+        self.aliases = facts.view(NameFacts.ALIAS)
+        self.bound = facts.view(NameFacts.BOUND)
+        self.local_defs = facts.view(NameFacts.LOCAL)
+        self.instances = _InstanceView(facts)
 
     def touch(self, key: str) -> None:
         """Record that a resolution consulted a fact keyed by the dotted name ``key`` (a qualname, or the
