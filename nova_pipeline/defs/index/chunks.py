@@ -7,7 +7,6 @@ check runs inside its step (``check_specs``); downstream assets read the chunks 
 import time
 
 import dagster as dg
-import pandas as pd
 
 from nova_pipeline.core.index import lexical, lexical_delta
 from nova_pipeline.core.index.chunking import (
@@ -136,13 +135,12 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
     digest = lexical.kept_digest(home)  # once per version of the chunks table: an unchanged run reads none
     with writer_lock(home, bump=False):  # nova watch writes the same delta (core/locks.py)
         if lexical_delta.holds(home, digest, with_delta=config.compact_above > 0):  # 0: fold the delta in
-            failures, n = lexical_delta.kept_id_failures(home)  # once per version of its inputs
-            check = _check_result(failures, n)
+            check = lexical_index_matches_chunks(home)  # kept by the run that made these inputs
             context.log.info(f"lexical index {digest[:12]}: unchanged: no work")
             return dg.MaterializeResult(
                 metadata={  # the last materialization's counts: the same index
                     **last_metadata(context),
-                    "documents": n,
+                    "documents": check.metadata["documents"].value,
                     "vocabulary": lexical.base_vocabulary(home),  # from the index: a new instance has none
                     "how": "unchanged",
                     "built": False,
@@ -160,7 +158,7 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
             with_texts=lambda: require_table(home, SOURCE_CHUNKS, columns=[*lexical.DOC_COLUMNS, "text"]),
             compact_above=config.compact_above,
         )
-        check = lexical_index_matches_chunks(home, source_chunks)
+        check = lexical_index_matches_chunks(home)  # kept for the next unchanged run
     context.log.info(
         f"lexical index {a.digest[:12]}: {a.docs:,} documents, "
         + {
@@ -187,10 +185,13 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
     )
 
 
-def lexical_index_matches_chunks(home, chunks: pd.DataFrame) -> dg.AssetCheckResult:
-    """The live lexical index under ``home`` (its base and delta) against ``chunks``: fails naming ids
-    missing or extra."""
-    return _check_result(lexical_delta.live_id_failures(home, chunks["chunk_id"].tolist()), len(chunks))
+def lexical_index_matches_chunks(home) -> dg.AssetCheckResult:
+    """The live lexical index under ``home`` (its base and delta) against the chunks table: fails naming ids
+    missing or extra. Computed once per version of the table, the index's document table and the delta
+    (:func:`~nova_pipeline.core.index.lexical_delta.kept_id_failures`), by the run that made them, so that
+    the next unchanged run reads the answer: at 100,000 files (3.5 million chunks) the first unchanged run
+    after a change spent 4.6 s on it. Call it under the writer lock."""
+    return _check_result(*lexical_delta.kept_id_failures(home))
 
 
 def _check_result(failures: list[str], documents: int) -> dg.AssetCheckResult:

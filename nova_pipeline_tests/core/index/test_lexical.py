@@ -279,3 +279,44 @@ def test_collapse_bridges_groups_keeps_rank_and_counts_places_for_k():
     assert collapse_places(order, {}, 10) == [
         (c, sc, 0, 0, []) for c, sc in order
     ]  # no spans known: raw order
+
+
+def test_id_failures_compare_the_ids_as_sets_with_and_without_a_delta(tmp_path):
+    """The check's Arrow comparison against Python sets (what it replaced) on cases that pass and fail:
+    missing, extra, duplicated ids, a delta that removes and adds, and a meta that miscounts."""
+    import pandas as pd
+
+    def reference(have, ids, removed=(), added=()):
+        live = (set(have) - set(removed)) | set(added)
+        missing, extra = set(ids) - live, live - set(ids)
+        return (len(missing), len(extra), sorted(missing or extra)[0]) if missing or extra else None
+
+    have = [f"{i:032x}" for i in range(0, 200, 2)]
+    index = tmp_path / "index"
+    index.mkdir()
+    pd.DataFrame({"chunk_id": have}).to_parquet(index / "docs.parquet")
+    (index / lexical.META).write_text(json.dumps({"docs": len(have)}))
+    cases = [
+        (have, (), ()),
+        (have[::-1] + have[:5], (), ()),  # order and duplicates do not matter
+        (have[3:], (), ()),
+        ([*have, "f" * 32, "e" * 32], (), ()),
+        ([i for i in have if i not in have[10:20]] + ["a" * 32], have[10:20], ["a" * 32]),
+        (have, have[:3], ["b" * 32]),
+        (have[5:], have[:5], ()),
+    ]
+    for ids, removed, added in cases:
+        got = lexical_delta._base_id_failures(index, pd.Series(ids, dtype="str"), removed, added)
+        want = reference(have, ids, removed, added)
+        if want is None:
+            assert got == []
+        else:
+            assert (
+                len(got) == 1
+                and f"lacks {want[0]} chunks and has {want[1]} others (e.g. {want[2]})" in got[0]
+            )
+            assert ("with its delta" in got[0]) == bool(removed or added)
+    (index / lexical.META).write_text(json.dumps({"docs": len(have) + 1}))
+    assert "its meta says" in lexical_delta._base_id_failures(index, have)[0]
+    (index / "docs.parquet").write_bytes(b"not parquet")
+    assert "cannot be read" in lexical_delta._base_id_failures(index, have)[0]
