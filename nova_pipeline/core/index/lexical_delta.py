@@ -248,11 +248,10 @@ def _arrow_ids(ids):
     ``large_string`` array."""
     import pyarrow as pa
 
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
-    elif not isinstance(ids, (pa.Array, pd.Series)):
+    if not isinstance(ids, (pa.Array, pa.ChunkedArray, pd.Series)):
         ids = list(ids)
-    ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.large_string())
+    if not isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        ids = pa.array(ids, pa.large_string())  # a Series of Arrow-backed strings gives its own, uncopied
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
     return ids.cast(pa.large_string())
