@@ -16,7 +16,12 @@ import dagster as dg
 import pandas as pd
 
 from nova_pipeline.core.compression.dictionary import DictionaryOptions, DictionaryRegistry, build_for_tree
-from nova_pipeline.core.compression.patterns import display_pattern, find_patterns, pattern_sources
+from nova_pipeline.core.compression.patterns import (
+    display_pattern,
+    find_patterns,
+    inputs_digest,
+    pattern_sources,
+)
 from nova_pipeline.core.compression.repeats import PatternOptions
 from nova_pipeline.core.compression.store import DEFAULT_THREADS, ContentStore, update_store
 from nova_pipeline.core.ingest.manifest import unique_contents
@@ -27,8 +32,8 @@ from nova_pipeline.core.keys import (
     FREQUENT_PATTERNS,
     SOURCE_FILES,
 )
-from nova_pipeline.core.tables import read_table, require_table
-from nova_pipeline.defs.metadata import md_table
+from nova_pipeline.core.tables import read_table, require_table, table_attrs
+from nova_pipeline.defs.metadata import last_metadata, md_table
 from nova_pipeline.defs.resources import NovaSettings
 from nova_pipeline.deploy.run_events import progress_reporter
 
@@ -59,7 +64,24 @@ def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig,
     settings = nova.settings()
     source_files = require_table(settings.layout, SOURCE_FILES)
     options = PatternOptions(**config.model_dump())
+    digest = inputs_digest(source_files, options)
     previous = read_table(settings.layout, FREQUENT_PATTERNS)
+    kept = table_attrs(settings.layout, FREQUENT_PATTERNS) or {}  # what made the table, from its footer
+    if previous is not None and kept.get("inputs_digest") == digest:
+        context.log.info("no file and no option changed since the last pattern analysis: no work")
+        previous.attrs = {"inputs_digest": digest}
+        last = last_metadata(context)
+        return dg.MaterializeResult(
+            value=previous,
+            metadata={
+                **last,
+                "unchanged": True,
+                "inputs_digest": digest,
+                "patterns": len(previous),
+                "shards_analysed": 0,
+                "shards_cached": int(last.get("shards", 0)),
+            },
+        )
     df, stats = find_patterns(
         settings.source_dir,
         source_files,
@@ -83,9 +105,12 @@ def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig,
         f"{len(df)} patterns from {stats.contents} contents; shards analysed {stats.shards_analysed}, "
         f"cached {stats.shards_cached}"
     )
+    df.attrs = {"inputs_digest": digest}  # kept in the table's footer (tables.write_table)
     return dg.MaterializeResult(
         value=df,
         metadata={
+            "unchanged": False,
+            "inputs_digest": digest,
             "patterns": len(df),
             "contents": stats.contents,
             "bytes": stats.bytes,
