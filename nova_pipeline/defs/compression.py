@@ -59,7 +59,8 @@ def frequent_patterns(context: dg.AssetExecutionContext, config: PatternsConfig,
 
     ``pattern`` (bytes), ``frequency`` (non-overlapping occurrences), ``file_count`` (unique contents holding
     it), ``first_seen`` and ``last_updated`` (UTC). Shards are analysed in ``max_workers`` processes and
-    cached by blake3, so unchanged files are not analysed again.
+    cached by blake3, so unchanged files are not analysed again; when no file and no option changed (the
+    digest kept in the table's footer, ``patterns.inputs_digest``), the table is kept as it is.
     """
     settings = nova.settings()
     source_files = require_table(settings.layout, SOURCE_FILES)
