@@ -33,6 +33,7 @@ __all__ = [
     "in_set",
     "memo",
     "one_chunk",
+    "parquet_attrs",
     "read_rows",
     "replace_at",
     "table_attrs",
@@ -41,6 +42,7 @@ __all__ = [
     "require_table",
     "table_path",
     "write_table",
+    "write_parquet",
     "FREQUENT_PATTERNS",
     "SOURCE_CHUNKS",
     "SOURCE_FILES",
@@ -168,34 +170,49 @@ def write_table(
     Raises:
         OSError: the write failed (e.g. ``ENOSPC``); the previous version stays in place.
     """
+    path = table_path(home, name)
+    write_parquet(path, df, df.attrs if attrs is None else attrs)
+    return path
+
+
+def write_parquet(path: Path, df: pd.DataFrame, attrs: dict[str, str] | None = None) -> None:
+    """Write ``df`` to ``path`` atomically, with string ``attrs`` in its footer under :data:`ATTRS_KEY` (read
+    back by :func:`parquet_attrs`; none: the footer has no entry).
+
+    Raises:
+        OSError: the write failed (e.g. ``ENOSPC``); the previous file stays in place.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = table_path(home, name)
-    attrs = dict(df.attrs if attrs is None else attrs)
     if not attrs:
         atomic_write_with(path, lambda fh: df.to_parquet(fh, index=False, row_group_size=ROW_GROUP_ROWS))
-        return path
+        return
     table = pa.Table.from_pandas(df, preserve_index=False)  # what to_parquet writes, with the attributes
-    footer = {**(table.schema.metadata or {}), ATTRS_KEY: json.dumps(attrs, sort_keys=True).encode()}
+    footer = {**(table.schema.metadata or {}), ATTRS_KEY: json.dumps(dict(attrs), sort_keys=True).encode()}
     table = table.replace_schema_metadata(footer)
     atomic_write_with(path, lambda fh: pq.write_table(table, fh, row_group_size=ROW_GROUP_ROWS))
-    return path
 
 
 def table_attrs(home: Path | Layout, name: str) -> dict[str, str] | None:
     """The attributes :func:`write_table` kept in table ``name``'s footer (only the footer is read): ``{}``
     for a table written without them (or whose entry does not parse), None when the table was never
     written."""
+    return parquet_attrs(table_path(home, name))
+
+
+def parquet_attrs(path: Path) -> dict[str, str] | None:
+    """The attributes :func:`write_parquet` kept in ``path``'s footer (only the footer is read): ``{}`` for a
+    file written without them, whose entry does not parse, or that is not Parquet; None when there is no
+    file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = table_path(home, name)
     try:
         footer = pq.read_schema(path).metadata or {}
     except FileNotFoundError:
         return None
-    except pa.ArrowInvalid:  # not a Parquet file: whoever reads the table says so
+    except pa.ArrowInvalid:  # not a Parquet file: whoever reads it says so
         return {}
     try:
         attrs = json.loads(footer.get(ATTRS_KEY, b"{}"))

@@ -243,9 +243,10 @@ def compressed_store(context: dg.AssetExecutionContext, config: StoreConfig, nov
     trip, at the zstd level the dictionary was measured at.
 
     Incremental: only contents the store lacks are compressed. Garbage collection then removes objects that
-    neither the new index nor a pin (a golden version) refers to. Fails, with committed objects intact, when
-    a write fails (``ENOSPC`` names the fix); its blocking check ``store_round_trip`` fails naming the
-    object."""
+    neither the new index nor a pin (a golden version) refers to. When no content, dictionary or pin changed
+    (the digest in the index's footer, ``store.inputs_digest``), the index is kept as it is. Fails, with
+    committed objects intact, when a write fails (``ENOSPC`` names the fix); its blocking check
+    ``store_round_trip`` fails naming the object."""
     settings = nova.settings()
     source_files = require_table(settings.layout, SOURCE_FILES)
     store = ContentStore(settings.layout)
@@ -262,12 +263,18 @@ def compressed_store(context: dg.AssetExecutionContext, config: StoreConfig, nov
         progress=progress_reporter(context, "compress", "objects"),
     )
     put = update.put
-    if put.written == 0:
+    if update.unchanged:
+        context.log.info(
+            f"no content, dictionary or pin changed since the last update: the index of {update.objects} "
+            "objects is kept, with no stat of each and no garbage collection"
+        )
+    elif put.written == 0:
         context.log.info(f"nothing to compress: all {put.already_stored} contents already stored")
     else:
         context.log.info(f"stored {put.written} new objects, {put.bytes_in:,} -> {put.bytes_out:,} bytes")
     return dg.MaterializeResult(
         metadata={
+            "unchanged": update.unchanged,
             "objects": update.objects,
             "objects_written": put.written,
             "objects_already_stored": put.already_stored,

@@ -33,7 +33,7 @@ from nova_pipeline.core.atomic import TMP_PREFIX, atomic_write_with, syncfs
 from nova_pipeline.core.compression.dictionary import NO_DICTIONARY, DictionaryRegistry, compressor
 from nova_pipeline.core.errors import DictionaryError, InvalidRequestError, StoreCorruptError, StoreError
 from nova_pipeline.core.layout import Layout
-from nova_pipeline.core.tables import in_set
+from nova_pipeline.core.tables import in_set, parquet_attrs, write_parquet
 
 __all__ = [
     "BATCH_BYTES",
@@ -43,6 +43,7 @@ __all__ = [
     "ContentStore",
     "PutStats",
     "StoreUpdate",
+    "inputs_digest",
     "update_store",
 ]
 
@@ -103,8 +104,9 @@ class ContentStore:
                 )
         return self._index
 
-    def commit_index(self, index: pd.DataFrame) -> None:
-        """Atomically replace the index: the commit point of a store update.
+    def commit_index(self, index: pd.DataFrame, attrs: dict[str, str] | None = None) -> None:
+        """Atomically replace the index: the commit point of a store update. ``attrs``: what made it, kept
+        in its footer (:meth:`index_attrs`); a commit without them clears them.
 
         The first commit of a new store also starts its pin records (see :meth:`pin`): a store created
         with them can collect garbage at once.
@@ -112,8 +114,13 @@ class ContentStore:
         index = index[INDEX_COLUMNS].sort_values("key", ignore_index=True)
         if not self.index_path.exists() and not self.pins_dir.exists():
             self.pins_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_with(self.index_path, lambda fh: index.to_parquet(fh, index=False))
+        write_parquet(self.index_path, index, attrs)
         self._index = index
+
+    def index_attrs(self) -> dict[str, str]:
+        """The attributes the last commit kept in the index's footer ({} without them or without an index;
+        only the footer is read)."""
+        return parquet_attrs(self.index_path) or {}
 
     # ---- pins: the store's own GC roots ------------------------------------------------------------
     def pin(self, name: str, refs: pd.DataFrame) -> None:
@@ -426,7 +433,8 @@ def _check_pin_name(name: str) -> None:
 
 @dataclass
 class StoreUpdate:
-    """Outcome of :func:`update_store`."""
+    """Outcome of :func:`update_store`; ``unchanged``: the index was kept as it was (see
+    :func:`inputs_digest`)."""
 
     put: PutStats
     objects: int
@@ -435,6 +443,8 @@ class StoreUpdate:
     dedup_saved_bytes: int
     removed_objects: int
     freed_bytes: int
+
+    unchanged: bool = False
 
     @property
     def ratio(self) -> float:
@@ -461,10 +471,19 @@ def update_store(
     """
     from nova_pipeline.core.ingest.manifest import present_files, unique_contents
 
-    items = unique_contents(root, manifest)
-    rows, put = store.put_many(items, dict_digest, level=level, threads=threads, progress=progress)
-    store.commit_index(rows)
-    removed, freed = store.collect_garbage()
+    digest = inputs_digest(store, manifest, dict_digest, level)
+    kept = store.index_attrs().get("inputs_digest") == digest
+    if kept:
+        rows = store.index()
+        put = PutStats(requested=len(rows), already_stored=len(rows))
+        removed = freed = 0
+    else:
+        items = unique_contents(root, manifest)
+        rows, put = store.put_many(items, dict_digest, level=level, threads=threads, progress=progress)
+        store.commit_index(rows)
+        removed, freed = store.collect_garbage()
+        if not put.skipped:  # only now is the update whole (a skipped file is tried again next time)
+            store.commit_index(rows, {"inputs_digest": inputs_digest(store, manifest, dict_digest, level)})
     live = present_files(manifest)
     stored_keys = set(rows["key"])
     dup_bytes = int(live.loc[in_set(live["blake3"], stored_keys), "size"].sum()) - int(rows["size"].sum())
@@ -476,4 +495,25 @@ def update_store(
         dedup_saved_bytes=max(0, dup_bytes),
         removed_objects=removed,
         freed_bytes=freed,
+        unchanged=kept,
     )
+
+
+def inputs_digest(store: ContentStore, manifest: pd.DataFrame, dict_digest: str, level: int) -> str:
+    """What an update of ``store`` depends on, as 32 hex digits: the present files' unique blake3 keys, the
+    dictionary and level, and each pin's name, size and mtime (garbage collection's roots). An index whose
+    footer holds the same digest was made from them, every object written and garbage collected after it,
+    so :func:`update_store` keeps it as it is: at 100,000 files that skips a stat of every object and a walk
+    of the objects' directories. An object removed behind the store's back is then found by the sampled
+    round-trip check, not rewritten."""
+    from nova_pipeline.core.ingest.manifest import present_files
+
+    h = blake3.blake3(f"{dict_digest}\0{level}\0".encode())
+    h.update("\n".join(sorted(set(present_files(manifest)["blake3"].tolist()))).encode())
+    if has_pins := store.pins_dir.exists():
+        for name in store.pins():
+            with contextlib.suppress(FileNotFoundError):
+                st = (store.pins_dir / f"{name}.parquet").stat()
+                h.update(f"\0{name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    h.update(b"\0pins" if has_pins else b"\0no pins")
+    return h.hexdigest()[:32]

@@ -201,3 +201,58 @@ def test_a_pin_name_is_a_plain_file_name(built, name):
     store, *_ = built
     with pytest.raises(ValueError, match="plain file name"):
         store.pin(name, store.index())
+
+
+def test_an_unchanged_update_keeps_the_index_without_a_stat_of_each_object_or_a_gc(built, monkeypatch):
+    store, manifest, info, update, root = built
+    assert not update.unchanged and store.index_attrs()["inputs_digest"]
+    index = store.index_path.read_bytes()
+
+    def no_stat(path):
+        raise AssertionError(f"an unchanged update stat'ed {path}")
+
+    monkeypatch.setattr(store_mod.os.path, "exists", no_stat)
+    monkeypatch.setattr(ContentStore, "collect_garbage", lambda self: no_stat("the objects' directories"))
+    again = update_store(ContentStore(store.home), root, manifest, info.blake3)
+    assert again.unchanged and again.put.written == 0 and again.objects == update.objects
+    assert (again.raw_bytes, again.stored_bytes) == (update.raw_bytes, update.stored_bytes)
+    assert again.dedup_saved_bytes == update.dedup_saved_bytes
+    assert store.index_path.read_bytes() == index  # not written again
+    monkeypatch.undo()
+    # another dictionary, or level, is another update
+    assert not update_store(ContentStore(store.home), root, manifest, info.blake3, level=5).unchanged
+
+
+def test_a_pin_change_or_another_writer_of_the_index_makes_the_update_run_again(built):
+    store, manifest, info, update, root = built
+    store.commit_index(store.index().iloc[5:])  # another writer (as nova watch): no digest in the footer
+    assert store.index_attrs() == {}
+    again = update_store(ContentStore(store.home), root, manifest, info.blake3)
+    assert not again.unchanged and again.put.written == 5
+    # a file's content that only a pin keeps once the file is gone
+    (root / "pinned_only.py").write_text("kept = 'by the pin'\n" * 30)
+    manifest = scan(ScanOptions(root), manifest).manifest
+    update_store(ContentStore(store.home), root, manifest, info.blake3)
+    key = blake3.blake3((root / "pinned_only.py").read_bytes()).hexdigest()
+    store.pin("snapshot-a", ContentStore(store.home).index().query("key == @key"))
+    os.unlink(root / "pinned_only.py")
+    manifest = scan(ScanOptions(root), manifest).manifest
+    assert update_store(ContentStore(store.home), root, manifest, info.blake3).removed_objects == 0
+    assert update_store(ContentStore(store.home), root, manifest, info.blake3).unchanged
+    assert store.unpin("snapshot-a")  # garbage collection's roots changed: the update runs again
+    after = update_store(ContentStore(store.home), root, manifest, info.blake3)
+    assert not after.unchanged and after.removed_objects == 1 and not os.path.exists(store.object_path(key))
+
+
+def test_a_file_skipped_by_an_update_is_tried_again_by_the_next_with_the_same_manifest(stdlib_tree, tmp_path):
+    manifest = scan(ScanOptions(stdlib_tree)).manifest
+    rel, key = manifest["path"].iloc[0], manifest["blake3"].iloc[0]
+    original = (stdlib_tree / rel).read_bytes()
+    (stdlib_tree / rel).write_text("# changed after the scan\n")
+    store = ContentStore(tmp_path / "h")
+    assert update_store(store, stdlib_tree, manifest, "").put.skipped == {"changed_since_scan": 1}
+    assert store.index_attrs() == {}  # not a whole update: nothing says it may be kept
+    (stdlib_tree / rel).write_bytes(original)  # back as the manifest has it
+    again = update_store(ContentStore(tmp_path / "h"), stdlib_tree, manifest, "")
+    assert not again.unchanged and again.put.written == 1 and os.path.exists(store.object_path(key))
+    assert update_store(ContentStore(tmp_path / "h"), stdlib_tree, manifest, "").unchanged
