@@ -222,3 +222,19 @@ def test_whether_lines_add_up_is_asked_once_and_only_when_a_file_is_chunked(tok,
     gone = m.assign(status=m["status"].where(m["path"] != "json/tool.py", "deleted"))
     less, stats = chunk_manifest(stdlib_tree, gone, df, tok.count, tok.max_seq_length, lines_add_up=ask)
     assert len(asked) == 1 and stats.files_chunked == 0 and "json/tool.py" not in set(less["path"])
+
+
+def test_chunks_made_into_frames_as_they_go_give_the_table_of_one_frame_in_any_manifest_order(
+    tok, stdlib_tree, monkeypatch
+):
+    from nova_pipeline.core.index import chunking
+
+    manifest = scan(ScanOptions(stdlib_tree)).manifest
+    whole, s1 = chunk_manifest(stdlib_tree, manifest, None, tok.count, tok.max_seq_length)
+    monkeypatch.setattr(chunking, "FRAME_RECORDS", 7)  # a frame every batch of files,
+    monkeypatch.setattr(chunking, "COUNT_BATCH_FILES", 2)  # of two files
+    framed, s2 = chunk_manifest(stdlib_tree, manifest, None, tok.count, tok.max_seq_length)
+    assert framed.equals(whole) and s2 == s1 and s1.truncated_new == s1.truncated > 0
+    # the frames come in the manifest's order; out of path order, the table is sorted all the same
+    backwards = manifest.iloc[::-1].reset_index(drop=True)
+    assert chunk_manifest(stdlib_tree, backwards, None, tok.count, tok.max_seq_length)[0].equals(whole)
