@@ -60,6 +60,8 @@ def describe(phase: str, m: dict) -> str:
             )
         )
     if phase == "patterns":
+        if g("unchanged", False):
+            return f"{g('patterns', 0)} patterns; unchanged (no file and no option changed)"
         return (
             f"{g('patterns', 0)} patterns; shards analysed {g('shards_analysed', 0)}, "
             f"cached {g('shards_cached', 0)}"
@@ -71,7 +73,9 @@ def describe(phase: str, m: dict) -> str:
         )
     if phase == "compress":
         return (
-            f"{g('objects', 0):,} objects, {g('objects_written', 0):,} new; "
+            f"{g('objects', 0):,} objects, "
+            + ("unchanged" if g("unchanged", False) else f"{g('objects_written', 0):,} new")
+            + "; "
             f"store ratio {g('ratio_store', 0):.2f}x; "
             f"{_size(g('raw_bytes', 0))} -> {_size(g('stored_bytes', 0))}"
         )

@@ -76,6 +76,18 @@ def test_the_lexical_line_says_built_delta_or_unchanged():
     assert describe("lexical", {**m, "built": False, "how": "unchanged"}).endswith("; unchanged")
 
 
+def test_the_patterns_and_store_lines_say_unchanged_when_their_digest_kept_them():
+    from nova_pipeline.cli.progress import describe
+
+    p = {"patterns": 40, "shards_analysed": 0, "shards_cached": 12}
+    kept = describe("patterns", {**p, "unchanged": True})
+    assert kept.endswith("; unchanged (no file and no option changed)")
+    assert describe("patterns", {**p, "unchanged": False}).endswith("; shards analysed 0, cached 12")
+    c = {"objects": 1200, "objects_written": 0, "ratio_store": 3.1, "raw_bytes": 10, "stored_bytes": 3}
+    assert describe("compress", {**c, "unchanged": True}).startswith("1,200 objects, unchanged; store ratio")
+    assert describe("compress", {**c, "objects_written": 4}).startswith("1,200 objects, 4 new; store ratio")
+
+
 def test_nova_stats_shows_nested_values_as_text_not_python_reprs():
     from nova_pipeline.cli.explore import _cell
 
