@@ -30,7 +30,9 @@ __all__ = [
     "TABLES",
     "file_identity",
     "identity",
+    "in_order",
     "in_set",
+    "joined_keys",
     "memo",
     "one_chunk",
     "parquet_attrs",
@@ -326,6 +328,33 @@ def drop_runs(table, drop: np.ndarray):
         return table
     pieces = [table.slice(a, b - a) for a, b in _runs_kept(table.num_rows, drop)]
     return pa.concat_tables(pieces) if pieces else table.slice(0, 0)
+
+
+def joined_keys(first: pd.Series, second: pd.Series):
+    """``first NUL second`` per row (e.g. ``path NUL blake3``), as an Arrow string array: for vectorised set
+    membership (``pyarrow.compute.is_in``) over pairs of columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(
+        pa.array(first.astype(str).to_numpy(dtype=object), pa.string()),  # typed: an empty array is no null
+        pa.array(second.astype(str).to_numpy(dtype=object), pa.string()),
+        "\0",
+    )
+
+
+def in_order(df: pd.DataFrame, key: str, then: str) -> bool:
+    """Whether ``df``'s rows are sorted by string column ``key``, then strictly by integer column ``then``
+    (compared by Arrow, with no Python string per row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(df) < 2:
+        return True
+    keys, nums = pa.chunked_array(pa.array(df[key])), pa.array(df[then].to_numpy())
+    same = pc.equal(keys[1:], keys[:-1])
+    back = pc.or_(pc.less(keys[1:], keys[:-1]), pc.and_(same, pc.less_equal(nums[1:], nums[:-1])))
+    return not pc.any(back).as_py()
 
 
 def splice_sorted(

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from nova_pipeline.core.errors import EmbeddingError
 from nova_pipeline.core.keys import SOURCE_CHUNKS
-from nova_pipeline.core.tables import read_rows, read_table, splice_sorted
+from nova_pipeline.core.tables import in_order, joined_keys, read_rows, read_table, splice_sorted
 
 __all__ = [
     "CHUNKER_VERSION",
@@ -75,9 +75,7 @@ _HEADING = re.compile(r"^#{1,6}\s")
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
 COUNT_BATCH_FILES = 64  # files whose lines are counted in one tokenizer call
-# chunks held as Python dicts before they become one frame of Arrow-backed columns (as dicts a chunk took
-# about 3.9 KB, at 98,816 chunks of 3,000 files; in a frame, about its text's size)
-FRAME_RECORDS = 16_384
+FRAME_RECORDS = 16_384  # chunks held as dicts (3.9 KB each) before they become a frame (about their text)
 
 
 CHUNKER_VERSION = "2"  # 2: classes over the budget split per method; source_chunks re-chunks on a change
@@ -358,15 +356,6 @@ def _empty_chunks() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=_TYPES.get(c, "str")) for c in CHUNK_COLUMNS})
 
 
-def _file_keys(paths: pd.Series, digests: pd.Series):
-    """``path NUL blake3`` per row, as an Arrow array (for vectorised set membership)."""
-    return pc.binary_join_element_wise(
-        pa.array(paths.astype(str).to_numpy(dtype=object), pa.string()),  # typed: an empty array is no null
-        pa.array(digests.astype(str).to_numpy(dtype=object), pa.string()),
-        "\0",
-    )
-
-
 def _assemble(frames: list[pd.DataFrame], previous=None, drop: np.ndarray | None = None) -> pd.DataFrame:
     """One chunk table from parts: sorted by ``(path, start_line)``, :data:`CHUNK_COLUMNS`, typed. With a
     ``previous`` table: its rows but the ``drop`` ones, and the parts' rows, as slices of the sorted table
@@ -378,19 +367,9 @@ def _assemble(frames: list[pd.DataFrame], previous=None, drop: np.ndarray | None
         frames = frames if df is not None else [previous[~drop], *frames]
     if df is None:
         df = pd.concat(frames, ignore_index=True) if frames else _empty_chunks()
-        if not _in_order(df):  # a cold build's frames come in the manifest's path order: no copy to sort
+        if not in_order(df, "path", "start_line"):  # a cold build's frames come in path order: no sort
             df = df.sort_values(["path", "start_line"], ignore_index=True)
     return df[CHUNK_COLUMNS].astype(_TYPES)
-
-
-def _in_order(df: pd.DataFrame) -> bool:
-    """Whether ``df``'s rows are sorted by ``(path, start_line)`` (compared by Arrow: no Python strings)."""
-    if len(df) < 2:
-        return True
-    paths, lines = pa.chunked_array(pa.array(df["path"])), pa.array(df["start_line"].to_numpy())
-    same = pc.equal(paths[1:], paths[:-1])
-    back = pc.or_(pc.less(paths[1:], paths[:-1]), pc.and_(same, pc.less_equal(lines[1:], lines[:-1])))
-    return not pc.any(back).as_py()
 
 
 def splice_chunks(previous: pd.DataFrame | None, paths: Iterable[str], fresh: pd.DataFrame) -> pd.DataFrame:
@@ -444,8 +423,7 @@ def chunk_manifest(
     A file that vanished or changed since the scan is skipped and logged; its chunks come back on the
     next rebuild. ``progress(files_done, files_to_chunk)`` is called as files are chunked. The lines of
     :data:`COUNT_BATCH_FILES` files are counted in one ``count_tokens`` call (spread over the cores); every
-    :data:`FRAME_RECORDS` chunks become a frame (a cold build of 10,000 files peaked 479 MB above its start,
-    against 1,082 MB when the chunks were held as dicts to the end).
+    :data:`FRAME_RECORDS` chunks become a frame (10,000 files cold: +479 MB at peak; +1,082 MB as dicts).
     ``lines_add_up``: see :func:`chunk_file`; a callable is asked once a file is chunked (``Tokenizer``'s
     loads the tokenizer: a run that chunks nothing loads none).
     """
@@ -454,12 +432,12 @@ def chunk_manifest(
     # the previous chunks of files that are still there unchanged, selected with Arrow's vectorised set
     # membership (a group per file and a concat of them cost 0.1 s per call at 1,800 files; Python sets
     # over 60,000 rows, 0.1 s more: too slow for a live update)
-    live_keys = _file_keys(live["path"], live["blake3"])
+    live_keys = joined_keys(live["path"], live["blake3"])
     frames: list[pd.DataFrame] = []
     kept_from = None  # (previous, its rows to drop): spliced with the new chunks at the end
     reused_mask = np.zeros(len(live), dtype=bool)
     if previous is not None and len(previous):
-        prev_keys = _file_keys(previous["path"], previous["file_blake3"])
+        prev_keys = joined_keys(previous["path"], previous["file_blake3"])
         keep = pc.is_in(prev_keys, value_set=live_keys).to_numpy(zero_copy_only=False)
         reused_mask = pc.is_in(live_keys, value_set=prev_keys).to_numpy(zero_copy_only=False)
         if keep.all() and reused_mask[live["size"].to_numpy() > 0].all():
