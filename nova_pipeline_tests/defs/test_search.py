@@ -67,7 +67,11 @@ def test_an_edit_is_a_lexical_delta_that_the_golden_copy_carries_and_a_reset_res
         base = asset_metadata(first, "lexical_index")["digest"]
         p = src / "json" / "decoder.py"
         p.write_text(p.read_text() + "\n\ndef zorblax_delta_probe():\n    return 1\n")
-        edited = materialize_rebuild(src, home, instance)
+        digests, real = [], lexical.chunks_digest
+        with monkeypatch.context() as mp:  # once for the new table: its memo, read by every asset after
+            mp.setattr(lexical, "chunks_digest", lambda c: digests.append(len(c)) or real(c))
+            edited = materialize_rebuild(src, home, instance)
+        assert len(digests) == 1
         m = asset_metadata(edited, "lexical_index")
         chunks = read_table(home, "source_chunks")
         assert (m["how"], m["base"], m["documents"]) == ("delta", base, len(chunks)) and m["delta_added"] >= 1

@@ -345,9 +345,12 @@ def apply(
     texts_of: Callable[[list[str]], pd.DataFrame],
     with_texts: Callable[[], pd.DataFrame],
     compact_above: int = COMPACT_ABOVE,
+    digest: str | None = None,
 ) -> Applied:
     """Make ``home``'s live lexical index hold exactly ``chunks`` (:data:`~.lexical.DIGEST_COLUMNS`, no
-    texts needed): the ``rebuild`` job's path, whose cost follows the change while it is small.
+    texts needed): the ``rebuild`` job's path, whose cost follows the change while it is small. ``digest``:
+    their :func:`~.lexical.chunks_digest`, when the caller has it (computed here otherwise: 0.3 s at
+    342,015 chunks, about 3 s at 3.5 million).
 
     * CURRENT, or CURRENT with the delta on disk, already holds them (same :func:`~.lexical.chunks_digest`):
       nothing is done.
@@ -367,7 +370,7 @@ def apply(
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
-    digest = lexical.chunks_digest(chunks)
+    digest = digest or lexical.chunks_digest(chunks)
     cur = lexical.current_path(home)
     if cur is not None and cur.name != digest and compact_above > 0:
         meta = json.loads((cur / lexical.META).read_text())

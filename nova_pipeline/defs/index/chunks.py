@@ -157,6 +157,9 @@ def lexical_index(context: dg.AssetExecutionContext, config: LexicalIndexConfig,
             # only what a build reads: the two digests and the flags would be 7 % of the table's memory
             with_texts=lambda: require_table(home, SOURCE_CHUNKS, columns=[*lexical.DOC_COLUMNS, "text"]),
             compact_above=config.compact_above,
+            # this version's digest: the table cannot change under the writer lock, so the memo's answer
+            # (computed above, outside the lock, for the version then) is read, or computed once
+            digest=lexical.kept_digest(home),
         )
         check = lexical_index_matches_chunks(home)  # kept for the next unchanged run
     context.log.info(
