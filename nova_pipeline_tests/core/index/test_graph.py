@@ -125,6 +125,28 @@ def test_tables_do_not_depend_on_how_many_rows_become_python_values_at_a_time(js
     assert (calls["target"] != "").sum() > 0
 
 
+def test_tables_do_not_depend_on_how_many_owners_facts_are_held(stdlib_tree, monkeypatch):
+    """The resolver's memos (owners' name facts, parsed scopes, module prefixes) are dropped when they hold
+    FACTS_HELD entries, so memory stays bounded: with 3, so dropped all the time, a cold build and an edit
+    give the same tables as with every entry held."""
+    from nova_pipeline.core.index.graph import build, resolve
+
+    _, whole, _ = built(stdlib_tree)
+    monkeypatch.setattr(resolve, "FACTS_HELD", 3)
+    monkeypatch.setattr(build, "FACTS_HELD", 3)
+    dropped = []
+    monkeypatch.setattr(resolve.NameFacts, "_drop", lambda self: dropped.append(1) or self._facts.clear())
+    _, bounded, _ = built(stdlib_tree)
+    assert len(dropped) > 10
+    for a, b in zip(whole, bounded):
+        pd.testing.assert_frame_equal(a, b)
+    (stdlib_tree / "json" / "tool.py").write_text("import json\n\ndef main():\n    return json.dumps(1)\n")
+    edited = built(stdlib_tree, bounded)[1]
+    monkeypatch.undo()
+    for a, b in zip(built(stdlib_tree)[1], edited):
+        pd.testing.assert_frame_equal(a, b)
+
+
 def test_a_file_that_does_not_parse_is_skipped_by_name_and_documents_link(json_tree):
     (json_tree / "broken.py").write_text("def oops(:\n")
     (json_tree / "README.md").write_text(

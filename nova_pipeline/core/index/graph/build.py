@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nova_pipeline.core.index.graph.extract import extract_markdown, extract_python, parse_scope, symbol_id
-from nova_pipeline.core.index.graph.resolve import NameFacts, Tree, resolve_name
+from nova_pipeline.core.index.graph.resolve import FACTS_HELD, NameFacts, Tree, resolve_name
 from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, drop_runs, replace_at
 
 __all__ = [
@@ -333,6 +333,8 @@ class _Sites:
     def resolve(self, path: str, text: str, scope: str) -> str | None:
         parsed = self.scopes.get(scope)
         if parsed is None:
+            if len(self.scopes) >= FACTS_HELD:
+                self.scopes.clear()
             parsed = self.scopes[scope] = parse_scope(scope)
         tree = self.tree
         return resolve_name(tree, self.module_of_path.get(path, ""), tree.local_defs, text, parsed)
