@@ -461,7 +461,8 @@ def update_store(
     threads: int = DEFAULT_THREADS,
     progress: Callable[..., None] | None = None,
 ) -> StoreUpdate:
-    """Store every unique content of ``manifest``, commit the new index, then collect garbage.
+    """Store every unique content of ``manifest``, commit the new index, then collect garbage; or, when the
+    index's footer holds this update's :func:`inputs_digest`, keep the index as it is (``unchanged``).
 
     Objects outside the new index are removed only after it is committed, and never those a golden
     pin keeps (see :meth:`ContentStore.collect_garbage`).
