@@ -72,11 +72,9 @@ def describe(phase: str, m: dict) -> str:
             f"{g('heldout_ratio_without_dictionary', 0):.2f}x without"
         )
     if phase == "compress":
+        written = "unchanged" if g("unchanged", False) else f"{g('objects_written', 0):,} new"
         return (
-            f"{g('objects', 0):,} objects, "
-            + ("unchanged" if g("unchanged", False) else f"{g('objects_written', 0):,} new")
-            + "; "
-            f"store ratio {g('ratio_store', 0):.2f}x; "
+            f"{g('objects', 0):,} objects, {written}; store ratio {g('ratio_store', 0):.2f}x; "
             f"{_size(g('raw_bytes', 0))} -> {_size(g('stored_bytes', 0))}"
         )
     if phase == "chunk":
