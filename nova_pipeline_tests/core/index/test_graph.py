@@ -127,13 +127,13 @@ def test_tables_do_not_depend_on_how_many_rows_become_python_values_at_a_time(js
 
 def test_tables_do_not_depend_on_how_many_owners_facts_are_held(stdlib_tree, monkeypatch):
     """The resolver's memos (owners' name facts, parsed scopes, module prefixes) are dropped when they hold
-    FACTS_HELD entries, so memory stays bounded: with 3, so dropped all the time, a cold build and an edit
+    MEMO_HELD entries, so memory stays bounded: with 3, so dropped all the time, a cold build and an edit
     give the same tables as with every entry held."""
     from nova_pipeline.core.index.graph import build, resolve
 
     _, whole, _ = built(stdlib_tree)
-    monkeypatch.setattr(resolve, "FACTS_HELD", 3)
-    monkeypatch.setattr(build, "FACTS_HELD", 3)
+    monkeypatch.setattr(resolve, "MEMO_HELD", 3)
+    monkeypatch.setattr(build, "MEMO_HELD", 3)
     dropped = []
     monkeypatch.setattr(resolve.NameFacts, "_drop", lambda self: dropped.append(1) or self._facts.clear())
     _, bounded, _ = built(stdlib_tree)

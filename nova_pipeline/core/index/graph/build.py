@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nova_pipeline.core.index.graph.extract import extract_markdown, extract_python, parse_scope, symbol_id
-from nova_pipeline.core.index.graph.resolve import FACTS_HELD, NameFacts, Tree, resolve_name
+from nova_pipeline.core.index.graph.resolve import MEMO_HELD, NameFacts, Tree, resolve_name
 from nova_pipeline.core.tables import CODE_NAMES, CODE_RELATIONS, CODE_SYMBOLS, drop_runs, replace_at
 
 __all__ = [
@@ -333,7 +333,7 @@ class _Sites:
     def resolve(self, path: str, text: str, scope: str) -> str | None:
         parsed = self.scopes.get(scope)
         if parsed is None:
-            if len(self.scopes) >= FACTS_HELD:
+            if len(self.scopes) >= MEMO_HELD:
                 self.scopes.clear()
             parsed = self.scopes[scope] = parse_scope(scope)
         tree = self.tree

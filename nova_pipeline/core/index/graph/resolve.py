@@ -13,7 +13,7 @@ from nova_pipeline.core.index.graph.extract import parse_scope
 __all__ = ["MAX_REEXPORT_HOPS", "NameFacts", "Tree", "resolve_name"]
 
 MAX_REEXPORT_HOPS = 8
-FACTS_HELD = 262_144  # owners whose facts NameFacts holds as Python values at once (about 1.4 KB each)
+MEMO_HELD = 262_144  # entries each resolver memo holds at once (owners' facts: about 1.4 KB each)
 
 
 class NameFacts:
@@ -27,7 +27,7 @@ class NameFacts:
     owner's facts from the 1.5 million rows took 2.4-2.9 s of the edit's graph build, against 0.65 s now
     (Arrow's ``dictionary_encode`` of the owners, one integer sort, and the owners asked for). A build that
     consults every owner pays about 25 µs an owner instead: at 3,000 files a cold build's resolution took
-    5.0 s against 3.4 s, of a 70 s build. At most :data:`FACTS_HELD` owners are held at once (as are the
+    5.0 s against 3.4 s, of a 70 s build. At most :data:`MEMO_HELD` owners are held at once (as are the
     resolver's other memos), so a cold build of 100,000 files (2.8 million owners) does not hold them all.
     At 10,000 files, 32,768 took its peak from 2,029-2,062 MB to 1,673 MB, but an edit at 100,000 files
     consults about 71,000 owners, and building them again cost it 8-10 s.
@@ -56,7 +56,7 @@ class NameFacts:
         target})``, built on the first call."""
         facts = self._facts.get(owner)
         if facts is None:
-            if len(self._facts) >= FACTS_HELD:
+            if len(self._facts) >= MEMO_HELD:
                 self._drop()
             facts = self._facts[owner] = ({}, set(), set(), {})
             i = self._code.get(owner)
@@ -169,7 +169,7 @@ class Tree:
             return
         mods = self._prefixes.get(key)
         if mods is None:
-            if len(self._prefixes) >= FACTS_HELD:
+            if len(self._prefixes) >= MEMO_HELD:
                 self._prefixes.clear()
             parts = key.split(".")
             mods = tuple(
